@@ -1,0 +1,120 @@
+"""The ASGI application: every service path of spec §3 on one app, plus /healthz."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from connectrpc.server import ConnectASGIApplication
+
+from opendepot.gen.depot.build.v1 import build_connect as build_v1
+from opendepot.gen.depot.build.v1 import registry_connect as registry_v1
+from opendepot.gen.depot.buildkit.v1 import buildkit_connect as buildkit_v1
+from opendepot.gen.depot.cli.v1 import build_connect as cli_build_v1
+from opendepot.gen.depot.cli.v1 import push_connect as cli_push_v1
+from opendepot.gen.depot.cli.v1beta1 import login_connect as login_v1beta1
+from opendepot.gen.depot.cli.v1beta1 import projects_connect as projects_v1beta1
+from opendepot.gen.depot.core.v1 import build_connect as core_build_v1
+from opendepot.gen.depot.core.v1 import organization_connect as org_v1
+from opendepot.gen.depot.core.v1 import project_connect as project_v1
+from opendepot.gen.depot.core.v1 import usage_connect as usage_v1
+
+from .cli_v1beta1 import ProjectsService
+from .core_organization import OrganizationService
+from .core_project import ProjectService
+from .deps import Deps
+from .interceptor import CallInterceptor
+
+# Status reports carry raw build logs; allow large messages (spec §1.4).
+READ_MAX_BYTES = 128 * 1024 * 1024
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+# Services that later work implements. Subclassing the generated Protocol gives its default methods,
+# which raise `unimplemented`; the interceptor names the method in the message.
+class _UsageService(usage_v1.UsageService): ...
+
+
+class _CoreBuildService(core_build_v1.BuildService): ...
+
+
+class _BuildV1Service(build_v1.BuildService): ...
+
+
+class _RegistryService(registry_v1.RegistryService): ...
+
+
+class _BuildKitService(buildkit_v1.BuildKitService): ...
+
+
+class _CliBuildService(cli_build_v1.BuildService): ...
+
+
+class _PushService(cli_push_v1.PushService): ...
+
+
+class _LoginService(login_v1beta1.LoginService): ...
+
+
+def connect_apps(deps: Deps) -> list[ConnectASGIApplication[Any]]:
+    opts: dict[str, Any] = {"interceptors": [CallInterceptor()], "read_max_bytes": READ_MAX_BYTES}
+    return [
+        project_v1.ProjectServiceASGIApplication(ProjectService(deps), **opts),
+        org_v1.OrganizationServiceASGIApplication(OrganizationService(deps), **opts),
+        usage_v1.UsageServiceASGIApplication(_UsageService(), **opts),
+        core_build_v1.BuildServiceASGIApplication(_CoreBuildService(), **opts),
+        build_v1.BuildServiceASGIApplication(_BuildV1Service(), **opts),
+        registry_v1.RegistryServiceASGIApplication(_RegistryService(), **opts),
+        buildkit_v1.BuildKitServiceASGIApplication(_BuildKitService(), **opts),
+        cli_build_v1.BuildServiceASGIApplication(_CliBuildService(), **opts),
+        cli_push_v1.PushServiceASGIApplication(_PushService(), **opts),
+        login_v1beta1.LoginServiceASGIApplication(_LoginService(), **opts),
+        projects_v1beta1.ProjectsServiceASGIApplication(ProjectsService(deps), **opts),
+    ]
+
+
+async def _respond(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class Router:
+    """Dispatches `/<package>.<Service>/<Method>` to that service's Connect application."""
+
+    def __init__(self, apps: list[ConnectASGIApplication[Any]], health: Callable[[], Awaitable[bool]]) -> None:
+        self._apps = {app.path: app for app in apps}
+        self._health = health
+
+    @property
+    def service_paths(self) -> list[str]:
+        return sorted(self._apps)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if path == "/healthz":
+            ok = await self._health()
+            await _respond(send, 200 if ok else 503, {"status": "ok" if ok else "unavailable"})
+            return
+        service = "/" + path.lstrip("/").split("/", 1)[0]
+        app = self._apps.get(service)
+        if app is not None:
+            await app(scope, receive, send)  # type: ignore[arg-type]
+            return
+        # Connect clients read the code from the body; 404 is the HTTP fallback for unimplemented.
+        await _respond(send, 404, {"code": "unimplemented", "message": f"no such service or method: {path}"})

@@ -1,0 +1,45 @@
+"""depot.cli.v1beta1.ProjectsService (spec §4.8), as `depot projects list` and `depot cache reset` call it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connectrpc.request import RequestContext
+
+from opendepot.gen.depot.cli.v1beta1 import projects_pb as pb
+from opendepot.organizations import queries as org_queries
+from opendepot.projects import service as projects
+
+from .deps import Deps
+
+Ctx = RequestContext[Any, Any]
+
+
+class ProjectsService:
+    def __init__(self, deps: Deps) -> None:
+        self.d = deps
+
+    async def list_projects(self, request: pb.ListProjectsRequest, ctx: Ctx) -> pb.ListProjectsResponse:
+        """No pagination fields exist here: the CLI expects every project it can reach (onboarding)."""
+        who = await self.d.authn.principal(ctx)
+        rows = await self.d.store.run(lambda s: projects.list_projects_with_organizations(s, who))
+        return pb.ListProjectsResponse(
+            projects=[
+                pb.ListProjectsResponse.Project(id=p.id, name=p.name, org_id=o.id, org_name=o.name)
+                for p, o in rows
+            ]
+        )
+
+    async def reset_project_cache(
+        self, request: pb.ResetProjectCacheRequest, ctx: Ctx
+    ) -> pb.ResetProjectCacheResponse:
+        who = await self.d.authn.principal(ctx)
+
+        def check(s: Any) -> tuple[str, str, str]:
+            project = projects.check_reset_allowed(s, who, request.project_id)
+            organization = org_queries.get(s, project.organization_id)
+            return project.id, project.name, organization.name if organization else ""
+
+        project_id, name, org_name = await self.d.store.run(check)
+        await self.d.caches.reset(project_id)
+        return pb.ResetProjectCacheResponse(name=name, org_name=org_name)

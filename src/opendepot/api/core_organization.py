@@ -1,0 +1,32 @@
+"""depot.core.v1.OrganizationService (spec §4.3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connectrpc.request import RequestContext
+
+from opendepot.gen.depot.core.v1 import organization_pb as pb
+from opendepot.organizations import service as organizations
+
+from . import convert
+from .deps import Deps
+
+
+class OrganizationService:
+    def __init__(self, deps: Deps) -> None:
+        self.d = deps
+
+    async def list_organizations(
+        self, request: pb.ListOrganizationsRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.ListOrganizationsResponse:
+        who = await self.d.authn.principal(ctx)
+        rows = await self.d.store.run(lambda s: organizations.list_for(s, who))
+        return pb.ListOrganizationsResponse(
+            organizations=[
+                pb.ListOrganizationsResponse.Organization(
+                    org_id=o.id, name=o.name, created_at=convert.timestamp(o.created_at)
+                )
+                for o in rows
+            ]
+        )

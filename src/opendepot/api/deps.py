@@ -1,0 +1,19 @@
+"""What handlers need from the rest of the server, bundled once at startup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opendepot.projects.caches import ProjectCaches
+from opendepot.projects.service import Settings as ProjectSettings
+from opendepot.store import Store
+
+from .auth import Authenticator
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    store: Store
+    authn: Authenticator
+    caches: ProjectCaches
+    project_settings: ProjectSettings

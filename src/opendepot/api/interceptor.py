@@ -1,0 +1,61 @@
+"""Runs first on every RPC, before the body is read: sets up the call record, then on the way out maps
+errors to Connect codes and writes one structured log line (method, code, duration, token kind and id)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from time import perf_counter
+from typing import Any
+
+from connectrpc.errors import ConnectError
+from connectrpc.request import RequestContext
+
+from opendepot.clock import utcnow
+
+from .calls import Call, current_call
+from .errors import to_connect_error
+
+log = logging.getLogger("opendepot.rpc")
+
+
+class CallInterceptor:
+    async def on_start(self, ctx: RequestContext[Any, Any]) -> Call:
+        method = f"{ctx.method.service_name}/{ctx.method.name}"
+        call = Call(method=method)
+        current_call.set(call)
+        return call
+
+    async def on_end(self, call: Call, ctx: RequestContext[Any, Any], error: Exception | None, /) -> None:
+        code = "ok"
+        mapped: ConnectError | None = None
+        if error is not None:
+            mapped, unexpected = to_connect_error(error, call.method)
+            code = mapped.code.value
+            if unexpected:
+                log.error("unexpected error in %s", call.method, exc_info=error)
+        principal = call.principal
+        record = {
+            "ts": utcnow().isoformat(timespec="milliseconds"),
+            "msg": "rpc",
+            "method": call.method,
+            "code": code,
+            "duration_ms": round((perf_counter() - call.started) * 1000, 2),
+            "token_kind": principal.kind.value if principal else None,
+            "token_id": principal.token_id if principal else None,
+        }
+        if mapped is not None and code != "ok":
+            record["error"] = mapped.message
+        log.info(json.dumps(record, separators=(",", ":")))
+        if mapped is not None and mapped is not error:
+            raise mapped
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("opendepot")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False

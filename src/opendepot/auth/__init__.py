@@ -1,0 +1,3 @@
+from .principal import Principal, TokenKind
+
+__all__ = ["Principal", "TokenKind"]

@@ -1,0 +1,39 @@
+"""Who is calling, and what each kind of caller may reach. The rules live here, not in handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from opendepot.errors import PermissionDenied
+
+
+class TokenKind(StrEnum):
+    ORGANIZATION = "organization"
+    PROJECT = "project"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    kind: TokenKind
+    token_id: str
+    organization_id: str
+    project_id: str | None = None
+
+    @property
+    def is_organization(self) -> bool:
+        return self.kind is TokenKind.ORGANIZATION
+
+    def require_organization(self, organization_id: str, action: str) -> None:
+        """Managing projects, tokens and trust policies takes an organization token of that organization."""
+        if not self.is_organization:
+            raise PermissionDenied(f"a {self.kind} token cannot {action}; use an organization token")
+        if organization_id != self.organization_id:
+            raise PermissionDenied(f"this token cannot {action} in organization {organization_id}")
+
+    def require_project_access(self, organization_id: str, project_id: str) -> None:
+        """Reading a project (and, later, building in it) is open to its organization and its own tokens."""
+        if organization_id != self.organization_id:
+            raise PermissionDenied(f"this token has no access to project {project_id}")
+        if self.project_id is not None and self.project_id != project_id:
+            raise PermissionDenied(f"this token has no access to project {project_id}")

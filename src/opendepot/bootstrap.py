@@ -1,0 +1,35 @@
+"""First start on an empty store: create the `default` organization and its admin token."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from opendepot.organizations import service as organizations
+from opendepot.store import Store
+from opendepot.tokens import service as tokens
+
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+def write_secret_file(path: Path, secret: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    os.chmod(path, 0o600)
+
+
+def bootstrap(store: Store, data_dir: Path) -> bool:
+    """Returns True when it created the organization. The token file is written inside the transaction:
+    if writing fails, nothing is created and the next start tries again."""
+    path = data_dir / ADMIN_TOKEN_FILE
+    with store.transaction() as session:
+        if not organizations.is_empty(session):
+            return False
+        org = organizations.create_organization(session, "default")
+        _token, secret = tokens.create_organization_token(session, org.id, "admin token (bootstrap)")
+        write_secret_file(path, secret)
+    print(f"opendepot: created organization 'default'; its admin token is in {path}", file=sys.stderr)
+    return True

@@ -1,0 +1,66 @@
+"""The `opendepot` command: the server and the admin commands that work on the store directly."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from opendepot import __version__
+from opendepot.config import ConfigError, add_arguments, resolve
+from opendepot.errors import DomainError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opendepot", description="A self-hosted Depot API server.")
+    parser.add_argument("--version", action="version", version=f"opendepot {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API server",
+                                description="Run the Depot API server. Every option can also be set "
+                                "by its OPENDEPOT_* variable or in the --config file.")
+    add_arguments(serve)
+
+    orgs = commands.add_parser("orgs", help="manage organizations (on the store directly)")
+    org_commands = orgs.add_subparsers(dest="action", required=True)
+    org_create = org_commands.add_parser("create", help="create an organization")
+    org_create.add_argument("name")
+    add_arguments(org_create)
+    org_list = org_commands.add_parser("list", help="list organizations")
+    add_arguments(org_list)
+
+    tokens = commands.add_parser("tokens", help="manage organization tokens (on the store directly)")
+    token_commands = tokens.add_subparsers(dest="action", required=True)
+    token_create = token_commands.add_parser("create", help="create an organization token; prints the "
+                                             "secret once")
+    token_create.add_argument("--org", required=True, help="organization id or name")
+    token_create.add_argument("--description", default="organization token")
+    add_arguments(token_create)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = resolve(args)
+    except ConfigError as exc:
+        print(f"opendepot: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "serve":
+            from opendepot.server import serve
+
+            serve(config)
+            return 0
+        from opendepot import admin
+
+        return admin.run(args, config)
+    except DomainError as exc:
+        print(f"opendepot: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

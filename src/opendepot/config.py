@@ -1,0 +1,140 @@
+"""Server configuration: flags > OPENDEPOT_* environment variables > config file (TOML) > defaults.
+
+Every knob is declared once in OPTIONS; `opendepot serve --help` is generated from it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opendepot.store.engine import sqlite_url
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "opendepot")
+
+
+def _csv(value: str | list[str]) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else value.split(",")
+    return tuple(i.strip() for i in items if i.strip())
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    help: str
+    default: Callable[[], Any]
+    parse: Callable[[Any], Any] = str
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "OPENDEPOT_" + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("data_dir", "directory for the database, caches and generated secrets", _default_data_dir,
+           metavar="DIR"),
+    Option("listen", "address for the API (HTTP/1.1 and h2c on one port; h2 by ALPN with TLS)",
+           lambda: "127.0.0.1:8080", metavar="HOST:PORT"),
+    Option("tls_cert", "PEM certificate for serving the API over TLS", lambda: None, metavar="FILE"),
+    Option("tls_key", "PEM private key for --tls-cert", lambda: None, metavar="FILE"),
+    Option("database_url", "SQLAlchemy URL; default: SQLite in the data dir. "
+           "PostgreSQL: postgresql+psycopg://user:pass@host/db", lambda: None, metavar="URL"),
+    Option("regions", "comma-separated region ids projects may use", lambda: ("us-east-1", "eu-central-1"),
+           parse=_csv, metavar="LIST"),
+    Option("default_region", "region for projects created without one", lambda: "us-east-1",
+           metavar="REGION"),
+    Option("log_level", "DEBUG, INFO, WARNING or ERROR", lambda: "INFO", metavar="LEVEL"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    listen: str
+    tls_cert: Path | None
+    tls_key: Path | None
+    database_url: str
+    regions: tuple[str, ...]
+    default_region: str
+    log_level: str
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML file with any of the options below "
+                        "(keys as option names with underscores); env OPENDEPOT_CONFIG")
+    for option in OPTIONS:
+        parser.add_argument(option.flag, dest=option.name, metavar=option.metavar, default=None,
+                            help=f"{option.help} [env {option.env}]")
+
+
+def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    file_values: dict[str, Any] = {}
+    config_path = getattr(args, "config", None) or environ.get("OPENDEPOT_CONFIG")
+    if config_path:
+        try:
+            file_values = tomllib.loads(Path(config_path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_path}: {exc}") from exc
+        unknown = set(file_values) - {o.name for o in OPTIONS}
+        if unknown:
+            raise ConfigError(f"unknown keys in {config_path}: {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for option in OPTIONS:
+        flag_value = getattr(args, option.name, None)
+        if flag_value is not None:
+            values[option.name], sources[option.name] = option.parse(flag_value), "flag"
+        elif option.env in environ:
+            values[option.name], sources[option.name] = option.parse(environ[option.env]), "env"
+        elif option.name in file_values:
+            values[option.name], sources[option.name] = option.parse(file_values[option.name]), "file"
+        else:
+            values[option.name], sources[option.name] = option.default(), "default"
+    return _build(values, sources)
+
+
+def _build(values: dict[str, Any], sources: dict[str, str]) -> Config:
+    data_dir = Path(values["data_dir"]).expanduser().resolve()
+    if bool(values["tls_cert"]) != bool(values["tls_key"]):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if values["default_region"] not in values["regions"]:
+        raise ConfigError(f"--default-region {values['default_region']} is not among --regions")
+    config = Config(
+        data_dir=data_dir,
+        listen=values["listen"],
+        tls_cert=Path(values["tls_cert"]) if values["tls_cert"] else None,
+        tls_key=Path(values["tls_key"]) if values["tls_key"] else None,
+        database_url=values["database_url"] or sqlite_url(data_dir),
+        regions=values["regions"],
+        default_region=values["default_region"],
+        log_level=str(values["log_level"]).upper(),
+        sources=sources,
+    )
+    try:
+        config.host_port  # noqa: B018 - validates the address early
+    except ValueError as exc:
+        raise ConfigError(f"--listen must be HOST:PORT, got {config.listen!r}") from exc
+    return config

@@ -1,0 +1,78 @@
+"""Keyset pagination with opaque page tokens.
+
+A token is base64url(JSON {"l": list name, "k": [created_at ISO, id]}). It names the list it came from, so a
+token from one list is refused by another; anything that does not decode is `invalid_argument`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from opendepot.clock import as_utc
+from opendepot.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+MAX_TOKEN_LENGTH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    created_at: datetime
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    size: int
+    after: Cursor | None
+
+
+def page_request(
+    list_name: str,
+    page_size: int | None,
+    page_token: str | None,
+    *,
+    default_size: int = DEFAULT_PAGE_SIZE,
+) -> PageRequest:
+    if page_size is None or page_size == 0:
+        size = default_size
+    elif page_size < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    else:
+        size = min(page_size, MAX_PAGE_SIZE)
+    after = decode_token(list_name, page_token) if page_token else None
+    return PageRequest(size=size, after=after)
+
+
+def encode_token(list_name: str, cursor: Cursor) -> str:
+    payload = {"l": list_name, "k": [cursor.created_at.isoformat(), cursor.id]}
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_token(list_name: str, token: str) -> Cursor:
+    problem = "is not a page token this list issued"
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidArgument("page_token", problem)
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        payload = json.loads(raw)
+        if payload["l"] != list_name:
+            raise InvalidArgument("page_token", problem)
+        created_at, item_id = payload["k"]
+        return Cursor(created_at=as_utc(datetime.fromisoformat(created_at)), id=str(item_id))
+    except InvalidArgument:
+        raise
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise InvalidArgument("page_token", problem) from exc
+
+
+def next_token(list_name: str, items: list[Cursor], size: int) -> str | None:
+    """The caller fetched size + 1 rows: a next page exists only if the extra row came back."""
+    if len(items) <= size:
+        return None
+    return encode_token(list_name, items[size - 1])

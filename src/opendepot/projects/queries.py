@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy.orm import Session
+
+from opendepot.organizations.models import Organization
+from opendepot.pagination import Cursor
+from opendepot.tokens.models import Token
+
+from .models import Project, TrustPolicy
+
+
+def get(session: Session, project_id: str) -> Project | None:
+    return session.get(Project, project_id)
+
+
+def page(
+    session: Session,
+    organization_id: str,
+    *,
+    limit: int,
+    after: Cursor | None,
+    region_id: str | None = None,
+    only_project_id: str | None = None,
+) -> Sequence[Project]:
+    stmt = select(Project).where(Project.organization_id == organization_id)
+    if region_id is not None:
+        stmt = stmt.where(Project.region_id == region_id)
+    if only_project_id is not None:
+        stmt = stmt.where(Project.id == only_project_id)
+    if after is not None:
+        stmt = stmt.where(tuple_(Project.created_at, Project.id) > tuple_(after.created_at, after.id))
+    stmt = stmt.order_by(Project.created_at, Project.id).limit(limit)
+    return session.scalars(stmt).all()
+
+
+def with_organizations(
+    session: Session, organization_id: str, only_project_id: str | None
+) -> Sequence[tuple[Project, Organization]]:
+    stmt = (
+        select(Project, Organization)
+        .join(Organization, Organization.id == Project.organization_id)
+        .where(Project.organization_id == organization_id)
+        .order_by(Project.created_at, Project.id)
+    )
+    if only_project_id is not None:
+        stmt = stmt.where(Project.id == only_project_id)
+    return [(p, o) for p, o in session.execute(stmt).tuples()]
+
+
+def delete_project(session: Session, project_id: str) -> None:
+    # Explicit, not only ON DELETE CASCADE: the outcome must not depend on the database's FK settings.
+    session.execute(delete(Token).where(Token.project_id == project_id))
+    session.execute(delete(TrustPolicy).where(TrustPolicy.project_id == project_id))
+    session.execute(delete(Project).where(Project.id == project_id))
+
+
+def trust_policies(session: Session, project_id: str) -> Sequence[TrustPolicy]:
+    stmt = (
+        select(TrustPolicy)
+        .where(TrustPolicy.project_id == project_id)
+        .order_by(TrustPolicy.created_at, TrustPolicy.id)
+    )
+    return session.scalars(stmt).all()
+
+
+def count_trust_policies(session: Session, project_id: str) -> int:
+    stmt = select(func.count()).select_from(TrustPolicy).where(TrustPolicy.project_id == project_id)
+    return int(session.scalar(stmt) or 0)
+
+
+def get_trust_policy(session: Session, project_id: str, trust_policy_id: str) -> TrustPolicy | None:
+    stmt = select(TrustPolicy).where(
+        TrustPolicy.project_id == project_id, TrustPolicy.id == trust_policy_id
+    )
+    return session.scalars(stmt).first()
+
+
+def delete_trust_policy(session: Session, trust_policy_id: str) -> None:
+    session.execute(delete(TrustPolicy).where(TrustPolicy.id == trust_policy_id))

@@ -1,0 +1,11 @@
+"""Imports every domain's models so that the metadata (for migrations and tests) is complete."""
+
+from opendepot.organizations.models import Organization
+from opendepot.projects.models import Project, TrustPolicy
+from opendepot.tokens.models import Token
+
+from .base import Base
+
+metadata = Base.metadata
+
+__all__ = ["Organization", "Project", "Token", "TrustPolicy", "metadata"]

@@ -1,0 +1,94 @@
+"""Creating, listing and revoking tokens, and resolving a bearer secret to a Principal."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session
+
+from opendepot.auth import Principal, TokenKind
+from opendepot.clock import utcnow
+from opendepot.errors import NotFound, ResourceExhausted
+from opendepot.ids import new_id
+from opendepot.projects.service import load_managed_project
+from opendepot.validation import require_id, require_text
+
+from . import queries
+from .models import Token
+from .secrets import digests_match, hash_secret, new_secret
+
+MAX_DESCRIPTION_LENGTH = 255
+MAX_TOKENS_PER_PROJECT = 1000
+
+
+def _issue(
+    session: Session, kind: TokenKind, organization_id: str, project_id: str | None, description: str
+) -> tuple[Token, str]:
+    secret = new_secret(kind)
+    token = Token(
+        id=new_id(),
+        kind=kind.value,
+        organization_id=organization_id,
+        project_id=project_id,
+        description=description,
+        secret_hash=hash_secret(secret),
+        created_at=utcnow(),
+    )
+    session.add(token)
+    session.flush()
+    return token, secret
+
+
+def create_organization_token(session: Session, organization_id: str, description: str) -> tuple[Token, str]:
+    """Admin path (bootstrap and `opendepot tokens create`): the secret is returned once, never stored."""
+    description = require_text("description", description, MAX_DESCRIPTION_LENGTH)
+    return _issue(session, TokenKind.ORGANIZATION, organization_id, None, description)
+
+
+def create_project_token(
+    session: Session, principal: Principal, project_id: str, description: str
+) -> tuple[Token, str]:
+    project = load_managed_project(session, principal, project_id, "manage tokens")
+    description = require_text("description", description, MAX_DESCRIPTION_LENGTH)
+    if queries.count_for_project(session, project.id) >= MAX_TOKENS_PER_PROJECT:
+        raise ResourceExhausted(f"a project can have at most {MAX_TOKENS_PER_PROJECT} tokens")
+    return _issue(session, TokenKind.PROJECT, project.organization_id, project.id, description)
+
+
+def list_project_tokens(session: Session, principal: Principal, project_id: str) -> Sequence[Token]:
+    project = load_managed_project(session, principal, project_id, "manage tokens")
+    return queries.for_project(session, project.id, TokenKind.PROJECT.value)
+
+
+def _load_project_token(session: Session, principal: Principal, token_id: str) -> Token:
+    token = queries.get(session, require_id("token_id", token_id))
+    # Only project tokens are managed through the API; organization tokens are admin business.
+    if token is None or token.kind != TokenKind.PROJECT.value or token.project_id is None:
+        raise NotFound(f"token {token_id!r} not found")
+    load_managed_project(session, principal, token.project_id, "manage tokens")
+    return token
+
+
+def update_token(session: Session, principal: Principal, token_id: str, description: str) -> Token:
+    token = _load_project_token(session, principal, token_id)
+    token.description = require_text("description", description, MAX_DESCRIPTION_LENGTH)
+    session.flush()
+    return token
+
+
+def delete_token(session: Session, principal: Principal, token_id: str) -> None:
+    token = _load_project_token(session, principal, token_id)
+    queries.delete_token(session, token.id)
+
+
+def authenticate(session: Session, secret: str) -> Principal | None:
+    digest = hash_secret(secret)
+    token = queries.by_secret_hash(session, digest)
+    if token is None or not digests_match(token.secret_hash, digest):
+        return None
+    return Principal(
+        kind=TokenKind(token.kind),
+        token_id=token.id,
+        organization_id=token.organization_id,
+        project_id=token.project_id,
+    )
