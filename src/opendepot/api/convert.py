@@ -34,7 +34,7 @@ def timestamp(value: datetime) -> Timestamp:
 
 def hardware_in(value: project_pb.Hardware) -> str | None:
     """UNSPECIFIED means the default; an unknown number is refused."""
-    if value == project_pb.Hardware.HARDWARE_UNSPECIFIED:
+    if value == project_pb.Hardware.UNSPECIFIED:
         return None
     size = _HARDWARE_BY_ENUM.get(value)
     if size is None:

@@ -1,0 +1,56 @@
+"""The official clients, unmodified: @depot/sdk-node through a small driver, and the depot CLI binary."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+NODE_DIR = Path(__file__).resolve().parents[1] / "e2e" / "node"
+DEPOT_CLI = NODE_DIR / "node_modules" / "@depot" / "cli-linux-x64" / "bin" / "depot"
+SDK_NODE = NODE_DIR / "node_modules" / "@depot" / "sdk-node"
+
+
+def clients_installed() -> bool:
+    return DEPOT_CLI.exists() and SDK_NODE.exists() and shutil.which("node") is not None
+
+
+def sdk_node(base_url: str, calls: list[dict[str, Any]], timeout: float = 60) -> list[dict[str, Any]]:
+    """Runs calls through @depot/sdk-node; each result is {"ok": json} or {"error": {"code", "message"}}."""
+    env = {**os.environ, "DEPOT_API_URL": base_url}
+    if base_url.startswith("https"):
+        env["NODE_TLS_REJECT_UNAUTHORIZED"] = "0"
+    result = subprocess.run(
+        ["node", str(NODE_DIR / "driver.mjs")],
+        input=json.dumps(calls), capture_output=True, text=True, env=env, timeout=timeout, check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"sdk-node driver failed: {result.stderr}")
+    outcomes: list[dict[str, Any]] = json.loads(result.stdout)
+    return outcomes
+
+
+def sdk_one(base_url: str, service: str, method: str, request: dict[str, Any], token: str) -> dict[str, Any]:
+    return sdk_node(base_url, [{"service": service, "method": method, "request": request, "token": token}])[0]
+
+
+def depot(base_url: str, token: str | None, *args: str, cwd: Path | None = None,
+          env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    full_env = {
+        **os.environ,
+        "DEPOT_API_URL": base_url,
+        "DEPOT_NO_UPDATE_NOTIFIER": "1",
+        "DEPOT_ERROR_TELEMETRY": "0",
+        "HOME": os.environ.get("HOME", "/root"),
+        **(env or {}),
+    }
+    full_env.pop("DEPOT_TOKEN", None)
+    if token is not None:
+        full_env["DEPOT_TOKEN"] = token
+    return subprocess.run(
+        [str(DEPOT_CLI), *args], capture_output=True, text=True, env=full_env, cwd=cwd,
+        timeout=timeout, stdin=subprocess.DEVNULL, check=False,
+    )

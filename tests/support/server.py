@@ -1,0 +1,122 @@
+"""A real `opendepot serve` in a subprocess, on a free port, with its own data dir and database."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+OPENDEPOT = [sys.executable, "-m", "opendepot.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    data_dir: Path
+    database_url: str | None
+    tls: tuple[Path, Path] | None = None
+    extra_args: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin-token").read_text().strip()
+
+    def store_args(self) -> list[str]:
+        args = ["--data-dir", str(self.data_dir)]
+        if self.database_url:
+            args += ["--database-url", self.database_url]
+        return args
+
+    def start(self, timeout: float = 30) -> Server:
+        args = [*OPENDEPOT, "serve", *self.store_args(), "--listen", f"127.0.0.1:{self.port}", *self.extra_args]
+        if self.tls:
+            args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + timeout
+        with httpx.Client(verify=False) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"opendepot serve exited early:\n{self.log_path.read_text()}")
+                try:
+                    if client.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"opendepot serve did not become healthy:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def admin(self, *args: str) -> str:
+        """Runs an `opendepot` admin command against this server's store."""
+        result = subprocess.run(
+            [*OPENDEPOT, *args, *self.store_args()], capture_output=True, text=True, cwd=REPO, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"opendepot {' '.join(args)} failed: {result.stderr}")
+        return result.stdout.strip()
+
+    def new_organization(self, name: str | None = None) -> tuple[str, str]:
+        """A fresh organization and an organization token for it: (org_id, secret)."""
+        name = name or f"org-{uuid.uuid4().hex[:8]}"
+        org_id = self.admin("orgs", "create", name).split("\t")[0]
+        return org_id, self.admin("tokens", "create", "--org", org_id)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text()
+
+
+def create_postgres_database(admin_url: str) -> tuple[str, str]:
+    """Creates an empty database; returns (SQLAlchemy URL for it, its name)."""
+    import psycopg
+
+    name = f"opendepot_test_{uuid.uuid4().hex[:12]}"
+    conninfo = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _db = admin_url.rpartition("/")
+    return f"{base}/{name}", name
+
+
+def drop_postgres_database(admin_url: str, name: str) -> None:
+    import psycopg
+
+    conninfo = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_admin_url() -> str | None:
+    return os.environ.get("OPENDEPOT_TEST_POSTGRES_URL") or None
