@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     org_commands = orgs.add_subparsers(dest="action", required=True)
     org_create = org_commands.add_parser("create", help="create an organization")
     org_create.add_argument("name")
+    org_create.add_argument("--with-token", action="store_true",
+                            help="also create an organization token and print its secret (once)")
     add_arguments(org_create)
     org_list = org_commands.add_parser("list", help="list organizations")
     add_arguments(org_list)

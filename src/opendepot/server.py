@@ -11,7 +11,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 from sqlalchemy import text
 
-from opendepot.api.app import Router, connect_apps
+from opendepot.api.app import Router, connect_apps, method_paths
 from opendepot.api.auth import Authenticator
 from opendepot.api.deps import Deps
 from opendepot.api.interceptor import configure_logging
@@ -22,13 +22,6 @@ from opendepot.projects.service import Settings as ProjectSettings
 from opendepot.store import Store
 
 log = logging.getLogger("opendepot.server")
-
-
-def open_store(config: Config) -> Store:
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(config.database_url)
-    store.migrate()
-    return store
 
 
 def build_app(config: Config, store: Store) -> Router:
@@ -51,7 +44,7 @@ def build_app(config: Config, store: Store) -> Router:
             log.exception("health check failed")
             return False
 
-    return Router(connect_apps(deps), healthy)
+    return Router(connect_apps(deps), method_paths(), healthy)
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
@@ -74,7 +67,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
 
 
 async def _serve(config: Config) -> None:
-    store = open_store(config)
+    store = Store.open(config.database_url, config.data_dir)
     bootstrap(store, config.data_dir)
     app = build_app(config, store)
     stop = asyncio.Event()

@@ -18,11 +18,12 @@ def clients_installed() -> bool:
     return DEPOT_CLI.exists() and SDK_NODE.exists() and shutil.which("node") is not None
 
 
-def sdk_node(base_url: str, calls: list[dict[str, Any]], timeout: float = 60) -> list[dict[str, Any]]:
+def sdk_node(base_url: str, calls: list[dict[str, Any]], timeout: float = 60,
+             ca_file: Path | None = None) -> list[dict[str, Any]]:
     """Runs calls through @depot/sdk-node; each result is {"ok": json} or {"error": {"code", "message"}}."""
     env = {**os.environ, "DEPOT_API_URL": base_url}
-    if base_url.startswith("https"):
-        env["NODE_TLS_REJECT_UNAUTHORIZED"] = "0"
+    if ca_file is not None:
+        env["NODE_EXTRA_CA_CERTS"] = str(ca_file)
     result = subprocess.run(
         ["node", str(NODE_DIR / "driver.mjs")],
         input=json.dumps(calls), capture_output=True, text=True, env=env, timeout=timeout, check=False,

@@ -91,8 +91,8 @@ class Server:
     def new_organization(self, name: str | None = None) -> tuple[str, str]:
         """A fresh organization and an organization token for it: (org_id, secret)."""
         name = name or f"org-{uuid.uuid4().hex[:8]}"
-        org_id = self.admin("orgs", "create", name).split("\t")[0]
-        return org_id, self.admin("tokens", "create", "--org", org_id)
+        org_id, _name, secret = self.admin("orgs", "create", name, "--with-token").split("\t")
+        return org_id, secret
 
     def log_text(self) -> str:
         return self.log_path.read_text()

@@ -60,6 +60,26 @@ class _PushService(cli_push_v1.PushService): ...
 class _LoginService(login_v1beta1.LoginService): ...
 
 
+SERVICES = (
+    project_v1.ProjectService,
+    org_v1.OrganizationService,
+    usage_v1.UsageService,
+    core_build_v1.BuildService,
+    build_v1.BuildService,
+    registry_v1.RegistryService,
+    buildkit_v1.BuildKitService,
+    cli_build_v1.BuildService,
+    cli_push_v1.PushService,
+    login_v1beta1.LoginService,
+    projects_v1beta1.ProjectsService,
+)
+
+
+def method_paths() -> set[str]:
+    """Every `/<service>/<Method>` path of spec §3, from the generated descriptors."""
+    return {f"/{svc.desc().type_name}/{m.name}" for svc in SERVICES for m in svc.desc().methods}
+
+
 def connect_apps(deps: Deps) -> list[ConnectASGIApplication[Any]]:
     opts: dict[str, Any] = {"interceptors": [CallInterceptor()], "read_max_bytes": READ_MAX_BYTES}
     return [
@@ -87,8 +107,14 @@ async def _respond(send: Send, status: int, body: dict[str, Any]) -> None:
 class Router:
     """Dispatches `/<package>.<Service>/<Method>` to that service's Connect application."""
 
-    def __init__(self, apps: list[ConnectASGIApplication[Any]], health: Callable[[], Awaitable[bool]]) -> None:
+    def __init__(
+        self,
+        apps: list[ConnectASGIApplication[Any]],
+        methods: set[str],
+        health: Callable[[], Awaitable[bool]],
+    ) -> None:
         self._apps = {app.path: app for app in apps}
+        self._methods = methods
         self._health = health
 
     @property
@@ -113,7 +139,7 @@ class Router:
             return
         service = "/" + path.lstrip("/").split("/", 1)[0]
         app = self._apps.get(service)
-        if app is not None:
+        if app is not None and path in self._methods:
             await app(scope, receive, send)  # type: ignore[arg-type]
             return
         # Connect clients read the code from the body; 404 is the HTTP fallback for unimplemented.

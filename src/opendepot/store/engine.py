@@ -55,6 +55,14 @@ class Store:
     async def run(self, fn: Callable[[Session], T]) -> T:
         return await asyncio.to_thread(self.call, fn)
 
+    @classmethod
+    def open(cls, url: str, data_dir: Path) -> Store:
+        """The store as the server and admin commands use it: data dir created, schema at head."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        store = cls(url)
+        store.migrate()
+        return store
+
     def migrate(self) -> None:
         from .migrate import upgrade_to_head
 
