@@ -56,6 +56,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("default_region", "region for projects created without one", lambda: "us-east-1",
            metavar="REGION"),
     Option("log_level", "DEBUG, INFO, WARNING or ERROR", lambda: "INFO", metavar="LEVEL"),
+    Option("workers", "API worker processes sharing the port (default: the number of CPUs, at most 4)",
+           lambda: min(os.cpu_count() or 1, 4), parse=int, metavar="N"),
 )
 
 
@@ -69,6 +71,7 @@ class Config:
     regions: tuple[str, ...]
     default_region: str
     log_level: str
+    workers: int
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -131,8 +134,11 @@ def _build(values: dict[str, Any], sources: dict[str, str]) -> Config:
         regions=values["regions"],
         default_region=values["default_region"],
         log_level=str(values["log_level"]).upper(),
+        workers=values["workers"],
         sources=sources,
     )
+    if not 1 <= config.workers <= 64:
+        raise ConfigError("--workers must be between 1 and 64")
     try:
         config.host_port  # noqa: B018 - validates the address early
     except ValueError as exc:

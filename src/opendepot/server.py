@@ -1,14 +1,31 @@
-"""`opendepot serve`: the store, the ASGI app, and Hypercorn on one port for HTTP/1.1, h2c and h2."""
+"""`opendepot serve`.
+
+The process that starts is the supervisor: it migrates the store, bootstraps, checks that the port is free
+(so a busy port fails loudly), then runs the API in `--workers` processes. Each worker binds the port with
+SO_REUSEPORT, so the kernel spreads connections evenly (a shared accept socket lets one busy worker take
+them all).
+API workers keep no state of their own beyond connection pools: everything they know is in the store, so
+any worker can answer any call. (Later, singular things such as the machine manager live in the supervisor.)
+Each worker is Hypercorn serving one ASGI app: HTTP/1.1 and h2c on the cleartext port, h2 by ALPN on TLS."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
+import multiprocessing
 import signal
 import sys
+import time
+from multiprocessing.synchronize import Event as EventType
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.utils import wrap_app
 from sqlalchemy import text
 
 from opendepot.api.app import Router, connect_apps, method_paths
@@ -57,6 +74,9 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     # Status streams and login streams stay open for a whole build or until approval.
     hc.read_timeout = None
     hc.keep_alive_timeout = 75
+    # Hypercorn closes a connection (GOAWAY) after this many requests; clients reconnect, but a busy
+    # sdk-node process should not have to every thousand calls.
+    hc.keep_alive_max_requests = 1_000_000
     hc.h2_max_concurrent_streams = 1000
     hc.h11_max_incomplete_size = 64 * 1024
     if config.tls_cert and config.tls_key:
@@ -66,24 +86,120 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     return hc
 
 
-async def _serve(config: Config) -> None:
-    store = Store.open(config.database_url, config.data_dir)
-    bootstrap(store, config.data_dir)
-    app = build_app(config, store)
-    stop = asyncio.Event()
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGTERM if the supervisor dies, so that no worker outlives it."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+# An app factory runs in each worker: it returns the ASGI app and what to close when the worker stops.
+AppFactory = Callable[[Config], tuple[Any, Callable[[], None]]]
+
+
+def opendepot_app(config: Config) -> tuple[Any, Callable[[], None]]:
+    store = Store(config.database_url)
+    return build_app(config, store), store.dispose
+
+
+async def _run_worker(config: Config, make_app: AppFactory, sockets: Sockets, stop: EventType | None) -> None:
+    app, close = make_app(config)
+    stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    scheme = "https" if config.tls_cert else "http"
-    host, port = config.host_port
-    print(f"opendepot: serving the Depot API on {scheme}://{host}:{port} (data in {config.data_dir})",
-          file=sys.stderr, flush=True)
+        loop.add_signal_handler(sig, stopped.set)
+
+    async def shutdown_trigger() -> None:
+        while not stopped.is_set():
+            if stop is not None and stop.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), timeout=0.25)
+
     try:
-        await hypercorn_serve(app, hypercorn_config(config), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        hc = hypercorn_config(config)
+        asgi = wrap_app(app, hc.wsgi_max_body_size, "asgi")
+        await worker_serve(asgi, hc, sockets=sockets, shutdown_trigger=shutdown_trigger)
+    finally:
+        close()
+
+
+def _run(coroutine: Coroutine[Any, Any, None]) -> None:
+    """uvloop where it is installed (it is a dependency on Linux): markedly less overhead per request."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coroutine)
+        return
+    uvloop.run(coroutine)
+
+
+def _worker_main(config: Config, make_app: AppFactory, stop: EventType) -> None:
+    _die_with_parent()
+    configure_logging(config.log_level)
+    hc = hypercorn_config(config)
+    hc.workers = config.workers  # makes Hypercorn set SO_REUSEPORT
+    _run(_run_worker(config, make_app, hc.create_sockets(), stop))
+
+
+def _check_port_free(hc: HypercornConfig) -> None:
+    """Binding without SO_REUSEPORT fails if anything holds the port, even a group that set it."""
+    hc.workers = 1
+    sockets = hc.create_sockets()
+    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+        sock.close()
+
+
+def _prepare(config: Config) -> None:
+    store = Store.open(config.database_url, config.data_dir)
+    try:
+        bootstrap(store, config.data_dir)
     finally:
         store.dispose()
 
 
 def serve(config: Config) -> None:
     configure_logging(config.log_level)
-    asyncio.run(_serve(config))
+    _prepare(config)
+    scheme = "https" if config.tls_cert else "http"
+    host, port = config.host_port
+    print(f"opendepot: serving the Depot API on {scheme}://{host}:{port} with {config.workers} worker(s) "
+          f"(data in {config.data_dir})", file=sys.stderr, flush=True)
+    serve_workers(config, opendepot_app)
+
+
+def serve_workers(config: Config, make_app: AppFactory) -> None:
+    """Runs make_app's app in config.workers processes (in this process when there is one)."""
+    hc = hypercorn_config(config)
+    if config.workers == 1:
+        _run(_run_worker(config, make_app, hc.create_sockets(), None))
+        return
+    _check_port_free(hc)
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    workers: list[Any] = []
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # Only record it: setting a multiprocessing Event here could deadlock with the loop below.
+        received.append(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    for _ in range(config.workers):
+        process = ctx.Process(target=_worker_main, args=(config, make_app, stop), daemon=False)
+        process.start()
+        workers.append(process)
+    # Any worker exiting on its own (a crash) stops the whole server rather than leaving it half-up.
+    while not received and all(w.is_alive() for w in workers):
+        time.sleep(0.2)
+    stop.set()
+    for w in workers:
+        w.join(timeout=15)
+        if w.is_alive():
+            w.kill()
+            w.join()
+    crashed = [w.exitcode for w in workers if w.exitcode not in (0, None)]
+    if crashed and not received:
+        raise SystemExit(f"opendepot: a worker exited with code {crashed[0]}")

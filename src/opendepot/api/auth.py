@@ -34,7 +34,7 @@ class Authenticator:
 
     async def principal(self, ctx: RequestContext[Any, Any]) -> Principal:
         secret = bearer_token(ctx.request_headers.get("authorization"))
-        principal = await self._store.run(lambda s: tokens.authenticate(s, secret))
+        principal = await self._store.read_lookup(lambda c: tokens.authenticate(c, secret))
         if principal is None:
             raise Unauthenticated("invalid token: unknown, revoked or deleted")
         if (call := current_call.get()) is not None:

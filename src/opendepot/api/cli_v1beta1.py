@@ -22,7 +22,7 @@ class ProjectsService:
     async def list_projects(self, request: pb.ListProjectsRequest, ctx: Ctx) -> pb.ListProjectsResponse:
         """No pagination fields exist here: the CLI expects every project it can reach (onboarding)."""
         who = await self.d.authn.principal(ctx)
-        rows = await self.d.store.run(lambda s: projects.list_projects_with_organizations(s, who))
+        rows = await self.d.store.read(lambda s: projects.list_projects_with_organizations(s, who))
         return pb.ListProjectsResponse(
             projects=[
                 pb.ListProjectsResponse.Project(id=p.id, name=p.name, org_id=o.id, org_name=o.name)
@@ -40,6 +40,6 @@ class ProjectsService:
             organization = org_queries.get(s, project.organization_id)
             return project.id, project.name, organization.name if organization else ""
 
-        project_id, name, org_name = await self.d.store.run(check)
+        project_id, name, org_name = await self.d.store.read(check)
         await self.d.caches.reset(project_id)
         return pb.ResetProjectCacheResponse(name=name, org_name=org_name)

@@ -21,7 +21,7 @@ class OrganizationService:
         self, request: pb.ListOrganizationsRequest, ctx: RequestContext[Any, Any]
     ) -> pb.ListOrganizationsResponse:
         who = await self.d.authn.principal(ctx)
-        rows = await self.d.store.run(lambda s: organizations.list_for(s, who))
+        rows = await self.d.store.read(lambda s: organizations.list_for(s, who))
         return pb.ListOrganizationsResponse(
             organizations=[
                 pb.ListOrganizationsResponse.Organization(

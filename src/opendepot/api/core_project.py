@@ -29,14 +29,14 @@ class ProjectService:
             request.page_token if request.has_field("page_token") else None,
         )
         region = request.region_id if request.has_field("region_id") else None
-        rows, next_token = await self.d.store.run(lambda s: projects.list_projects(s, who, page, region))
+        rows, next_token = await self.d.store.read(lambda s: projects.list_projects(s, who, page, region))
         return pb.ListProjectsResponse(
             projects=[convert.project_out(p) for p in rows], next_page_token=next_token
         )
 
     async def get_project(self, request: pb.GetProjectRequest, ctx: Ctx) -> pb.GetProjectResponse:
         who = await self.d.authn.principal(ctx)
-        project = await self.d.store.run(lambda s: projects.load_project(s, who, request.project_id))
+        project = await self.d.store.read_lookup(lambda c: projects.read_project(c, who, request.project_id))
         return pb.GetProjectResponse(project=convert.project_out(project))
 
     async def create_project(self, request: pb.CreateProjectRequest, ctx: Ctx) -> pb.CreateProjectResponse:
@@ -83,7 +83,7 @@ class ProjectService:
 
     async def reset_project(self, request: pb.ResetProjectRequest, ctx: Ctx) -> pb.ResetProjectResponse:
         who = await self.d.authn.principal(ctx)
-        project = await self.d.store.run(lambda s: projects.check_reset_allowed(s, who, request.project_id))
+        project = await self.d.store.read(lambda s: projects.check_reset_allowed(s, who, request.project_id))
         await self.d.caches.reset(project.id)
         return pb.ResetProjectResponse()
 
@@ -91,7 +91,7 @@ class ProjectService:
         self, request: pb.ListTrustPoliciesRequest, ctx: Ctx
     ) -> pb.ListTrustPoliciesResponse:
         who = await self.d.authn.principal(ctx)
-        rows = await self.d.store.run(lambda s: projects.list_trust_policies(s, who, request.project_id))
+        rows = await self.d.store.read(lambda s: projects.list_trust_policies(s, who, request.project_id))
         return pb.ListTrustPoliciesResponse(trust_policies=[convert.trust_policy_out(p) for p in rows])
 
     async def add_trust_policy(self, request: pb.AddTrustPolicyRequest, ctx: Ctx) -> pb.AddTrustPolicyResponse:
@@ -113,7 +113,7 @@ class ProjectService:
 
     async def list_tokens(self, request: pb.ListTokensRequest, ctx: Ctx) -> pb.ListTokensResponse:
         who = await self.d.authn.principal(ctx)
-        rows = await self.d.store.run(lambda s: tokens.list_project_tokens(s, who, request.project_id))
+        rows = await self.d.store.read(lambda s: tokens.list_project_tokens(s, who, request.project_id))
         return pb.ListTokensResponse(
             tokens=[pb.ListTokensResponse.Token(token_id=t.id, description=t.description) for t in rows]
         )

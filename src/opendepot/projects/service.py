@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal
@@ -44,13 +45,22 @@ def cache_of(project: Project) -> CacheSetting:
     return CacheSetting(keep_bytes=project.cache_keep_bytes, keep_days=project.cache_keep_days)
 
 
-def load_project(session: Session, principal: Principal, project_id: str) -> Project:
-    """The project, if this principal may see it: `not_found` if it does not exist, else access rules."""
-    project = queries.get(session, require_id("project_id", project_id))
+def _check_project(project: Project | None, principal: Principal, project_id: str) -> Project:
     if project is None:
         raise NotFound(f"project {project_id!r} not found")
     principal.require_project_access(project.organization_id, project.id)
     return project
+
+
+def load_project(session: Session, principal: Principal, project_id: str) -> Project:
+    """The project, if this principal may see it: `not_found` if it does not exist, else access rules."""
+    return _check_project(queries.get(session, require_id("project_id", project_id)), principal, project_id)
+
+
+def read_project(connection: Connection | Session, principal: Principal, project_id: str) -> Project:
+    """As load_project, for read-only callers: a detached copy."""
+    project = queries.get_detached(connection, require_id("project_id", project_id))
+    return _check_project(project, principal, project_id)
 
 
 def load_managed_project(session: Session, principal: Principal, project_id: str, action: str) -> Project:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
@@ -53,7 +53,29 @@ class Store:
             return fn(session)
 
     async def run(self, fn: Callable[[Session], T]) -> T:
+        """A read-write unit of work, in a worker thread: SQLite may wait for its write lock."""
         return await asyncio.to_thread(self.call, fn)
+
+    def lookup(self, fn: Callable[[Connection], T]) -> T:
+        """A single Core read on a bare connection: the cheapest path, for per-RPC lookups (auth)."""
+        with self.engine.connect() as connection:
+            return fn(connection)
+
+    def read_now(self, fn: Callable[[Session], T]) -> T:
+        with self._sessions() as session:
+            return fn(session)
+
+    async def read_lookup(self, fn: Callable[[Connection], T]) -> T:
+        if self.engine.dialect.name == "sqlite":
+            return self.lookup(fn)
+        return await asyncio.to_thread(self.lookup, fn)
+
+    async def read(self, fn: Callable[[Session], T]) -> T:
+        """A read-only unit of work (rolled back at the end). SQLite readers never block in WAL mode and
+        answer in microseconds, so they run inline; a network database gets a worker thread."""
+        if self.engine.dialect.name == "sqlite":
+            return self.read_now(fn)
+        return await asyncio.to_thread(self.read_now, fn)
 
     @classmethod
     def open(cls, url: str, data_dir: Path) -> Store:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal, TokenKind
@@ -81,14 +82,14 @@ def delete_token(session: Session, principal: Principal, token_id: str) -> None:
     queries.delete_token(session, token.id)
 
 
-def authenticate(session: Session, secret: str) -> Principal | None:
+def authenticate(connection: Connection | Session, secret: str) -> Principal | None:
     digest = hash_secret(secret)
-    token = queries.by_secret_hash(session, digest)
-    if token is None or not digests_match(token.secret_hash, digest):
+    row = queries.principal_row(connection, digest)
+    if row is None:
+        return None
+    token_id, kind, organization_id, project_id, stored_hash = row
+    if not digests_match(stored_hash, digest):
         return None
     return Principal(
-        kind=TokenKind(token.kind),
-        token_id=token.id,
-        organization_id=token.organization_id,
-        project_id=token.project_id,
+        kind=TokenKind(kind), token_id=token_id, organization_id=organization_id, project_id=project_id
     )
