@@ -44,7 +44,19 @@ class Result:
 
 
 def h2load(url: str, body: Path, headers: dict[str, str], clients: int, requests: int, log: Path) -> Result:
-    args = ["h2load", "-c", str(clients), "-m", "1", "-n", str(requests), "-d", str(body), "--log-file", str(log)]
+    args = [
+        "h2load",
+        "-c",
+        str(clients),
+        "-m",
+        "1",
+        "-n",
+        str(requests),
+        "-d",
+        str(body),
+        "--log-file",
+        str(log),
+    ]
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True, timeout=600).stdout
@@ -58,8 +70,9 @@ def h2load(url: str, body: Path, headers: dict[str, str], clients: int, requests
     return Result(rps=len(durations) / elapsed, p50_ms=q[49], p99_ms=q[98], failed=failed)
 
 
-def measure(name: str, url: str, body: Path, headers: dict[str, str], per_client: int,
-            work: Path) -> dict[int, Result]:
+def measure(
+    name: str, url: str, body: Path, headers: dict[str, str], per_client: int, work: Path
+) -> dict[int, Result]:
     # h2load appends to its log file: every run gets a file of its own.
     results = {}
     for clients in CONCURRENCY:
@@ -70,7 +83,9 @@ def measure(name: str, url: str, body: Path, headers: dict[str, str], per_client
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests-per-client", type=int, default=400)
     args = parser.parse_args()
     if shutil.which("h2load") is None:
@@ -80,13 +95,18 @@ def main() -> None:
         work = Path(tmp)
         server = Server(data_dir=work / "data", database_url=None).start()
         port = free_port()
-        baseline = subprocess.Popen([sys.executable, str(ROOT / "bench" / "trivial_app.py"),
-                                     f"127.0.0.1:{port}", str(workers)], cwd=ROOT)
+        baseline = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "trivial_app.py"), f"127.0.0.1:{port}", str(workers)],
+            cwd=ROOT,
+        )
         try:
             token = server.admin_token
             with httpx.Client() as http:
-                created = http.post(f"{server.url}/depot.core.v1.ProjectService/CreateProject",
-                                    json={"name": "bench"}, headers={"authorization": f"Bearer {token}"})
+                created = http.post(
+                    f"{server.url}/depot.core.v1.ProjectService/CreateProject",
+                    json={"name": "bench"},
+                    headers={"authorization": f"Bearer {token}"},
+                )
                 project_id = created.json()["project"]["projectId"]
                 deadline = time.monotonic() + 20
                 while True:
@@ -100,30 +120,57 @@ def main() -> None:
             body = work / "request.bin"
             body.write_bytes(project_pb.GetProjectRequest(project_id=project_id).to_binary())
             headers = {"content-type": "application/proto", "connect-protocol-version": "1"}
-            ours = measure("opendepot", f"{server.url}/depot.core.v1.ProjectService/GetProject", body,
-                           {**headers, "authorization": f"Bearer {token}"}, args.requests_per_client, work)
-            base = measure("baseline", f"http://127.0.0.1:{port}/depot.core.v1.ProjectService/GetProject", body, headers,
-                           args.requests_per_client, work)
+            ours = measure(
+                "opendepot",
+                f"{server.url}/depot.core.v1.ProjectService/GetProject",
+                body,
+                {**headers, "authorization": f"Bearer {token}"},
+                args.requests_per_client,
+                work,
+            )
+            base = measure(
+                "baseline",
+                f"http://127.0.0.1:{port}/depot.core.v1.ProjectService/GetProject",
+                body,
+                headers,
+                args.requests_per_client,
+                work,
+            )
         finally:
             baseline.terminate()
             baseline.wait(timeout=20)
             server.stop()
 
-    print(f"\nGetProject over h2c, {workers} worker(s) each, {os.cpu_count()} CPUs, h2load on the same machine")
-    print(f"{'clients':>7} | {'opendepot RPC/s':>15} {'p50 ms':>7} {'p99 ms':>7} | "
-          f"{'baseline RPC/s':>14} {'p50 ms':>7} {'p99 ms':>7} | {'ratio':>5}")
+    print(
+        f"\nGetProject over h2c, {workers} worker(s) each, {os.cpu_count()} CPUs, h2load on the same machine"
+    )
+    print(
+        f"{'clients':>7} | {'opendepot RPC/s':>15} {'p50 ms':>7} {'p99 ms':>7} | "
+        f"{'baseline RPC/s':>14} {'p50 ms':>7} {'p99 ms':>7} | {'ratio':>5}"
+    )
     for c in CONCURRENCY:
         o, b = ours[c], base[c]
-        print(f"{c:>7} | {o.rps:>15.0f} {o.p50_ms:>7.2f} {o.p99_ms:>7.2f} | "
-              f"{b.rps:>14.0f} {b.p50_ms:>7.2f} {b.p99_ms:>7.2f} | {o.rps / b.rps:>5.2f}")
+        print(
+            f"{c:>7} | {o.rps:>15.0f} {o.p50_ms:>7.2f} {o.p99_ms:>7.2f} | "
+            f"{b.rps:>14.0f} {b.p50_ms:>7.2f} {b.p99_ms:>7.2f} | {o.rps / b.rps:>5.2f}"
+        )
     best = max(r.rps for r in ours.values())
     print(f"\ntarget >= {TARGET_RPS} RPC/s: best {best:.0f} -> {'met' if best >= TARGET_RPS else 'NOT met'}")
     p99 = ours[16].p99_ms
-    print(f"target p99 < {TARGET_P99_MS_AT_16:.0f} ms at 16 clients: {p99:.2f} ms -> "
-          f"{'met' if p99 < TARGET_P99_MS_AT_16 else 'NOT met'}")
+    print(
+        f"target p99 < {TARGET_P99_MS_AT_16:.0f} ms at 16 clients: {p99:.2f} ms -> "
+        f"{'met' if p99 < TARGET_P99_MS_AT_16 else 'NOT met'}"
+    )
     failures = sum(r.failed for r in ours.values())
-    print(json.dumps({"clients": {str(c): vars(ours[c]) for c in CONCURRENCY},
-                      "baseline": {str(c): vars(base[c]) for c in CONCURRENCY}, "failed": failures}))
+    print(
+        json.dumps(
+            {
+                "clients": {str(c): vars(ours[c]) for c in CONCURRENCY},
+                "baseline": {str(c): vars(base[c]) for c in CONCURRENCY},
+                "failed": failures,
+            }
+        )
+    )
     if failures:
         sys.exit(f"{failures} requests failed")
 

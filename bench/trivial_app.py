@@ -31,8 +31,17 @@ def make_trivial(_config: Config) -> tuple[Any, Any]:
 
 def main() -> None:
     listen, workers = sys.argv[1], int(sys.argv[2])
-    config = Config(data_dir=Path("."), listen=listen, tls_cert=None, tls_key=None, database_url="",
-                    regions=("r",), default_region="r", log_level="WARNING", workers=workers)
+    config = Config(
+        data_dir=Path("."),
+        listen=listen,
+        tls_cert=None,
+        tls_key=None,
+        database_url="",
+        regions=("r",),
+        default_region="r",
+        log_level="WARNING",
+        workers=workers,
+    )
     serve_workers(config, make_trivial)
 
 

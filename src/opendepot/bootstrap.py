@@ -10,7 +10,7 @@ from opendepot.organizations import service as organizations
 from opendepot.store import Store
 from opendepot.tokens import service as tokens
 
-ADMIN_TOKEN_FILE = "admin-token"
+ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 - a file name, not a secret
 
 
 def write_secret_file(path: Path, secret: str) -> None:

@@ -16,25 +16,32 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"opendepot {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the API server",
-                                description="Run the Depot API server. Every option can also be set "
-                                "by its OPENDEPOT_* variable or in the --config file.")
+    serve = commands.add_parser(
+        "serve",
+        help="run the API server",
+        description="Run the Depot API server. Every option can also be set "
+        "by its OPENDEPOT_* variable or in the --config file.",
+    )
     add_arguments(serve)
 
     orgs = commands.add_parser("orgs", help="manage organizations (on the store directly)")
     org_commands = orgs.add_subparsers(dest="action", required=True)
     org_create = org_commands.add_parser("create", help="create an organization")
     org_create.add_argument("name")
-    org_create.add_argument("--with-token", action="store_true",
-                            help="also create an organization token and print its secret (once)")
+    org_create.add_argument(
+        "--with-token",
+        action="store_true",
+        help="also create an organization token and print its secret (once)",
+    )
     add_arguments(org_create)
     org_list = org_commands.add_parser("list", help="list organizations")
     add_arguments(org_list)
 
     tokens = commands.add_parser("tokens", help="manage organization tokens (on the store directly)")
     token_commands = tokens.add_subparsers(dest="action", required=True)
-    token_create = token_commands.add_parser("create", help="create an organization token; prints the "
-                                             "secret once")
+    token_create = token_commands.add_parser(
+        "create", help="create an organization token; prints the secret once"
+    )
     token_create.add_argument("--org", required=True, help="organization id or name")
     token_create.add_argument("--description", default="organization token")
     add_arguments(token_create)

@@ -43,21 +43,44 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("data_dir", "directory for the database, caches and generated secrets", _default_data_dir,
-           metavar="DIR"),
-    Option("listen", "address for the API (HTTP/1.1 and h2c on one port; h2 by ALPN with TLS)",
-           lambda: "127.0.0.1:8080", metavar="HOST:PORT"),
+    Option(
+        "data_dir",
+        "directory for the database, caches and generated secrets",
+        _default_data_dir,
+        metavar="DIR",
+    ),
+    Option(
+        "listen",
+        "address for the API (HTTP/1.1 and h2c on one port; h2 by ALPN with TLS)",
+        lambda: "127.0.0.1:8080",
+        metavar="HOST:PORT",
+    ),
     Option("tls_cert", "PEM certificate for serving the API over TLS", lambda: None, metavar="FILE"),
     Option("tls_key", "PEM private key for --tls-cert", lambda: None, metavar="FILE"),
-    Option("database_url", "SQLAlchemy URL; default: SQLite in the data dir. "
-           "PostgreSQL: postgresql+psycopg://user:pass@host/db", lambda: None, metavar="URL"),
-    Option("regions", "comma-separated region ids projects may use", lambda: ("us-east-1", "eu-central-1"),
-           parse=_csv, metavar="LIST"),
-    Option("default_region", "region for projects created without one", lambda: "us-east-1",
-           metavar="REGION"),
+    Option(
+        "database_url",
+        "SQLAlchemy URL; default: SQLite in the data dir. PostgreSQL: postgresql+psycopg://user:pass@host/db",
+        lambda: None,
+        metavar="URL",
+    ),
+    Option(
+        "regions",
+        "comma-separated region ids projects may use",
+        lambda: ("us-east-1", "eu-central-1"),
+        parse=_csv,
+        metavar="LIST",
+    ),
+    Option(
+        "default_region", "region for projects created without one", lambda: "us-east-1", metavar="REGION"
+    ),
     Option("log_level", "DEBUG, INFO, WARNING or ERROR", lambda: "INFO", metavar="LEVEL"),
-    Option("workers", "API worker processes sharing the port (default: the number of CPUs, at most 4)",
-           lambda: min(os.cpu_count() or 1, 4), parse=int, metavar="N"),
+    Option(
+        "workers",
+        "API worker processes sharing the port (default: the number of CPUs, at most 4)",
+        lambda: min(os.cpu_count() or 1, 4),
+        parse=int,
+        metavar="N",
+    ),
 )
 
 
@@ -85,11 +108,20 @@ class ConfigError(ValueError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="TOML file with any of the options below "
-                        "(keys as option names with underscores); env OPENDEPOT_CONFIG")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file with any of the options below "
+        "(keys as option names with underscores); env OPENDEPOT_CONFIG",
+    )
     for option in OPTIONS:
-        parser.add_argument(option.flag, dest=option.name, metavar=option.metavar, default=None,
-                            help=f"{option.help} [env {option.env}]")
+        parser.add_argument(
+            option.flag,
+            dest=option.name,
+            metavar=option.metavar,
+            default=None,
+            help=f"{option.help} [env {option.env}]",
+        )
 
 
 def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
@@ -123,6 +155,10 @@ def _build(values: dict[str, Any], sources: dict[str, str]) -> Config:
     data_dir = Path(values["data_dir"]).expanduser().resolve()
     if bool(values["tls_cert"]) != bool(values["tls_key"]):
         raise ConfigError("--tls-cert and --tls-key go together")
+    if not values["regions"]:
+        raise ConfigError("--regions must name at least one region")
+    if values["default_region"] not in values["regions"] and sources["default_region"] == "default":
+        values["default_region"] = values["regions"][0]
     if values["default_region"] not in values["regions"]:
         raise ConfigError(f"--default-region {values['default_region']} is not among --regions")
     config = Config(

@@ -18,8 +18,8 @@ import multiprocessing
 import signal
 import sys
 import time
-from multiprocessing.synchronize import Event as EventType
 from collections.abc import Callable, Coroutine
+from multiprocessing.synchronize import Event as EventType
 from typing import Any
 
 from hypercorn.asyncio.run import worker_serve
@@ -164,8 +164,12 @@ def serve(config: Config) -> None:
     _prepare(config)
     scheme = "https" if config.tls_cert else "http"
     host, port = config.host_port
-    print(f"opendepot: serving the Depot API on {scheme}://{host}:{port} with {config.workers} worker(s) "
-          f"(data in {config.data_dir})", file=sys.stderr, flush=True)
+    print(
+        f"opendepot: serving the Depot API on {scheme}://{host}:{port} with {config.workers} worker(s) "
+        f"(data in {config.data_dir})",
+        file=sys.stderr,
+        flush=True,
+    )
     serve_workers(config, opendepot_app)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -20,6 +20,18 @@ from tests.support.rpc import call
 from tests.support.server import Server
 
 PS = "depot.core.v1.ProjectService"
+
+
+def github(owner: str, repository: str = "") -> Oneof[Literal["github"], pb.TrustPolicy.GitHub]:
+    return Oneof("github", pb.TrustPolicy.GitHub(repository_owner=owner, repository=repository))
+
+
+def buildkite(org: str, pipeline: str = "") -> Oneof[Literal["buildkite"], pb.TrustPolicy.Buildkite]:
+    return Oneof("buildkite", pb.TrustPolicy.Buildkite(organization_slug=org, pipeline_slug=pipeline))
+
+
+def circleci(org: str, project: str) -> Oneof[Literal["circleci"], pb.TrustPolicy.CircleCI]:
+    return Oneof("circleci", pb.TrustPolicy.CircleCI(organization_uuid=org, project_uuid=project))
 
 
 @dataclass
@@ -43,23 +55,52 @@ def make_world(server: Server, http: httpx.Client) -> World:
 
     def create(name: str) -> str:
         r = call(http, server.url, f"{PS}/CreateProject", pb.CreateProjectRequest(name=name), token)
-        return r.message(pb.CreateProjectResponse).project.project_id
+        project = r.message(pb.CreateProjectResponse).project
+        assert project is not None
+        return project.project_id
 
     def new_token(project_id: str) -> pb.CreateTokenResponse:
-        r = call(http, server.url, f"{PS}/CreateToken",
-                 pb.CreateTokenRequest(project_id=project_id, description="t"), token)
+        r = call(
+            http,
+            server.url,
+            f"{PS}/CreateToken",
+            pb.CreateTokenRequest(project_id=project_id, description="t"),
+            token,
+        )
         return r.message(pb.CreateTokenResponse)
 
     project, other_project = create("one"), create("two")
-    project_token, other_project_token, doomed = new_token(project), new_token(other_project), new_token(project)
+    project_token, other_project_token, doomed = (
+        new_token(project),
+        new_token(other_project),
+        new_token(project),
+    )
     r = call(http, server.url, f"{PS}/DeleteToken", pb.DeleteTokenRequest(token_id=doomed.token_id), token)
     assert r.status == 200
-    r = call(http, server.url, f"{PS}/AddTrustPolicy", pb.AddTrustPolicyRequest(
-        project_id=project,
-        provider=Oneof("github", pb.TrustPolicy.GitHub(repository_owner="acme", repository="web"))), token)
-    policy = r.message(pb.AddTrustPolicyResponse).trust_policy.trust_policy_id
-    return World(token, other_token, project, other_project, project_token.secret, project_token.token_id,
-                 other_project_token.secret, doomed.secret, policy)
+    r = call(
+        http,
+        server.url,
+        f"{PS}/AddTrustPolicy",
+        pb.AddTrustPolicyRequest(
+            project_id=project,
+            provider=github("acme", "web"),
+        ),
+        token,
+    )
+    added = r.message(pb.AddTrustPolicyResponse).trust_policy
+    assert added is not None
+    policy = added.trust_policy_id
+    return World(
+        token,
+        other_token,
+        project,
+        other_project,
+        project_token.secret,
+        project_token.token_id,
+        other_project_token.secret,
+        doomed.secret,
+        policy,
+    )
 
 
 @dataclass
@@ -80,21 +121,38 @@ RPCS: list[Rpc] = [
     Rpc(f"{PS}/DeleteProject", lambda w: pb.DeleteProjectRequest(project_id=w.project)),
     Rpc(f"{PS}/ResetProject", lambda w: pb.ResetProjectRequest(project_id=w.project), org_only=False),
     Rpc(f"{PS}/ListTrustPolicies", lambda w: pb.ListTrustPoliciesRequest(project_id=w.project)),
-    Rpc(f"{PS}/AddTrustPolicy", lambda w: pb.AddTrustPolicyRequest(
-        project_id=w.project,
-        provider=Oneof("buildkite", pb.TrustPolicy.Buildkite(organization_slug="a", pipeline_slug="b")))),
-    Rpc(f"{PS}/RemoveTrustPolicy", lambda w: pb.RemoveTrustPolicyRequest(
-        project_id=w.project, trust_policy_id=w.trust_policy)),
+    Rpc(
+        f"{PS}/AddTrustPolicy",
+        lambda w: pb.AddTrustPolicyRequest(
+            project_id=w.project,
+            provider=buildkite("a", "b"),
+        ),
+    ),
+    Rpc(
+        f"{PS}/RemoveTrustPolicy",
+        lambda w: pb.RemoveTrustPolicyRequest(project_id=w.project, trust_policy_id=w.trust_policy),
+    ),
     Rpc(f"{PS}/ListTokens", lambda w: pb.ListTokensRequest(project_id=w.project)),
     Rpc(f"{PS}/CreateToken", lambda w: pb.CreateTokenRequest(project_id=w.project, description="d")),
     Rpc(f"{PS}/UpdateToken", lambda w: pb.UpdateTokenRequest(token_id=w.project_token_id, description="d")),
     Rpc(f"{PS}/DeleteToken", lambda w: pb.DeleteTokenRequest(token_id=w.project_token_id)),
-    Rpc("depot.core.v1.OrganizationService/ListOrganizations", lambda w: orgpb.ListOrganizationsRequest(),
-        project_scoped=False, org_only=False),
-    Rpc("depot.cli.v1beta1.ProjectsService/ListProjects", lambda w: beta.ListProjectsRequest(),
-        project_scoped=False, org_only=False),
-    Rpc("depot.cli.v1beta1.ProjectsService/ResetProjectCache",
-        lambda w: beta.ResetProjectCacheRequest(project_id=w.project), org_only=False),
+    Rpc(
+        "depot.core.v1.OrganizationService/ListOrganizations",
+        lambda w: orgpb.ListOrganizationsRequest(),
+        project_scoped=False,
+        org_only=False,
+    ),
+    Rpc(
+        "depot.cli.v1beta1.ProjectsService/ListProjects",
+        lambda w: beta.ListProjectsRequest(),
+        project_scoped=False,
+        org_only=False,
+    ),
+    Rpc(
+        "depot.cli.v1beta1.ProjectsService/ResetProjectCache",
+        lambda w: beta.ResetProjectCacheRequest(project_id=w.project),
+        org_only=False,
+    ),
 ]
 IDS = [r.path.split(".")[-1] for r in RPCS]
 
@@ -108,66 +166,165 @@ FIELD_CASES: list[tuple[str, Callable[[World], Message[Any]], str, str]] = [
     (f"{PS}/CreateProject", lambda w: pb.CreateProjectRequest(name="   "), "invalid_argument", "name"),
     (f"{PS}/CreateProject", lambda w: pb.CreateProjectRequest(name=LONG), "invalid_argument", "name"),
     (f"{PS}/CreateProject", lambda w: pb.CreateProjectRequest(name="a\nb"), "invalid_argument", "name"),
-    (f"{PS}/CreateProject", lambda w: pb.CreateProjectRequest(name="x", region_id="mars-1"),
-     "invalid_argument", "region_id"),
-    (f"{PS}/CreateProject", lambda w: pb.CreateProjectRequest(
-        name="x", cache_policy=pb.CachePolicy(keep_days=-1)), "invalid_argument", "cache_policy.keep_days"),
-    (f"{PS}/CreateProject", lambda w: pb.CreateProjectRequest(
-        name="x", cache_policy=pb.CachePolicy(keep_gb=-5)), "invalid_argument", "cache_policy.keep_gb"),
-    (f"{PS}/CreateProject", lambda w: pb.CreateProjectRequest(
-        name="x", cache_policy=pb.CachePolicy(keep_bytes=-5)), "invalid_argument", "cache_policy.keep_bytes"),
-    (f"{PS}/CreateProject", lambda w: pb.CreateProjectRequest(name="x", hardware=pb.Hardware(99)),
-     "invalid_argument", "hardware"),
-    (f"{PS}/CreateProject", lambda w: pb.CreateProjectRequest(name="x", organization_id="zzzzzzzzzz"),
-     "permission_denied", "zzzzzzzzzz"),
-    (f"{PS}/UpdateProject", lambda w: pb.UpdateProjectRequest(project_id=w.project, name=""),
-     "invalid_argument", "name"),
-    (f"{PS}/UpdateProject", lambda w: pb.UpdateProjectRequest(project_id=w.project, region_id="nope"),
-     "invalid_argument", "region_id"),
-    (f"{PS}/UpdateProject", lambda w: pb.UpdateProjectRequest(project_id="zzzzzzzzzz", name="n"),
-     "not_found", "zzzzzzzzzz"),
+    (
+        f"{PS}/CreateProject",
+        lambda w: pb.CreateProjectRequest(name="x", region_id="mars-1"),
+        "invalid_argument",
+        "region_id",
+    ),
+    (
+        f"{PS}/CreateProject",
+        lambda w: pb.CreateProjectRequest(name="x", cache_policy=pb.CachePolicy(keep_days=-1)),
+        "invalid_argument",
+        "cache_policy.keep_days",
+    ),
+    (
+        f"{PS}/CreateProject",
+        lambda w: pb.CreateProjectRequest(name="x", cache_policy=pb.CachePolicy(keep_gb=-5)),
+        "invalid_argument",
+        "cache_policy.keep_gb",
+    ),
+    (
+        f"{PS}/CreateProject",
+        lambda w: pb.CreateProjectRequest(name="x", cache_policy=pb.CachePolicy(keep_bytes=-5)),
+        "invalid_argument",
+        "cache_policy.keep_bytes",
+    ),
+    (
+        f"{PS}/CreateProject",
+        lambda w: pb.CreateProjectRequest(name="x", hardware=pb.Hardware(99)),
+        "invalid_argument",
+        "hardware",
+    ),
+    (
+        f"{PS}/CreateProject",
+        lambda w: pb.CreateProjectRequest(name="x", organization_id="zzzzzzzzzz"),
+        "permission_denied",
+        "zzzzzzzzzz",
+    ),
+    (
+        f"{PS}/UpdateProject",
+        lambda w: pb.UpdateProjectRequest(project_id=w.project, name=""),
+        "invalid_argument",
+        "name",
+    ),
+    (
+        f"{PS}/UpdateProject",
+        lambda w: pb.UpdateProjectRequest(project_id=w.project, region_id="nope"),
+        "invalid_argument",
+        "region_id",
+    ),
+    (
+        f"{PS}/UpdateProject",
+        lambda w: pb.UpdateProjectRequest(project_id="zzzzzzzzzz", name="n"),
+        "not_found",
+        "zzzzzzzzzz",
+    ),
     (f"{PS}/DeleteProject", lambda w: pb.DeleteProjectRequest(), "invalid_argument", "project_id"),
     (f"{PS}/DeleteProject", lambda w: pb.DeleteProjectRequest(project_id="zzzzzzzzzz"), "not_found", "zzz"),
     (f"{PS}/ResetProject", lambda w: pb.ResetProjectRequest(project_id="zzzzzzzzzz"), "not_found", "zzz"),
-    (f"{PS}/AddTrustPolicy", lambda w: pb.AddTrustPolicyRequest(project_id=w.project),
-     "invalid_argument", "provider"),
-    (f"{PS}/AddTrustPolicy", lambda w: pb.AddTrustPolicyRequest(
-        project_id=w.project, provider=Oneof("github", pb.TrustPolicy.GitHub(repository_owner="acme"))),
-     "invalid_argument", "github.repository"),
-    (f"{PS}/AddTrustPolicy", lambda w: pb.AddTrustPolicyRequest(
-        project_id=w.project, provider=Oneof("github", pb.TrustPolicy.GitHub(
-            repository_owner="acme", repository="other/web"))), "invalid_argument", "github.repository"),
-    (f"{PS}/AddTrustPolicy", lambda w: pb.AddTrustPolicyRequest(
-        project_id=w.project, provider=Oneof("github", pb.TrustPolicy.GitHub(
-            repository_owner="acme", repository="web"))), "already_exists", "github"),
-    (f"{PS}/AddTrustPolicy", lambda w: pb.AddTrustPolicyRequest(
-        project_id=w.project, provider=Oneof("buildkite", pb.TrustPolicy.Buildkite(organization_slug="a"))),
-     "invalid_argument", "buildkite.pipeline_slug"),
-    (f"{PS}/AddTrustPolicy", lambda w: pb.AddTrustPolicyRequest(
-        project_id=w.project, provider=Oneof("circleci", pb.TrustPolicy.CircleCI(
-            organization_uuid="0b7f5b0e-8d43-4a59-a53e-3c1c5fbb1a11", project_uuid="nope"))),
-     "invalid_argument", "circleci.project_uuid"),
-    (f"{PS}/RemoveTrustPolicy", lambda w: pb.RemoveTrustPolicyRequest(project_id=w.project),
-     "invalid_argument", "trust_policy_id"),
-    (f"{PS}/RemoveTrustPolicy", lambda w: pb.RemoveTrustPolicyRequest(
-        project_id=w.project, trust_policy_id="zzzzzzzzzz"), "not_found", "zzzzzzzzzz"),
-    (f"{PS}/RemoveTrustPolicy", lambda w: pb.RemoveTrustPolicyRequest(
-        project_id=w.other_project, trust_policy_id=w.trust_policy), "not_found", w_policy := "trust policy"),
-    (f"{PS}/CreateToken", lambda w: pb.CreateTokenRequest(project_id=w.project), "invalid_argument",
-     "description"),
-    (f"{PS}/CreateToken", lambda w: pb.CreateTokenRequest(project_id=w.project, description=LONG),
-     "invalid_argument", "description"),
-    (f"{PS}/UpdateToken", lambda w: pb.UpdateTokenRequest(token_id=w.project_token_id),
-     "invalid_argument", "description"),
-    (f"{PS}/UpdateToken", lambda w: pb.UpdateTokenRequest(token_id="zzzzzzzzzz", description="d"),
-     "not_found", "zzzzzzzzzz"),
+    (
+        f"{PS}/AddTrustPolicy",
+        lambda w: pb.AddTrustPolicyRequest(project_id=w.project),
+        "invalid_argument",
+        "provider",
+    ),
+    (
+        f"{PS}/AddTrustPolicy",
+        lambda w: pb.AddTrustPolicyRequest(project_id=w.project, provider=github("acme")),
+        "invalid_argument",
+        "github.repository",
+    ),
+    (
+        f"{PS}/AddTrustPolicy",
+        lambda w: pb.AddTrustPolicyRequest(
+            project_id=w.project,
+            provider=github("acme", "other/web"),
+        ),
+        "invalid_argument",
+        "github.repository",
+    ),
+    (
+        f"{PS}/AddTrustPolicy",
+        lambda w: pb.AddTrustPolicyRequest(
+            project_id=w.project,
+            provider=github("acme", "web"),
+        ),
+        "already_exists",
+        "github",
+    ),
+    (
+        f"{PS}/AddTrustPolicy",
+        lambda w: pb.AddTrustPolicyRequest(project_id=w.project, provider=buildkite("a")),
+        "invalid_argument",
+        "buildkite.pipeline_slug",
+    ),
+    (
+        f"{PS}/AddTrustPolicy",
+        lambda w: pb.AddTrustPolicyRequest(
+            project_id=w.project,
+            provider=circleci("0b7f5b0e-8d43-4a59-a53e-3c1c5fbb1a11", "nope"),
+        ),
+        "invalid_argument",
+        "circleci.project_uuid",
+    ),
+    (
+        f"{PS}/RemoveTrustPolicy",
+        lambda w: pb.RemoveTrustPolicyRequest(project_id=w.project),
+        "invalid_argument",
+        "trust_policy_id",
+    ),
+    (
+        f"{PS}/RemoveTrustPolicy",
+        lambda w: pb.RemoveTrustPolicyRequest(project_id=w.project, trust_policy_id="zzzzzzzzzz"),
+        "not_found",
+        "zzzzzzzzzz",
+    ),
+    (
+        f"{PS}/RemoveTrustPolicy",
+        lambda w: pb.RemoveTrustPolicyRequest(project_id=w.other_project, trust_policy_id=w.trust_policy),
+        "not_found",
+        w_policy := "trust policy",
+    ),
+    (
+        f"{PS}/CreateToken",
+        lambda w: pb.CreateTokenRequest(project_id=w.project),
+        "invalid_argument",
+        "description",
+    ),
+    (
+        f"{PS}/CreateToken",
+        lambda w: pb.CreateTokenRequest(project_id=w.project, description=LONG),
+        "invalid_argument",
+        "description",
+    ),
+    (
+        f"{PS}/UpdateToken",
+        lambda w: pb.UpdateTokenRequest(token_id=w.project_token_id),
+        "invalid_argument",
+        "description",
+    ),
+    (
+        f"{PS}/UpdateToken",
+        lambda w: pb.UpdateTokenRequest(token_id="zzzzzzzzzz", description="d"),
+        "not_found",
+        "zzzzzzzzzz",
+    ),
     (f"{PS}/DeleteToken", lambda w: pb.DeleteTokenRequest(), "invalid_argument", "token_id"),
     (f"{PS}/DeleteToken", lambda w: pb.DeleteTokenRequest(token_id="zzzzzzzzzz"), "not_found", "zzz"),
-    (f"{PS}/ListProjects", lambda w: pb.ListProjectsRequest(page_token="garbage!"),
-     "invalid_argument", "page_token"),
+    (
+        f"{PS}/ListProjects",
+        lambda w: pb.ListProjectsRequest(page_token="garbage!"),
+        "invalid_argument",
+        "page_token",
+    ),
     (f"{PS}/ListProjects", lambda w: pb.ListProjectsRequest(page_size=-1), "invalid_argument", "page_size"),
-    ("depot.cli.v1beta1.ProjectsService/ResetProjectCache", lambda w: beta.ResetProjectCacheRequest(),
-     "invalid_argument", "project_id"),
+    (
+        "depot.cli.v1beta1.ProjectsService/ResetProjectCache",
+        lambda w: beta.ResetProjectCacheRequest(),
+        "invalid_argument",
+        "project_id",
+    ),
 ]
 
 
@@ -176,8 +333,10 @@ def snapshot(server: Server, http: httpx.Client, w: World) -> Any:
     projects = call(http, server.url, f"{PS}/ListProjects", pb.ListProjectsRequest(), w.org_token)
     state: list[Any] = [projects.message(pb.ListProjectsResponse).to_json()]
     for pid in (w.project, w.other_project):
-        for method, req in (("ListTokens", pb.ListTokensRequest(project_id=pid)),
-                            ("ListTrustPolicies", pb.ListTrustPoliciesRequest(project_id=pid))):
+        for method, req in (
+            ("ListTokens", pb.ListTokensRequest(project_id=pid)),
+            ("ListTrustPolicies", pb.ListTrustPoliciesRequest(project_id=pid)),
+        ):
             r = call(http, server.url, f"{PS}/{method}", req, w.org_token)
             assert r.status == 200
             state.append(r.body)
@@ -216,11 +375,23 @@ def test_credentials_for_every_rpc(server: Server, http: httpx.Client, world: Wo
 
 def test_bearer_scheme_is_case_insensitive(server: Server, http: httpx.Client, world: World) -> None:
     for scheme in ("Bearer", "bearer", "BEARER"):
-        r = call(http, server.url, f"{PS}/ListProjects", pb.ListProjectsRequest(), None,
-                 headers={"authorization": f"{scheme} {world.org_token}"})
+        r = call(
+            http,
+            server.url,
+            f"{PS}/ListProjects",
+            pb.ListProjectsRequest(),
+            None,
+            headers={"authorization": f"{scheme} {world.org_token}"},
+        )
         assert r.status == 200
-    r = call(http, server.url, f"{PS}/ListProjects", pb.ListProjectsRequest(), None,
-             headers={"authorization": f"Basic {world.org_token}"})
+    r = call(
+        http,
+        server.url,
+        f"{PS}/ListProjects",
+        pb.ListProjectsRequest(),
+        None,
+        headers={"authorization": f"Basic {world.org_token}"},
+    )
     assert r.code == "unauthenticated" and "Bearer" in r.error["message"]
 
 
@@ -228,20 +399,32 @@ def test_bearer_scheme_is_case_insensitive(server: Server, http: httpx.Client, w
 def test_malformed_bodies(server: Server, http: httpx.Client, world: World, path: str) -> None:
     token = world.org_token
     before = snapshot(server, http, world)
-    for body, content_type in ((b"\xff\xff\xff\xff", "application/proto"),
-                               (b"\x0a\x05ab", "application/proto"),  # truncated string
-                               (b'{"projectId": ', "application/json"),
-                               (b"[1, 2]", "application/json")):
+    for body, content_type in (
+        (b"\xff\xff\xff\xff", "application/proto"),
+        (b"\x0a\x05ab", "application/proto"),  # truncated string
+        (b'{"projectId": ', "application/json"),
+        (b"[1, 2]", "application/json"),
+    ):
         reply = call(http, server.url, path, body, token, content_type=content_type)
         assert reply.code == "invalid_argument", (path, body, reply.status, reply.body[:200])
         assert reply.error["message"]
     assert snapshot(server, http, world) == before
 
 
-@pytest.mark.parametrize(("path", "make", "code", "needle"), FIELD_CASES,
-                         ids=[f"{p.split('/')[-1]}-{c}-{i}" for i, (p, _m, c, _n) in enumerate(FIELD_CASES)])
-def test_field_errors(server: Server, http: httpx.Client, world: World, path: str,
-                      make: Callable[[World], Message[Any]], code: str, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "make", "code", "needle"),
+    FIELD_CASES,
+    ids=[f"{p.split('/')[-1]}-{c}-{i}" for i, (p, _m, c, _n) in enumerate(FIELD_CASES)],
+)
+def test_field_errors(
+    server: Server,
+    http: httpx.Client,
+    world: World,
+    path: str,
+    make: Callable[[World], Message[Any]],
+    code: str,
+    needle: str,
+) -> None:
     before = snapshot(server, http, world)
     reply = call(http, server.url, path, make(world), world.org_token)
     assert reply.code == code, (reply.status, reply.body[:300])
@@ -250,13 +433,25 @@ def test_field_errors(server: Server, http: httpx.Client, world: World, path: st
 
 
 def test_json_codec_and_unknown_methods(server: Server, http: httpx.Client, world: World) -> None:
-    r = call(http, server.url, f"{PS}/GetProject", json.dumps({"projectId": world.project}).encode(),
-             world.org_token, content_type="application/json")
+    r = call(
+        http,
+        server.url,
+        f"{PS}/GetProject",
+        json.dumps({"projectId": world.project}).encode(),
+        world.org_token,
+        content_type="application/json",
+    )
     assert r.status == 200 and r.content_type.startswith("application/json")
     assert json.loads(r.body)["project"]["projectId"] == world.project
     for path in (f"{PS}/NoSuchMethod", "/depot.nope.v1.Nothing/Call"):
         r = call(http, server.url, path, b"{}", world.org_token, content_type="application/json")
         assert (r.status, r.code) == (404, "unimplemented")
-    r = call(http, server.url, "depot.core.v1.UsageService/GetUsage", b"{}", world.org_token,
-             content_type="application/json")
+    r = call(
+        http,
+        server.url,
+        "depot.core.v1.UsageService/GetUsage",
+        b"{}",
+        world.org_token,
+        content_type="application/json",
+    )
     assert r.code == "unimplemented" and "GetUsage" in r.error["message"]

@@ -20,8 +20,11 @@ def test_projects_create_list_get_update_delete(server: Server, org: tuple[str, 
     project = json.loads(created.stdout)
     pid = project["project_id"]
     # The CLI sends keep_bytes = GB * 2^30 and keep_days, and prints what came back.
-    assert project == {"project_id": pid, "name": "cli-project",
-                       "cache_policy": {"keep_bytes": 50 * GIB, "keep_days": 14}}
+    assert project == {
+        "project_id": pid,
+        "name": "cli-project",
+        "cache_policy": {"keep_bytes": 50 * GIB, "keep_days": 14},
+    }
 
     listed = depot(server.url, token, "projects", "list", "--output", "json")
     assert listed.returncode == 0, listed.stderr
@@ -31,8 +34,21 @@ def test_projects_create_list_get_update_delete(server: Server, org: tuple[str, 
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout)["organization_id"] == org_id
 
-    updated = depot(server.url, token, "projects", "update", pid, "--name", "renamed", "--region",
-                    "eu-central-1", "--cache-storage-policy", "75", "--output", "json")
+    updated = depot(
+        server.url,
+        token,
+        "projects",
+        "update",
+        pid,
+        "--name",
+        "renamed",
+        "--region",
+        "eu-central-1",
+        "--cache-storage-policy",
+        "75",
+        "--output",
+        "json",
+    )
     assert updated.returncode == 0, updated.stderr
     after = json.loads(updated.stdout)
     assert (after["name"], after["region_id"]) == ("renamed", "eu-central-1")

@@ -29,15 +29,31 @@ def test_curl_json_over_http1_and_h2c(server: Server, org: tuple[str, str]) -> N
     _org_id, token = org
     auth = f"Authorization: Bearer {token}"
     for version in ("--http1.1", "--http2-prior-knowledge"):
-        r = curl(version, "-w", "\n%{http_version} %{http_code}", "-H", auth, "-H", "Content-Type: application/json",
-                 "-d", '{"name":"from-curl","cachePolicy":{"keepGb":7,"keepDays":3}}',
-                 f"{server.url}/depot.core.v1.ProjectService/CreateProject")
+        r = curl(
+            version,
+            "-w",
+            "\n%{http_version} %{http_code}",
+            "-H",
+            auth,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            '{"name":"from-curl","cachePolicy":{"keepGb":7,"keepDays":3}}',
+            f"{server.url}/depot.core.v1.ProjectService/CreateProject",
+        )
         body, status = r.stdout.rsplit("\n", 1)
         assert status == ("1.1 200" if version == "--http1.1" else "2 200"), r.stdout + r.stderr
         project = json.loads(body)["project"]
         assert project["cachePolicy"] == {"keepBytes": str(7 << 30), "keepGb": 7, "keepDays": 3}
-    r = curl("-w", " %{http_code}", "-H", "Content-Type: application/json", "-d", "{}",
-             f"{server.url}/depot.core.v1.ProjectService/ListProjects")
+    r = curl(
+        "-w",
+        " %{http_code}",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        "{}",
+        f"{server.url}/depot.core.v1.ProjectService/ListProjects",
+    )
     body, status = r.stdout.rsplit(" ", 1)
     assert status == "401" and json.loads(body)["code"] == "unauthenticated"
 
@@ -58,9 +74,20 @@ def test_tls_offers_h2_and_http1(tls_server: tuple[Server, Path]) -> None:
     srv, ca = tls_server
     auth = f"Authorization: Bearer {srv.admin_token}"
     for version, expected in (("--http2", "2"), ("--http1.1", "1.1")):
-        r = curl(version, "--cacert", str(ca), "-w", "\n%{http_version}", "-H", auth,
-                 "-H", "Content-Type: application/json", "-d", "{}",
-                 f"{srv.url}/depot.core.v1.OrganizationService/ListOrganizations")
+        r = curl(
+            version,
+            "--cacert",
+            str(ca),
+            "-w",
+            "\n%{http_version}",
+            "-H",
+            auth,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{}",
+            f"{srv.url}/depot.core.v1.OrganizationService/ListOrganizations",
+        )
         body, negotiated = r.stdout.rsplit("\n", 1)
         assert negotiated == expected, r.stderr
         assert json.loads(body)["organizations"][0]["name"] == "default"
@@ -73,8 +100,18 @@ def test_official_clients_over_tls(tls_server: tuple[Server, Path]) -> None:
     created = depot(srv.url, token, "projects", "create", "over-tls", env={"SSL_CERT_FILE": str(ca)})
     assert created.returncode == 0, created.stderr
     pid = json.loads(created.stdout)["project_id"]
-    [outcome] = sdk_node(srv.url, [{"service": "core.v1.ProjectService", "method": "getProject",
-                                    "token": token, "request": {"projectId": pid}}], ca_file=ca)
+    [outcome] = sdk_node(
+        srv.url,
+        [
+            {
+                "service": "core.v1.ProjectService",
+                "method": "getProject",
+                "token": token,
+                "request": {"projectId": pid},
+            }
+        ],
+        ca_file=ca,
+    )
     assert outcome["ok"]["project"]["name"] == "over-tls"
 
 
@@ -99,11 +136,29 @@ def test_bootstrap_writes_a_private_admin_token_once(tmp_path: Path) -> None:
 def test_one_log_line_per_rpc_without_secrets(server: Server, org: tuple[str, str]) -> None:
     _org_id, token = org
     marker = "log-probe-project"
-    [outcome] = sdk_node(server.url, [{"service": "core.v1.ProjectService", "method": "createProject",
-                                       "token": token, "request": {"name": marker}}])
+    [outcome] = sdk_node(
+        server.url,
+        [
+            {
+                "service": "core.v1.ProjectService",
+                "method": "createProject",
+                "token": token,
+                "request": {"name": marker},
+            }
+        ],
+    )
     pid = outcome["ok"]["project"]["projectId"]
-    sdk_node(server.url, [{"service": "core.v1.ProjectService", "method": "getProject",
-                           "token": token, "request": {"projectId": "zzzzzzzzzz"}}])
+    sdk_node(
+        server.url,
+        [
+            {
+                "service": "core.v1.ProjectService",
+                "method": "getProject",
+                "token": token,
+                "request": {"projectId": "zzzzzzzzzz"},
+            }
+        ],
+    )
     lines = [json.loads(line) for line in server.log_text().splitlines() if line.startswith('{"ts"')]
     assert pid
     create = [r for r in lines if r["method"] == "depot.core.v1.ProjectService/CreateProject"][-1]

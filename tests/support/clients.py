@@ -18,15 +18,21 @@ def clients_installed() -> bool:
     return DEPOT_CLI.exists() and SDK_NODE.exists() and shutil.which("node") is not None
 
 
-def sdk_node(base_url: str, calls: list[dict[str, Any]], timeout: float = 60,
-             ca_file: Path | None = None) -> list[dict[str, Any]]:
+def sdk_node(
+    base_url: str, calls: list[dict[str, Any]], timeout: float = 60, ca_file: Path | None = None
+) -> list[dict[str, Any]]:
     """Runs calls through @depot/sdk-node; each result is {"ok": json} or {"error": {"code", "message"}}."""
     env = {**os.environ, "DEPOT_API_URL": base_url}
     if ca_file is not None:
         env["NODE_EXTRA_CA_CERTS"] = str(ca_file)
     result = subprocess.run(
         ["node", str(NODE_DIR / "driver.mjs")],
-        input=json.dumps(calls), capture_output=True, text=True, env=env, timeout=timeout, check=False,
+        input=json.dumps(calls),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
     )
     if result.returncode != 0:
         raise RuntimeError(f"sdk-node driver failed: {result.stderr}")
@@ -38,8 +44,14 @@ def sdk_one(base_url: str, service: str, method: str, request: dict[str, Any], t
     return sdk_node(base_url, [{"service": service, "method": method, "request": request, "token": token}])[0]
 
 
-def depot(base_url: str, token: str | None, *args: str, cwd: Path | None = None,
-          env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def depot(
+    base_url: str,
+    token: str | None,
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
     full_env = {
         **os.environ,
         "DEPOT_API_URL": base_url,
@@ -52,6 +64,12 @@ def depot(base_url: str, token: str | None, *args: str, cwd: Path | None = None,
     if token is not None:
         full_env["DEPOT_TOKEN"] = token
     return subprocess.run(
-        [str(DEPOT_CLI), *args], capture_output=True, text=True, env=full_env, cwd=cwd,
-        timeout=timeout, stdin=subprocess.DEVNULL, check=False,
+        [str(DEPOT_CLI), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
     )

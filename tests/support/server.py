@@ -51,7 +51,14 @@ class Server:
         return args
 
     def start(self, timeout: float = 30) -> Server:
-        args = [*OPENDEPOT, "serve", *self.store_args(), "--listen", f"127.0.0.1:{self.port}", *self.extra_args]
+        args = [
+            *OPENDEPOT,
+            "serve",
+            *self.store_args(),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            *self.extra_args,
+        ]
         if self.tls:
             args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         log = self.log_path.open("ab")

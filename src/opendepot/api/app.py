@@ -140,7 +140,7 @@ class Router:
         service = "/" + path.lstrip("/").split("/", 1)[0]
         app = self._apps.get(service)
         if app is not None and path in self._methods:
-            await app(scope, receive, send)  # type: ignore[arg-type]
+            await app(scope, receive, send)
             return
         # Connect clients read the code from the body; 404 is the HTTP fallback for unimplemented.
         await _respond(send, 404, {"code": "unimplemented", "message": f"no such service or method: {path}"})

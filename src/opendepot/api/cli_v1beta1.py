@@ -6,6 +6,7 @@ from typing import Any
 
 from connectrpc.request import RequestContext
 
+from opendepot.gen.depot.cli.v1beta1 import projects_connect
 from opendepot.gen.depot.cli.v1beta1 import projects_pb as pb
 from opendepot.organizations import queries as org_queries
 from opendepot.projects import service as projects
@@ -15,7 +16,7 @@ from .deps import Deps
 Ctx = RequestContext[Any, Any]
 
 
-class ProjectsService:
+class ProjectsService(projects_connect.ProjectsService):
     def __init__(self, deps: Deps) -> None:
         self.d = deps
 

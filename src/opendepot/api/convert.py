@@ -72,7 +72,9 @@ def trust_policy_out(policy: TrustPolicy) -> project_pb.TrustPolicy:
         case "github":
             provider = Oneof(
                 "github",
-                project_pb.TrustPolicy.GitHub(repository_owner=c["repository_owner"], repository=c["repository"]),
+                project_pb.TrustPolicy.GitHub(
+                    repository_owner=c["repository_owner"], repository=c["repository"]
+                ),
             )
         case "buildkite":
             provider = Oneof(

@@ -6,6 +6,7 @@ from typing import Any
 
 from connectrpc.request import RequestContext
 
+from opendepot.gen.depot.core.v1 import organization_connect
 from opendepot.gen.depot.core.v1 import organization_pb as pb
 from opendepot.organizations import service as organizations
 
@@ -13,7 +14,7 @@ from . import convert
 from .deps import Deps
 
 
-class OrganizationService:
+class OrganizationService(organization_connect.OrganizationService):
     def __init__(self, deps: Deps) -> None:
         self.d = deps
 

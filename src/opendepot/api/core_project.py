@@ -6,6 +6,7 @@ from typing import Any
 
 from connectrpc.request import RequestContext
 
+from opendepot.gen.depot.core.v1 import project_connect
 from opendepot.gen.depot.core.v1 import project_pb as pb
 from opendepot.pagination import page_request
 from opendepot.projects import service as projects
@@ -17,7 +18,7 @@ from .deps import Deps
 Ctx = RequestContext[Any, Any]
 
 
-class ProjectService:
+class ProjectService(project_connect.ProjectService):
     def __init__(self, deps: Deps) -> None:
         self.d = deps
 
@@ -42,7 +43,7 @@ class ProjectService:
     async def create_project(self, request: pb.CreateProjectRequest, ctx: Ctx) -> pb.CreateProjectResponse:
         who = await self.d.authn.principal(ctx)
         hardware = convert.hardware_in(request.hardware) if request.has_field("hardware") else None
-        cache = convert.cache_policy_in(request.cache_policy) if request.has_field("cache_policy") else None
+        cache = convert.cache_policy_in(request.cache_policy) if request.cache_policy is not None else None
         project = await self.d.store.run(
             lambda s: projects.create_project(
                 s,
@@ -60,7 +61,7 @@ class ProjectService:
     async def update_project(self, request: pb.UpdateProjectRequest, ctx: Ctx) -> pb.UpdateProjectResponse:
         who = await self.d.authn.principal(ctx)
         hardware = convert.hardware_in(request.hardware) if request.has_field("hardware") else None
-        cache = convert.cache_policy_in(request.cache_policy) if request.has_field("cache_policy") else None
+        cache = convert.cache_policy_in(request.cache_policy) if request.cache_policy is not None else None
         project = await self.d.store.run(
             lambda s: projects.update_project(
                 s,
@@ -94,7 +95,9 @@ class ProjectService:
         rows = await self.d.store.read(lambda s: projects.list_trust_policies(s, who, request.project_id))
         return pb.ListTrustPoliciesResponse(trust_policies=[convert.trust_policy_out(p) for p in rows])
 
-    async def add_trust_policy(self, request: pb.AddTrustPolicyRequest, ctx: Ctx) -> pb.AddTrustPolicyResponse:
+    async def add_trust_policy(
+        self, request: pb.AddTrustPolicyRequest, ctx: Ctx
+    ) -> pb.AddTrustPolicyResponse:
         who = await self.d.authn.principal(ctx)
         provider, fields = convert.trust_policy_in(request.provider)
         policy = await self.d.store.run(

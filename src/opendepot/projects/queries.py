@@ -84,9 +84,7 @@ def count_trust_policies(session: Session, project_id: str) -> int:
 
 
 def get_trust_policy(session: Session, project_id: str, trust_policy_id: str) -> TrustPolicy | None:
-    stmt = select(TrustPolicy).where(
-        TrustPolicy.project_id == project_id, TrustPolicy.id == trust_policy_id
-    )
+    stmt = select(TrustPolicy).where(TrustPolicy.project_id == project_id, TrustPolicy.id == trust_policy_id)
     return session.scalars(stmt).first()
 
 

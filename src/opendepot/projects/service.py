@@ -181,7 +181,9 @@ def add_trust_policy(
     return policy
 
 
-def remove_trust_policy(session: Session, principal: Principal, project_id: str, trust_policy_id: str) -> None:
+def remove_trust_policy(
+    session: Session, principal: Principal, project_id: str, trust_policy_id: str
+) -> None:
     project = load_managed_project(session, principal, project_id, "manage trust policies")
     policy = queries.get_trust_policy(session, project.id, require_id("trust_policy_id", trust_policy_id))
     if policy is None:

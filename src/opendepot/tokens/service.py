@@ -87,7 +87,7 @@ def authenticate(connection: Connection | Session, secret: str) -> Principal | N
     row = queries.principal_row(connection, digest)
     if row is None:
         return None
-    token_id, kind, organization_id, project_id, stored_hash = row
+    token_id, kind, organization_id, project_id, stored_hash = row.tuple()
     if not digests_match(stored_hash, digest):
         return None
     return Principal(
