@@ -41,6 +41,12 @@ def main() -> None:
         default_region="r",
         log_level="WARNING",
         workers=workers,
+        public_url="",
+        buildkitd="",
+        buildkit_listen="127.0.0.1:0",
+        buildkit_host="",
+        lease_timeout=1.0,
+        builder_idle_timeout=0.0,
     )
     serve_workers(config, make_trivial)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -71,9 +73,50 @@ OPTIONS: tuple[Option, ...] = (
         metavar="LIST",
     ),
     Option(
-        "default_region", "region for projects created without one", lambda: "us-east-1", metavar="REGION"
+        "default_region",
+        "region for projects created without one (us-east-1, or the first of --regions if it lacks that)",
+        lambda: "us-east-1",
+        metavar="REGION",
     ),
     Option("log_level", "DEBUG, INFO, WARNING or ERROR", lambda: "INFO", metavar="LEVEL"),
+    Option(
+        "public_url",
+        "URL under which users reach this server (build links); default: from --listen",
+        lambda: None,
+        metavar="URL",
+    ),
+    Option(
+        "buildkitd",
+        "the buildkitd binary (default: buildkitd next to this Python, then on PATH)",
+        lambda: None,
+        metavar="PATH",
+    ),
+    Option(
+        "buildkit_listen",
+        "address of the BuildKit gateway (mTLS) that clients dial",
+        lambda: "127.0.0.1:8443",
+        metavar="HOST:PORT",
+    ),
+    Option(
+        "buildkit_host",
+        "host name or IP that clients use to reach the gateway (default: its listen host)",
+        lambda: None,
+        metavar="HOST",
+    ),
+    Option(
+        "lease_timeout",
+        "seconds without a heartbeat before a build's machine lease is released",
+        lambda: 300.0,
+        parse=float,
+        metavar="SECONDS",
+    ),
+    Option(
+        "builder_idle_timeout",
+        "seconds a builder with no leases keeps running (its cache always stays)",
+        lambda: 120.0,
+        parse=float,
+        metavar="SECONDS",
+    ),
     Option(
         "workers",
         "API worker processes sharing the port (default: the number of CPUs, at most 4)",
@@ -95,12 +138,44 @@ class Config:
     default_region: str
     log_level: str
     workers: int
+    public_url: str
+    buildkitd: str
+    buildkit_listen: str
+    buildkit_host: str
+    lease_timeout: float
+    builder_idle_timeout: float
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "127.0.0.1", int(port)
+        return _split(self.listen)
+
+    @property
+    def buildkit_host_port(self) -> tuple[str, int]:
+        return _split(self.buildkit_listen)
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _host_of(address: str) -> str:
+    host = address.rpartition(":")[0].strip("[]")
+    # A wildcard listen address is no address to hand out: advertise loopback unless told otherwise.
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # noqa: S104
+
+
+def _url_of(listen: str, tls: bool) -> str:
+    port = listen.rpartition(":")[2]
+    return f"{'https' if tls else 'http'}://{_host_of(listen)}:{port}"
+
+
+def _find_buildkitd() -> str:
+    beside = Path(sys.prefix) / "bin" / "buildkitd"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("buildkitd") or "buildkitd"
 
 
 class ConfigError(ValueError):
@@ -171,12 +246,21 @@ def _build(values: dict[str, Any], sources: dict[str, str]) -> Config:
         default_region=values["default_region"],
         log_level=str(values["log_level"]).upper(),
         workers=values["workers"],
+        public_url=(values["public_url"] or _url_of(values["listen"], bool(values["tls_cert"]))).rstrip("/"),
+        buildkitd=values["buildkitd"] or _find_buildkitd(),
+        buildkit_listen=values["buildkit_listen"],
+        buildkit_host=values["buildkit_host"] or _host_of(values["buildkit_listen"]),
+        lease_timeout=values["lease_timeout"],
+        builder_idle_timeout=values["builder_idle_timeout"],
         sources=sources,
     )
+    if config.lease_timeout <= 0 or config.builder_idle_timeout < 0:
+        raise ConfigError("--lease-timeout must be positive and --builder-idle-timeout not negative")
     if not 1 <= config.workers <= 64:
         raise ConfigError("--workers must be between 1 and 64")
     try:
         config.host_port  # noqa: B018 - validates the address early
+        config.buildkit_host_port  # noqa: B018
     except ValueError as exc:
         raise ConfigError(f"--listen must be HOST:PORT, got {config.listen!r}") from exc
     return config

@@ -17,8 +17,8 @@ import logging
 import multiprocessing
 import signal
 import sys
-import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import timedelta
 from multiprocessing.synchronize import Event as EventType
 from typing import Any
 
@@ -33,7 +33,13 @@ from opendepot.api.auth import Authenticator
 from opendepot.api.deps import Deps
 from opendepot.api.interceptor import configure_logging
 from opendepot.bootstrap import bootstrap
+from opendepot.builds import queries as build_queries
 from opendepot.config import Config
+from opendepot.machines.access import MachineAccess
+from opendepot.machines.backend import LocalBuildkitd, reap_orphans
+from opendepot.machines.gateway import Gateway
+from opendepot.machines.manager import MachineManager, ManagerSettings
+from opendepot.pki.authority import Authority
 from opendepot.projects.caches import ProjectCaches
 from opendepot.projects.service import Settings as ProjectSettings
 from opendepot.store import Store
@@ -42,12 +48,17 @@ log = logging.getLogger("opendepot.server")
 
 
 def build_app(config: Config, store: Store) -> Router:
+    authority = Authority(config.data_dir / "pki")
     deps = Deps(
         store=store,
         authn=Authenticator(store),
-        caches=ProjectCaches(config.data_dir / "projects"),
+        caches=ProjectCaches(config.data_dir / "projects", store),
         project_settings=ProjectSettings(regions=config.regions, default_region=config.default_region),
+        public_url=config.public_url,
+        authority=authority,
     )
+    gateway_port = config.buildkit_host_port[1]
+    machines = MachineAccess(store, authority, config.buildkit_host, gateway_port)
 
     async def healthy() -> bool:
         def ping() -> bool:
@@ -61,7 +72,7 @@ def build_app(config: Config, store: Store) -> Router:
             log.exception("health check failed")
             return False
 
-    return Router(connect_apps(deps), method_paths(), healthy)
+    return Router(connect_apps(deps, machines), method_paths(), healthy)
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
@@ -103,12 +114,19 @@ def opendepot_app(config: Config) -> tuple[Any, Callable[[], None]]:
     return build_app(config, store), store.dispose
 
 
-async def _run_worker(config: Config, make_app: AppFactory, sockets: Sockets, stop: EventType | None) -> None:
+async def _run_worker(
+    config: Config,
+    make_app: AppFactory,
+    sockets: Sockets,
+    stop: EventType | None,
+    stopped: asyncio.Event | None = None,
+) -> None:
     app, close = make_app(config)
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopped.set)
+    if stopped is None:
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopped.set)
 
     async def shutdown_trigger() -> None:
         while not stopped.is_set():
@@ -170,40 +188,79 @@ def serve(config: Config) -> None:
         file=sys.stderr,
         flush=True,
     )
-    serve_workers(config, opendepot_app)
+    serve_workers(config, opendepot_app, builders=True)
 
 
-def serve_workers(config: Config, make_app: AppFactory) -> None:
-    """Runs make_app's app in config.workers processes (in this process when there is one)."""
-    hc = hypercorn_config(config)
-    if config.workers == 1:
-        _run(_run_worker(config, make_app, hc.create_sockets(), None))
-        return
-    _check_port_free(hc)
-    ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    workers: list[Any] = []
-    received: list[int] = []
+def serve_workers(config: Config, make_app: AppFactory, *, builders: bool = False) -> None:
+    """Runs make_app's app in config.workers processes (in this process when there is one). With
+    builders, this process also runs the machine manager and the BuildKit gateway."""
+    _run(_supervise(config, make_app, builders))
 
-    def on_signal(signum: int, _frame: object) -> None:
-        # Only record it: setting a multiprocessing Event here could deadlock with the loop below.
-        received.append(signum)
 
+async def _supervise(config: Config, make_app: AppFactory, builders: bool) -> None:
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
-    for _ in range(config.workers):
-        process = ctx.Process(target=_worker_main, args=(config, make_app, stop), daemon=False)
-        process.start()
-        workers.append(process)
-    # Any worker exiting on its own (a crash) stops the whole server rather than leaving it half-up.
-    while not received and all(w.is_alive() for w in workers):
-        time.sleep(0.2)
-    stop.set()
-    for w in workers:
-        w.join(timeout=15)
-        if w.is_alive():
-            w.kill()
-            w.join()
-    crashed = [w.exitcode for w in workers if w.exitcode not in (0, None)]
-    if crashed and not received:
-        raise SystemExit(f"opendepot: a worker exited with code {crashed[0]}")
+        loop.add_signal_handler(sig, stopped.set)
+    async with contextlib.AsyncExitStack() as stack:
+        if builders:
+            await stack.enter_async_context(builder_services(config))
+        hc = hypercorn_config(config)
+        if config.workers == 1:
+            await _run_worker(config, make_app, hc.create_sockets(), None, stopped)
+            return
+        _check_port_free(hc)
+        ctx = multiprocessing.get_context("spawn")
+        stop = ctx.Event()
+        workers = [
+            ctx.Process(target=_worker_main, args=(config, make_app, stop)) for _ in range(config.workers)
+        ]
+        for process in workers:
+            process.start()
+        # Any worker exiting on its own (a crash) stops the whole server rather than leaving it half-up.
+        while not stopped.is_set() and all(w.is_alive() for w in workers):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), timeout=0.25)
+        stop.set()
+        for w in workers:
+            await asyncio.to_thread(w.join, 15)
+            if w.is_alive():
+                w.kill()
+                await asyncio.to_thread(w.join)
+        crashed = [w.exitcode for w in workers if w.exitcode not in (0, None)]
+        if crashed and not stopped.is_set():
+            raise SystemExit(f"opendepot: a worker exited with code {crashed[0]}")
+
+
+@contextlib.asynccontextmanager
+async def builder_services(config: Config) -> AsyncIterator[MachineManager]:
+    """The singular parts of the server: the machine manager and the BuildKit gateway."""
+    store = Store(config.database_url)
+    backend = LocalBuildkitd(config.buildkitd, config.data_dir, config.data_dir / "projects")
+    await asyncio.to_thread(reap_orphans, store, backend)
+
+    async def lease_is_live(project_id: str, build_id: str, platform: str) -> bool:
+        return await store.read(lambda s: build_queries.lease_is_live(s, project_id, build_id, platform))
+
+    gateway = Gateway(Authority(config.data_dir / "pki"), backend.open, lease_is_live)
+    host, port = config.buildkit_host_port
+    await gateway.start(host, port)
+    manager = MachineManager(
+        store,
+        backend,
+        gateway,
+        ManagerSettings(
+            lease_timeout=timedelta(seconds=config.lease_timeout),
+            idle_timeout=timedelta(seconds=config.builder_idle_timeout),
+        ),
+    )
+    task = asyncio.create_task(manager.run())
+    try:
+        yield manager
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await gateway.close()
+        await manager.shutdown()
+        store.dispose()

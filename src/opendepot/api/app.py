@@ -19,7 +19,11 @@ from opendepot.gen.depot.core.v1 import build_connect as core_build_v1
 from opendepot.gen.depot.core.v1 import organization_connect as org_v1
 from opendepot.gen.depot.core.v1 import project_connect as project_v1
 from opendepot.gen.depot.core.v1 import usage_connect as usage_v1
+from opendepot.machines.access import MachineAccess
 
+from .build_v1 import BuildService as BuildV1Service
+from .buildkit_v1 import BuildKitService
+from .cli_build import BuildService as CliBuildService
 from .cli_v1beta1 import ProjectsService
 from .core_organization import OrganizationService
 from .core_project import ProjectService
@@ -42,16 +46,7 @@ class _UsageService(usage_v1.UsageService): ...
 class _CoreBuildService(core_build_v1.BuildService): ...
 
 
-class _BuildV1Service(build_v1.BuildService): ...
-
-
 class _RegistryService(registry_v1.RegistryService): ...
-
-
-class _BuildKitService(buildkit_v1.BuildKitService): ...
-
-
-class _CliBuildService(cli_build_v1.BuildService): ...
 
 
 class _PushService(cli_push_v1.PushService): ...
@@ -80,17 +75,17 @@ def method_paths() -> set[str]:
     return {f"/{svc.desc().type_name}/{m.name}" for svc in SERVICES for m in svc.desc().methods}
 
 
-def connect_apps(deps: Deps) -> list[ConnectASGIApplication[Any]]:
+def connect_apps(deps: Deps, machines: MachineAccess) -> list[ConnectASGIApplication[Any]]:
     opts: dict[str, Any] = {"interceptors": [CallInterceptor()], "read_max_bytes": READ_MAX_BYTES}
     return [
         project_v1.ProjectServiceASGIApplication(ProjectService(deps), **opts),
         org_v1.OrganizationServiceASGIApplication(OrganizationService(deps), **opts),
         usage_v1.UsageServiceASGIApplication(_UsageService(), **opts),
         core_build_v1.BuildServiceASGIApplication(_CoreBuildService(), **opts),
-        build_v1.BuildServiceASGIApplication(_BuildV1Service(), **opts),
+        build_v1.BuildServiceASGIApplication(BuildV1Service(deps), **opts),
         registry_v1.RegistryServiceASGIApplication(_RegistryService(), **opts),
-        buildkit_v1.BuildKitServiceASGIApplication(_BuildKitService(), **opts),
-        cli_build_v1.BuildServiceASGIApplication(_CliBuildService(), **opts),
+        buildkit_v1.BuildKitServiceASGIApplication(BuildKitService(deps, machines), **opts),
+        cli_build_v1.BuildServiceASGIApplication(CliBuildService(deps, machines), **opts),
         cli_push_v1.PushServiceASGIApplication(_PushService(), **opts),
         login_v1beta1.LoginServiceASGIApplication(_LoginService(), **opts),
         projects_v1beta1.ProjectsServiceASGIApplication(ProjectsService(deps), **opts),

@@ -80,6 +80,7 @@ class ProjectService(project_connect.ProjectService):
         who = await self.d.authn.principal(ctx)
         project = await self.d.store.run(lambda s: projects.delete_project(s, who, request.project_id))
         await self.d.caches.reset(project.id)
+        self.d.authority.forget(project.id)
         return pb.DeleteProjectResponse()
 
     async def reset_project(self, request: pb.ResetProjectRequest, ctx: Ctx) -> pb.ResetProjectResponse:

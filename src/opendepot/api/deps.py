@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from opendepot.pki.authority import Authority
 from opendepot.projects.caches import ProjectCaches
 from opendepot.projects.service import Settings as ProjectSettings
 from opendepot.store import Store
@@ -17,3 +18,5 @@ class Deps:
     authn: Authenticator
     caches: ProjectCaches
     project_settings: ProjectSettings
+    public_url: str
+    authority: Authority

@@ -11,6 +11,7 @@ from opendepot.errors import PermissionDenied
 class TokenKind(StrEnum):
     ORGANIZATION = "organization"
     PROJECT = "project"
+    BUILD = "build"
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +20,7 @@ class Principal:
     token_id: str
     organization_id: str
     project_id: str | None = None
+    build_id: str | None = None
 
     @property
     def is_organization(self) -> bool:
@@ -32,8 +34,18 @@ class Principal:
             raise PermissionDenied(f"this token cannot {action} in organization {organization_id}")
 
     def require_project_access(self, organization_id: str, project_id: str) -> None:
-        """Reading a project (and, later, building in it) is open to its organization and its own tokens."""
+        """Reading a project and building in it are open to its organization and its own tokens."""
+        if self.kind is TokenKind.BUILD:
+            raise PermissionDenied("a build token reaches only its own build")
         if organization_id != self.organization_id:
             raise PermissionDenied(f"this token has no access to project {project_id}")
         if self.project_id is not None and self.project_id != project_id:
             raise PermissionDenied(f"this token has no access to project {project_id}")
+
+    def require_build_access(self, organization_id: str, project_id: str, build_id: str) -> None:
+        """A build is reached by its own build token, or by a token that reaches its project."""
+        if self.kind is TokenKind.BUILD:
+            if self.build_id != build_id:
+                raise PermissionDenied(f"this build token does not reach build {build_id}")
+            return
+        self.require_project_access(organization_id, project_id)

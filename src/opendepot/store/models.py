@@ -1,5 +1,7 @@
 """Imports every domain's models so that the metadata (for migrations and tests) is complete."""
 
+from opendepot.builds.models import Build, Lease
+from opendepot.machines.models import Machine
 from opendepot.organizations.models import Organization
 from opendepot.projects.models import Project, TrustPolicy
 from opendepot.tokens.models import Token
@@ -8,4 +10,4 @@ from .base import Base
 
 metadata = Base.metadata
 
-__all__ = ["Organization", "Project", "Token", "TrustPolicy", "metadata"]
+__all__ = ["Build", "Lease", "Machine", "Organization", "Project", "Token", "TrustPolicy", "metadata"]

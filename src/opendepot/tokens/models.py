@@ -21,6 +21,10 @@ class Token(Base):
     project_id: Mapped[str | None] = mapped_column(
         ForeignKey("projects.id", ondelete="CASCADE"), index=True, nullable=True
     )
+    # Set for build tokens: the one build they reach.
+    build_id: Mapped[str | None] = mapped_column(
+        ForeignKey("builds.id", ondelete="CASCADE"), index=True, nullable=True
+    )
     description: Mapped[str] = mapped_column(String(255))
     secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

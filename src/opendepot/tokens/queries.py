@@ -9,14 +9,14 @@ from .models import Token
 
 _t = Token.__table__.c
 # Built once: constructing a select costs more than running it. Every RPC runs this one.
-_PRINCIPAL = select(_t.id, _t.kind, _t.organization_id, _t.project_id, _t.secret_hash).where(
+_PRINCIPAL = select(_t.id, _t.kind, _t.organization_id, _t.project_id, _t.build_id, _t.secret_hash).where(
     _t.secret_hash == bindparam("secret_hash")
 )
 
 
 def principal_row(
     connection: Connection | Session, secret_hash: str
-) -> Row[str, str, str, str | None, str] | None:
+) -> Row[str, str, str, str | None, str | None, str] | None:
     """The hot path of every RPC: the columns a Principal needs, without the ORM's loading machinery."""
     return connection.execute(_PRINCIPAL, {"secret_hash": secret_hash}).first()
 

@@ -11,7 +11,7 @@ import secrets
 
 from opendepot.auth import TokenKind
 
-PREFIXES = {TokenKind.ORGANIZATION: "odo_", TokenKind.PROJECT: "odp_"}
+PREFIXES = {TokenKind.ORGANIZATION: "odo_", TokenKind.PROJECT: "odp_", TokenKind.BUILD: "odb_"}
 
 
 def new_secret(kind: TokenKind) -> str:

@@ -23,7 +23,12 @@ MAX_TOKENS_PER_PROJECT = 1000
 
 
 def _issue(
-    session: Session, kind: TokenKind, organization_id: str, project_id: str | None, description: str
+    session: Session,
+    kind: TokenKind,
+    organization_id: str,
+    project_id: str | None,
+    description: str,
+    build_id: str | None = None,
 ) -> tuple[Token, str]:
     secret = new_secret(kind)
     token = Token(
@@ -31,6 +36,7 @@ def _issue(
         kind=kind.value,
         organization_id=organization_id,
         project_id=project_id,
+        build_id=build_id,
         description=description,
         secret_hash=hash_secret(secret),
         created_at=utcnow(),
@@ -44,6 +50,14 @@ def create_organization_token(session: Session, organization_id: str, descriptio
     """Admin path (bootstrap and `opendepot tokens create`): the secret is returned once, never stored."""
     description = require_text("description", description, MAX_DESCRIPTION_LENGTH)
     return _issue(session, TokenKind.ORGANIZATION, organization_id, None, description)
+
+
+def create_build_token(session: Session, organization_id: str, project_id: str, build_id: str) -> str:
+    """Issued with each build; reaches that build only. Returned once, like every secret."""
+    _token, secret = _issue(
+        session, TokenKind.BUILD, organization_id, project_id, f"build {build_id}", build_id=build_id
+    )
+    return secret
 
 
 def create_project_token(
@@ -87,9 +101,13 @@ def authenticate(connection: Connection | Session, secret: str) -> Principal | N
     row = queries.principal_row(connection, digest)
     if row is None:
         return None
-    token_id, kind, organization_id, project_id, stored_hash = row.tuple()
+    token_id, kind, organization_id, project_id, build_id, stored_hash = row.tuple()
     if not digests_match(stored_hash, digest):
         return None
     return Principal(
-        kind=TokenKind(kind), token_id=token_id, organization_id=organization_id, project_id=project_id
+        kind=TokenKind(kind),
+        token_id=token_id,
+        organization_id=organization_id,
+        project_id=project_id,
+        build_id=build_id,
     )

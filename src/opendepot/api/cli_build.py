@@ -1,0 +1,196 @@
+"""depot.cli.v1.BuildService (spec §4.7, §5.1, §5.11): the build lifecycle as the CLI and depot-go use it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from connectrpc.request import RequestContext
+from protobuf import Oneof
+
+from opendepot.builds import service as builds
+from opendepot.builds.models import Build
+from opendepot.builds.status import CANCELED, ERROR, FAILED, RUNNING, SUCCESS
+from opendepot.errors import FailedPrecondition, InvalidArgument
+from opendepot.gen.depot.cli.v1 import build_connect
+from opendepot.gen.depot.cli.v1 import build_pb as pb
+from opendepot.machines.access import Connection, MachineAccess
+from opendepot.pagination import page_request
+
+from . import convert
+from .deps import Deps
+
+Ctx = RequestContext[Any, Any]
+DEFAULT_LIST = 50
+STATUS = {
+    RUNNING: pb.BuildStatus.RUNNING,
+    SUCCESS: pb.BuildStatus.FINISHED,
+    FAILED: pb.BuildStatus.FAILED,
+    ERROR: pb.BuildStatus.FAILED,
+    CANCELED: pb.BuildStatus.CANCELED,
+}
+PLATFORM = {
+    pb.BuilderPlatform.UNSPECIFIED: "amd64",
+    pb.BuilderPlatform.AMD64: "amd64",
+    pb.BuilderPlatform.ARM64: "arm64",
+}
+
+
+def options_in(options: list[pb.BuildOptions]) -> list[dict[str, Any]]:
+    return [json.loads(o.to_json()) for o in options]
+
+
+def platform_in(value: pb.BuilderPlatform) -> str:
+    platform = PLATFORM.get(value)
+    if platform is None:
+        raise InvalidArgument("platform", f"unknown value {int(value)}")
+    return platform
+
+
+def finish_outcome(result: Oneof[Any, Any] | None) -> builds.Outcome:
+    if result is None:
+        raise InvalidArgument("result", "one of success, error or canceled is required")
+    if result.field == "success":
+        return builds.Outcome.success()
+    if result.field == "canceled":
+        return builds.Outcome.canceled()
+    return builds.Outcome.failed(result.value.error)
+
+
+class BuildService(build_connect.BuildService):
+    def __init__(self, deps: Deps, machines: MachineAccess) -> None:
+        self.d = deps
+        self.machines = machines
+
+    def _url(self, build: Build) -> str:
+        return f"{self.d.public_url}/projects/{build.project_id}/builds/{build.id}"
+
+    async def create_build(self, request: pb.CreateBuildRequest, ctx: Ctx) -> pb.CreateBuildResponse:
+        who = await self.d.authn.principal(ctx)
+        if (
+            request.required_engine is not None
+            and request.required_engine.engine is not None
+            and request.required_engine.engine.field == "dagger"
+        ):
+            raise FailedPrecondition(
+                "opendepot runs BuildKit builders only; the dagger engine is not available"
+            )
+        options = options_in(list(request.options))
+        build, token = await self.d.store.run(
+            lambda s: builds.create_build(s, who, request.project_id or None, options)
+        )
+        return pb.CreateBuildResponse(
+            build_id=build.id,
+            build_token=token,
+            build_url=self._url(build),
+            project_id=build.project_id,
+            registry=pb.Registry(),
+        )
+
+    async def get_build(self, request: pb.GetBuildRequest, ctx: Ctx) -> pb.GetBuildResponse:
+        who = await self.d.authn.principal(ctx)
+        build = await self.d.store.read(lambda s: builds.load_build(s, who, request.build_id))
+        return pb.GetBuildResponse(build_id=build.id, project_id=build.project_id, build_url=self._url(build))
+
+    async def finish_build(self, request: pb.FinishBuildRequest, ctx: Ctx) -> pb.FinishBuildResponse:
+        who = await self.d.authn.principal(ctx)
+        outcome = finish_outcome(request.result)
+        await self.d.store.run(lambda s: builds.finish_build(s, who, request.build_id, outcome))
+        return pb.FinishBuildResponse()
+
+    async def get_build_kit_connection(
+        self, request: pb.GetBuildKitConnectionRequest, ctx: Ctx
+    ) -> pb.GetBuildKitConnectionResponse:
+        who = await self.d.authn.principal(ctx)
+        engine = request.required_engine.engine if request.required_engine is not None else None
+        if engine is not None and engine.field == "dagger":
+            raise FailedPrecondition(
+                "opendepot runs BuildKit builders only; the dagger engine is not available"
+            )
+        connection = await self.machines.acquire(who, request.build_id, platform_in(request.platform))
+        if connection is None:
+            pending: Oneof[Literal["pending"], pb.GetBuildKitConnectionResponse.PendingConnection] = Oneof(
+                "pending", pb.GetBuildKitConnectionResponse.PendingConnection(wait_ms=self.machines.wait_ms)
+            )
+            return pb.GetBuildKitConnectionResponse(connection=pending)
+        ready: Oneof[Literal["active"], pb.GetBuildKitConnectionResponse.ActiveConnection] = Oneof(
+            "active", active(connection)
+        )
+        return pb.GetBuildKitConnectionResponse(connection=ready)
+
+    async def report_build_health(
+        self, request: pb.ReportBuildHealthRequest, ctx: Ctx
+    ) -> pb.ReportBuildHealthResponse:
+        who = await self.d.authn.principal(ctx)
+        platform = platform_in(request.platform) if request.platform else None
+        await self.d.store.run(lambda s: builds.heartbeat(s, who, request.build_id, platform))
+        # cancels_at stays unset: an empty Timestamp would cancel the build at once (spec §6.5).
+        return pb.ReportBuildHealthResponse()
+
+    async def report_status_stream(
+        self, request: AsyncIterator[pb.ReportStatusStreamRequest], ctx: Ctx
+    ) -> pb.ReportStatusStreamResponse:
+        who = await self.d.authn.principal(ctx)
+        checked: set[str] = set()
+        async for message in request:
+            build_id = message.build_id
+            if build_id not in checked:
+
+                def check(session: Any, build_id: str = build_id) -> object:
+                    return builds.load_build(session, who, build_id)
+
+                await self.d.store.read(check)
+                checked.add(build_id)
+        return pb.ReportStatusStreamResponse()
+
+    async def list_builds(self, request: pb.ListBuildsRequest, ctx: Ctx) -> pb.ListBuildsResponse:
+        who = await self.d.authn.principal(ctx)
+        page = page_request(
+            builds.BUILDS_LIST,
+            request.page_size or None,
+            request.page_token or None,
+            default_size=DEFAULT_LIST,
+        )
+        rows, token = await self.d.store.read(lambda s: builds.list_builds(s, who, request.project_id, page))
+        return pb.ListBuildsResponse(
+            builds=[
+                pb.Build(
+                    id=b.id,
+                    status=STATUS[b.status],
+                    created_at=convert.timestamp(b.created_at),
+                    finished_at=convert.timestamp(b.finished_at) if b.finished_at else None,
+                )
+                for b in rows
+            ],
+            next_page_token=token or "",
+        )
+
+    # Legacy RPCs from older CLIs (spec §5.12): accepted for builds the caller reaches, and ignored.
+    async def report_timings(self, request: pb.ReportTimingsRequest, ctx: Ctx) -> pb.ReportTimingsResponse:
+        await self._check(ctx, request.build_id)
+        return pb.ReportTimingsResponse()
+
+    async def report_status(self, request: pb.ReportStatusRequest, ctx: Ctx) -> pb.ReportStatusResponse:
+        await self._check(ctx, request.build_id)
+        return pb.ReportStatusResponse()
+
+    async def report_build_context(
+        self, request: pb.ReportBuildContextRequest, ctx: Ctx
+    ) -> pb.ReportBuildContextResponse:
+        await self._check(ctx, request.build_id)
+        return pb.ReportBuildContextResponse()
+
+    async def _check(self, ctx: Ctx, build_id: str) -> None:
+        who = await self.d.authn.principal(ctx)
+        await self.d.store.read(lambda s: builds.load_build(s, who, build_id))
+
+
+def active(connection: Connection) -> pb.GetBuildKitConnectionResponse.ActiveConnection:
+    """Both cert and ca_cert are always present: depot-go reads them without nil checks."""
+    return pb.GetBuildKitConnectionResponse.ActiveConnection(
+        endpoint=connection.endpoint,
+        server_name=connection.server_name,
+        cert=pb.Cert(cert=connection.cert_pem, key=connection.key_pem),
+        ca_cert=pb.Cert(cert=connection.ca_pem),
+    )

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from opendepot.store.base import Base, UTCDateTime
+
+
+class Build(Base):
+    """One build, whichever API created it (cli.v1, build.v1); core.v1 reads the same rows."""
+
+    __tablename__ = "builds"
+    __table_args__ = (Index("ix_builds_project_created", "project_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(10), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    organization_id: Mapped[str] = mapped_column(String(10))
+    # running, success, failed, canceled (see builds/status.py for the API mappings).
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The BuildOptions as sent, for GetPullInfo and for listing.
+    options: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Lease(Base):
+    """A build's hold on its project's builder for one platform, renewed by heartbeats."""
+
+    __tablename__ = "leases"
+    __table_args__ = (UniqueConstraint("build_id", "platform"),)
+
+    id: Mapped[str] = mapped_column(String(10), primary_key=True)
+    build_id: Mapped[str] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[str] = mapped_column(String(10), index=True)
+    platform: Mapped[str] = mapped_column(String(8))
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

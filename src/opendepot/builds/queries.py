@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import Row, and_, or_, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from opendepot.pagination import Cursor
+
+from .models import Build, Lease
+
+
+def get(session: Session, build_id: str) -> Build | None:
+    return session.get(Build, build_id)
+
+
+def newest_first(session: Session, project_id: str, *, limit: int, after: Cursor | None) -> Sequence[Build]:
+    stmt = select(Build).where(Build.project_id == project_id)
+    if after is not None:
+        stmt = stmt.where(tuple_(Build.created_at, Build.id) < tuple_(after.created_at, after.id))
+    return session.scalars(stmt.order_by(Build.created_at.desc(), Build.id.desc()).limit(limit)).all()
+
+
+def lease(session: Session, build_id: str, platform: str) -> Lease | None:
+    stmt = select(Lease).where(Lease.build_id == build_id, Lease.platform == platform)
+    return session.scalars(stmt).first()
+
+
+def release_leases(session: Session, build_id: str, now: datetime, platform: str | None = None) -> None:
+    stmt = update(Lease).where(Lease.build_id == build_id, Lease.released_at.is_(None))
+    if platform is not None:
+        stmt = stmt.where(Lease.platform == platform)
+    session.execute(stmt.values(released_at=now))
+
+
+def expire_leases(session: Session, stale_before: datetime, now: datetime) -> int:
+    """Leases whose heartbeats stopped: released. Returns how many."""
+    result = session.execute(
+        update(Lease)
+        .where(Lease.released_at.is_(None), Lease.heartbeat_at < stale_before)
+        .values(released_at=now)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def active_leases(session: Session) -> Sequence[Row[str, str, str]]:
+    """(project, platform, build) of every unreleased lease of a running build."""
+    stmt = (
+        select(Lease.project_id, Lease.platform, Lease.build_id)
+        .join(Build, Build.id == Lease.build_id)
+        .where(Lease.released_at.is_(None), Build.status == "running")
+    )
+    return session.execute(stmt).all()
+
+
+def abandoned_builds(session: Session, stale_before: datetime) -> Sequence[Build]:
+    """Running builds with no live lease and no heartbeat since stale_before."""
+    live = select(Lease.build_id).where(
+        Lease.build_id == Build.id,
+        or_(Lease.released_at.is_(None), Lease.heartbeat_at >= stale_before),
+    )
+    stmt = select(Build).where(
+        and_(Build.status == "running", Build.created_at < stale_before, ~live.exists())
+    )
+    return session.scalars(stmt).all()
+
+
+def lease_is_live(session: Session, project_id: str, build_id: str, platform: str) -> bool:
+    stmt = (
+        select(Lease.id)
+        .join(Build, Build.id == Lease.build_id)
+        .where(
+            Lease.build_id == build_id,
+            Lease.platform == platform,
+            Lease.project_id == project_id,
+            Lease.released_at.is_(None),
+            Build.status == "running",
+        )
+    )
+    return session.execute(stmt).first() is not None

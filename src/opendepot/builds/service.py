@@ -1,0 +1,183 @@
+"""Builds and their machine leases. Synchronous functions of a Session, one transaction per call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from opendepot.auth import Principal, TokenKind
+from opendepot.clock import utcnow
+from opendepot.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from opendepot.ids import new_id
+from opendepot.machines import queries as machine_queries
+from opendepot.machines.models import Machine
+from opendepot.pagination import Cursor, PageRequest, next_token
+from opendepot.projects import queries as project_queries
+from opendepot.tokens import service as tokens
+from opendepot.validation import require_id
+
+from . import queries
+from .models import Build, Lease
+from .status import CANCELED, ERROR, FAILED, FINISHED_STATES, RUNNING, SUCCESS
+
+PLATFORMS = ("amd64", "arm64")
+BUILDS_LIST = "builds"
+MAX_OPTIONS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: str
+    error: str | None = None
+
+    @classmethod
+    def success(cls) -> Outcome:
+        return cls(SUCCESS)
+
+    @classmethod
+    def failed(cls, error: str) -> Outcome:
+        return cls(FAILED, error[:10_000] or "build failed")
+
+    @classmethod
+    def canceled(cls) -> Outcome:
+        return cls(CANCELED)
+
+
+@dataclass(frozen=True, slots=True)
+class Acquisition:
+    lease: Lease
+    machine: Machine | None
+
+
+def create_build(
+    session: Session, principal: Principal, project_id: str | None, options: list[dict[str, Any]]
+) -> tuple[Build, str]:
+    """`not_found` for an empty or unknown project: the CLI then offers onboarding. A project token with no
+    project id builds in its own project."""
+    if principal.kind is TokenKind.BUILD:
+        raise PermissionDenied("a build token cannot create builds")
+    if not project_id and principal.project_id:
+        project_id = principal.project_id
+    if not project_id:
+        raise NotFound("no project given: pass --project, set DEPOT_PROJECT_ID or add a depot.json")
+    if len(options) > MAX_OPTIONS:
+        raise InvalidArgument("options", f"at most {MAX_OPTIONS} targets per build")
+    project = project_queries.get(session, require_id("project_id", project_id))
+    if project is None:
+        raise NotFound(f"project {project_id!r} not found")
+    principal.require_project_access(project.organization_id, project.id)
+    now = utcnow()
+    build = Build(
+        id=new_id(),
+        project_id=project.id,
+        organization_id=project.organization_id,
+        status=RUNNING,
+        options=options,
+        created_at=now,
+        started_at=now,
+    )
+    session.add(build)
+    session.flush()
+    secret = tokens.create_build_token(session, project.organization_id, project.id, build.id)
+    return build, secret
+
+
+def load_build(session: Session, principal: Principal, build_id: str) -> Build:
+    build = queries.get(session, require_id("build_id", build_id))
+    if build is None:
+        raise NotFound(f"build {build_id!r} not found")
+    principal.require_build_access(build.organization_id, build.project_id, build.id)
+    return build
+
+
+def finish_build(session: Session, principal: Principal, build_id: str, outcome: Outcome) -> Build:
+    """Sets the final status once (later calls change nothing) and releases the build's machines."""
+    build = load_build(session, principal, build_id)
+    now = utcnow()
+    if build.status not in FINISHED_STATES:
+        build.status, build.error, build.finished_at = outcome.status, outcome.error, now
+    queries.release_leases(session, build.id, now)
+    session.flush()
+    return build
+
+
+def check_platform(platform: str | None, supported: Sequence[str]) -> str:
+    if platform not in PLATFORMS:
+        raise InvalidArgument("platform", "must be amd64 or arm64")
+    if platform not in supported:
+        raise FailedPrecondition(
+            f"this server cannot build for {platform}: its host runs {', '.join(supported)} natively and "
+            f"has no QEMU binfmt handler for {platform}"
+        )
+    return platform
+
+
+def acquire(session: Session, principal: Principal, build_id: str, platform: str) -> Acquisition:
+    """Takes or renews the build's lease on its project's builder and says whether the builder is up."""
+    build = load_build(session, principal, build_id)
+    if build.status in FINISHED_STATES:
+        raise FailedPrecondition(f"build {build.id} is {build.status}; start a new build")
+    now = utcnow()
+    lease = queries.lease(session, build.id, platform)
+    if lease is None:
+        lease = Lease(
+            id=new_id(),
+            build_id=build.id,
+            project_id=build.project_id,
+            platform=platform,
+            acquired_at=now,
+            heartbeat_at=now,
+        )
+        session.add(lease)
+    else:
+        lease.heartbeat_at, lease.released_at = now, None
+    session.flush()
+    return Acquisition(lease=lease, machine=machine_queries.get(session, build.project_id, platform))
+
+
+def heartbeat(session: Session, principal: Principal, build_id: str, platform: str | None) -> None:
+    """Renews the lease. The CLI keeps heart-beating after FinishBuild: that is answered, and ignored."""
+    build = load_build(session, principal, build_id)
+    if build.status in FINISHED_STATES:
+        return
+    platforms = [platform] if platform else list(PLATFORMS)
+    for p in platforms:
+        lease = queries.lease(session, build.id, p)
+        if lease is not None and lease.released_at is None:
+            lease.heartbeat_at = utcnow()
+
+
+def release(session: Session, principal: Principal, build_id: str, platform: str) -> None:
+    build = load_build(session, principal, build_id)
+    queries.release_leases(session, build.id, utcnow(), platform)
+
+
+def list_builds(
+    session: Session, principal: Principal, project_id: str, page: PageRequest
+) -> tuple[Sequence[Build], str | None]:
+    project = project_queries.get(session, require_id("project_id", project_id))
+    if project is None:
+        raise NotFound(f"project {project_id!r} not found")
+    principal.require_project_access(project.organization_id, project.id)
+    rows = queries.newest_first(session, project.id, limit=page.size + 1, after=page.after)
+    token = next_token(BUILDS_LIST, [Cursor(b.created_at, b.id) for b in rows], page.size)
+    return rows[: page.size], token
+
+
+def reap(session: Session, lease_timeout: timedelta, now: datetime | None = None) -> tuple[int, int]:
+    """Releases leases without heartbeats and ends builds that nobody holds. Returns (leases, builds)."""
+    now = now or utcnow()
+    stale_before = now - lease_timeout
+    expired = queries.expire_leases(session, stale_before, now)
+    abandoned = queries.abandoned_builds(session, stale_before)
+    for build in abandoned:
+        build.status, build.finished_at = ERROR, now
+        build.error = f"abandoned: no heartbeat for {int(lease_timeout.total_seconds())} s"
+    return expired, len(abandoned)
+
+
+__all__ = ["CANCELED", "ERROR", "FAILED", "Acquisition", "Outcome"]

@@ -1,0 +1,72 @@
+"""What API workers do to get a build onto a builder: take the lease, and once the project's builder runs,
+hand out the gateway endpoint with a client certificate for this (build, platform)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import platform as host_platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from opendepot.auth import Principal
+from opendepot.builds import service as builds
+from opendepot.errors import FailedPrecondition
+from opendepot.pki.authority import Authority, ClientIdentity, server_name
+from opendepot.store import Store
+
+CLIENT_CERT_LIFETIME = dt.timedelta(hours=24)
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+
+
+def supported_platforms() -> tuple[str, ...]:
+    """The host's own architecture, plus the other where a QEMU binfmt handler is registered."""
+    native = "arm64" if host_platform.machine() in ("aarch64", "arm64") else "amd64"
+    other, handler = ("amd64", "qemu-x86_64") if native == "arm64" else ("arm64", "qemu-aarch64")
+    return (native, other) if (BINFMT / handler).exists() else (native,)
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    endpoint: str
+    server_name: str
+    cert_pem: str
+    key_pem: str
+    ca_pem: str
+
+
+class MachineAccess:
+    def __init__(
+        self,
+        store: Store,
+        authority: Authority,
+        gateway_host: str,
+        gateway_port: int,
+        platforms: tuple[str, ...] | None = None,
+        wait_ms: int = 500,
+    ) -> None:
+        self.store = store
+        self.authority = authority
+        self.endpoint = f"tcp://{gateway_host}:{gateway_port}"
+        self.platforms = platforms or supported_platforms()
+        self.wait_ms = wait_ms
+
+    async def acquire(self, principal: Principal, build_id: str, platform: str) -> Connection | None:
+        """None while the builder is starting (answer pending); the connection once it runs."""
+        builds.check_platform(platform, self.platforms)
+        acquisition = await self.store.run(lambda s: builds.acquire(s, principal, build_id, platform))
+        machine = acquisition.machine
+        if machine is not None and machine.state == "failed":
+            raise FailedPrecondition(f"the {platform} builder failed to start: {machine.error}")
+        if machine is None or machine.state != "running":
+            return None
+        lease = acquisition.lease
+        identity = ClientIdentity(project_id=lease.project_id, build_id=lease.build_id, platform=platform)
+        issued = await asyncio.to_thread(self.authority.issue_client, identity, CLIENT_CERT_LIFETIME)
+        return Connection(
+            endpoint=self.endpoint,
+            server_name=server_name(lease.project_id),
+            cert_pem=issued.cert_pem,
+            key_pem=issued.key_pem,
+            ca_pem=issued.ca_pem,
+        )

@@ -1,0 +1,146 @@
+"""Where builders run. The manager speaks only this interface, so a cluster backend (Kubernetes) can
+replace the local one later."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from opendepot.projects.policy import CacheSetting
+from opendepot.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class BuilderSpec:
+    project_id: str
+    platform: str
+    cache: CacheSetting
+
+
+class Backend(Protocol):
+    async def start(self, spec: BuilderSpec) -> int: ...
+    async def ready(self, project_id: str, platform: str) -> bool: ...
+    def alive(self, project_id: str, platform: str) -> bool: ...
+    async def stop(self, project_id: str, platform: str) -> None: ...
+    async def open(
+        self, project_id: str, platform: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
+
+
+class LocalBuildkitd:
+    """One stock buildkitd per (project, platform) on this host, listening only on a unix socket.
+    Its --root is the project's cache directory, which outlives the process."""
+
+    def __init__(self, buildkitd: str, data_dir: Path, caches_root: Path) -> None:
+        self.buildkitd = buildkitd
+        self.run_dir = data_dir / "run"
+        self.log_dir = data_dir / "logs"
+        self.caches_root = caches_root
+        self._processes: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+
+    def socket_path(self, project_id: str, platform: str) -> Path:
+        return self.run_dir / f"{project_id}-{platform}.sock"
+
+    def state_dir(self, project_id: str, platform: str) -> Path:
+        return self.caches_root / project_id / platform
+
+    def _config(self, spec: BuilderSpec) -> str:
+        gc = [f"keepBytes = {spec.cache.keep_bytes}"]
+        if spec.cache.keep_days:
+            gc.append(f'keepDuration = "{spec.cache.keep_days * 24}h"')
+        return "\n".join(
+            [
+                f'root = "{self.state_dir(spec.project_id, spec.platform)}"',
+                "[grpc]",
+                f'  address = ["unix://{self.socket_path(spec.project_id, spec.platform)}"]',
+                "[worker.oci]",
+                "  enabled = true",
+                "  gc = true",
+                f"  gckeepstorage = {spec.cache.keep_bytes}",
+                "  [[worker.oci.gcpolicy]]",
+                *(f"    {line}" for line in gc),
+                "[worker.containerd]",
+                "  enabled = false",
+                "",
+            ]
+        )
+
+    async def start(self, spec: BuilderSpec) -> int:
+        key = (spec.project_id, spec.platform)
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir(*key).mkdir(parents=True, exist_ok=True)
+        socket = self.socket_path(*key)
+        with contextlib.suppress(FileNotFoundError):
+            socket.unlink()
+        config = self.run_dir / f"{spec.project_id}-{spec.platform}.toml"
+        config.write_text(self._config(spec))
+        log = (self.log_dir / f"{spec.project_id}-{spec.platform}.log").open("ab")
+        process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the child runs on its own
+            [self.buildkitd, "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self._processes[key] = process
+        return process.pid
+
+    async def ready(self, project_id: str, platform: str) -> bool:
+        try:
+            _reader, writer = await asyncio.open_unix_connection(str(self.socket_path(project_id, platform)))
+        except OSError:
+            return False
+        writer.close()
+        return True
+
+    def alive(self, project_id: str, platform: str) -> bool:
+        process = self._processes.get((project_id, platform))
+        return process is not None and process.poll() is None
+
+    async def stop(self, project_id: str, platform: str) -> None:
+        process = self._processes.pop((project_id, platform), None)
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(process.wait), timeout=15)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await asyncio.to_thread(process.wait)
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(self.stop(p, pl) for p, pl in list(self._processes)))
+
+    async def open(self, project_id: str, platform: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_unix_connection(str(self.socket_path(project_id, platform)))
+
+
+def _set_parent_death_signal() -> None:
+    """In the child before exec: if the supervisor dies, the builder gets SIGTERM."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def reap_orphans(store: Store, backend: LocalBuildkitd) -> None:
+    """At start: builders recorded by an earlier supervisor are stopped and marked so; none is adopted."""
+    from opendepot.machines import queries, service
+
+    with store.transaction() as session:
+        for machine in queries.all_machines(session):
+            if machine.pid and machine.state in ("starting", "running", "resetting"):
+                cmdline = Path(f"/proc/{machine.pid}/cmdline")
+                with contextlib.suppress(OSError):
+                    if backend.buildkitd.encode() in cmdline.read_bytes():
+                        os.killpg(machine.pid, signal.SIGTERM)
+            service.set_state(session, machine.project_id, machine.platform, "stopped")

@@ -1,0 +1,138 @@
+"""The BuildKit gateway: the only network door to the builders.
+
+A TLS listener requiring client certificates. The TLS server name picks the project (its CA verifies the
+client, its server certificate answers); the client certificate's URI SAN names the build and platform. A
+connection is accepted only while that build holds a live lease on that platform, and is then forwarded
+byte for byte to the project's buildkitd unix socket. Connections are cut when the lease ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from opendepot.pki.authority import Authority, identity_of, project_of_server_name
+
+log = logging.getLogger("opendepot.gateway")
+
+Opener = Callable[[str, str], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+LeaseCheck = Callable[[str, str, str], Awaitable[bool]]
+CHUNK = 256 * 1024
+
+
+class Gateway:
+    def __init__(self, authority: Authority, open_builder: Opener, lease_is_live: LeaseCheck) -> None:
+        self.authority = authority
+        self.open_builder = open_builder
+        self.lease_is_live = lease_is_live
+        self._contexts: dict[str, ssl.SSLContext] = {}
+        self._connections: dict[tuple[str, str], set[asyncio.StreamWriter]] = {}
+        self._projects: dict[tuple[str, str], str] = {}
+        self._context_project: dict[int, str] = {}
+        self._server: asyncio.Server | None = None
+
+    def _project_context(self, project_id: str) -> ssl.SSLContext | None:
+        context = self._contexts.get(project_id)
+        if context is None:
+            directory = self.authority.project_dir(project_id)
+            if not (directory / "server.pem").exists():
+                return None
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(directory / "server.pem", directory / "server-key.pem")
+            context.load_verify_locations(directory / "ca.pem")
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.set_alpn_protocols(["h2"])  # gRPC clients insist on h2
+            self._contexts[project_id] = context
+            self._context_project[id(context)] = project_id
+        return context
+
+    def _base_context(self, fallback: Path) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(fallback / "server.pem", fallback / "server-key.pem")
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.set_alpn_protocols(["h2"])
+
+        def pick(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
+            project_id = project_of_server_name(name)
+            project_context = self._project_context(project_id) if project_id else None
+            if project_context is None:
+                return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+            sslobj.context = project_context
+            return None
+
+        context.sni_callback = pick
+        return context
+
+    async def start(self, host: str, port: int) -> int:
+        # The listener needs some certificate before SNI picks the real one; it never completes a handshake.
+        fallback = self.authority.ensure_placeholder()
+        self._server = await asyncio.start_server(
+            self._handle, host, port, ssl=self._base_context(fallback), ssl_handshake_timeout=10
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writers in list(self._connections.values()):
+            for writer in list(writers):
+                writer.close()
+
+    def keep_only(self, live: set[tuple[str, str]]) -> None:
+        """Cuts every connection whose (build, platform) lease is no longer live."""
+        for key in [k for k in self._connections if k not in live]:
+            self._cut(key, "lease ended")
+
+    def cut_project(self, project_id: str, platform: str) -> None:
+        for key in [k for k, p in self._projects.items() if p == project_id and k[1] == platform]:
+            self._cut(key, "builder stopped")
+
+    def _cut(self, key: tuple[str, str], why: str) -> None:
+        writers = self._connections.pop(key, set())
+        self._projects.pop(key, None)
+        for writer in writers:
+            writer.close()
+        if writers:
+            log.info("cut %d connection(s) of build %s/%s: %s", len(writers), key[0], key[1], why)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sslobj = writer.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj else None
+        identity = identity_of(der) if der else None
+        # The context SNI chose (and whose CA verified the client) says which project this is.
+        sni_project = self._context_project.get(id(sslobj.context)) if sslobj else None
+        if identity is None or identity.project_id != sni_project:
+            writer.close()
+            return
+        if not await self.lease_is_live(identity.project_id, identity.build_id, identity.platform):
+            log.info("refused build %s/%s: no live lease", identity.build_id, identity.platform)
+            writer.close()
+            return
+        try:
+            builder_reader, builder_writer = await self.open_builder(identity.project_id, identity.platform)
+        except OSError:
+            writer.close()
+            return
+        key = (identity.build_id, identity.platform)
+        self._connections.setdefault(key, set()).add(writer)
+        self._projects[key] = identity.project_id
+        try:
+            await asyncio.gather(_pipe(reader, builder_writer), _pipe(builder_reader, writer))
+        finally:
+            self._connections.get(key, set()).discard(writer)
+            for w in (writer, builder_writer):
+                w.close()
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
+        while data := await source.read(CHUNK):
+            sink.write(data)
+            await sink.drain()
+    with contextlib.suppress(OSError, RuntimeError):
+        if sink.can_write_eof():
+            sink.write_eof()

@@ -1,0 +1,125 @@
+"""The machine manager: runs in the supervisor, owns every builder process.
+
+Each tick it reads the store (the bus between API workers and itself): releases leases whose heartbeats
+stopped and ends builds nobody holds; starts a builder for every (project, platform) with a live lease and
+marks it running once it answers; stops builders idle for longer than the idle timeout (their cache stays);
+and honours reset requests from workers. It tells the gateway which leases are live so that connections of
+finished, released or expired builds are cut."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from opendepot.builds import queries as build_queries
+from opendepot.builds import service as builds
+from opendepot.projects import queries as project_queries
+from opendepot.projects.service import cache_of
+from opendepot.store import Store
+
+from . import queries, service
+from .backend import BuilderSpec, LocalBuildkitd
+from .gateway import Gateway
+
+log = logging.getLogger("opendepot.machines")
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerSettings:
+    lease_timeout: timedelta
+    idle_timeout: timedelta
+    tick_seconds: float = 0.2
+
+
+class MachineManager:
+    def __init__(
+        self, store: Store, backend: LocalBuildkitd, gateway: Gateway, settings: ManagerSettings
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.gateway = gateway
+        self.settings = settings
+        self._last_used: dict[tuple[str, str], float] = {}
+        self._starting: set[tuple[str, str]] = set()
+        self._running: set[tuple[str, str]] = set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("machine manager tick failed")
+            await asyncio.sleep(self.settings.tick_seconds)
+
+    async def tick(self) -> None:
+        expired, abandoned = await self.store.run(lambda s: builds.reap(s, self.settings.lease_timeout))
+        if expired or abandoned:
+            log.info("released %d stale lease(s), ended %d abandoned build(s)", expired, abandoned)
+        leases = await self.store.read(build_queries.active_leases)
+        machines = await self.store.read(queries.all_machines)
+        now = time.monotonic()
+        needed = {(project, platform) for project, platform, _build in leases}
+        self.gateway.keep_only({(build, platform) for _project, platform, build in leases})
+
+        for machine in machines:
+            key = (machine.project_id, machine.platform)
+            if machine.state == "resetting":
+                await self._stop(key, "stopped")
+                needed.discard(key)
+        for key in needed:
+            self._last_used[key] = now
+            if key not in self._starting and key not in self._running:
+                await self._start(key)
+        for key in list(self._starting):
+            if not self.backend.alive(*key):
+                await self._mark(key, "failed", error="buildkitd exited while starting; see its log")
+                self._starting.discard(key)
+            elif await self.backend.ready(*key):
+                self._starting.discard(key)
+                self._running.add(key)
+                await self._mark(key, "running")
+        for key in list(self._running):
+            if not self.backend.alive(*key):
+                log.warning("builder %s/%s exited; it restarts on the next lease", *key)
+                self._running.discard(key)
+                await self._mark(key, "stopped")
+            elif (
+                key not in needed
+                and now - self._last_used.get(key, now) > self.settings.idle_timeout.total_seconds()
+            ):
+                await self._stop(key, "stopped")
+
+    async def _start(self, key: tuple[str, str]) -> None:
+        project = await self.store.read(lambda s: project_queries.get_detached(s, key[0]))
+        if project is None:
+            return
+        pid = await self.backend.start(
+            BuilderSpec(project_id=key[0], platform=key[1], cache=cache_of(project))
+        )
+        self._starting.add(key)
+        await self._mark(key, "starting", pid=pid)
+        log.info("starting builder %s/%s (pid %d)", key[0], key[1], pid)
+
+    async def _stop(self, key: tuple[str, str], state: str) -> None:
+        self.gateway.cut_project(key[0], key[1])
+        await self.backend.stop(*key)
+        self._starting.discard(key)
+        self._running.discard(key)
+        self._last_used.pop(key, None)
+        await self._mark(key, state)
+        log.info("stopped builder %s/%s", *key)
+
+    async def _mark(
+        self, key: tuple[str, str], state: str, *, pid: int | None = None, error: str | None = None
+    ) -> None:
+        await self.store.run(lambda s: service.set_state(s, key[0], key[1], state, pid=pid, error=error))
+
+    async def shutdown(self) -> None:
+        """Stops every builder so that none outlives the server; their caches stay."""
+        keys = self._starting | self._running
+        await self.backend.stop_all()
+        for key in keys:
+            await self._mark(key, "stopped")

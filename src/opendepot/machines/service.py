@@ -1,0 +1,42 @@
+"""Machine rows: written by the manager (in the supervisor), read and flagged by API workers."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from opendepot.clock import utcnow
+
+from . import queries
+from .models import Machine
+
+ACTIVE_STATES = ("starting", "running")
+
+
+def set_state(
+    session: Session,
+    project_id: str,
+    platform: str,
+    state: str,
+    *,
+    pid: int | None = None,
+    error: str | None = None,
+) -> None:
+    machine = queries.get(session, project_id, platform)
+    if machine is None:
+        machine = Machine(project_id=project_id, platform=platform, state=state, updated_at=utcnow())
+        session.add(machine)
+    machine.state, machine.pid, machine.error, machine.updated_at = state, pid, error, utcnow()
+
+
+def request_reset(session: Session, project_id: str) -> int:
+    """Asks the manager to stop the project's builders. Returns how many it must stop first."""
+    pending = 0
+    for machine in queries.all_machines(session):
+        if machine.project_id == project_id and machine.state in (*ACTIVE_STATES, "resetting"):
+            machine.state, machine.updated_at = "resetting", utcnow()
+            pending += 1
+    return pending
+
+
+def resetting(session: Session, project_id: str) -> bool:
+    return any(m.project_id == project_id and m.state == "resetting" for m in queries.all_machines(session))
