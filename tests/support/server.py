@@ -30,6 +30,7 @@ class Server:
     tls: tuple[Path, Path] | None = None
     extra_args: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
+    buildkit_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,6 +58,8 @@ class Server:
             *self.store_args(),
             "--listen",
             f"127.0.0.1:{self.port}",
+            "--buildkit-listen",
+            f"127.0.0.1:{self.buildkit_port}",
             *self.extra_args,
         ]
         if self.tls:

@@ -1,0 +1,178 @@
+"""Leases, heartbeats and builder lifecycle, on a server with a short lease timeout."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import httpx
+import pytest
+from protobuf import Oneof
+
+from opendepot.gen.depot.cli.v1 import build_pb as cli
+from tests.e2e.test_builds import build, new_project, step_states
+from tests.support.builds import builds_possible, busybox_context
+from tests.support.clients import sdk_node
+from tests.support.rpc import call
+from tests.support.server import Server
+
+pytestmark = pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible()))
+BS = "depot.cli.v1.BuildService"
+LEASE_TIMEOUT = 2.0
+SUCCESS: Oneof[Literal["success"], cli.FinishBuildRequest.BuildSuccess] = Oneof(
+    "success", cli.FinishBuildRequest.BuildSuccess()
+)
+
+
+@pytest.fixture(scope="module")
+def short(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("lifecycle")
+    srv = Server(
+        data_dir=root / "data",
+        database_url=None,
+        extra_args=["--lease-timeout", str(LEASE_TIMEOUT), "--builder-idle-timeout", "60"],
+    ).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def connect(http: httpx.Client, srv: Server, build_id: str, token: str) -> cli.GetBuildKitConnectionResponse:
+    """Polls GetBuildKitConnection as the CLI does until the builder is active."""
+    request = cli.GetBuildKitConnectionRequest(build_id=build_id, platform=cli.BuilderPlatform.AMD64)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        reply = call(http, srv.url, f"{BS}/GetBuildKitConnection", request, token)
+        response = reply.message(cli.GetBuildKitConnectionResponse)
+        assert response.connection is not None
+        if response.connection.field == "active":
+            return response
+        assert response.connection.value.wait_ms > 0
+        time.sleep(response.connection.value.wait_ms / 1000)
+    raise AssertionError("builder never became active")
+
+
+def status_of(http: httpx.Client, srv: Server, project: str, build_id: str, token: str) -> cli.BuildStatus:
+    reply = call(http, srv.url, f"{BS}/ListBuilds", cli.ListBuildsRequest(project_id=project), token)
+    return next(b.status for b in reply.message(cli.ListBuildsResponse).builds if b.id == build_id)
+
+
+def test_heartbeats_hold_the_lease_and_silence_releases_it(short: Server) -> None:
+    token = short.admin_token
+    project = new_project(short, token, "leases")
+    with httpx.Client(timeout=30) as http:
+
+        def create() -> tuple[str, str]:
+            r = call(http, short.url, f"{BS}/CreateBuild", cli.CreateBuildRequest(project_id=project), token)
+            created = r.message(cli.CreateBuildResponse)
+            assert created.project_id == project and created.build_url.endswith(created.build_id)
+            return created.build_id, created.build_token
+
+        kept, kept_token = create()
+        silent, silent_token = create()
+        active = connect(http, short, kept, kept_token)
+        connection = active.connection
+        assert connection is not None and connection.field == "active"
+        details = connection.value
+        assert details.cert is not None and details.ca_cert is not None
+        assert details.endpoint == f"tcp://127.0.0.1:{short.buildkit_port}"
+        assert "BEGIN CERTIFICATE" in details.cert.cert and "PRIVATE KEY" in details.cert.key
+        assert "BEGIN CERTIFICATE" in details.ca_cert.cert and details.server_name.startswith(project)
+        connect(http, short, silent, silent_token)
+
+        deadline = time.monotonic() + LEASE_TIMEOUT * 2.5
+        while time.monotonic() < deadline:
+            beat = call(
+                http,
+                short.url,
+                f"{BS}/ReportBuildHealth",
+                cli.ReportBuildHealthRequest(build_id=kept, platform=cli.BuilderPlatform.AMD64),
+                kept_token,
+            )
+            # cancels_at stays unset unless the build is being cancelled.
+            assert beat.status == 200 and beat.body == b""
+            time.sleep(0.5)
+
+        assert status_of(http, short, project, kept, token) == cli.BuildStatus.RUNNING
+        assert status_of(http, short, project, silent, token) == cli.BuildStatus.FAILED
+        refused = call(
+            http,
+            short.url,
+            f"{BS}/GetBuildKitConnection",
+            cli.GetBuildKitConnectionRequest(build_id=silent, platform=cli.BuilderPlatform.AMD64),
+            silent_token,
+        )
+        assert refused.code == "failed_precondition"
+        # A heartbeat for a finished build is answered harmlessly (the CLI keeps beating after FinishBuild).
+        late = call(
+            http,
+            short.url,
+            f"{BS}/ReportBuildHealth",
+            cli.ReportBuildHealthRequest(build_id=silent, platform=cli.BuilderPlatform.AMD64),
+            silent_token,
+        )
+        assert late.status == 200
+
+        done = call(
+            http,
+            short.url,
+            f"{BS}/FinishBuild",
+            cli.FinishBuildRequest(
+                build_id=kept,
+                result=SUCCESS,
+            ),
+            kept_token,
+        )
+        assert done.status == 200
+        assert status_of(http, short, project, kept, token) == cli.BuildStatus.FINISHED
+
+
+def builder_pids(srv: Server, project: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"buildkitd" in cmdline and f"{project}-amd64.toml".encode() in cmdline:
+                pids.append(int(proc.name))
+    return pids
+
+
+def test_killed_builder_restarts_with_its_cache_and_reset_empties_it(short: Server, tmp_path: Path) -> None:
+    token = short.admin_token
+    project = new_project(short, token, "lifecycle")
+    context = busybox_context(tmp_path / "ctx", "echo first > /a", "cat /a")
+    code, output = build(short, token, project, context)
+    assert code == 0, output
+    [pid] = builder_pids(short, project)
+    os.kill(pid, signal.SIGKILL)
+
+    code, output = build(short, token, project, context)
+    assert code == 0, output
+    assert set(step_states(output).values()) == {"CACHED"}, step_states(output)
+    assert builder_pids(short, project) and builder_pids(short, project) != [pid]
+
+    [reset] = sdk_node(
+        short.url,
+        [
+            {
+                "service": "core.v1.ProjectService",
+                "method": "resetProject",
+                "token": token,
+                "request": {"projectId": project},
+            }
+        ],
+    )
+    assert reset == {"ok": {}}
+    assert builder_pids(short, project) == []
+    assert not (short.data_dir / "projects" / project).exists()
+    code, output = build(short, token, project, context)
+    assert code == 0, output
+    assert set(step_states(output).values()) == {"DONE"}, step_states(output)
