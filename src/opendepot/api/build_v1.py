@@ -8,7 +8,6 @@ from typing import Any
 from connectrpc.request import RequestContext
 
 from opendepot.builds import service as builds
-from opendepot.errors import InvalidArgument
 from opendepot.gen.depot.build.v1 import build_connect
 from opendepot.gen.depot.build.v1 import build_pb as pb
 
@@ -29,12 +28,12 @@ class BuildService(build_connect.BuildService):
     async def finish_build(self, request: pb.FinishBuildRequest, ctx: Ctx) -> pb.FinishBuildResponse:
         who = await self.d.authn.principal(ctx)
         result = request.result
-        if result is None:
-            raise InvalidArgument("result", "one of success or error is required")
-        outcome = (
-            builds.Outcome.success()
-            if result.field == "success"
-            else builds.Outcome.failed(result.value.error)
-        )
+        outcome = None
+        if result is not None:
+            outcome = (
+                builds.Outcome.success()
+                if result.field == "success"
+                else builds.Outcome.failed(result.value.error)
+            )
         await self.d.store.run(lambda s: builds.finish_build(s, who, request.build_id, outcome))
         return pb.FinishBuildResponse()

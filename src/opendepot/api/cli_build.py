@@ -48,9 +48,9 @@ def platform_in(value: pb.BuilderPlatform) -> str:
     return platform
 
 
-def finish_outcome(result: Oneof[Any, Any] | None) -> builds.Outcome:
+def finish_outcome(result: Oneof[Any, Any] | None) -> builds.Outcome | None:
     if result is None:
-        raise InvalidArgument("result", "one of success, error or canceled is required")
+        return None
     if result.field == "success":
         return builds.Outcome.success()
     if result.field == "canceled":

@@ -94,9 +94,12 @@ def load_build(session: Session, principal: Principal, build_id: str) -> Build:
     return build
 
 
-def finish_build(session: Session, principal: Principal, build_id: str, outcome: Outcome) -> Build:
-    """Sets the final status once (later calls change nothing) and releases the build's machines."""
+def finish_build(session: Session, principal: Principal, build_id: str, outcome: Outcome | None) -> Build:
+    """Sets the final status once (later calls change nothing) and releases the build's machines.
+    A missing outcome is refused only after the caller is known to reach the build."""
     build = load_build(session, principal, build_id)
+    if outcome is None:
+        raise InvalidArgument("result", "one of success, error or canceled is required")
     now = utcnow()
     if build.status not in FINISHED_STATES:
         build.status, build.error, build.finished_at = outcome.status, outcome.error, now
