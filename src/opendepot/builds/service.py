@@ -27,6 +27,7 @@ from .status import CANCELED, ERROR, FAILED, FINISHED_STATES, RUNNING, SUCCESS
 PLATFORMS = ("amd64", "arm64")
 BUILDS_LIST = "builds"
 MAX_OPTIONS = 64
+HEARTBEAT_GRANULARITY = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +149,13 @@ def heartbeat(session: Session, principal: Principal, build_id: str, platform: s
     if build.status in FINISHED_STATES:
         return
     platforms = [platform] if platform else list(PLATFORMS)
+    now = utcnow()
     for p in platforms:
         lease = queries.lease(session, build.id, p)
-        if lease is not None and lease.released_at is None:
-            lease.heartbeat_at = utcnow()
+        # A renewal within the last second adds nothing and would only contend for the write lock.
+        fresh = lease is not None and now - lease.heartbeat_at <= HEARTBEAT_GRANULARITY
+        if lease is not None and lease.released_at is None and not fresh:
+            lease.heartbeat_at = now
 
 
 def release(session: Session, principal: Principal, build_id: str, platform: str) -> None:
