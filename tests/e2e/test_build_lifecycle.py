@@ -176,3 +176,63 @@ def test_killed_builder_restarts_with_its_cache_and_reset_empties_it(short: Serv
     code, output = build(short, token, project, context)
     assert code == 0, output
     assert set(step_states(output).values()) == {"DONE"}, step_states(output)
+
+
+def cgroup_file(pid: int, controller: str, name: str) -> Path:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _id, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            return Path("/sys/fs/cgroup") / controller / path.lstrip("/") / name
+    raise AssertionError(f"no {controller} cgroup for {pid}")
+
+
+@pytest.mark.skipif(
+    not Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists() or not os.access("/sys/fs/cgroup/cpu", os.W_OK),
+    reason="needs writable cgroup v1 cpu and memory",
+)
+def test_hardware_size_limits_the_builder(short: Server, tmp_path: Path) -> None:
+    token = short.admin_token
+    [created] = sdk_node(
+        short.url,
+        [
+            {
+                "service": "core.v1.ProjectService",
+                "method": "createProject",
+                "token": token,
+                "request": {"name": "small", "hardware": 2},
+            }
+        ],
+    )
+    project = created["ok"]["project"]["projectId"]
+    assert created["ok"]["project"]["hardware"] == "HARDWARE_4X4"
+    code, output = build(short, token, project, busybox_context(tmp_path / "ctx", "echo limited"))
+    assert code == 0, output
+    [pid] = builder_pids(short, project)
+    quota = int(cgroup_file(pid, "cpu", "cpu.cfs_quota_us").read_text())
+    period = int(cgroup_file(pid, "cpu", "cpu.cfs_period_us").read_text())
+    assert quota / period == 4
+    assert int(cgroup_file(pid, "memory", "memory.limit_in_bytes").read_text()) == 4 << 30
+    config = (short.data_dir / "run" / f"{project}-amd64.toml").read_text()
+    assert f"/opendepot/{project}-amd64" in config and "defaultCgroupParent" in config
+
+
+def test_stopping_the_server_stops_its_builders_and_keeps_caches(tmp_path: Path) -> None:
+    srv = Server(data_dir=tmp_path / "data", database_url=None).start()
+    token = srv.admin_token
+    project = new_project(srv, token, "restart")
+    context = busybox_context(tmp_path / "ctx", "echo survives > /s")
+    try:
+        code, output = build(srv, token, project, context)
+        assert code == 0, output
+        assert builder_pids(srv, project)
+    finally:
+        srv.stop()
+    assert builder_pids(srv, project) == []
+    again = Server(data_dir=tmp_path / "data", database_url=None).start()
+    try:
+        code, output = build(again, token, project, context)
+        assert code == 0, output
+        assert set(step_states(output).values()) == {"CACHED"}
+    finally:
+        again.stop()
+    assert builder_pids(again, project) == []

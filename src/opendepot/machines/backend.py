@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -15,12 +16,17 @@ from typing import Protocol
 from opendepot.projects.policy import CacheSetting
 from opendepot.store import Store
 
+from .limits import CgroupLimits, hardware_size
+
+logger = logging.getLogger("opendepot.machines")
+
 
 @dataclass(frozen=True, slots=True)
 class BuilderSpec:
     project_id: str
     platform: str
     cache: CacheSetting
+    hardware: str = "16x32"
 
 
 class Backend(Protocol):
@@ -43,6 +49,7 @@ class LocalBuildkitd:
         self.log_dir = data_dir / "logs"
         self.caches_root = caches_root
         self._processes: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+        self.limits = CgroupLimits()
 
     def socket_path(self, project_id: str, platform: str) -> Path:
         return self.run_dir / f"{project_id}-{platform}.sock"
@@ -51,20 +58,26 @@ class LocalBuildkitd:
         return self.caches_root / project_id / platform
 
     def _config(self, spec: BuilderSpec) -> str:
-        gc = [f"keepBytes = {spec.cache.keep_bytes}"]
+        """buildkitd.toml: unix socket only, OCI worker, the project's cache policy as its GC policy."""
+        key = f"{spec.project_id}-{spec.platform}"
+        oci = [
+            "[worker.oci]",
+            "  enabled = true",
+            "  gc = true",
+            f"  gckeepstorage = {spec.cache.keep_bytes}",
+        ]
+        if parent := self.limits.group_path(key):
+            # RUN containers go under the builder's own cgroup, so its limits cover them.
+            oci.append(f'  defaultCgroupParent = "{parent}"')
+        oci += ["  [[worker.oci.gcpolicy]]", f"    keepBytes = {spec.cache.keep_bytes}"]
         if spec.cache.keep_days:
-            gc.append(f'keepDuration = "{spec.cache.keep_days * 24}h"')
+            oci.append(f'    keepDuration = "{spec.cache.keep_days * 24}h"')
         return "\n".join(
             [
                 f'root = "{self.state_dir(spec.project_id, spec.platform)}"',
                 "[grpc]",
                 f'  address = ["unix://{self.socket_path(spec.project_id, spec.platform)}"]',
-                "[worker.oci]",
-                "  enabled = true",
-                "  gc = true",
-                f"  gckeepstorage = {spec.cache.keep_bytes}",
-                "  [[worker.oci.gcpolicy]]",
-                *(f"    {line}" for line in gc),
+                *oci,
                 "[worker.containerd]",
                 "  enabled = false",
                 "",
@@ -91,6 +104,9 @@ class LocalBuildkitd:
         )
         log.close()
         self._processes[key] = process
+        cpus, memory_gb = hardware_size(spec.hardware)
+        enforced = self.limits.apply(f"{spec.project_id}-{spec.platform}", process.pid, cpus, memory_gb)
+        logger.info("builder %s/%s: hardware %s, limits enforced: %s", *key, spec.hardware, enforced)
         return process.pid
 
     async def ready(self, project_id: str, platform: str) -> bool:
@@ -108,6 +124,7 @@ class LocalBuildkitd:
     async def stop(self, project_id: str, platform: str) -> None:
         process = self._processes.pop((project_id, platform), None)
         if process is None or process.poll() is not None:
+            self.limits.remove(f"{project_id}-{platform}")
             return
         process.send_signal(signal.SIGTERM)
         try:
@@ -116,6 +133,7 @@ class LocalBuildkitd:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             await asyncio.to_thread(process.wait)
+        self.limits.remove(f"{project_id}-{platform}")
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(p, pl) for p, pl in list(self._processes)))

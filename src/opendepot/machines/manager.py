@@ -96,9 +96,10 @@ class MachineManager:
         project = await self.store.read(lambda s: project_queries.get_detached(s, key[0]))
         if project is None:
             return
-        pid = await self.backend.start(
-            BuilderSpec(project_id=key[0], platform=key[1], cache=cache_of(project))
+        spec = BuilderSpec(
+            project_id=key[0], platform=key[1], cache=cache_of(project), hardware=project.hardware
         )
+        pid = await self.backend.start(spec)
         self._starting.add(key)
         await self._mark(key, "starting", pid=pid)
         log.info("starting builder %s/%s (pid %d)", key[0], key[1], pid)
