@@ -236,3 +236,64 @@ def test_stopping_the_server_stops_its_builders_and_keeps_caches(tmp_path: Path)
     finally:
         again.stop()
     assert builder_pids(again, project) == []
+
+
+def test_buildkit_v1_endpoint_health_and_release_through_sdk_node(short: Server) -> None:
+    """The low-level sdk-node path (spec §5.10): GetEndpoint streams pending until one active, ReportHealth
+    streams heartbeats, ReleaseEndpoint releases; then build.v1 FinishBuild."""
+    token = short.admin_token
+    project = new_project(short, token, "buildkit-v1")
+    [created] = sdk_node(
+        short.url,
+        [
+            {
+                "service": "build.v1.BuildService",
+                "method": "createBuild",
+                "token": token,
+                "request": {"projectId": project},
+            }
+        ],
+    )
+    build_id, build_token = created["ok"]["buildId"], created["ok"]["buildToken"]
+    endpoint, health, release, finish = sdk_node(
+        short.url,
+        [
+            {
+                "service": "buildkit.v1.BuildKitService",
+                "method": "getEndpoint",
+                "token": build_token,
+                "request": {"buildId": build_id, "platform": 1},
+            },
+            {
+                "service": "buildkit.v1.BuildKitService",
+                "method": "reportHealth",
+                "token": build_token,
+                "requests": [{"buildId": build_id, "platform": 1}, {"buildId": build_id, "platform": 1}],
+            },
+            {
+                "service": "buildkit.v1.BuildKitService",
+                "method": "releaseEndpoint",
+                "token": build_token,
+                "request": {"buildId": build_id, "platform": 1},
+            },
+            {
+                "service": "build.v1.BuildService",
+                "method": "finishBuild",
+                "token": build_token,
+                "request": {"buildId": build_id, "result": {"case": "success", "value": {}}},
+            },
+        ],
+    )
+    messages = endpoint["ok"]
+    assert all("pending" in m for m in messages[:-1])
+    active = messages[-1]["active"]
+    assert active["endpoint"] == f"tcp://127.0.0.1:{short.buildkit_port}"
+    assert active["serverName"].startswith(project)
+    assert (
+        "BEGIN CERTIFICATE" in active["cert"]["cert"]["cert"]
+        and "PRIVATE KEY" in active["cert"]["key"]["key"]
+    )
+    assert "BEGIN CERTIFICATE" in active["caCert"]["cert"]
+    assert health == {"ok": {}} and release == {"ok": {}} and finish == {"ok": {}}
+    with httpx.Client(timeout=30) as http:
+        assert status_of(http, short, project, build_id, token) == cli.BuildStatus.FINISHED

@@ -2,6 +2,8 @@
 // Input (stdin): JSON list of {service: "core.v1.ProjectService", method: "createProject",
 //   request: {...}, token: "..."}. Strings of the form "bigint:123" become BigInt (int64 fields).
 // Output (stdout): JSON list of {ok: <response.toJson()>} or {error: {code: "not_found", message}}.
+// Streams: a server-streaming call gives {ok: [<each message>]}; a call with "requests" (a list) sends them
+// as a client stream.
 import { createRequire } from "node:module";
 
 const require = createRequire(import.meta.url);
@@ -29,8 +31,22 @@ for (const call of calls) {
   const client = depot[pkg][version][service];
   const headers = call.token ? { Authorization: `Bearer ${call.token}` } : {};
   try {
-    const response = await client[call.method](call.request ?? {}, { headers });
-    results.push({ ok: response.toJson({ emitDefaultValues: false }) });
+    if (call.requests) {
+      async function* stream() {
+        for (const r of call.requests) yield r;
+      }
+      const response = await client[call.method](stream(), { headers });
+      results.push({ ok: response.toJson({ emitDefaultValues: false }) });
+      continue;
+    }
+    const response = client[call.method](call.request ?? {}, { headers });
+    if (response && typeof response[Symbol.asyncIterator] === "function") {
+      const messages = [];
+      for await (const m of response) messages.push(m.toJson({ emitDefaultValues: false }));
+      results.push({ ok: messages });
+      continue;
+    }
+    results.push({ ok: (await response).toJson({ emitDefaultValues: false }) });
   } catch (err) {
     const e = ConnectError.from(err);
     results.push({ error: { code: codeName(e.code), message: e.rawMessage } });
