@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +14,13 @@ import httpx
 import pytest
 from protobuf import Oneof
 
+from opendepot.builds import queries as build_queries
 from opendepot.gen.depot.cli.v1 import build_pb as cli
+from opendepot.gen.moby.buildkit.v1 import control_pb
+from opendepot.store import Store
+from opendepot.store.engine import sqlite_url
 from tests.e2e.test_builds import build, new_project, step_states
-from tests.support.builds import builds_possible, busybox_context
+from tests.support.builds import VENV_BIN, builds_possible, busybox_context
 from tests.support.clients import sdk_node
 from tests.support.rpc import call
 from tests.support.server import Server
@@ -297,3 +302,62 @@ def test_buildkit_v1_endpoint_health_and_release_through_sdk_node(short: Server)
     assert health == {"ok": {}} and release == {"ok": {}} and finish == {"ok": {}}
     with httpx.Client(timeout=30) as http:
         assert status_of(http, short, project, build_id, token) == cli.BuildStatus.FINISHED
+
+
+def test_status_reports_are_kept_and_finished_builds_lose_the_gateway(short: Server, tmp_path: Path) -> None:
+    token = short.admin_token
+    project = new_project(short, token, "gateway")
+    code, output = build(short, token, project, busybox_context(tmp_path / "ctx", "echo reported"))
+    assert code == 0, output
+    store = Store(sqlite_url(short.data_dir))
+    try:
+        [built] = store.read_now(lambda s: build_queries.newest_first(s, project, limit=5, after=None))
+        reports = store.read_now(lambda s: build_queries.status_reports(s, built.id))
+    finally:
+        store.dispose()
+    names = {v.name for r in reports for v in control_pb.StatusResponse.from_binary(r.payload).vertexes}
+    assert "[depot] launching amd64 machine" in names, names
+
+    with httpx.Client(timeout=30) as http:
+        r = call(http, short.url, f"{BS}/CreateBuild", cli.CreateBuildRequest(project_id=project), token)
+        created = r.message(cli.CreateBuildResponse)
+        connection = connect(http, short, created.build_id, created.build_token).connection
+        assert connection is not None
+        details = connection.value
+        assert isinstance(details, cli.GetBuildKitConnectionResponse.ActiveConnection)
+        assert details.cert is not None and details.ca_cert is not None
+        for name, text in (
+            ("ca.pem", details.ca_cert.cert),
+            ("cert.pem", details.cert.cert),
+            ("key.pem", details.cert.key),
+        ):
+            (tmp_path / name).write_text(text)
+        buildctl = [
+            str(VENV_BIN / "buildctl"),
+            "--addr",
+            details.endpoint,
+            "--tlsservername",
+            details.server_name,
+            "--tlscacert",
+            str(tmp_path / "ca.pem"),
+            "--tlscert",
+            str(tmp_path / "cert.pem"),
+            "--tlskey",
+            str(tmp_path / "key.pem"),
+            "--timeout",
+            "5",
+            "debug",
+            "workers",
+        ]
+        during = subprocess.run(buildctl, capture_output=True, text=True, timeout=60, check=False)
+        assert during.returncode == 0, during.stderr
+        done = call(
+            http,
+            short.url,
+            f"{BS}/FinishBuild",
+            cli.FinishBuildRequest(build_id=created.build_id, result=SUCCESS),
+            created.build_token,
+        )
+        assert done.status == 200
+        after = subprocess.run(buildctl, capture_output=True, text=True, timeout=60, check=False)
+        assert after.returncode != 0

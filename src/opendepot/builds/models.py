@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from opendepot.store.base import Base, UTCDateTime
@@ -41,3 +41,15 @@ class Lease(Base):
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class StatusReport(Base):
+    """A batch of BuildKit status the client reported (cli.v1 ReportStatusStream), kept as received
+    (serialized moby.buildkit.v1.StatusResponse messages) for the steps view to read."""
+
+    __tablename__ = "status_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    build_id: Mapped[str] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"), index=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    payload: Mapped[bytes] = mapped_column(LargeBinary)

@@ -3,12 +3,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Row, and_, or_, select, tuple_, update
+from sqlalchemy import Row, and_, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from opendepot.pagination import Cursor
 
-from .models import Build, Lease
+from .models import Build, Lease, StatusReport
 
 
 def get(session: Session, build_id: str) -> Build | None:
@@ -80,3 +80,15 @@ def lease_is_live(session: Session, project_id: str, build_id: str, platform: st
         )
     )
     return session.execute(stmt).first() is not None
+
+
+def status_bytes(session: Session, build_id: str) -> int:
+    stmt = select(func.coalesce(func.sum(func.length(StatusReport.payload)), 0)).where(
+        StatusReport.build_id == build_id
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def status_reports(session: Session, build_id: str) -> Sequence[StatusReport]:
+    stmt = select(StatusReport).where(StatusReport.build_id == build_id).order_by(StatusReport.id)
+    return session.scalars(stmt).all()

@@ -21,13 +21,14 @@ from opendepot.tokens import service as tokens
 from opendepot.validation import require_id
 
 from . import queries
-from .models import Build, Lease
+from .models import Build, Lease, StatusReport
 from .status import CANCELED, ERROR, FAILED, FINISHED_STATES, RUNNING, SUCCESS
 
 PLATFORMS = ("amd64", "arm64")
 BUILDS_LIST = "builds"
 MAX_OPTIONS = 64
 HEARTBEAT_GRANULARITY = timedelta(seconds=1)
+MAX_STATUS_BYTES_PER_BUILD = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,19 @@ def heartbeat(session: Session, principal: Principal, build_id: str, platform: s
 def release(session: Session, principal: Principal, build_id: str, platform: str) -> None:
     build = load_build(session, principal, build_id)
     queries.release_leases(session, build.id, utcnow(), platform)
+
+
+def record_status(session: Session, principal: Principal, build_id: str, payloads: list[bytes]) -> bool:
+    """Keeps what the client reported, up to a bound per build. Returns False once the bound is reached."""
+    build = load_build(session, principal, build_id)
+    used = queries.status_bytes(session, build.id)
+    now = utcnow()
+    for payload in payloads:
+        if used + len(payload) > MAX_STATUS_BYTES_PER_BUILD:
+            return False
+        session.add(StatusReport(build_id=build.id, received_at=now, payload=payload))
+        used += len(payload)
+    return True
 
 
 def list_builds(

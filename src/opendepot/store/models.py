@@ -1,6 +1,6 @@
 """Imports every domain's models so that the metadata (for migrations and tests) is complete."""
 
-from opendepot.builds.models import Build, Lease
+from opendepot.builds.models import Build, Lease, StatusReport
 from opendepot.machines.models import Machine
 from opendepot.organizations.models import Organization
 from opendepot.projects.models import Project, TrustPolicy
@@ -10,4 +10,14 @@ from .base import Base
 
 metadata = Base.metadata
 
-__all__ = ["Build", "Lease", "Machine", "Organization", "Project", "Token", "TrustPolicy", "metadata"]
+__all__ = [
+    "Build",
+    "Lease",
+    "Machine",
+    "Organization",
+    "Project",
+    "StatusReport",
+    "Token",
+    "TrustPolicy",
+    "metadata",
+]
