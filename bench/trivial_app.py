@@ -47,6 +47,7 @@ def main() -> None:
         buildkit_host="",
         lease_timeout=1.0,
         builder_idle_timeout=0.0,
+        build_log_limit_mib=1,
     )
     serve_workers(config, make_trivial)
 

@@ -118,6 +118,13 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SECONDS",
     ),
     Option(
+        "build_log_limit_mib",
+        "MiB of step logs kept per build; past it a marker line says so",
+        lambda: 10,
+        parse=int,
+        metavar="MIB",
+    ),
+    Option(
         "workers",
         "API worker processes sharing the port (default: the number of CPUs, at most 4)",
         lambda: min(os.cpu_count() or 1, 4),
@@ -144,6 +151,7 @@ class Config:
     buildkit_host: str
     lease_timeout: float
     builder_idle_timeout: float
+    build_log_limit_mib: int
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -252,6 +260,7 @@ def _build(values: dict[str, Any], sources: dict[str, str]) -> Config:
         buildkit_host=values["buildkit_host"] or _host_of(values["buildkit_listen"]),
         lease_timeout=values["lease_timeout"],
         builder_idle_timeout=values["builder_idle_timeout"],
+        build_log_limit_mib=values["build_log_limit_mib"],
         sources=sources,
     )
     if config.lease_timeout <= 0 or config.builder_idle_timeout < 0:

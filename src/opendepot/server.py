@@ -39,6 +39,7 @@ from opendepot.machines.access import MachineAccess
 from opendepot.machines.backend import LocalBuildkitd, reap_orphans
 from opendepot.machines.gateway import Gateway
 from opendepot.machines.manager import MachineManager, ManagerSettings
+from opendepot.machines.recorder import StepRecorder
 from opendepot.pki.authority import Authority
 from opendepot.projects.caches import ProjectCaches
 from opendepot.projects.service import Settings as ProjectSettings
@@ -242,7 +243,8 @@ async def builder_services(config: Config) -> AsyncIterator[MachineManager]:
     async def lease_is_live(project_id: str, build_id: str, platform: str) -> bool:
         return await store.read(lambda s: build_queries.lease_is_live(s, project_id, build_id, platform))
 
-    gateway = Gateway(Authority(config.data_dir / "pki"), backend.open, lease_is_live)
+    recorder = StepRecorder(store, log_cap=config.build_log_limit_mib << 20)
+    gateway = Gateway(Authority(config.data_dir / "pki"), backend.open, lease_is_live, recorder)
     host, port = config.buildkit_host_port
     await gateway.start(host, port)
     manager = MachineManager(
@@ -255,12 +257,15 @@ async def builder_services(config: Config) -> AsyncIterator[MachineManager]:
         ),
     )
     task = asyncio.create_task(manager.run())
+    recording = asyncio.create_task(recorder.run())
     try:
         yield manager
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for background in (task, recording):
+            background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await background
+        await recorder.flush()
         await gateway.close()
         await manager.shutdown()
         store.dispose()

@@ -1,4 +1,4 @@
-"""Leases, heartbeats and builder lifecycle, on a server with a short lease timeout."""
+"""Leases, heartbeats and builder lifecycle: one server with a short lease timeout, one with the default."""
 
 from __future__ import annotations
 
@@ -34,7 +34,21 @@ SUCCESS: Oneof[Literal["success"], cli.FinishBuildRequest.BuildSuccess] = Oneof(
 
 
 @pytest.fixture(scope="module")
+def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Default lease timeout: the CLI heart-beats every 5 s, so a shorter lease would expire mid-build."""
+    root = tmp_path_factory.mktemp("lifecycle-default")
+    srv = Server(
+        data_dir=root / "data", database_url=None, extra_args=["--builder-idle-timeout", "60"]
+    ).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
 def short(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A 2 s lease, for the test that sends its own heartbeats twice a second."""
     root = tmp_path_factory.mktemp("lifecycle")
     srv = Server(
         data_dir=root / "data",
@@ -150,22 +164,24 @@ def builder_pids(srv: Server, project: str) -> list[int]:
     return pids
 
 
-def test_killed_builder_restarts_with_its_cache_and_reset_empties_it(short: Server, tmp_path: Path) -> None:
-    token = short.admin_token
-    project = new_project(short, token, "lifecycle")
+def test_killed_builder_restarts_with_its_cache_and_reset_empties_it(
+    lifecycle: Server, tmp_path: Path
+) -> None:
+    token = lifecycle.admin_token
+    project = new_project(lifecycle, token, "lifecycle")
     context = busybox_context(tmp_path / "ctx", "echo first > /a", "cat /a")
-    code, output = build(short, token, project, context)
+    code, output = build(lifecycle, token, project, context)
     assert code == 0, output
-    [pid] = builder_pids(short, project)
+    [pid] = builder_pids(lifecycle, project)
     os.kill(pid, signal.SIGKILL)
 
-    code, output = build(short, token, project, context)
+    code, output = build(lifecycle, token, project, context)
     assert code == 0, output
     assert set(step_states(output).values()) == {"CACHED"}, step_states(output)
-    assert builder_pids(short, project) and builder_pids(short, project) != [pid]
+    assert builder_pids(lifecycle, project) and builder_pids(lifecycle, project) != [pid]
 
     [reset] = sdk_node(
-        short.url,
+        lifecycle.url,
         [
             {
                 "service": "core.v1.ProjectService",
@@ -176,9 +192,9 @@ def test_killed_builder_restarts_with_its_cache_and_reset_empties_it(short: Serv
         ],
     )
     assert reset == {"ok": {}}
-    assert builder_pids(short, project) == []
-    assert not (short.data_dir / "projects" / project).exists()
-    code, output = build(short, token, project, context)
+    assert builder_pids(lifecycle, project) == []
+    assert not (lifecycle.data_dir / "projects" / project).exists()
+    code, output = build(lifecycle, token, project, context)
     assert code == 0, output
     assert set(step_states(output).values()) == {"DONE"}, step_states(output)
 
@@ -195,10 +211,10 @@ def cgroup_file(pid: int, controller: str, name: str) -> Path:
     not Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists() or not os.access("/sys/fs/cgroup/cpu", os.W_OK),
     reason="needs writable cgroup v1 cpu and memory",
 )
-def test_hardware_size_limits_the_builder(short: Server, tmp_path: Path) -> None:
-    token = short.admin_token
+def test_hardware_size_limits_the_builder(lifecycle: Server, tmp_path: Path) -> None:
+    token = lifecycle.admin_token
     [created] = sdk_node(
-        short.url,
+        lifecycle.url,
         [
             {
                 "service": "core.v1.ProjectService",
@@ -210,14 +226,14 @@ def test_hardware_size_limits_the_builder(short: Server, tmp_path: Path) -> None
     )
     project = created["ok"]["project"]["projectId"]
     assert created["ok"]["project"]["hardware"] == "HARDWARE_4X4"
-    code, output = build(short, token, project, busybox_context(tmp_path / "ctx", "echo limited"))
+    code, output = build(lifecycle, token, project, busybox_context(tmp_path / "ctx", "echo limited"))
     assert code == 0, output
-    [pid] = builder_pids(short, project)
+    [pid] = builder_pids(lifecycle, project)
     quota = int(cgroup_file(pid, "cpu", "cpu.cfs_quota_us").read_text())
     period = int(cgroup_file(pid, "cpu", "cpu.cfs_period_us").read_text())
     assert quota / period == 4
     assert int(cgroup_file(pid, "memory", "memory.limit_in_bytes").read_text()) == 4 << 30
-    config = (short.data_dir / "run" / f"{project}-amd64.toml").read_text()
+    config = (lifecycle.data_dir / "run" / f"{project}-amd64.toml").read_text()
     assert f"/opendepot/{project}-amd64" in config and "defaultCgroupParent" in config
 
 
@@ -243,13 +259,13 @@ def test_stopping_the_server_stops_its_builders_and_keeps_caches(tmp_path: Path)
     assert builder_pids(again, project) == []
 
 
-def test_buildkit_v1_endpoint_health_and_release_through_sdk_node(short: Server) -> None:
+def test_buildkit_v1_endpoint_health_and_release_through_sdk_node(lifecycle: Server) -> None:
     """The low-level sdk-node path (spec §5.10): GetEndpoint streams pending until one active, ReportHealth
     streams heartbeats, ReleaseEndpoint releases; then build.v1 FinishBuild."""
-    token = short.admin_token
-    project = new_project(short, token, "buildkit-v1")
+    token = lifecycle.admin_token
+    project = new_project(lifecycle, token, "buildkit-v1")
     [created] = sdk_node(
-        short.url,
+        lifecycle.url,
         [
             {
                 "service": "build.v1.BuildService",
@@ -261,7 +277,7 @@ def test_buildkit_v1_endpoint_health_and_release_through_sdk_node(short: Server)
     )
     build_id, build_token = created["ok"]["buildId"], created["ok"]["buildToken"]
     endpoint, health, release, finish = sdk_node(
-        short.url,
+        lifecycle.url,
         [
             {
                 "service": "buildkit.v1.BuildKitService",
@@ -292,7 +308,7 @@ def test_buildkit_v1_endpoint_health_and_release_through_sdk_node(short: Server)
     messages = endpoint["ok"]
     assert all("pending" in m for m in messages[:-1])
     active = messages[-1]["active"]
-    assert active["endpoint"] == f"tcp://127.0.0.1:{short.buildkit_port}"
+    assert active["endpoint"] == f"tcp://127.0.0.1:{lifecycle.buildkit_port}"
     assert active["serverName"].startswith(project)
     assert (
         "BEGIN CERTIFICATE" in active["cert"]["cert"]["cert"]
@@ -301,15 +317,17 @@ def test_buildkit_v1_endpoint_health_and_release_through_sdk_node(short: Server)
     assert "BEGIN CERTIFICATE" in active["caCert"]["cert"]
     assert health == {"ok": {}} and release == {"ok": {}} and finish == {"ok": {}}
     with httpx.Client(timeout=30) as http:
-        assert status_of(http, short, project, build_id, token) == cli.BuildStatus.FINISHED
+        assert status_of(http, lifecycle, project, build_id, token) == cli.BuildStatus.FINISHED
 
 
-def test_status_reports_are_kept_and_finished_builds_lose_the_gateway(short: Server, tmp_path: Path) -> None:
-    token = short.admin_token
-    project = new_project(short, token, "gateway")
-    code, output = build(short, token, project, busybox_context(tmp_path / "ctx", "echo reported"))
+def test_status_reports_are_kept_and_finished_builds_lose_the_gateway(
+    lifecycle: Server, tmp_path: Path
+) -> None:
+    token = lifecycle.admin_token
+    project = new_project(lifecycle, token, "gateway")
+    code, output = build(lifecycle, token, project, busybox_context(tmp_path / "ctx", "echo reported"))
     assert code == 0, output
-    store = Store(sqlite_url(short.data_dir))
+    store = Store(sqlite_url(lifecycle.data_dir))
     try:
         [built] = store.read_now(lambda s: build_queries.newest_first(s, project, limit=5, after=None))
         reports = store.read_now(lambda s: build_queries.status_reports(s, built.id))
@@ -319,9 +337,9 @@ def test_status_reports_are_kept_and_finished_builds_lose_the_gateway(short: Ser
     assert "[depot] launching amd64 machine" in names, names
 
     with httpx.Client(timeout=30) as http:
-        r = call(http, short.url, f"{BS}/CreateBuild", cli.CreateBuildRequest(project_id=project), token)
+        r = call(http, lifecycle.url, f"{BS}/CreateBuild", cli.CreateBuildRequest(project_id=project), token)
         created = r.message(cli.CreateBuildResponse)
-        connection = connect(http, short, created.build_id, created.build_token).connection
+        connection = connect(http, lifecycle, created.build_id, created.build_token).connection
         assert connection is not None
         details = connection.value
         assert isinstance(details, cli.GetBuildKitConnectionResponse.ActiveConnection)
@@ -353,7 +371,7 @@ def test_status_reports_are_kept_and_finished_builds_lose_the_gateway(short: Ser
         assert during.returncode == 0, during.stderr
         done = call(
             http,
-            short.url,
+            lifecycle.url,
             f"{BS}/FinishBuild",
             cli.FinishBuildRequest(build_id=created.build_id, result=SUCCESS),
             created.build_token,

@@ -25,6 +25,7 @@ from .build_v1 import BuildService as BuildV1Service
 from .buildkit_v1 import BuildKitService
 from .cli_build import BuildService as CliBuildService
 from .cli_v1beta1 import ProjectsService
+from .core_build import BuildService as CoreBuildService
 from .core_organization import OrganizationService
 from .core_project import ProjectService
 from .deps import Deps
@@ -41,9 +42,6 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 # Services that later work implements. Subclassing the generated Protocol gives its default methods,
 # which raise `unimplemented`; the interceptor names the method in the message.
 class _UsageService(usage_v1.UsageService): ...
-
-
-class _CoreBuildService(core_build_v1.BuildService): ...
 
 
 class _RegistryService(registry_v1.RegistryService): ...
@@ -81,7 +79,7 @@ def connect_apps(deps: Deps, machines: MachineAccess) -> list[ConnectASGIApplica
         project_v1.ProjectServiceASGIApplication(ProjectService(deps), **opts),
         org_v1.OrganizationServiceASGIApplication(OrganizationService(deps), **opts),
         usage_v1.UsageServiceASGIApplication(_UsageService(), **opts),
-        core_build_v1.BuildServiceASGIApplication(_CoreBuildService(), **opts),
+        core_build_v1.BuildServiceASGIApplication(CoreBuildService(deps), **opts),
         build_v1.BuildServiceASGIApplication(BuildV1Service(deps), **opts),
         registry_v1.RegistryServiceASGIApplication(_RegistryService(), **opts),
         buildkit_v1.BuildKitServiceASGIApplication(BuildKitService(deps, machines), **opts),

@@ -10,10 +10,20 @@ from connectrpc.request import RequestContext
 from opendepot.builds import service as builds
 from opendepot.gen.depot.build.v1 import build_connect
 from opendepot.gen.depot.build.v1 import build_pb as pb
+from opendepot.pagination import PageRequest, page_request
 
+from . import convert
 from .deps import Deps
 
 Ctx = RequestContext[Any, Any]
+
+
+def page_of(message: Any, list_name: str) -> PageRequest:
+    return page_request(
+        list_name,
+        message.page_size if message.has_field("page_size") else None,
+        message.page_token if message.has_field("page_token") else None,
+    )
 
 
 class BuildService(build_connect.BuildService):
@@ -37,3 +47,44 @@ class BuildService(build_connect.BuildService):
             )
         await self.d.store.run(lambda s: builds.finish_build(s, who, request.build_id, outcome))
         return pb.FinishBuildResponse()
+
+    async def get_build_steps(self, request: pb.GetBuildStepsRequest, ctx: Ctx) -> pb.GetBuildStepsResponse:
+        who = await self.d.authn.principal(ctx)
+        page = page_of(request, builds.STEPS_LIST)
+        rows, token = await self.d.store.read(
+            lambda s: builds.list_steps(s, who, request.project_id, request.build_id, page)
+        )
+        step = pb.GetBuildStepsResponse.BuildStep
+        return pb.GetBuildStepsResponse(
+            build_steps=[
+                step(
+                    name=r.name,
+                    digest=r.digest,
+                    started_at=convert.timestamp(r.started_at) if r.started_at else None,
+                    completed_at=convert.timestamp(r.completed_at) if r.completed_at else None,
+                    cache_state=step.CacheState.CACHED if r.cached else step.CacheState.UNCACHED,
+                    error=r.error or None,
+                    has_logs=r.has_logs,
+                )
+                for r in rows
+            ],
+            next_page_token=token,
+        )
+
+    async def get_build_step_logs(
+        self, request: pb.GetBuildStepLogsRequest, ctx: Ctx
+    ) -> pb.GetBuildStepLogsResponse:
+        who = await self.d.authn.principal(ctx)
+        page = page_of(request, builds.LOGS_LIST)
+        rows, token = await self.d.store.read(
+            lambda s: builds.step_logs(
+                s, who, request.project_id, request.build_id, request.build_step_digest, page
+            )
+        )
+        return pb.GetBuildStepLogsResponse(
+            logs=[
+                pb.GetBuildStepLogsResponse.Log(message=r.text, timestamp=convert.timestamp(r.logged_at))
+                for r in rows
+            ],
+            next_page_token=token,
+        )

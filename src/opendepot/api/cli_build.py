@@ -12,10 +12,12 @@ from protobuf import Oneof
 from opendepot.builds import service as builds
 from opendepot.builds.models import Build
 from opendepot.builds.status import CANCELED, ERROR, FAILED, RUNNING, SUCCESS
+from opendepot.builds.steps import LogChunk, VertexUpdate
 from opendepot.errors import FailedPrecondition, InvalidArgument
 from opendepot.gen.depot.cli.v1 import build_connect
 from opendepot.gen.depot.cli.v1 import build_pb as pb
 from opendepot.machines.access import Connection, MachineAccess
+from opendepot.machines.tap import events as status_events
 from opendepot.pagination import page_request
 
 from . import convert
@@ -137,9 +139,21 @@ class BuildService(build_connect.BuildService):
         async for message in request:
             build_id = message.build_id
             payloads = [status.to_binary() for status in message.statuses]
+            vertices: list[VertexUpdate] = []
+            logs: list[LogChunk] = []
+            for status in message.statuses:
+                v, lg = status_events(status)
+                vertices += v
+                logs += lg
 
-            def record(session: Any, build_id: str = build_id, payloads: list[bytes] = payloads) -> bool:
-                return builds.record_status(session, who, build_id, payloads)
+            def record(
+                session: Any,
+                build_id: str = build_id,
+                payloads: list[bytes] = payloads,
+                vertices: list[VertexUpdate] = vertices,
+                logs: list[LogChunk] = logs,
+            ) -> bool:
+                return builds.record_status(session, who, build_id, payloads, vertices, logs)
 
             await self.d.store.run(record)
         return pb.ReportStatusStreamResponse()

@@ -53,3 +53,49 @@ class StatusReport(Base):
     build_id: Mapped[str] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"), index=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
     payload: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Step(Base):
+    """One BuildKit vertex of a build, merged from every status update seen for it."""
+
+    __tablename__ = "build_steps"
+    __table_args__ = (
+        UniqueConstraint("build_id", "digest"),
+        Index("ix_build_steps_order", "build_id", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    build_id: Mapped[str] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"))
+    digest: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(Text)
+    # When BuildKit says it started; until then, when it was first seen (so that steps still sort).
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    started_known: Mapped[bool] = mapped_column(default=False)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cached: Mapped[bool] = mapped_column(default=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    has_logs: Mapped[bool] = mapped_column(default=False)
+
+
+class LogLine(Base):
+    """One line a step printed, in arrival order (the id)."""
+
+    __tablename__ = "build_log_lines"
+    __table_args__ = (Index("ix_build_log_lines_step", "build_id", "digest", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    build_id: Mapped[str] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"))
+    digest: Mapped[str] = mapped_column(String(200))
+    stream: Mapped[int] = mapped_column(Integer)
+    logged_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    text: Mapped[str] = mapped_column(Text)
+
+
+class LogVolume(Base):
+    """Bytes of log kept per build, for the cap."""
+
+    __tablename__ = "build_log_volume"
+
+    build_id: Mapped[str] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"), primary_key=True)
+    bytes: Mapped[int] = mapped_column(Integer, default=0)
+    truncated: Mapped[bool] = mapped_column(default=False)

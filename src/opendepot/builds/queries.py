@@ -3,12 +3,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Row, and_, func, or_, select, tuple_, update
+from sqlalchemy import Row, and_, case, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from opendepot.pagination import Cursor
 
-from .models import Build, Lease, StatusReport
+from .models import Build, Lease, LogLine, StatusReport, Step
 
 
 def get(session: Session, build_id: str) -> Build | None:
@@ -92,3 +92,56 @@ def status_bytes(session: Session, build_id: str) -> int:
 def status_reports(session: Session, build_id: str) -> Sequence[StatusReport]:
     stmt = select(StatusReport).where(StatusReport.build_id == build_id).order_by(StatusReport.id)
     return session.scalars(stmt).all()
+
+
+def steps_page(session: Session, build_id: str, *, limit: int, after: Cursor | None) -> Sequence[Step]:
+    stmt = select(Step).where(Step.build_id == build_id)
+    if after is not None:
+        stmt = stmt.where(tuple_(Step.started_at, Step.id) > tuple_(after.created_at, int(after.id)))
+    return session.scalars(stmt.order_by(Step.started_at, Step.id).limit(limit)).all()
+
+
+def step(session: Session, build_id: str, digest: str) -> Step | None:
+    return session.scalars(select(Step).where(Step.build_id == build_id, Step.digest == digest)).first()
+
+
+def log_page(session: Session, build_id: str, digest: str, *, limit: int, after_id: int) -> Sequence[LogLine]:
+    stmt = (
+        select(LogLine)
+        .where(LogLine.build_id == build_id, LogLine.digest == digest, LogLine.id > after_id)
+        .order_by(LogLine.id)
+        .limit(limit)
+    )
+    return session.scalars(stmt).all()
+
+
+def step_counts(session: Session, build_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """build -> (cached steps, total steps)."""
+    stmt = (
+        select(Step.build_id, func.sum(case((Step.cached, 1), else_=0)), func.count())
+        .where(Step.build_id.in_(build_ids))
+        .group_by(Step.build_id)
+    )
+    return {b: (int(c or 0), int(t)) for b, c, t in session.execute(stmt).tuples()}
+
+
+def saved_seconds(session: Session, build: Build) -> float:
+    """How long this build's cached steps took when they last ran for real, in this project."""
+    cached = select(Step.digest).where(Step.build_id == build.id, Step.cached.is_(True))
+    earlier = (
+        select(Step.digest, Step.started_at, Step.completed_at)
+        .join(Build, Build.id == Step.build_id)
+        .where(
+            Build.project_id == build.project_id,
+            Build.created_at < build.created_at,
+            Step.cached.is_(False),
+            Step.completed_at.is_not(None),
+            Step.digest.in_(cached),
+        )
+        .order_by(Step.digest, Build.created_at.desc())
+    )
+    latest: dict[str, float] = {}
+    for digest, started, completed in session.execute(earlier).tuples():
+        if digest not in latest and started is not None and completed is not None:
+            latest[digest] = max(0.0, (completed - started).total_seconds())
+    return sum(latest.values())

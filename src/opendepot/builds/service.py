@@ -20,8 +20,8 @@ from opendepot.projects import queries as project_queries
 from opendepot.tokens import service as tokens
 from opendepot.validation import require_id
 
-from . import queries
-from .models import Build, Lease, StatusReport
+from . import queries, steps
+from .models import Build, Lease, LogLine, StatusReport, Step
 from .status import CANCELED, ERROR, FAILED, FINISHED_STATES, RUNNING, SUCCESS
 
 PLATFORMS = ("amd64", "arm64")
@@ -164,9 +164,18 @@ def release(session: Session, principal: Principal, build_id: str, platform: str
     queries.release_leases(session, build.id, utcnow(), platform)
 
 
-def record_status(session: Session, principal: Principal, build_id: str, payloads: list[bytes]) -> bool:
-    """Keeps what the client reported, up to a bound per build. Returns False once the bound is reached."""
+def record_status(
+    session: Session,
+    principal: Principal,
+    build_id: str,
+    payloads: list[bytes],
+    vertices: Sequence[steps.VertexUpdate] = (),
+    logs: Sequence[steps.LogChunk] = (),
+) -> bool:
+    """Keeps what the client reported (bounded per build) and merges its vertices (`[depot] …`) into the
+    build's steps. Returns False once the bound is reached."""
     build = load_build(session, principal, build_id)
+    steps.apply(session, build.id, vertices, logs)
     used = queries.status_bytes(session, build.id)
     now = utcnow()
     for payload in payloads:
@@ -175,6 +184,54 @@ def record_status(session: Session, principal: Principal, build_id: str, payload
         session.add(StatusReport(build_id=build.id, received_at=now, payload=payload))
         used += len(payload)
     return True
+
+
+STEPS_LIST, LOGS_LIST = "steps", "logs"
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    build: Build
+    cached_steps: int
+    total_steps: int
+    saved_seconds: float
+
+
+def _build_in_project(session: Session, principal: Principal, project_id: str, build_id: str) -> Build:
+    build = load_build(session, principal, build_id)
+    if project_id and build.project_id != project_id:
+        raise NotFound(f"build {build_id!r} not found in project {project_id!r}")
+    return build
+
+
+def list_steps(
+    session: Session, principal: Principal, project_id: str, build_id: str, page: PageRequest
+) -> tuple[Sequence[Step], str | None]:
+    build = _build_in_project(session, principal, project_id, build_id)
+    rows = queries.steps_page(session, build.id, limit=page.size + 1, after=page.after)
+    cursors = [Cursor(r.started_at or build.created_at, str(r.id)) for r in rows]
+    return rows[: page.size], next_token(STEPS_LIST, cursors, page.size)
+
+
+def step_logs(
+    session: Session, principal: Principal, project_id: str, build_id: str, digest: str, page: PageRequest
+) -> tuple[Sequence[LogLine], str | None]:
+    build = _build_in_project(session, principal, project_id, build_id)
+    if not digest or len(digest) > 200:
+        raise InvalidArgument("build_step_digest", "is required (a vertex digest from GetBuildSteps)")
+    if queries.step(session, build.id, digest) is None:
+        raise NotFound(f"build {build.id} has no step {digest!r}")
+    after = int(page.after.id) if page.after is not None else 0
+    rows = queries.log_page(session, build.id, digest, limit=page.size + 1, after_id=after)
+    cursors = [Cursor(r.logged_at, str(r.id)) for r in rows]
+    return rows[: page.size], next_token(LOGS_LIST, cursors, page.size)
+
+
+def summarize(session: Session, builds: Sequence[Build]) -> list[Summary]:
+    counts = queries.step_counts(session, [b.id for b in builds])
+    return [
+        Summary(b, *counts.get(b.id, (0, 0)), saved_seconds=queries.saved_seconds(session, b)) for b in builds
+    ]
 
 
 def list_builds(

@@ -16,6 +16,9 @@ from pathlib import Path
 
 from opendepot.pki.authority import Authority, identity_of, project_of_server_name
 
+from .recorder import StepRecorder
+from .tap import StatusTap
+
 log = logging.getLogger("opendepot.gateway")
 
 Opener = Callable[[str, str], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
@@ -24,7 +27,10 @@ CHUNK = 256 * 1024
 
 
 class Gateway:
-    def __init__(self, authority: Authority, open_builder: Opener, lease_is_live: LeaseCheck) -> None:
+    def __init__(
+        self, authority: Authority, open_builder: Opener, lease_is_live: LeaseCheck, recorder: StepRecorder
+    ) -> None:
+        self.recorder = recorder
         self.authority = authority
         self.open_builder = open_builder
         self.lease_is_live = lease_is_live
@@ -124,17 +130,25 @@ class Gateway:
         self._connections.setdefault(key, set()).add(writer)
         self._projects[key] = identity.project_id
         try:
-            await asyncio.gather(_pipe(reader, builder_writer), _pipe(builder_reader, writer))
+            # The tap reads the Status stream on its way to the client; the bytes pass unchanged.
+            build_id = identity.build_id
+            tap = StatusTap(lambda raw: self.recorder.status(build_id, raw))
+            await asyncio.gather(
+                _pipe(reader, builder_writer, tap.from_client), _pipe(builder_reader, writer, tap.from_server)
+            )
         finally:
             self._connections.get(key, set()).discard(writer)
             for w in (writer, builder_writer):
                 w.close()
 
 
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+async def _pipe(
+    source: asyncio.StreamReader, sink: asyncio.StreamWriter, observe: Callable[[bytes], None]
+) -> None:
     with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
         while data := await source.read(CHUNK):
             sink.write(data)
+            observe(data)
             await sink.drain()
     with contextlib.suppress(OSError, RuntimeError):
         if sink.can_write_eof():

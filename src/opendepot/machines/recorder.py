@@ -1,0 +1,62 @@
+"""Collects what the taps see and writes it to the store in batches, off the data path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from sqlalchemy.orm import Session
+
+from opendepot.builds import steps
+from opendepot.builds.steps import LogChunk, VertexUpdate
+from opendepot.gen.moby.buildkit.v1 import control_pb
+from opendepot.store import Store
+
+from .tap import events
+
+log = logging.getLogger("opendepot.gateway")
+
+
+class StepRecorder:
+    def __init__(self, store: Store, log_cap: int = steps.DEFAULT_LOG_CAP, interval: float = 0.2) -> None:
+        self.store = store
+        self.log_cap = log_cap
+        self.interval = interval
+        self._vertices: dict[str, list[VertexUpdate]] = defaultdict(list)
+        self._logs: dict[str, list[LogChunk]] = defaultdict(list)
+        # Log bytes seen per build: past the cap only the chunk that crosses it is kept (for the marker),
+        # so memory stays bounded however much a build prints.
+        self._seen: dict[str, int] = defaultdict(int)
+
+    def status(self, build_id: str, raw: bytes) -> None:
+        vertices, logs = events(control_pb.StatusResponse.from_binary(raw))
+        self._vertices[build_id] += vertices
+        for chunk in logs:
+            if self._seen[build_id] > self.log_cap:
+                break
+            self._seen[build_id] += len(chunk.data)
+            self._logs[build_id].append(chunk)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        builds = set(self._vertices) | set(self._logs)
+        for build_id in builds:
+            vertices, logs = self._vertices.pop(build_id, []), self._logs.pop(build_id, [])
+
+            def write(
+                session: Session,
+                b: str = build_id,
+                v: list[VertexUpdate] = vertices,
+                lg: list[LogChunk] = logs,
+            ) -> None:
+                steps.apply(session, b, v, lg, self.log_cap)
+
+            try:
+                await self.store.run(write)
+            except Exception:
+                log.exception("could not record the steps of build %s", build_id)

@@ -1,0 +1,163 @@
+"""A passive observer of the HTTP/2 traffic between a BuildKit client and buildkitd.
+
+It learns each stream's :path from the client's HEADERS (HPACK-decoded, in order, so that the dynamic table
+stays in step) and reads the gRPC messages on `/moby.buildkit.v1.Control/Status` response streams: every
+vertex and log line BuildKit reports. It never changes a byte; other frames' payloads are skipped without
+being copied. Any surprise turns the tap off for that connection and leaves the traffic alone."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+import hpack
+
+from opendepot.builds.steps import LogChunk, VertexUpdate
+from opendepot.gen.moby.buildkit.v1 import control_pb
+
+log = logging.getLogger("opendepot.gateway")
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, CONTINUATION = 0x0, 0x1, 0x9
+END_HEADERS, PADDED, PRIORITY = 0x4, 0x8, 0x20
+STATUS_PATH = b"/moby.buildkit.v1.Control/Status"
+
+Frame = tuple[int, int, int, bytes]
+
+
+class _Frames:
+    """Splits one direction's bytes into frames, buffering only the payloads `wanted` asks for."""
+
+    def __init__(self, preface: int, wanted: Callable[[int, int], bool]) -> None:
+        self._preface = preface
+        self._wanted = wanted
+        self._header = bytearray()
+        self._skip = 0
+        self._collect = 0
+        self._payload = bytearray()
+        self._current = (0, 0, 0)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        frames: list[Frame] = []
+        i, n = 0, len(data)
+        while i < n:
+            if self._preface:
+                take = min(self._preface, n - i)
+                i, self._preface = i + take, self._preface - take
+            elif self._skip:
+                take = min(self._skip, n - i)
+                i, self._skip = i + take, self._skip - take
+            elif self._collect:
+                take = min(self._collect, n - i)
+                self._payload += data[i : i + take]
+                i, self._collect = i + take, self._collect - take
+                if not self._collect:
+                    frames.append((*self._current, bytes(self._payload)))
+            else:
+                take = min(9 - len(self._header), n - i)
+                self._header += data[i : i + take]
+                i += take
+                if len(self._header) == 9:
+                    h = self._header
+                    length, kind, flags = int.from_bytes(h[0:3], "big"), h[3], h[4]
+                    stream = int.from_bytes(h[5:9], "big") & 0x7FFFFFFF
+                    self._header = bytearray()
+                    if not self._wanted(kind, stream):
+                        self._skip = length
+                    elif length == 0:
+                        frames.append((kind, flags, stream, b""))
+                    else:
+                        self._current, self._collect, self._payload = (
+                            (kind, flags, stream),
+                            length,
+                            bytearray(),
+                        )
+        return frames
+
+
+def _unpad(flags: int, payload: bytes) -> bytes:
+    if flags & PADDED:
+        pad = payload[0]
+        payload = payload[1 : len(payload) - pad]
+    return payload
+
+
+class StatusTap:
+    def __init__(self, on_status: Callable[[bytes], None]) -> None:
+        self.on_status = on_status
+        self.enabled = True
+        self._decoder = hpack.Decoder()
+        self._status_streams: set[int] = set()
+        self._block = bytearray()
+        self._block_stream = 0
+        self._grpc: dict[int, bytearray] = {}
+        self._client = _Frames(len(PREFACE), lambda kind, _stream: kind in (HEADERS, CONTINUATION))
+        self._server = _Frames(0, lambda kind, stream: kind == DATA and stream in self._status_streams)
+
+    def from_client(self, data: bytes) -> None:
+        if self.enabled:
+            self._guard(self._client_frames, data)
+
+    def from_server(self, data: bytes) -> None:
+        if self.enabled:
+            self._guard(self._server_frames, data)
+
+    def _guard(self, handler: Callable[[bytes], None], data: bytes) -> None:
+        try:
+            handler(data)
+        except Exception:
+            self.enabled = False
+            log.warning("status tap turned off for a connection after an unexpected frame", exc_info=True)
+
+    def _client_frames(self, data: bytes) -> None:
+        for kind, flags, stream, payload in self._client.feed(data):
+            if kind == HEADERS:
+                fragment = _unpad(flags, payload)
+                if flags & PRIORITY:
+                    fragment = fragment[5:]
+                self._block, self._block_stream = bytearray(fragment), stream
+            else:
+                self._block += payload
+            if flags & END_HEADERS:
+                headers = self._decoder.decode(bytes(self._block), raw=True)
+                if any(name == b":path" and value == STATUS_PATH for name, value in headers):
+                    self._status_streams.add(self._block_stream)
+                self._block = bytearray()
+
+    def _server_frames(self, data: bytes) -> None:
+        for _kind, flags, stream, payload in self._server.feed(data):
+            buffer = self._grpc.setdefault(stream, bytearray())
+            buffer += _unpad(flags, payload)
+            while len(buffer) >= 5:
+                length = int.from_bytes(buffer[1:5], "big")
+                if len(buffer) < 5 + length:
+                    break
+                compressed, message = buffer[0], bytes(buffer[5 : 5 + length])
+                del buffer[: 5 + length]
+                self.on_status(gzip.decompress(message) if compressed else message)
+
+
+def _when(ts: object) -> datetime | None:
+    return None if ts is None else ts.to_datetime()  # type: ignore[attr-defined]
+
+
+def events(message: control_pb.StatusResponse) -> tuple[list[VertexUpdate], list[LogChunk]]:
+    """A BuildKit StatusResponse as domain events."""
+    vertices = [
+        VertexUpdate(
+            digest=v.digest,
+            name=v.name,
+            started=_when(v.started),
+            completed=_when(v.completed),
+            cached=v.cached,
+            error=v.error,
+        )
+        for v in message.vertexes
+    ]
+    logs = [
+        LogChunk(digest=entry.vertex, stream=int(entry.stream), at=_when(entry.timestamp), data=entry.msg)
+        for entry in message.logs
+    ]
+    return vertices, logs
