@@ -48,6 +48,7 @@ def main() -> None:
         lease_timeout=1.0,
         builder_idle_timeout=0.0,
         build_log_limit_mib=1,
+        status_tap=False,
     )
     serve_workers(config, make_trivial)
 

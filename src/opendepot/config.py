@@ -22,6 +22,16 @@ def _default_data_dir() -> str:
     return str(Path(base) / "opendepot")
 
 
+def _bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"expected true or false, got {value!r}")
+
+
 def _csv(value: str | list[str]) -> tuple[str, ...]:
     items = value if isinstance(value, list) else value.split(",")
     return tuple(i.strip() for i in items if i.strip())
@@ -118,6 +128,13 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SECONDS",
     ),
     Option(
+        "status_tap",
+        "record build steps and logs from the BuildKit traffic through the gateway (true/false)",
+        lambda: True,
+        parse=_bool,
+        metavar="BOOL",
+    ),
+    Option(
         "build_log_limit_mib",
         "MiB of step logs kept per build; past it a marker line says so",
         lambda: 10,
@@ -152,6 +169,7 @@ class Config:
     lease_timeout: float
     builder_idle_timeout: float
     build_log_limit_mib: int
+    status_tap: bool
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -261,6 +279,7 @@ def _build(values: dict[str, Any], sources: dict[str, str]) -> Config:
         lease_timeout=values["lease_timeout"],
         builder_idle_timeout=values["builder_idle_timeout"],
         build_log_limit_mib=values["build_log_limit_mib"],
+        status_tap=values["status_tap"],
         sources=sources,
     )
     if config.lease_timeout <= 0 or config.builder_idle_timeout < 0:

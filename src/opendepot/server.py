@@ -32,8 +32,10 @@ from opendepot.api.app import Router, connect_apps, method_paths
 from opendepot.api.auth import Authenticator
 from opendepot.api.deps import Deps
 from opendepot.api.interceptor import configure_logging
+from opendepot.api.pages import shared_build_page
 from opendepot.bootstrap import bootstrap
 from opendepot.builds import queries as build_queries
+from opendepot.builds import service as builds
 from opendepot.config import Config
 from opendepot.machines.access import MachineAccess
 from opendepot.machines.backend import LocalBuildkitd, reap_orphans
@@ -73,7 +75,11 @@ def build_app(config: Config, store: Store) -> Router:
             log.exception("health check failed")
             return False
 
-    return Router(connect_apps(deps, machines), method_paths(), healthy)
+    async def shared_page(secret: str) -> str | None:
+        found = await store.read(lambda s: builds.shared(s, secret))
+        return None if found is None else shared_build_page(*found)
+
+    return Router(connect_apps(deps, machines), method_paths(), healthy, shared_page)
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
@@ -244,7 +250,12 @@ async def builder_services(config: Config) -> AsyncIterator[MachineManager]:
         return await store.read(lambda s: build_queries.lease_is_live(s, project_id, build_id, platform))
 
     recorder = StepRecorder(store, log_cap=config.build_log_limit_mib << 20)
-    gateway = Gateway(Authority(config.data_dir / "pki"), backend.open, lease_is_live, recorder)
+    gateway = Gateway(
+        Authority(config.data_dir / "pki"),
+        backend.open,
+        lease_is_live,
+        recorder if config.status_tap else None,
+    )
     host, port = config.buildkit_host_port
     await gateway.start(host, port)
     manager = MachineManager(

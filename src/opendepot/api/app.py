@@ -105,7 +105,9 @@ class Router:
         apps: list[ConnectASGIApplication[Any]],
         methods: set[str],
         health: Callable[[], Awaitable[bool]],
+        shared_page: Callable[[str], Awaitable[str | None]],
     ) -> None:
+        self._shared_page = shared_page
         self._apps = {app.path: app for app in apps}
         self._methods = methods
         self._health = health
@@ -129,6 +131,16 @@ class Router:
         if path == "/healthz":
             ok = await self._health()
             await _respond(send, 200 if ok else 503, {"status": "ok" if ok else "unavailable"})
+            return
+        if scope["method"] == "GET" and path.startswith("/shared/"):
+            page = await self._shared_page(path.removeprefix("/shared/"))
+            body = (page or "<!doctype html><p>This link is unknown or no longer shared.</p>").encode()
+            headers = [
+                (b"content-type", b"text/html; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await send({"type": "http.response.start", "status": 200 if page else 404, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
             return
         service = "/" + path.lstrip("/").split("/", 1)[0]
         app = self._apps.get(service)

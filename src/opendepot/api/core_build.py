@@ -55,6 +55,18 @@ class BuildService(build_connect.BuildService):
 
         return pb.GetBuildResponse(build=build_out(await self.d.store.read(read)))
 
+    async def share_build(self, request: pb.ShareBuildRequest, ctx: Ctx) -> pb.ShareBuildResponse:
+        who = await self.d.authn.principal(ctx)
+        secret = await self.d.store.run(lambda s: builds.share_build(s, who, request.build_id))
+        return pb.ShareBuildResponse(share_url=f"{self.d.public_url}/shared/{secret}")
+
+    async def stop_sharing_build(
+        self, request: pb.StopSharingBuildRequest, ctx: Ctx
+    ) -> pb.StopSharingBuildResponse:
+        who = await self.d.authn.principal(ctx)
+        await self.d.store.run(lambda s: builds.stop_sharing(s, who, request.build_id))
+        return pb.StopSharingBuildResponse()
+
     async def list_builds(self, request: pb.ListBuildsRequest, ctx: Ctx) -> pb.ListBuildsResponse:
         who = await self.d.authn.principal(ctx)
         page = page_request(

@@ -126,22 +126,31 @@ def step_counts(session: Session, build_ids: Sequence[str]) -> dict[str, tuple[i
 
 
 def saved_seconds(session: Session, build: Build) -> float:
-    """How long this build's cached steps took when they last ran for real, in this project."""
-    cached = select(Step.digest).where(Step.build_id == build.id, Step.cached.is_(True))
+    """How long this build's cached steps took when they last ran for real in this project.
+
+    Matched by step name ("[2/3] RUN …"): stock BuildKit gives a cached vertex a different digest from the
+    run that produced it (the local context's session is part of it), and it has no stable digest as
+    Depot's fork does. Two different Dockerfiles in one project with identical step names can be confused."""
+    cached = select(Step.name).where(Step.build_id == build.id, Step.cached.is_(True), Step.name != "")
     earlier = (
-        select(Step.digest, Step.started_at, Step.completed_at)
+        select(Step.name, Step.started_at, Step.completed_at)
         .join(Build, Build.id == Step.build_id)
         .where(
             Build.project_id == build.project_id,
             Build.created_at < build.created_at,
             Step.cached.is_(False),
+            Step.started_known.is_(True),
             Step.completed_at.is_not(None),
-            Step.digest.in_(cached),
+            Step.name.in_(cached),
         )
-        .order_by(Step.digest, Build.created_at.desc())
+        .order_by(Step.name, Build.created_at.desc())
     )
     latest: dict[str, float] = {}
-    for digest, started, completed in session.execute(earlier).tuples():
-        if digest not in latest and started is not None and completed is not None:
-            latest[digest] = max(0.0, (completed - started).total_seconds())
+    for name, started, completed in session.execute(earlier).tuples():
+        if name not in latest and started is not None and completed is not None:
+            latest[name] = max(0.0, (completed - started).total_seconds())
     return sum(latest.values())
+
+
+def shared_build(session: Session, share_hash: str) -> Build | None:
+    return session.scalars(select(Build).where(Build.share_hash == share_hash)).first()

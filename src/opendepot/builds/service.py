@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from opendepot.machines.models import Machine
 from opendepot.pagination import Cursor, PageRequest, next_token
 from opendepot.projects import queries as project_queries
 from opendepot.tokens import service as tokens
+from opendepot.tokens.secrets import hash_secret
 from opendepot.validation import require_id
 
 from . import queries, steps
@@ -259,3 +261,25 @@ def reap(session: Session, lease_timeout: timedelta, now: datetime | None = None
 
 
 __all__ = ["CANCELED", "ERROR", "FAILED", "Acquisition", "Outcome"]
+
+
+def share_build(session: Session, principal: Principal, build_id: str) -> str:
+    """A new read-only link secret for the build; any earlier link stops working. Only its hash is kept."""
+    build = load_build(session, principal, build_id)
+    secret = secrets.token_urlsafe(24)
+    build.share_hash = hash_secret(secret)
+    return secret
+
+
+def stop_sharing(session: Session, principal: Principal, build_id: str) -> None:
+    load_build(session, principal, build_id).share_hash = None
+
+
+def shared(session: Session, secret: str) -> tuple[Build, Sequence[Step]] | None:
+    """The build behind a share link, with its steps; None for an unknown or revoked link."""
+    if not secret or len(secret) > 100:
+        return None
+    build = queries.shared_build(session, hash_secret(secret))
+    if build is None:
+        return None
+    return build, queries.steps_page(session, build.id, limit=10_000, after=None)

@@ -28,7 +28,11 @@ CHUNK = 256 * 1024
 
 class Gateway:
     def __init__(
-        self, authority: Authority, open_builder: Opener, lease_is_live: LeaseCheck, recorder: StepRecorder
+        self,
+        authority: Authority,
+        open_builder: Opener,
+        lease_is_live: LeaseCheck,
+        recorder: StepRecorder | None,
     ) -> None:
         self.recorder = recorder
         self.authority = authority
@@ -131,15 +135,21 @@ class Gateway:
         self._projects[key] = identity.project_id
         try:
             # The tap reads the Status stream on its way to the client; the bytes pass unchanged.
-            build_id = identity.build_id
-            tap = StatusTap(lambda raw: self.recorder.status(build_id, raw))
-            await asyncio.gather(
-                _pipe(reader, builder_writer, tap.from_client), _pipe(builder_reader, writer, tap.from_server)
-            )
+            up: Callable[[bytes], None] = _ignore
+            down: Callable[[bytes], None] = _ignore
+            if self.recorder is not None:
+                build_id, recorder = identity.build_id, self.recorder
+                tap = StatusTap(lambda raw: recorder.status(build_id, raw))
+                up, down = tap.from_client, tap.from_server
+            await asyncio.gather(_pipe(reader, builder_writer, up), _pipe(builder_reader, writer, down))
         finally:
             self._connections.get(key, set()).discard(writer)
             for w in (writer, builder_writer):
                 w.close()
+
+
+def _ignore(_data: bytes) -> None:
+    return None
 
 
 async def _pipe(
