@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from opendepot.gen.depot.cli.v1 import build_pb as cli  # noqa: E402
 from opendepot.gen.depot.core.v1 import project_pb  # noqa: E402
-from tests.support.builds import VENV_BIN, builds_possible, busybox_context  # noqa: E402
+from tests.support.builds import VENV_BIN, buildctl_via_gateway, builds_possible, busybox_context  # noqa: E402
 from tests.support.clients import depot  # noqa: E402
 from tests.support.rpc import call  # noqa: E402
 from tests.support.server import Server  # noqa: E402
@@ -156,11 +156,6 @@ def main() -> None:
                 details = connection.value
                 assert isinstance(details, cli.GetBuildKitConnectionResponse.ActiveConnection)
                 assert details.cert is not None and details.ca_cert is not None
-                certs = work / "certs"
-                certs.mkdir()
-                (certs / "ca.pem").write_text(details.ca_cert.cert)
-                (certs / "cert.pem").write_text(details.cert.cert)
-                (certs / "key.pem").write_text(details.cert.key)
                 big = work / "big"
                 big.mkdir()
                 (big / "Dockerfile").write_text("FROM scratch\nCOPY payload /payload\n")
@@ -173,20 +168,7 @@ def main() -> None:
                     "--local",
                     f"dockerfile={big}",
                 ]
-                through_gateway = [
-                    buildctl,
-                    "--addr",
-                    details.endpoint,
-                    "--tlsservername",
-                    details.server_name,
-                    "--tlscacert",
-                    str(certs / "ca.pem"),
-                    "--tlscert",
-                    str(certs / "cert.pem"),
-                    "--tlskey",
-                    str(certs / "key.pem"),
-                    *solve,
-                ]
+                through_gateway = [*buildctl_via_gateway(details, work / "certs"), *solve]
                 straight = [buildctl, "--addr", f"unix://{socket}", *solve]
                 gateway_times, socket_times = [], []
                 for i in range(args.runs):

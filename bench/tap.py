@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from bench.build import new_build, until_active  # noqa: E402
 from opendepot.gen.depot.cli.v1 import build_pb as cli  # noqa: E402
 from opendepot.gen.depot.core.v1 import project_pb  # noqa: E402
-from tests.support.builds import VENV_BIN, builds_possible  # noqa: E402
+from tests.support.builds import buildctl_via_gateway, builds_possible  # noqa: E402
 from tests.support.rpc import call  # noqa: E402
 from tests.support.server import Server  # noqa: E402
 
@@ -46,26 +46,7 @@ def gateway_command(http: httpx.Client, srv: Server, work: Path, context: Path) 
     details = connection.value
     assert isinstance(details, cli.GetBuildKitConnectionResponse.ActiveConnection)
     assert details.cert is not None and details.ca_cert is not None
-    certs = work / f"certs-{srv.port}"
-    certs.mkdir()
-    for name, text in (
-        ("ca.pem", details.ca_cert.cert),
-        ("cert.pem", details.cert.cert),
-        ("key.pem", details.cert.key),
-    ):
-        (certs / name).write_text(text)
-    return [
-        str(VENV_BIN / "buildctl"),
-        "--addr",
-        details.endpoint,
-        "--tlsservername",
-        details.server_name,
-        "--tlscacert",
-        str(certs / "ca.pem"),
-        "--tlscert",
-        str(certs / "cert.pem"),
-        "--tlskey",
-        str(certs / "key.pem"),
+    solve = [
         "build",
         "--frontend",
         "dockerfile.v0",
@@ -74,6 +55,7 @@ def gateway_command(http: httpx.Client, srv: Server, work: Path, context: Path) 
         "--local",
         f"dockerfile={context}",
     ]
+    return [*buildctl_via_gateway(details, work / f"certs-{srv.port}"), *solve]
 
 
 def timed(args: list[str]) -> float:

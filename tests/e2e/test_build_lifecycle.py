@@ -20,7 +20,7 @@ from opendepot.gen.moby.buildkit.v1 import control_pb
 from opendepot.store import Store
 from opendepot.store.engine import sqlite_url
 from tests.e2e.test_builds import build, new_project, step_states
-from tests.support.builds import VENV_BIN, builds_possible, busybox_context
+from tests.support.builds import buildctl_via_gateway, builds_possible, busybox_context
 from tests.support.clients import sdk_node
 from tests.support.rpc import call
 from tests.support.server import Server
@@ -344,29 +344,7 @@ def test_status_reports_are_kept_and_finished_builds_lose_the_gateway(
         details = connection.value
         assert isinstance(details, cli.GetBuildKitConnectionResponse.ActiveConnection)
         assert details.cert is not None and details.ca_cert is not None
-        for name, text in (
-            ("ca.pem", details.ca_cert.cert),
-            ("cert.pem", details.cert.cert),
-            ("key.pem", details.cert.key),
-        ):
-            (tmp_path / name).write_text(text)
-        buildctl = [
-            str(VENV_BIN / "buildctl"),
-            "--addr",
-            details.endpoint,
-            "--tlsservername",
-            details.server_name,
-            "--tlscacert",
-            str(tmp_path / "ca.pem"),
-            "--tlscert",
-            str(tmp_path / "cert.pem"),
-            "--tlskey",
-            str(tmp_path / "key.pem"),
-            "--timeout",
-            "5",
-            "debug",
-            "workers",
-        ]
+        buildctl = [*buildctl_via_gateway(details, tmp_path / "certs"), "--timeout", "5", "debug", "workers"]
         during = subprocess.run(buildctl, capture_output=True, text=True, timeout=60, check=False)
         assert during.returncode == 0, during.stderr
         done = call(

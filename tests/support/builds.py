@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from tests.support.clients import clients_installed
 
@@ -37,3 +38,28 @@ def busybox_context(directory: Path, *run_lines: str) -> Path:
 def step_lines(output: str, marker: str) -> list[str]:
     """The progress lines of the RUN steps whose command contains marker, with what followed them."""
     return [line for line in output.splitlines() if marker in line]
+
+
+def buildctl_via_gateway(details: Any, directory: Path) -> list[str]:
+    """buildctl's address and TLS flags for an `active` connection (cli.v1 ActiveConnection): the issued
+    certificate, key and CA are written to directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in (
+        ("ca.pem", details.ca_cert.cert),
+        ("cert.pem", details.cert.cert),
+        ("key.pem", details.cert.key),
+    ):
+        (directory / name).write_text(text)
+    return [
+        str(VENV_BIN / "buildctl"),
+        "--addr",
+        details.endpoint,
+        "--tlsservername",
+        details.server_name,
+        "--tlscacert",
+        str(directory / "ca.pem"),
+        "--tlscert",
+        str(directory / "cert.pem"),
+        "--tlskey",
+        str(directory / "key.pem"),
+    ]
