@@ -175,3 +175,28 @@ def test_share_build_gives_a_read_only_page_until_revoked(
     assert refused["error"]["code"] == "permission_denied"
     assert rpc(server, token, "core.v1.BuildService", "stopSharingBuild", {"buildId": built["id"]}) == {}
     assert httpx.get(share_url, timeout=30).status_code == 404
+
+
+def test_deleting_a_project_with_builds_removes_everything(
+    server: Server, org: tuple[str, str], tmp_path: Path
+) -> None:
+    _org, token = org
+    project = new_project(server, token, "doomed")
+    code, output = build(server, token, project, busybox_context(tmp_path / "ctx", "echo soon-gone"))
+    assert code == 0, output
+    [built] = builds_of(server, token, project)
+    assert rpc(server, token, "core.v1.ProjectService", "deleteProject", {"projectId": project}) == {}
+    [gone] = sdk_node(
+        server.url,
+        [
+            {
+                "service": "core.v1.BuildService",
+                "method": "getBuild",
+                "token": token,
+                "request": {"buildId": built["id"]},
+            }
+        ],
+    )
+    assert gone["error"]["code"] == "not_found"
+    assert not (server.data_dir / "projects" / project).exists()
+    assert not (server.data_dir / "pki" / project).exists()
