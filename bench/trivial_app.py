@@ -49,6 +49,7 @@ def main() -> None:
         builder_idle_timeout=0.0,
         build_log_limit_mib=1,
         status_tap=False,
+        usage_sample_seconds=60.0,
     )
     serve_workers(config, make_trivial)
 

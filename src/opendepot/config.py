@@ -128,6 +128,13 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SECONDS",
     ),
     Option(
+        "usage_sample_seconds",
+        "how often each running builder's cache size is sampled for usage figures",
+        lambda: 60.0,
+        parse=float,
+        metavar="SECONDS",
+    ),
+    Option(
         "status_tap",
         "record build steps and logs from the BuildKit traffic through the gateway (true/false)",
         lambda: True,
@@ -170,6 +177,7 @@ class Config:
     builder_idle_timeout: float
     build_log_limit_mib: int
     status_tap: bool
+    usage_sample_seconds: float
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -280,6 +288,7 @@ def _build(values: dict[str, Any], sources: dict[str, str]) -> Config:
         builder_idle_timeout=values["builder_idle_timeout"],
         build_log_limit_mib=values["build_log_limit_mib"],
         status_tap=values["status_tap"],
+        usage_sample_seconds=values["usage_sample_seconds"],
         sources=sources,
     )
     if config.lease_timeout <= 0 or config.builder_idle_timeout < 0:

@@ -265,6 +265,7 @@ async def builder_services(config: Config) -> AsyncIterator[MachineManager]:
         ManagerSettings(
             lease_timeout=timedelta(seconds=config.lease_timeout),
             idle_timeout=timedelta(seconds=config.builder_idle_timeout),
+            sample_seconds=config.usage_sample_seconds,
         ),
     )
     task = asyncio.create_task(manager.run())

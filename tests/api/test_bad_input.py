@@ -449,9 +449,9 @@ def test_json_codec_and_unknown_methods(server: Server, http: httpx.Client, worl
     r = call(
         http,
         server.url,
-        "depot.core.v1.UsageService/GetUsage",
+        "depot.build.v1.RegistryService/ListImages",
         b"{}",
         world.org_token,
         content_type="application/json",
     )
-    assert r.code == "unimplemented" and "GetUsage" in r.error["message"]
+    assert r.code == "unimplemented" and "ListImages" in r.error["message"]

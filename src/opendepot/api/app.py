@@ -28,6 +28,7 @@ from .cli_v1beta1 import ProjectsService
 from .core_build import BuildService as CoreBuildService
 from .core_organization import OrganizationService
 from .core_project import ProjectService
+from .core_usage import UsageService
 from .deps import Deps
 from .interceptor import CallInterceptor
 
@@ -41,9 +42,6 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 # Services that later work implements. Subclassing the generated Protocol gives its default methods,
 # which raise `unimplemented`; the interceptor names the method in the message.
-class _UsageService(usage_v1.UsageService): ...
-
-
 class _RegistryService(registry_v1.RegistryService): ...
 
 
@@ -78,7 +76,7 @@ def connect_apps(deps: Deps, machines: MachineAccess) -> list[ConnectASGIApplica
     return [
         project_v1.ProjectServiceASGIApplication(ProjectService(deps), **opts),
         org_v1.OrganizationServiceASGIApplication(OrganizationService(deps), **opts),
-        usage_v1.UsageServiceASGIApplication(_UsageService(), **opts),
+        usage_v1.UsageServiceASGIApplication(UsageService(deps), **opts),
         core_build_v1.BuildServiceASGIApplication(CoreBuildService(deps), **opts),
         build_v1.BuildServiceASGIApplication(BuildV1Service(deps), **opts),
         registry_v1.RegistryServiceASGIApplication(_RegistryService(), **opts),

@@ -40,6 +40,8 @@ class Lease(Base):
     build_id: Mapped[str] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"), index=True)
     project_id: Mapped[str] = mapped_column(String(10), index=True)
     platform: Mapped[str] = mapped_column(String(8))
+    # The project's hardware size when the lease was taken: what the machine time is billed at.
+    hardware: Mapped[str] = mapped_column(String(16), default="16x32")
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -131,11 +131,13 @@ def acquire(session: Session, principal: Principal, build_id: str, platform: str
     now = utcnow()
     lease = queries.lease(session, build.id, platform)
     if lease is None:
+        project = project_queries.get(session, build.project_id)
         lease = Lease(
             id=new_id(),
             build_id=build.id,
             project_id=build.project_id,
             platform=platform,
+            hardware=project.hardware if project is not None else "16x32",
             acquired_at=now,
             heartbeat_at=now,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -134,6 +135,31 @@ class LocalBuildkitd:
                 os.killpg(process.pid, signal.SIGKILL)
             await asyncio.to_thread(process.wait)
         self.limits.remove(f"{project_id}-{platform}")
+
+    async def disk_usage(self, project_id: str, platform: str) -> int | None:
+        """The cache size as BuildKit itself reports it (`buildctl du`), or None if it cannot say."""
+        buildctl = Path(self.buildkitd).with_name("buildctl")
+        command = str(buildctl) if buildctl.exists() else "buildctl"
+        try:
+            process = await asyncio.create_subprocess_exec(
+                command,
+                "--addr",
+                f"unix://{self.socket_path(project_id, platform)}",
+                "du",
+                "--format",
+                "{{json .}}",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            out, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+        except (OSError, TimeoutError):
+            return None
+        if process.returncode != 0:
+            return None
+        try:
+            return sum(int(record.get("size", 0)) for record in json.loads(out or b"[]") or [])
+        except (ValueError, TypeError, AttributeError):
+            return None
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(p, pl) for p, pl in list(self._processes)))

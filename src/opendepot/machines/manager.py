@@ -16,9 +16,11 @@ from datetime import timedelta
 
 from opendepot.builds import queries as build_queries
 from opendepot.builds import service as builds
+from opendepot.clock import utcnow
 from opendepot.projects import queries as project_queries
 from opendepot.projects.service import cache_of
 from opendepot.store import Store
+from opendepot.usage import queries as usage_queries
 
 from . import queries, service
 from .backend import BuilderSpec, LocalBuildkitd
@@ -31,6 +33,7 @@ log = logging.getLogger("opendepot.machines")
 class ManagerSettings:
     lease_timeout: timedelta
     idle_timeout: timedelta
+    sample_seconds: float = 60.0
     tick_seconds: float = 0.2
 
 
@@ -45,6 +48,7 @@ class MachineManager:
         self._last_used: dict[tuple[str, str], float] = {}
         self._starting: set[tuple[str, str]] = set()
         self._running: set[tuple[str, str]] = set()
+        self._sampled: dict[tuple[str, str], float] = {}
 
     async def run(self) -> None:
         while True:
@@ -82,6 +86,8 @@ class MachineManager:
                 self._running.add(key)
                 await self._mark(key, "running")
         for key in list(self._running):
+            if self.backend.alive(*key) and now - self._sampled.get(key, 0.0) >= self.settings.sample_seconds:
+                await self._sample(key)
             if not self.backend.alive(*key):
                 log.warning("builder %s/%s exited; it restarts on the next lease", *key)
                 self._running.discard(key)
@@ -104,7 +110,16 @@ class MachineManager:
         await self._mark(key, "starting", pid=pid)
         log.info("starting builder %s/%s (pid %d)", key[0], key[1], pid)
 
+    async def _sample(self, key: tuple[str, str]) -> None:
+        """Records the builder's cache size for usage figures."""
+        self._sampled[key] = time.monotonic()
+        size = await self.backend.disk_usage(*key)
+        if size is not None:
+            await self.store.run(lambda s: usage_queries.add_sample(s, key[0], key[1], utcnow(), size))
+
     async def _stop(self, key: tuple[str, str], state: str) -> None:
+        if key in self._running and self.backend.alive(*key):
+            await self._sample(key)
         self.gateway.cut_project(key[0], key[1])
         await self.backend.stop(*key)
         self._starting.discard(key)

@@ -5,6 +5,7 @@ from opendepot.machines.models import Machine
 from opendepot.organizations.models import Organization
 from opendepot.projects.models import Project, TrustPolicy
 from opendepot.tokens.models import Token
+from opendepot.usage.models import CacheSample
 
 from .base import Base
 
@@ -12,6 +13,7 @@ metadata = Base.metadata
 
 __all__ = [
     "Build",
+    "CacheSample",
     "Lease",
     "Machine",
     "Organization",

@@ -1,0 +1,144 @@
+"""Usage figures from what opendepot recorded: builds, machine leases, steps and cache-size samples.
+
+Definitions (the API leaves them open):
+- A period is half-open, [start, end). A build counts in the period it was created in, even if it ends
+  after the period.
+- build_duration_seconds: the sum of finished - started over those builds (running builds count so far).
+- minutes_billed: over the leases taken in the period, each lease's machine time (acquired to released, or
+  to now) rounded up to whole minutes, times the hardware's CPUs / 16: a minute on the default 16x32 builder
+  is 1, on 4x4 it is 0.25, on 32x64 it is 2.
+- minutes_saved: the earlier execution time of the steps that were cached, over the period's builds.
+- layer_cache_size_gb: the project's cache at the end of the period (the last sample before it, per
+  platform, summed), in whole GiB, rounded.
+- storage `cache`: the time-weighted average cache size over the period in GiB; `registry`: 0 until the
+  registry lands. GitHub Actions jobs and agent sandboxes: opendepot runs neither; always empty."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from opendepot.auth import Principal
+from opendepot.builds import queries as build_queries
+from opendepot.clock import utcnow
+from opendepot.errors import InvalidArgument
+from opendepot.pagination import Cursor, PageRequest, next_token
+from opendepot.projects import queries as project_queries
+from opendepot.projects.models import Project
+from opendepot.projects.service import load_project
+
+from . import queries
+
+GIB = 1 << 30
+PROJECT_USAGE_LIST = "project-usage"
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    start: datetime
+    end: datetime
+
+
+def period(start: datetime | None, end: datetime | None) -> Period:
+    if start is None:
+        raise InvalidArgument("start_at", "is required")
+    if end is None:
+        raise InvalidArgument("end_at", "is required")
+    if end <= start:
+        raise InvalidArgument("end_at", "must be after start_at")
+    return Period(start, end)
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectFigures:
+    project_id: str
+    project_name: str
+    build_count: int
+    build_duration_seconds: int
+    layer_cache_bytes: int
+    minutes_saved: float
+    minutes_billed: float
+
+    @property
+    def layer_cache_size_gb(self) -> int:
+        return round(self.layer_cache_bytes / GIB)
+
+
+def cpus_of(hardware: str) -> int:
+    return int(hardware.split("x", maxsplit=1)[0])
+
+
+def _figures(session: Session, project: Project, p: Period, now: datetime) -> ProjectFigures:
+    builds = queries.builds_in(session, project.id, p.start, p.end)
+    duration = sum(
+        max(0.0, ((b.finished_at or now) - b.started_at).total_seconds()) for b in builds if b.started_at
+    )
+    saved = sum(build_queries.saved_seconds(session, b) for b in builds if b.status != "running")
+    billed = 0.0
+    for lease in queries.leases_in(session, project.id, p.start, p.end):
+        seconds = max(0.0, ((lease.released_at or now) - lease.acquired_at).total_seconds())
+        billed += math.ceil(seconds / 60) * cpus_of(lease.hardware) / 16
+    return ProjectFigures(
+        project_id=project.id,
+        project_name=project.name,
+        build_count=len(builds),
+        build_duration_seconds=int(duration),
+        layer_cache_bytes=queries.cache_bytes_at(session, project.id, p.end),
+        minutes_saved=saved / 60,
+        minutes_billed=billed,
+    )
+
+
+def project_usage(session: Session, principal: Principal, project_id: str, p: Period) -> ProjectFigures:
+    return _figures(session, load_project(session, principal, project_id), p, utcnow())
+
+
+def list_project_usage(
+    session: Session, principal: Principal, p: Period, page: PageRequest
+) -> tuple[list[ProjectFigures], str | None]:
+    rows = project_queries.page(
+        session,
+        principal.organization_id,
+        limit=page.size + 1,
+        after=page.after,
+        only_project_id=principal.project_id,
+    )
+    token = next_token(PROJECT_USAGE_LIST, [Cursor(r.created_at, r.id) for r in rows], page.size)
+    now = utcnow()
+    return [_figures(session, r, p, now) for r in rows[: page.size]], token
+
+
+@dataclass(frozen=True, slots=True)
+class OrganizationUsage:
+    projects: list[ProjectFigures]
+    cache_gb_average: float
+
+
+def organization_usage(session: Session, principal: Principal, p: Period) -> OrganizationUsage:
+    projects: Sequence[Project] = project_queries.page(
+        session, principal.organization_id, limit=1_000_000, after=None, only_project_id=principal.project_id
+    )
+    now = utcnow()
+    figures = [_figures(session, r, p, now) for r in projects]
+    average = sum(_average_bytes(session, r.id, p) for r in projects) / GIB
+    return OrganizationUsage(projects=figures, cache_gb_average=average)
+
+
+def _average_bytes(session: Session, project_id: str, p: Period) -> float:
+    """Time-weighted average over the period: each sample holds until the next one of its platform."""
+    by_platform: dict[str, list[tuple[datetime, int]]] = defaultdict(list)
+    for platform, at, size in queries.samples_for_average(session, project_id, p.start, p.end):
+        by_platform[platform].append((at, size))
+    total = 0.0
+    span = (p.end - p.start).total_seconds()
+    for samples in by_platform.values():
+        for (at, size), following in zip(samples, [*samples[1:], (p.end, 0)], strict=True):
+            begin, finish = max(at, p.start), min(following[0], p.end)
+            if finish > begin:
+                total += size * (finish - begin).total_seconds()
+    return total / span
