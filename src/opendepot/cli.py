@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     token_create.add_argument("--description", default="organization token")
     add_arguments(token_create)
     usage = commands.add_parser("usage", help="usage figures for a period (on the store directly)")
-    usage.add_argument("--org", required=True, help="organization id or name")
+    usage.add_argument("--org", default="default", help="organization id or name (default: default)")
     usage.add_argument("--project", help="only this project")
     usage.add_argument("--from", dest="start", required=True, help="period start, ISO 8601 (inclusive)")
     usage.add_argument("--to", dest="end", required=True, help="period end, ISO 8601 (exclusive)")

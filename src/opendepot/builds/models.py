@@ -34,7 +34,10 @@ class Lease(Base):
     """A build's hold on its project's builder for one platform, renewed by heartbeats."""
 
     __tablename__ = "leases"
-    __table_args__ = (UniqueConstraint("build_id", "platform"),)
+    __table_args__ = (
+        UniqueConstraint("build_id", "platform"),
+        Index("ix_leases_project_acquired", "project_id", "acquired_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(10), primary_key=True)
     build_id: Mapped[str] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"), index=True)
@@ -66,10 +69,13 @@ class Step(Base):
     __table_args__ = (
         UniqueConstraint("build_id", "digest"),
         Index("ix_build_steps_order", "build_id", "started_at"),
+        # Finds a step's last real run in its project, to meter what a cache hit saved.
+        Index("ix_build_steps_history", "project_id", "name", "started_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     build_id: Mapped[str] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(String(10), default="")
     digest: Mapped[str] = mapped_column(String(200))
     name: Mapped[str] = mapped_column(Text)
     # When BuildKit says it started; until then, when it was first seen (so that steps still sort).
@@ -79,6 +85,8 @@ class Step(Base):
     cached: Mapped[bool] = mapped_column(default=False)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     has_logs: Mapped[bool] = mapped_column(default=False)
+    # For a cached step: how long its last real run in this project took (metered once, when cached).
+    saved_seconds: Mapped[float | None] = mapped_column(nullable=True)
 
 
 class LogLine(Base):

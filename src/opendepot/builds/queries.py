@@ -126,30 +126,27 @@ def step_counts(session: Session, build_ids: Sequence[str]) -> dict[str, tuple[i
 
 
 def saved_seconds(session: Session, build: Build) -> float:
-    """How long this build's cached steps took when they last ran for real in this project.
+    """What this build's cache hits saved: the sum metered on its cached steps (see steps.apply)."""
+    stmt = select(func.coalesce(func.sum(Step.saved_seconds), 0.0)).where(Step.build_id == build.id)
+    return float(session.scalar(stmt) or 0.0)
 
-    Matched by step name ("[2/3] RUN …"): stock BuildKit gives a cached vertex a different digest from the
-    run that produced it (the local context's session is part of it), and it has no stable digest as
-    Depot's fork does. Two different Dockerfiles in one project with identical step names can be confused."""
-    cached = select(Step.name).where(Step.build_id == build.id, Step.cached.is_(True), Step.name != "")
-    earlier = (
-        select(Step.name, Step.started_at, Step.completed_at)
-        .join(Build, Build.id == Step.build_id)
+
+def last_real_run(session: Session, project_id: str, name: str, build_id: str) -> Step | None:
+    """The latest run of a step of this name in the project that executed (was not cached)."""
+    stmt = (
+        select(Step)
         .where(
-            Build.project_id == build.project_id,
-            Build.created_at < build.created_at,
+            Step.project_id == project_id,
+            Step.name == name,
+            Step.build_id != build_id,
             Step.cached.is_(False),
             Step.started_known.is_(True),
             Step.completed_at.is_not(None),
-            Step.name.in_(cached),
         )
-        .order_by(Step.name, Build.created_at.desc())
+        .order_by(Step.started_at.desc())
+        .limit(1)
     )
-    latest: dict[str, float] = {}
-    for name, started, completed in session.execute(earlier).tuples():
-        if name not in latest and started is not None and completed is not None:
-            latest[name] = max(0.0, (completed - started).total_seconds())
-    return sum(latest.values())
+    return session.scalars(stmt).first()
 
 
 def shared_build(session: Session, share_hash: str) -> Build | None:

@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 
 from opendepot.clock import utcnow
 
-from .models import LogLine, LogVolume, Step
+from . import queries
+from .models import Build, LogLine, LogVolume, Step
 
 DEFAULT_LOG_CAP = 10 * 1024 * 1024
 TRUNCATED = "[opendepot] log truncated: this build printed more than {cap} bytes; the rest was not kept"
@@ -40,7 +41,7 @@ class LogChunk:
     data: bytes
 
 
-def _step(session: Session, steps: dict[str, Step], build_id: str, digest: str) -> Step:
+def _step(session: Session, steps: dict[str, Step], build_id: str, digest: str, project_id: str = "") -> Step:
     step = steps.get(digest)
     if step is None:
         stmt = select(Step).where(Step.build_id == build_id, Step.digest == digest)
@@ -54,6 +55,7 @@ def _step(session: Session, steps: dict[str, Step], build_id: str, digest: str) 
                 has_logs=False,
                 started_at=utcnow(),
                 started_known=False,
+                project_id=project_id,
             )
             session.add(step)
         steps[digest] = step
@@ -68,8 +70,10 @@ def apply(
     cap: int = DEFAULT_LOG_CAP,
 ) -> None:
     steps: dict[str, Step] = {}
+    build = session.get(Build, build_id)
+    project_id = build.project_id if build is not None else ""
     for v in vertices:
-        step = _step(session, steps, build_id, v.digest)
+        step = _step(session, steps, build_id, v.digest, project_id)
         step.name = v.name or step.name
         if v.started is not None and (
             not step.started_known or step.started_at is None or v.started < step.started_at
@@ -83,6 +87,15 @@ def apply(
     if logs:
         _append_logs(session, steps, build_id, logs, cap)
     session.flush()
+    # Meter what each new cache hit saved, once: the duration of the step's last real run in the project.
+    # Matched by name, since stock BuildKit gives a cached vertex another digest than the run it reuses.
+    for step in steps.values():
+        if step.cached and step.saved_seconds is None and step.name:
+            earlier = queries.last_real_run(session, project_id, step.name, build_id)
+            if earlier is not None and earlier.started_at and earlier.completed_at:
+                step.saved_seconds = max(0.0, (earlier.completed_at - earlier.started_at).total_seconds())
+            else:
+                step.saved_seconds = 0.0
 
 
 def _append_logs(

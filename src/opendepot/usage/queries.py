@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import Row, func, or_, select
 from sqlalchemy.orm import Session
 
-from opendepot.builds.models import Build, Lease
+from opendepot.builds.models import Build, Lease, Step
 
 from .models import CacheSample
 
@@ -68,3 +68,13 @@ def samples_for_average(
 
 def add_sample(session: Session, project_id: str, platform: str, at: datetime, size: int) -> None:
     session.add(CacheSample(project_id=project_id, platform=platform, sampled_at=at, bytes=size))
+
+
+def saved_seconds_in(session: Session, project_id: str, start: datetime, end: datetime) -> float:
+    """What the cache hits of the period's builds saved (metered on their steps)."""
+    stmt = (
+        select(func.coalesce(func.sum(Step.saved_seconds), 0.0))
+        .join(Build, Build.id == Step.build_id)
+        .where(Build.project_id == project_id, Build.created_at >= start, Build.created_at < end)
+    )
+    return float(session.scalar(stmt) or 0.0)

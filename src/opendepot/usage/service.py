@@ -24,7 +24,6 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal
-from opendepot.builds import queries as build_queries
 from opendepot.clock import utcnow
 from opendepot.errors import InvalidArgument
 from opendepot.pagination import Cursor, PageRequest, next_token
@@ -78,7 +77,7 @@ def _figures(session: Session, project: Project, p: Period, now: datetime) -> Pr
     duration = sum(
         max(0.0, ((b.finished_at or now) - b.started_at).total_seconds()) for b in builds if b.started_at
     )
-    saved = sum(build_queries.saved_seconds(session, b) for b in builds if b.status != "running")
+    saved = queries.saved_seconds_in(session, project.id, p.start, p.end)
     billed = 0.0
     for lease in queries.leases_in(session, project.id, p.start, p.end):
         seconds = max(0.0, ((lease.released_at or now) - lease.acquired_at).total_seconds())
