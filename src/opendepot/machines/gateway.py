@@ -139,7 +139,9 @@ class Gateway:
             down: Callable[[bytes], None] = _ignore
             if self.recorder is not None:
                 build_id, recorder = identity.build_id, self.recorder
-                tap = StatusTap(lambda raw: recorder.status(build_id, raw))
+                tap = StatusTap(
+                    lambda raw: recorder.status(build_id, raw), lambda: recorder.flush_soon(build_id)
+                )
                 up, down = tap.from_client, tap.from_server
             await asyncio.gather(_pipe(reader, builder_writer, up), _pipe(builder_reader, writer, down))
         finally:

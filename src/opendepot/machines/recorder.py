@@ -28,6 +28,9 @@ class StepRecorder:
         # Log bytes seen per build: past the cap only the chunk that crosses it is kept (for the marker),
         # so memory stays bounded however much a build prints.
         self._seen: dict[str, int] = defaultdict(int)
+        self._tasks: set[asyncio.Task[None]] = set()
+        # One flush at a time: two writers could both insert the same new step.
+        self._writing = asyncio.Lock()
 
     def status(self, build_id: str, raw: bytes) -> None:
         vertices, logs = events(control_pb.StatusResponse.from_binary(raw))
@@ -43,8 +46,18 @@ class StepRecorder:
             await asyncio.sleep(self.interval)
             await self.flush()
 
-    async def flush(self) -> None:
-        builds = set(self._vertices) | set(self._logs)
+    def flush_soon(self, build_id: str) -> None:
+        """Writes one build's pending steps now rather than at the next tick (its Status stream ended)."""
+        task = asyncio.get_running_loop().create_task(self.flush({build_id}))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def flush(self, only: set[str] | None = None) -> None:
+        async with self._writing:
+            await self._flush(only)
+
+    async def _flush(self, only: set[str] | None) -> None:
+        builds = (set(self._vertices) | set(self._logs)) if only is None else only
         for build_id in builds:
             vertices, logs = self._vertices.pop(build_id, []), self._logs.pop(build_id, [])
 

@@ -21,7 +21,7 @@ log = logging.getLogger("opendepot.gateway")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, CONTINUATION = 0x0, 0x1, 0x9
-END_HEADERS, PADDED, PRIORITY = 0x4, 0x8, 0x20
+END_STREAM, END_HEADERS, PADDED, PRIORITY = 0x1, 0x4, 0x8, 0x20
 STATUS_PATH = b"/moby.buildkit.v1.Control/Status"
 
 Frame = tuple[int, int, int, bytes]
@@ -85,8 +85,11 @@ def _unpad(flags: int, payload: bytes) -> bytes:
 
 
 class StatusTap:
-    def __init__(self, on_status: Callable[[bytes], None]) -> None:
+    def __init__(
+        self, on_status: Callable[[bytes], None], on_status_end: Callable[[], None] = lambda: None
+    ) -> None:
         self.on_status = on_status
+        self.on_status_end = on_status_end
         self.enabled = True
         self._decoder = hpack.Decoder()
         self._status_streams: set[int] = set()
@@ -94,7 +97,10 @@ class StatusTap:
         self._block_stream = 0
         self._grpc: dict[int, bytearray] = {}
         self._client = _Frames(len(PREFACE), lambda kind, _stream: kind in (HEADERS, CONTINUATION))
-        self._server = _Frames(0, lambda kind, stream: kind == DATA and stream in self._status_streams)
+        # DATA carries the status messages; HEADERS (trailers) may be what ends the stream.
+        self._server = _Frames(
+            0, lambda kind, stream: kind in (DATA, HEADERS) and stream in self._status_streams
+        )
 
     def from_client(self, data: bytes) -> None:
         if self.enabled:
@@ -127,7 +133,11 @@ class StatusTap:
                 self._block = bytearray()
 
     def _server_frames(self, data: bytes) -> None:
-        for _kind, flags, stream, payload in self._server.feed(data):
+        for kind, flags, stream, payload in self._server.feed(data):
+            if kind == HEADERS:
+                if flags & END_STREAM:
+                    self._status_ended(stream)
+                continue
             buffer = self._grpc.setdefault(stream, bytearray())
             buffer += _unpad(flags, payload)
             while len(buffer) >= 5:
@@ -137,6 +147,14 @@ class StatusTap:
                 compressed, message = buffer[0], bytes(buffer[5 : 5 + length])
                 del buffer[: 5 + length]
                 self.on_status(gzip.decompress(message) if compressed else message)
+            if flags & END_STREAM:
+                self._status_ended(stream)
+
+    def _status_ended(self, stream: int) -> None:
+        """The solve is over: what it reported should be readable before the client finishes the build."""
+        self._status_streams.discard(stream)
+        self._grpc.pop(stream, None)
+        self.on_status_end()
 
 
 def _when(ts: object) -> datetime | None:

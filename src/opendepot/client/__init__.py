@@ -1,0 +1,251 @@
+"""opendepot's Python SDK: every Depot service as the Node SDK exposes them, sync (`Depot`) and async
+(`AsyncDepot`), on the generated Connect clients (fully typed).
+
+    from opendepot.client import Depot, core_v1
+    with Depot() as depot:                       # DEPOT_API_URL and DEPOT_TOKEN by default
+        for project in depot.iter_projects():
+            print(project.project_id, project.name)
+        depot.core.v1.ProjectService.get_project(core_v1.GetProjectRequest(project_id="…"))
+
+Errors are `DepotError` (connectrpc's ConnectError): `.code` is the Connect code, `.message` the text."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace, TracebackType
+from typing import Any, Self
+
+from connectrpc.errors import ConnectError
+from connectrpc.request import RequestContext
+
+from opendepot.gen.depot.build.v1 import build_connect as build_v1_connect
+from opendepot.gen.depot.build.v1 import build_pb as build_v1
+from opendepot.gen.depot.build.v1 import registry_connect
+from opendepot.gen.depot.build.v1 import registry_pb as registry_v1
+from opendepot.gen.depot.buildkit.v1 import buildkit_connect
+from opendepot.gen.depot.buildkit.v1 import buildkit_pb as buildkit_v1
+from opendepot.gen.depot.cli.v1 import build_connect as cli_build_connect
+from opendepot.gen.depot.cli.v1 import build_pb as cli_v1
+from opendepot.gen.depot.cli.v1beta1 import login_connect, projects_connect
+from opendepot.gen.depot.core.v1 import build_connect as core_build_connect
+from opendepot.gen.depot.core.v1 import build_pb as core_build_v1
+from opendepot.gen.depot.core.v1 import organization_connect, project_connect, usage_connect
+from opendepot.gen.depot.core.v1 import organization_pb as organization_v1
+from opendepot.gen.depot.core.v1 import project_pb as core_v1
+from opendepot.gen.depot.core.v1 import usage_pb as usage_v1
+
+DepotError = ConnectError
+DEFAULT_URL = "https://api.depot.dev"
+
+__all__ = [
+    "AsyncDepot",
+    "Depot",
+    "DepotError",
+    "build_v1",
+    "buildkit_v1",
+    "cli_v1",
+    "core_build_v1",
+    "core_v1",
+    "organization_v1",
+    "registry_v1",
+    "usage_v1",
+]
+
+
+class _Bearer:
+    """Adds `Authorization: Bearer <token>` to every call (sync and async clients alike)."""
+
+    def __init__(self, token: str | None) -> None:
+        self.token = token
+
+    def _add(self, ctx: RequestContext[Any, Any]) -> None:
+        if self.token:
+            ctx.request_headers["authorization"] = f"Bearer {self.token}"
+
+    def on_start_sync(self, ctx: RequestContext[Any, Any], /) -> None:
+        self._add(ctx)
+
+    def on_end_sync(self, token: None, ctx: RequestContext[Any, Any], error: Exception | None, /) -> None:
+        return None
+
+    async def on_start(self, ctx: RequestContext[Any, Any], /) -> None:
+        self._add(ctx)
+
+    async def on_end(self, token: None, ctx: RequestContext[Any, Any], error: Exception | None, /) -> None:
+        return None
+
+
+def _settings(base_url: str | None, token: str | None) -> tuple[str, str | None]:
+    url = (base_url or os.environ.get("DEPOT_API_URL") or DEFAULT_URL).rstrip("/")
+    return url, token if token is not None else os.environ.get("DEPOT_TOKEN")
+
+
+class Depot:
+    """The synchronous client. `depot.core.v1.ProjectService.list_projects(request)` and so on."""
+
+    def __init__(
+        self, base_url: str | None = None, token: str | None = None, *, timeout_ms: int | None = None
+    ):
+        self.base_url, self.token = _settings(base_url, token)
+        options: dict[str, Any] = {"interceptors": [_Bearer(self.token)], "timeout_ms": timeout_ms}
+        url = self.base_url
+        self.core = SimpleNamespace(
+            v1=SimpleNamespace(
+                ProjectService=project_connect.ProjectServiceClientSync(url, **options),
+                OrganizationService=organization_connect.OrganizationServiceClientSync(url, **options),
+                UsageService=usage_connect.UsageServiceClientSync(url, **options),
+                BuildService=core_build_connect.BuildServiceClientSync(url, **options),
+            )
+        )
+        self.build = SimpleNamespace(
+            v1=SimpleNamespace(
+                BuildService=build_v1_connect.BuildServiceClientSync(url, **options),
+                RegistryService=registry_connect.RegistryServiceClientSync(url, **options),
+            )
+        )
+        self.buildkit = SimpleNamespace(
+            v1=SimpleNamespace(
+                BuildKitService=buildkit_connect.BuildKitServiceClientSync(url, **options),
+            )
+        )
+        self.cli = SimpleNamespace(
+            v1=SimpleNamespace(BuildService=cli_build_connect.BuildServiceClientSync(url, **options)),
+            v1beta1=SimpleNamespace(
+                ProjectsService=projects_connect.ProjectsServiceClientSync(url, **options),
+                LoginService=login_connect.LoginServiceClientSync(url, **options),
+            ),
+        )
+
+    def _clients(self) -> list[Any]:
+        spaces = [self.core.v1, self.build.v1, self.buildkit.v1, self.cli.v1, self.cli.v1beta1]
+        return [client for space in spaces for client in vars(space).values()]
+
+    def close(self) -> None:
+        for client in self._clients():
+            client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def iter_projects(self, page_size: int = 100) -> Iterator[core_v1.Project]:
+        token: str | None = None
+        while True:
+            page = self.core.v1.ProjectService.list_projects(
+                core_v1.ListProjectsRequest(page_size=page_size, page_token=token)
+            )
+            yield from page.projects
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def iter_builds(self, project_id: str, page_size: int = 100) -> Iterator[core_build_v1.Build]:
+        token: str | None = None
+        while True:
+            page = self.core.v1.BuildService.list_builds(
+                core_build_v1.ListBuildsRequest(project_id=project_id, page_size=page_size, page_token=token)
+            )
+            yield from page.builds
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def iter_build_steps(
+        self, project_id: str, build_id: str, page_size: int = 100
+    ) -> Iterator[build_v1.GetBuildStepsResponse.BuildStep]:
+        token: str | None = None
+        while True:
+            page = self.build.v1.BuildService.get_build_steps(
+                build_v1.GetBuildStepsRequest(
+                    project_id=project_id, build_id=build_id, page_size=page_size, page_token=token
+                )
+            )
+            yield from page.build_steps
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def iter_step_logs(
+        self, project_id: str, build_id: str, digest: str, page_size: int = 1000
+    ) -> Iterator[build_v1.GetBuildStepLogsResponse.Log]:
+        token: str | None = None
+        while True:
+            page = self.build.v1.BuildService.get_build_step_logs(
+                build_v1.GetBuildStepLogsRequest(
+                    project_id=project_id,
+                    build_id=build_id,
+                    build_step_digest=digest,
+                    page_size=page_size,
+                    page_token=token,
+                )
+            )
+            yield from page.logs
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+
+class AsyncDepot:
+    """The asynchronous client: the same services, awaitable."""
+
+    def __init__(
+        self, base_url: str | None = None, token: str | None = None, *, timeout_ms: int | None = None
+    ):
+        self.base_url, self.token = _settings(base_url, token)
+        options: dict[str, Any] = {"interceptors": [_Bearer(self.token)], "timeout_ms": timeout_ms}
+        url = self.base_url
+        self.core = SimpleNamespace(
+            v1=SimpleNamespace(
+                ProjectService=project_connect.ProjectServiceClient(url, **options),
+                OrganizationService=organization_connect.OrganizationServiceClient(url, **options),
+                UsageService=usage_connect.UsageServiceClient(url, **options),
+                BuildService=core_build_connect.BuildServiceClient(url, **options),
+            )
+        )
+        self.build = SimpleNamespace(
+            v1=SimpleNamespace(
+                BuildService=build_v1_connect.BuildServiceClient(url, **options),
+                RegistryService=registry_connect.RegistryServiceClient(url, **options),
+            )
+        )
+        self.buildkit = SimpleNamespace(
+            v1=SimpleNamespace(
+                BuildKitService=buildkit_connect.BuildKitServiceClient(url, **options),
+            )
+        )
+        self.cli = SimpleNamespace(
+            v1=SimpleNamespace(BuildService=cli_build_connect.BuildServiceClient(url, **options)),
+            v1beta1=SimpleNamespace(
+                ProjectsService=projects_connect.ProjectsServiceClient(url, **options),
+                LoginService=login_connect.LoginServiceClient(url, **options),
+            ),
+        )
+
+    async def close(self) -> None:
+        spaces = [self.core.v1, self.build.v1, self.buildkit.v1, self.cli.v1, self.cli.v1beta1]
+        for space in spaces:
+            for client in vars(space).values():
+                await client.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def iter_projects(self, page_size: int = 100) -> AsyncIterator[core_v1.Project]:
+        token: str | None = None
+        while True:
+            page = await self.core.v1.ProjectService.list_projects(
+                core_v1.ListProjectsRequest(page_size=page_size, page_token=token)
+            )
+            for project in page.projects:
+                yield project
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
