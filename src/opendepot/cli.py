@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from opendepot import __version__
+from opendepot.commands import add_commands, run
 from opendepot.config import ConfigError, add_arguments, resolve
 from opendepot.errors import DomainError
 
@@ -52,11 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--to", dest="end", required=True, help="period end, ISO 8601 (exclusive)")
     usage.add_argument("--csv", action="store_true", help="comma-separated values instead of a table")
     add_arguments(usage)
+    add_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("projects", "builds"):
+        return run(args)
     try:
         config = resolve(args)
     except ConfigError as exc:

@@ -1,0 +1,245 @@
+"""User-facing `opendepot` commands over the Python SDK (any Depot-compatible server, DEPOT_API_URL and
+DEPOT_TOKEN by default): human tables, or `--json` for scripts; errors as one line, never a stack trace."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from protobuf import Message
+from rich.console import Console
+from rich.table import Table
+
+from opendepot.client import Depot, DepotError, build_v1, core_build_v1, core_v1
+
+GIB = 1 << 30
+HARDWARE = {
+    f"{c}x{m}": h
+    for h, (c, m) in {
+        core_v1.Hardware.HARDWARE_16X32: (16, 32),
+        core_v1.Hardware.HARDWARE_4X4: (4, 4),
+        core_v1.Hardware.HARDWARE_8X8: (8, 8),
+        core_v1.Hardware.HARDWARE_8X16: (8, 16),
+        core_v1.Hardware.HARDWARE_32X64: (32, 64),
+        core_v1.Hardware.HARDWARE_64X128: (64, 128),
+        core_v1.Hardware.HARDWARE_96X192: (96, 192),
+        core_v1.Hardware.HARDWARE_192X384: (192, 384),
+    }.items()
+}
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api-url", help="the server (default: DEPOT_API_URL)")
+    parser.add_argument("--token", help="an API token (default: DEPOT_TOKEN)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def add_commands(commands: Any) -> None:
+    projects = commands.add_parser("projects", help="manage projects on a server")
+    actions = projects.add_subparsers(dest="action", required=True)
+    for name, helptext in (
+        ("list", "list projects"),
+        ("get", "show a project"),
+        ("delete", "delete a project"),
+        ("reset", "reset a project's build cache"),
+    ):
+        sub = actions.add_parser(name, help=helptext)
+        if name != "list":
+            sub.add_argument("project_id")
+        add_client_arguments(sub)
+    for name in ("create", "update"):
+        sub = actions.add_parser(name, help=f"{name} a project")
+        sub.add_argument("name" if name == "create" else "project_id")
+        if name == "update":
+            sub.add_argument("--name")
+        sub.add_argument("--region")
+        sub.add_argument("--cache-gb", type=int)
+        sub.add_argument("--cache-days", type=int)
+        sub.add_argument("--hardware", choices=sorted(HARDWARE))
+        add_client_arguments(sub)
+
+    builds = commands.add_parser("builds", help="read builds, their steps and logs")
+    actions = builds.add_subparsers(dest="action", required=True)
+    sub = actions.add_parser("list", help="a project's builds, newest first")
+    sub.add_argument("project_id")
+    add_client_arguments(sub)
+    sub = actions.add_parser("get", help="one build")
+    sub.add_argument("build_id")
+    add_client_arguments(sub)
+    sub = actions.add_parser("steps", help="a build's steps")
+    sub.add_argument("project_id")
+    sub.add_argument("build_id")
+    add_client_arguments(sub)
+    sub = actions.add_parser("logs", help="a step's log lines")
+    sub.add_argument("project_id")
+    sub.add_argument("build_id")
+    sub.add_argument("digest")
+    sub.add_argument("--follow", action="store_true", help="keep printing new lines while the build runs")
+    add_client_arguments(sub)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with Depot(args.api_url, args.token) as depot:
+            handler: Callable[[Depot, argparse.Namespace], None] = HANDLERS[(args.command, args.action)]
+            handler(depot, args)
+        return 0
+    except DepotError as exc:
+        print(f"opendepot: {exc.code.value}: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def _out(
+    args: argparse.Namespace, items: Iterable[Message[Any]] | Message[Any], table: Table | None = None
+) -> None:
+    if args.json:
+        if isinstance(items, Message):
+            print(items.to_json())
+        else:
+            print(json.dumps([json.loads(i.to_json()) for i in items], indent=2))
+        return
+    if table is not None:
+        Console().print(table)
+
+
+def _project_table(projects: list[core_v1.Project]) -> Table:
+    table = Table("ID", "Name", "Region", "Cache", "Hardware", "Created")
+    for p in projects:
+        cache = p.cache_policy
+        table.add_row(
+            p.project_id,
+            p.name,
+            p.region_id,
+            f"{cache.keep_gb} GB, {cache.keep_days} days" if cache else "",
+            p.hardware.name.removeprefix("HARDWARE_").lower(),
+            p.created_at.to_datetime().isoformat() if p.created_at else "",
+        )
+    return table
+
+
+def _projects_list(depot: Depot, args: argparse.Namespace) -> None:
+    projects = list(depot.iter_projects())
+    _out(args, projects, _project_table(projects))
+
+
+def _projects_get(depot: Depot, args: argparse.Namespace) -> None:
+    project = depot.core.v1.ProjectService.get_project(
+        core_v1.GetProjectRequest(project_id=args.project_id)
+    ).project
+    assert project is not None
+    _out(args, project, _project_table([project]))
+
+
+def _policy(args: argparse.Namespace) -> core_v1.CachePolicy | None:
+    if args.cache_gb is None and args.cache_days is None:
+        return None
+    return core_v1.CachePolicy(
+        keep_gb=args.cache_gb or 0, keep_days=args.cache_days if args.cache_days is not None else 14
+    )
+
+
+def _projects_create(depot: Depot, args: argparse.Namespace) -> None:
+    request = core_v1.CreateProjectRequest(
+        name=args.name,
+        region_id=args.region or "",
+        cache_policy=_policy(args),
+        hardware=HARDWARE[args.hardware] if args.hardware else None,
+    )
+    project = depot.core.v1.ProjectService.create_project(request).project
+    assert project is not None
+    _out(args, project, _project_table([project]))
+
+
+def _projects_update(depot: Depot, args: argparse.Namespace) -> None:
+    request = core_v1.UpdateProjectRequest(
+        project_id=args.project_id,
+        name=args.name,
+        region_id=args.region,
+        cache_policy=_policy(args),
+        hardware=HARDWARE[args.hardware] if args.hardware else None,
+    )
+    project = depot.core.v1.ProjectService.update_project(request).project
+    assert project is not None
+    _out(args, project, _project_table([project]))
+
+
+def _projects_delete(depot: Depot, args: argparse.Namespace) -> None:
+    depot.core.v1.ProjectService.delete_project(core_v1.DeleteProjectRequest(project_id=args.project_id))
+    print(json.dumps({"deleted": args.project_id}) if args.json else f"deleted project {args.project_id}")
+
+
+def _projects_reset(depot: Depot, args: argparse.Namespace) -> None:
+    depot.core.v1.ProjectService.reset_project(core_v1.ResetProjectRequest(project_id=args.project_id))
+    print(
+        json.dumps({"reset": args.project_id})
+        if args.json
+        else f"reset the cache of project {args.project_id}"
+    )
+
+
+def _build_table(builds: list[core_build_v1.Build]) -> Table:
+    table = Table("ID", "Status", "Created", "Duration", "Cached steps")
+    for b in builds:
+        table.add_row(
+            b.build_id,
+            b.status.name.lower(),
+            b.created_at.to_datetime().isoformat() if b.created_at else "",
+            f"{b.build_duration_seconds} s" if b.build_duration_seconds is not None else "",
+            f"{b.cached_steps or 0}/{b.total_steps or 0}",
+        )
+    return table
+
+
+def _builds_list(depot: Depot, args: argparse.Namespace) -> None:
+    builds = list(depot.iter_builds(args.project_id))
+    _out(args, builds, _build_table(builds))
+
+
+def _builds_get(depot: Depot, args: argparse.Namespace) -> None:
+    build = depot.core.v1.BuildService.get_build(core_build_v1.GetBuildRequest(build_id=args.build_id)).build
+    assert build is not None
+    _out(args, build, _build_table([build]))
+
+
+def _builds_steps(depot: Depot, args: argparse.Namespace) -> None:
+    steps = list(depot.iter_build_steps(args.project_id, args.build_id))
+    table = Table("Step", "Cache", "Digest", "Error")
+    cached = build_v1.GetBuildStepsResponse.BuildStep.CacheState.CACHED
+    for s in steps:
+        table.add_row(s.name, "cached" if s.cache_state == cached else "", s.digest[:19], s.error or "")
+    _out(args, steps, table)
+
+
+def _builds_logs(depot: Depot, args: argparse.Namespace) -> None:
+    seen = 0
+    while True:
+        lines = list(depot.iter_step_logs(args.project_id, args.build_id, args.digest))
+        for line in lines[seen:]:
+            print(line.to_json() if args.json else line.message, flush=True)
+        seen = len(lines)
+        if not args.follow:
+            return
+        build = depot.core.v1.BuildService.get_build(
+            core_build_v1.GetBuildRequest(build_id=args.build_id)
+        ).build
+        if build is None or build.status != core_build_v1.Build.Status.RUNNING:
+            return
+        time.sleep(1)
+
+
+HANDLERS: dict[tuple[str, str], Callable[[Depot, argparse.Namespace], None]] = {
+    ("projects", "list"): _projects_list,
+    ("projects", "get"): _projects_get,
+    ("projects", "create"): _projects_create,
+    ("projects", "update"): _projects_update,
+    ("projects", "delete"): _projects_delete,
+    ("projects", "reset"): _projects_reset,
+    ("builds", "list"): _builds_list,
+    ("builds", "get"): _builds_get,
+    ("builds", "steps"): _builds_steps,
+    ("builds", "logs"): _builds_logs,
+}

@@ -1,0 +1,90 @@
+"""The user-facing `opendepot` commands (projects, builds) against a running server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_builds import build
+from tests.support.builds import builds_possible, busybox_context
+from tests.support.server import REPO, Server
+
+
+def opendepot(
+    server: Server, token: str, *args: str, url: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DEPOT_API_URL": url or server.url, "DEPOT_TOKEN": token}
+    return subprocess.run(
+        [sys.executable, "-m", "opendepot.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+
+
+def data(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_projects_commands(server: Server, org: tuple[str, str]) -> None:
+    _org, token = org
+    created = data(
+        opendepot(
+            server,
+            token,
+            "projects",
+            "create",
+            "from-cli",
+            "--cache-gb",
+            "20",
+            "--hardware",
+            "8x16",
+            "--json",
+        )
+    )
+    pid = created["projectId"]
+    assert created["cachePolicy"]["keepGb"] == 20 and created["hardware"] == "HARDWARE_8X16"
+    table = opendepot(server, token, "projects", "list")
+    assert table.returncode == 0 and pid in table.stdout and "from-cli" in table.stdout
+    assert [p["projectId"] for p in data(opendepot(server, token, "projects", "list", "--json"))] == [pid]
+    updated = data(opendepot(server, token, "projects", "update", pid, "--name", "renamed", "--json"))
+    assert updated["name"] == "renamed" and updated["cachePolicy"]["keepGb"] == 20
+    assert data(opendepot(server, token, "projects", "get", pid, "--json"))["name"] == "renamed"
+    assert data(opendepot(server, token, "projects", "reset", pid, "--json")) == {"reset": pid}
+    assert data(opendepot(server, token, "projects", "delete", pid, "--json")) == {"deleted": pid}
+
+    missing = opendepot(server, token, "projects", "get", pid)
+    assert missing.returncode == 1 and missing.stderr.startswith("opendepot: not_found:")
+    assert "Traceback" not in missing.stderr
+    bad = opendepot(server, "odo_nope", "projects", "list")
+    assert bad.returncode == 1 and "unauthenticated" in bad.stderr and "Traceback" not in bad.stderr
+    away = opendepot(server, token, "projects", "list", url="http://127.0.0.1:9")
+    assert away.returncode == 1 and "unavailable" in away.stderr and "Traceback" not in away.stderr
+
+
+@pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible()))
+def test_builds_commands(server: Server, org: tuple[str, str], tmp_path: Path) -> None:
+    _org, token = org
+    pid = data(opendepot(server, token, "projects", "create", "cli-builds", "--json"))["projectId"]
+    code, output = build(server, token, pid, busybox_context(tmp_path / "ctx", "echo one; echo two"))
+    assert code == 0, output
+    [listed] = data(opendepot(server, token, "builds", "list", pid, "--json"))
+    assert listed["status"] == "STATUS_SUCCESS"
+    got = data(opendepot(server, token, "builds", "get", listed["buildId"], "--json"))
+    assert got["buildId"] == listed["buildId"]
+    steps = data(opendepot(server, token, "builds", "steps", pid, listed["buildId"], "--json"))
+    [run] = [s for s in steps if " RUN " in s["name"]]
+    logs = opendepot(server, token, "builds", "logs", pid, listed["buildId"], run["digest"], "--follow")
+    assert logs.returncode == 0 and logs.stdout.splitlines() == ["one", "two"]
+    table = opendepot(server, token, "builds", "steps", pid, listed["buildId"])
+    assert table.returncode == 0 and "RUN" in table.stdout
