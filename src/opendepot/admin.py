@@ -41,7 +41,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
             def create_token(session: Session) -> str:
                 org = organizations.find_organization(session, args.org)
-                _token, secret = tokens.create_organization_token(session, org.id, args.description)
+                description = args.description or "organization token"
+                _token, secret = tokens.create_organization_token(session, org.id, description)
                 return secret
 
             print(store.call(create_token))

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from opendepot import __version__
-from opendepot.commands import add_commands, run
+from opendepot.commands import add_client_arguments, add_commands, add_token_commands, run
 from opendepot.config import ConfigError, add_arguments, resolve
 from opendepot.errors import DomainError
 
@@ -38,14 +38,20 @@ def _parser() -> argparse.ArgumentParser:
     org_list = org_commands.add_parser("list", help="list organizations")
     add_arguments(org_list)
 
-    tokens = commands.add_parser("tokens", help="manage organization tokens (on the store directly)")
+    tokens = commands.add_parser("tokens", help="manage tokens")
     token_commands = tokens.add_subparsers(dest="action", required=True)
     token_create = token_commands.add_parser(
-        "create", help="create an organization token; prints the secret once"
+        "create",
+        help="--org: an organization token (on the store directly); --project: a project token (through the "
+        "API). Prints the secret once",
     )
-    token_create.add_argument("--org", required=True, help="organization id or name")
-    token_create.add_argument("--description", default="organization token")
+    scope = token_create.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--org", help="organization id or name")
+    scope.add_argument("--project", help="project id")
+    token_create.add_argument("--description")
     add_arguments(token_create)
+    add_client_arguments(token_create)
+    add_token_commands(token_commands)
     usage = commands.add_parser("usage", help="usage figures for a period (on the store directly)")
     usage.add_argument("--org", default="default", help="organization id or name (default: default)")
     usage.add_argument("--project", help="only this project")
@@ -59,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("projects", "builds"):
+    if args.command in ("projects", "builds", "trust-policies") or (
+        args.command == "tokens" and not getattr(args, "org", None)
+    ):
         return run(args)
     try:
         config = resolve(args)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from protobuf import Message
+from protobuf import Message, Oneof
 from rich.console import Console
 from rich.table import Table
 
@@ -62,6 +62,7 @@ def add_commands(commands: Any) -> None:
         sub.add_argument("--hardware", choices=sorted(HARDWARE))
         add_client_arguments(sub)
 
+    add_trust_policy_commands(commands)
     builds = commands.add_parser("builds", help="read builds, their steps and logs")
     actions = builds.add_subparsers(dest="action", required=True)
     sub = actions.add_parser("list", help="a project's builds, newest first")
@@ -79,6 +80,39 @@ def add_commands(commands: Any) -> None:
     sub.add_argument("build_id")
     sub.add_argument("digest")
     sub.add_argument("--follow", action="store_true", help="keep printing new lines while the build runs")
+    add_client_arguments(sub)
+
+
+def add_token_commands(actions: Any) -> None:
+    """Project tokens through the API (`tokens create --project` sits in cli.py beside the admin --org)."""
+    sub = actions.add_parser("list", help="a project's tokens (never their secrets)")
+    sub.add_argument("project_id")
+    add_client_arguments(sub)
+    sub = actions.add_parser("update", help="change a project token's description")
+    sub.add_argument("token_id")
+    sub.add_argument("--description", required=True)
+    add_client_arguments(sub)
+    sub = actions.add_parser("delete", help="delete (revoke) a project token")
+    sub.add_argument("token_id")
+    add_client_arguments(sub)
+
+
+def add_trust_policy_commands(commands: Any) -> None:
+    policies = commands.add_parser("trust-policies", help="which CI identities may build in a project")
+    actions = policies.add_subparsers(dest="action", required=True)
+    sub = actions.add_parser("list", help="a project's trust policies")
+    sub.add_argument("project_id")
+    add_client_arguments(sub)
+    sub = actions.add_parser("add", help="trust one CI identity")
+    sub.add_argument("project_id")
+    which = sub.add_mutually_exclusive_group(required=True)
+    which.add_argument("--github", metavar="OWNER/REPO")
+    which.add_argument("--buildkite", metavar="ORG/PIPELINE")
+    which.add_argument("--circleci", metavar="ORG_UUID/PROJECT_UUID")
+    add_client_arguments(sub)
+    sub = actions.add_parser("remove", help="remove a trust policy")
+    sub.add_argument("project_id")
+    sub.add_argument("trust_policy_id")
     add_client_arguments(sub)
 
 
@@ -231,7 +265,94 @@ def _builds_logs(depot: Depot, args: argparse.Namespace) -> None:
         time.sleep(1)
 
 
+def _tokens_create(depot: Depot, args: argparse.Namespace) -> None:
+    created = depot.core.v1.ProjectService.create_token(
+        core_v1.CreateTokenRequest(project_id=args.project, description=args.description or "project token")
+    )
+    print(created.to_json() if args.json else created.secret)
+
+
+def _tokens_list(depot: Depot, args: argparse.Namespace) -> None:
+    tokens = list(
+        depot.core.v1.ProjectService.list_tokens(core_v1.ListTokensRequest(project_id=args.project_id)).tokens
+    )
+    table = Table("ID", "Description")
+    for t in tokens:
+        table.add_row(t.token_id, t.description)
+    _out(args, tokens, table)
+
+
+def _tokens_update(depot: Depot, args: argparse.Namespace) -> None:
+    depot.core.v1.ProjectService.update_token(
+        core_v1.UpdateTokenRequest(token_id=args.token_id, description=args.description)
+    )
+    print(json.dumps({"updated": args.token_id}) if args.json else f"updated token {args.token_id}")
+
+
+def _tokens_delete(depot: Depot, args: argparse.Namespace) -> None:
+    depot.core.v1.ProjectService.delete_token(core_v1.DeleteTokenRequest(token_id=args.token_id))
+    print(json.dumps({"deleted": args.token_id}) if args.json else f"deleted token {args.token_id}")
+
+
+def _policy_fields(policy: core_v1.TrustPolicy) -> tuple[str, str]:
+    value = policy.provider.value if policy.provider is not None else None
+    if isinstance(value, core_v1.TrustPolicy.GitHub):
+        return "github", f"{value.repository_owner}/{value.repository.rpartition('/')[2]}"
+    if isinstance(value, core_v1.TrustPolicy.Buildkite):
+        return "buildkite", f"{value.organization_slug}/{value.pipeline_slug}"
+    if isinstance(value, core_v1.TrustPolicy.CircleCI):
+        return "circleci", f"{value.organization_uuid}/{value.project_uuid}"
+    return "", ""
+
+
+def _policies_list(depot: Depot, args: argparse.Namespace) -> None:
+    policies = list(
+        depot.core.v1.ProjectService.list_trust_policies(
+            core_v1.ListTrustPoliciesRequest(project_id=args.project_id)
+        ).trust_policies
+    )
+    table = Table("ID", "Provider", "Identity")
+    for p in policies:
+        table.add_row(p.trust_policy_id, *_policy_fields(p))
+    _out(args, policies, table)
+
+
+def _policies_add(depot: Depot, args: argparse.Namespace) -> None:
+    value = args.github or args.buildkite or args.circleci
+    first, _, second = value.partition("/")
+    provider: Any
+    if args.github:
+        provider = Oneof("github", core_v1.TrustPolicy.GitHub(repository_owner=first, repository=second))
+    elif args.buildkite:
+        provider = Oneof(
+            "buildkite", core_v1.TrustPolicy.Buildkite(organization_slug=first, pipeline_slug=second)
+        )
+    else:
+        provider = Oneof(
+            "circleci", core_v1.TrustPolicy.CircleCI(organization_uuid=first, project_uuid=second)
+        )
+    added = depot.core.v1.ProjectService.add_trust_policy(
+        core_v1.AddTrustPolicyRequest(project_id=args.project_id, provider=provider)
+    ).trust_policy
+    assert added is not None
+    print(added.to_json() if args.json else added.trust_policy_id)
+
+
+def _policies_remove(depot: Depot, args: argparse.Namespace) -> None:
+    depot.core.v1.ProjectService.remove_trust_policy(
+        core_v1.RemoveTrustPolicyRequest(project_id=args.project_id, trust_policy_id=args.trust_policy_id)
+    )
+    print(json.dumps({"removed": args.trust_policy_id}) if args.json else f"removed {args.trust_policy_id}")
+
+
 HANDLERS: dict[tuple[str, str], Callable[[Depot, argparse.Namespace], None]] = {
+    ("tokens", "create"): _tokens_create,
+    ("tokens", "list"): _tokens_list,
+    ("tokens", "update"): _tokens_update,
+    ("tokens", "delete"): _tokens_delete,
+    ("trust-policies", "list"): _policies_list,
+    ("trust-policies", "add"): _policies_add,
+    ("trust-policies", "remove"): _policies_remove,
     ("projects", "list"): _projects_list,
     ("projects", "get"): _projects_get,
     ("projects", "create"): _projects_create,

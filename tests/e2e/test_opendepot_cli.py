@@ -88,3 +88,38 @@ def test_builds_commands(server: Server, org: tuple[str, str], tmp_path: Path) -
     assert logs.returncode == 0 and logs.stdout.splitlines() == ["one", "two"]
     table = opendepot(server, token, "builds", "steps", pid, listed["buildId"])
     assert table.returncode == 0 and "RUN" in table.stdout
+
+
+def test_tokens_and_trust_policy_commands(server: Server, org: tuple[str, str]) -> None:
+    _org, token = org
+    pid = data(opendepot(server, token, "projects", "create", "guarded", "--json"))["projectId"]
+    created = data(
+        opendepot(server, token, "tokens", "create", "--project", pid, "--description", "ci", "--json")
+    )
+    assert created["secret"].startswith("odp_")
+    assert data(opendepot(server, token, "tokens", "list", pid, "--json")) == [
+        {"tokenId": created["tokenId"], "description": "ci"}
+    ]
+    assert data(
+        opendepot(server, token, "tokens", "update", created["tokenId"], "--description", "ci-2", "--json")
+    ) == {"updated": created["tokenId"]}
+    # The new project token works, and deleting it revokes it.
+    assert opendepot(server, created["secret"], "projects", "get", pid).returncode == 0
+    assert data(opendepot(server, token, "tokens", "delete", created["tokenId"], "--json")) == {
+        "deleted": created["tokenId"]
+    }
+    revoked = opendepot(server, created["secret"], "projects", "get", pid)
+    assert revoked.returncode == 1 and "unauthenticated" in revoked.stderr
+
+    github = data(opendepot(server, token, "trust-policies", "add", pid, "--github", "acme/web", "--json"))
+    assert github["github"] == {"repositoryOwner": "acme", "repository": "web"}
+    listed = opendepot(server, token, "trust-policies", "list", pid)
+    assert listed.returncode == 0 and "acme/web" in listed.stdout
+    bad = opendepot(server, token, "trust-policies", "add", pid, "--circleci", "not-a-uuid/x")
+    assert bad.returncode == 1 and "invalid_argument" in bad.stderr and "circleci" in bad.stderr
+    assert data(
+        opendepot(server, token, "trust-policies", "remove", pid, github["trustPolicyId"], "--json")
+    ) == {"removed": github["trustPolicyId"]}
+    assert data(opendepot(server, token, "trust-policies", "list", pid, "--json")) == []
+    # The admin form still works on the store.
+    assert server.admin("tokens", "create", "--org", _org).startswith("odo_")
