@@ -12,9 +12,9 @@ Errors are `DepotError` (connectrpc's ConnectError): `.code` is the Connect code
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import SimpleNamespace, TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
@@ -36,6 +36,7 @@ from opendepot.gen.depot.core.v1 import project_pb as core_v1
 from opendepot.gen.depot.core.v1 import usage_pb as usage_v1
 
 DepotError = ConnectError
+T = TypeVar("T")
 DEFAULT_URL = "https://api.depot.dev"
 
 __all__ = [
@@ -81,48 +82,63 @@ def _settings(base_url: str | None, token: str | None) -> tuple[str, str | None]
     return url, token if token is not None else os.environ.get("DEPOT_TOKEN")
 
 
+# Where each service sits, as in the Node SDK: depot.<package>.<version>.<Service>.
+_SERVICES: tuple[tuple[str, str, str, Any], ...] = (
+    ("core", "v1", "ProjectService", project_connect),
+    ("core", "v1", "OrganizationService", organization_connect),
+    ("core", "v1", "UsageService", usage_connect),
+    ("core", "v1", "BuildService", core_build_connect),
+    ("build", "v1", "BuildService", build_v1_connect),
+    ("build", "v1", "RegistryService", registry_connect),
+    ("buildkit", "v1", "BuildKitService", buildkit_connect),
+    ("cli", "v1", "BuildService", cli_build_connect),
+    ("cli", "v1beta1", "ProjectsService", projects_connect),
+    ("cli", "v1beta1", "LoginService", login_connect),
+)
+
+
+def _attach(owner: object, suffix: str, url: str, token: str | None, timeout_ms: int | None) -> list[Any]:
+    """Sets owner.<package>.<version>.<Service> to generated clients (suffix "Sync" or ""); returns them."""
+    clients = []
+    for package, version, service, module in _SERVICES:
+        namespace = getattr(owner, package, None) or SimpleNamespace()
+        setattr(owner, package, namespace)
+        versions = getattr(namespace, version, None) or SimpleNamespace()
+        setattr(namespace, version, versions)
+        client = getattr(module, f"{service}Client{suffix}")(
+            url, interceptors=[_Bearer(token)], timeout_ms=timeout_ms
+        )
+        setattr(versions, service, client)
+        clients.append(client)
+    return clients
+
+
+def _pages(fetch: Callable[[str | None], tuple[Sequence[T], str | None]]) -> Iterator[T]:
+    """Follows next_page_token until it is empty."""
+    token: str | None = None
+    while True:
+        items, token = fetch(token)
+        yield from items
+        if not token:
+            return
+
+
 class Depot:
     """The synchronous client. `depot.core.v1.ProjectService.list_projects(request)` and so on."""
+
+    core: Any
+    build: Any
+    buildkit: Any
+    cli: Any
 
     def __init__(
         self, base_url: str | None = None, token: str | None = None, *, timeout_ms: int | None = None
     ):
         self.base_url, self.token = _settings(base_url, token)
-        options: dict[str, Any] = {"interceptors": [_Bearer(self.token)], "timeout_ms": timeout_ms}
-        url = self.base_url
-        self.core = SimpleNamespace(
-            v1=SimpleNamespace(
-                ProjectService=project_connect.ProjectServiceClientSync(url, **options),
-                OrganizationService=organization_connect.OrganizationServiceClientSync(url, **options),
-                UsageService=usage_connect.UsageServiceClientSync(url, **options),
-                BuildService=core_build_connect.BuildServiceClientSync(url, **options),
-            )
-        )
-        self.build = SimpleNamespace(
-            v1=SimpleNamespace(
-                BuildService=build_v1_connect.BuildServiceClientSync(url, **options),
-                RegistryService=registry_connect.RegistryServiceClientSync(url, **options),
-            )
-        )
-        self.buildkit = SimpleNamespace(
-            v1=SimpleNamespace(
-                BuildKitService=buildkit_connect.BuildKitServiceClientSync(url, **options),
-            )
-        )
-        self.cli = SimpleNamespace(
-            v1=SimpleNamespace(BuildService=cli_build_connect.BuildServiceClientSync(url, **options)),
-            v1beta1=SimpleNamespace(
-                ProjectsService=projects_connect.ProjectsServiceClientSync(url, **options),
-                LoginService=login_connect.LoginServiceClientSync(url, **options),
-            ),
-        )
-
-    def _clients(self) -> list[Any]:
-        spaces = [self.core.v1, self.build.v1, self.buildkit.v1, self.cli.v1, self.cli.v1beta1]
-        return [client for space in spaces for client in vars(space).values()]
+        self._clients = _attach(self, "Sync", self.base_url, self.token, timeout_ms)
 
     def close(self) -> None:
-        for client in self._clients():
+        for client in self._clients:
             client.close()
 
     def __enter__(self) -> Self:
@@ -132,47 +148,40 @@ class Depot:
         self.close()
 
     def iter_projects(self, page_size: int = 100) -> Iterator[core_v1.Project]:
-        token: str | None = None
-        while True:
+        def fetch(token: str | None) -> tuple[Sequence[core_v1.Project], str | None]:
             page = self.core.v1.ProjectService.list_projects(
                 core_v1.ListProjectsRequest(page_size=page_size, page_token=token)
             )
-            yield from page.projects
-            if not page.next_page_token:
-                return
-            token = page.next_page_token
+            return page.projects, page.next_page_token
+
+        return _pages(fetch)
 
     def iter_builds(self, project_id: str, page_size: int = 100) -> Iterator[core_build_v1.Build]:
-        token: str | None = None
-        while True:
+        def fetch(token: str | None) -> tuple[Sequence[core_build_v1.Build], str | None]:
             page = self.core.v1.BuildService.list_builds(
                 core_build_v1.ListBuildsRequest(project_id=project_id, page_size=page_size, page_token=token)
             )
-            yield from page.builds
-            if not page.next_page_token:
-                return
-            token = page.next_page_token
+            return page.builds, page.next_page_token
+
+        return _pages(fetch)
 
     def iter_build_steps(
         self, project_id: str, build_id: str, page_size: int = 100
     ) -> Iterator[build_v1.GetBuildStepsResponse.BuildStep]:
-        token: str | None = None
-        while True:
+        def fetch(token: str | None) -> tuple[Sequence[build_v1.GetBuildStepsResponse.BuildStep], str | None]:
             page = self.build.v1.BuildService.get_build_steps(
                 build_v1.GetBuildStepsRequest(
                     project_id=project_id, build_id=build_id, page_size=page_size, page_token=token
                 )
             )
-            yield from page.build_steps
-            if not page.next_page_token:
-                return
-            token = page.next_page_token
+            return page.build_steps, page.next_page_token
+
+        return _pages(fetch)
 
     def iter_step_logs(
         self, project_id: str, build_id: str, digest: str, page_size: int = 1000
     ) -> Iterator[build_v1.GetBuildStepLogsResponse.Log]:
-        token: str | None = None
-        while True:
+        def fetch(token: str | None) -> tuple[Sequence[build_v1.GetBuildStepLogsResponse.Log], str | None]:
             page = self.build.v1.BuildService.get_build_step_logs(
                 build_v1.GetBuildStepLogsRequest(
                     project_id=project_id,
@@ -182,53 +191,28 @@ class Depot:
                     page_token=token,
                 )
             )
-            yield from page.logs
-            if not page.next_page_token:
-                return
-            token = page.next_page_token
+            return page.logs, page.next_page_token
+
+        return _pages(fetch)
 
 
 class AsyncDepot:
     """The asynchronous client: the same services, awaitable."""
 
+    core: Any
+    build: Any
+    buildkit: Any
+    cli: Any
+
     def __init__(
         self, base_url: str | None = None, token: str | None = None, *, timeout_ms: int | None = None
     ):
         self.base_url, self.token = _settings(base_url, token)
-        options: dict[str, Any] = {"interceptors": [_Bearer(self.token)], "timeout_ms": timeout_ms}
-        url = self.base_url
-        self.core = SimpleNamespace(
-            v1=SimpleNamespace(
-                ProjectService=project_connect.ProjectServiceClient(url, **options),
-                OrganizationService=organization_connect.OrganizationServiceClient(url, **options),
-                UsageService=usage_connect.UsageServiceClient(url, **options),
-                BuildService=core_build_connect.BuildServiceClient(url, **options),
-            )
-        )
-        self.build = SimpleNamespace(
-            v1=SimpleNamespace(
-                BuildService=build_v1_connect.BuildServiceClient(url, **options),
-                RegistryService=registry_connect.RegistryServiceClient(url, **options),
-            )
-        )
-        self.buildkit = SimpleNamespace(
-            v1=SimpleNamespace(
-                BuildKitService=buildkit_connect.BuildKitServiceClient(url, **options),
-            )
-        )
-        self.cli = SimpleNamespace(
-            v1=SimpleNamespace(BuildService=cli_build_connect.BuildServiceClient(url, **options)),
-            v1beta1=SimpleNamespace(
-                ProjectsService=projects_connect.ProjectsServiceClient(url, **options),
-                LoginService=login_connect.LoginServiceClient(url, **options),
-            ),
-        )
+        self._clients = _attach(self, "", self.base_url, self.token, timeout_ms)
 
     async def close(self) -> None:
-        spaces = [self.core.v1, self.build.v1, self.buildkit.v1, self.cli.v1, self.cli.v1beta1]
-        for space in spaces:
-            for client in vars(space).values():
-                await client.close()
+        for client in self._clients:
+            await client.close()
 
     async def __aenter__(self) -> Self:
         return self
