@@ -13,6 +13,7 @@ from opendepot.auth import Principal, TokenKind
 from opendepot.clock import as_utc
 from opendepot.config import Config
 from opendepot.errors import InvalidArgument
+from opendepot.logins import service as logins
 from opendepot.organizations import queries as org_queries
 from opendepot.organizations import service as organizations
 from opendepot.store import Store
@@ -46,6 +47,14 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 return secret
 
             print(store.call(create_token))
+        elif args.command == "login" and args.action == "approve":
+
+            def approve(session: Session) -> str:
+                org = organizations.find_organization(session, args.org)
+                logins.approve(session, args.id, org.id, "admin")
+                return f"approved: the waiting depot login receives a user token of {org.name} ({org.id})"
+
+            print(store.call(approve))
         elif args.command == "usage":
             print_usage(store, args)
         return 0

@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--to", dest="end", required=True, help="period end, ISO 8601 (exclusive)")
     usage.add_argument("--csv", action="store_true", help="comma-separated values instead of a table")
     add_arguments(usage)
+    login = commands.add_parser("login", help="`depot login` requests (on the store directly)")
+    login_commands = login.add_subparsers(dest="action", required=True)
+    approve = login_commands.add_parser(
+        "approve", help="approve a waiting `depot login`: it receives a user token of the organization"
+    )
+    approve.add_argument("id", help="the id at the end of the approval URL the CLI printed")
+    approve.add_argument("--org", default="default", help="organization id or name (default: default)")
+    add_arguments(approve)
     add_commands(commands)
     return parser
 

@@ -109,6 +109,7 @@ def add_trust_policy_commands(commands: Any) -> None:
     which.add_argument("--github", metavar="OWNER/REPO")
     which.add_argument("--buildkite", metavar="ORG/PIPELINE")
     which.add_argument("--circleci", metavar="ORG_UUID/PROJECT_UUID")
+    which.add_argument("--gitlab", metavar="GROUP/PROJECT", help="opendepot extension: a GitLab project path")
     add_client_arguments(sub)
     sub = actions.add_parser("remove", help="remove a trust policy")
     sub.add_argument("project_id")
@@ -302,6 +303,8 @@ def _policy_fields(policy: core_v1.TrustPolicy) -> tuple[str, str]:
         return "buildkite", f"{value.organization_slug}/{value.pipeline_slug}"
     if isinstance(value, core_v1.TrustPolicy.CircleCI):
         return "circleci", f"{value.organization_uuid}/{value.project_uuid}"
+    if isinstance(value, core_v1.TrustPolicy.GitLab):
+        return "gitlab", value.project_path
     return "", ""
 
 
@@ -318,10 +321,13 @@ def _policies_list(depot: Depot, args: argparse.Namespace) -> None:
 
 
 def _policies_add(depot: Depot, args: argparse.Namespace) -> None:
-    value = args.github or args.buildkite or args.circleci
+    value = args.github or args.buildkite or args.circleci or args.gitlab
     first, _, second = value.partition("/")
     provider: Any
-    if args.github:
+    if args.gitlab:
+        namespace = value.rpartition("/")[0]
+        provider = Oneof("gitlab", core_v1.TrustPolicy.GitLab(namespace_path=namespace, project_path=value))
+    elif args.github:
         provider = Oneof("github", core_v1.TrustPolicy.GitHub(repository_owner=first, repository=second))
     elif args.buildkite:
         provider = Oneof(

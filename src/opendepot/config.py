@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opendepot.oidc.providers import DEFAULT_ISSUERS
 from opendepot.store.engine import sqlite_url
 
 
@@ -37,6 +38,25 @@ def _csv(value: str | list[str]) -> tuple[str, ...]:
     return tuple(i.strip() for i in items if i.strip())
 
 
+def _issuers(value: str | list[str] | dict[str, str]) -> dict[str, str]:
+    """`github=https://…,circleci=https://…/org` over the defaults; `off` for none."""
+    if isinstance(value, dict):
+        return dict(value)
+    items = _csv(value)
+    if items == ("off",):
+        return {}
+    issuers = dict(DEFAULT_ISSUERS)
+    for item in items:
+        provider, sep, url = item.partition("=")
+        if not sep or provider not in DEFAULT_ISSUERS or not url.startswith(("https://", "http://")):
+            raise ConfigError(
+                f"--oidc-issuer: expected PROVIDER=URL with PROVIDER one of {', '.join(DEFAULT_ISSUERS)}, "
+                f"got {item!r}"
+            )
+        issuers[provider] = url.rstrip("/")
+    return issuers
+
+
 @dataclass(frozen=True)
 class Option:
     name: str
@@ -44,6 +64,8 @@ class Option:
     default: Callable[[], Any]
     parse: Callable[[Any], Any] = str
     metavar: str | None = None
+    # The flag may be given several times; the values are joined as if comma-separated.
+    repeatable: bool = False
 
     @property
     def flag(self) -> str:
@@ -149,6 +171,70 @@ OPTIONS: tuple[Option, ...] = (
         metavar="MIB",
     ),
     Option(
+        "registry",
+        "the registry binary (CNCF distribution; default: docker-registry on PATH); 'off' runs none",
+        lambda: None,
+        metavar="PATH",
+    ),
+    Option(
+        "registry_listen",
+        "address the registry listens on (plain HTTP; put TLS in front for other hosts)",
+        # Not 5000: Debian's docker-registry package may run its own service there.
+        lambda: "127.0.0.1:8081",
+        metavar="HOST:PORT",
+    ),
+    Option(
+        "registry_host",
+        "registry host[:port] in image references, as builders and clients reach it "
+        "(default: --registry-listen)",
+        lambda: None,
+        metavar="HOST",
+    ),
+    Option(
+        "registry_storage",
+        "where images are kept: a directory (default: the data dir) or s3://BUCKET/PREFIX?region=…&regionendpoint=…",
+        lambda: "",
+        metavar="URL",
+    ),
+    Option(
+        "registry_gc_idle_seconds",
+        "after deletes, garbage-collect once no build runs and nothing was pushed for this long",
+        lambda: 300.0,
+        parse=float,
+        metavar="SECONDS",
+    ),
+    Option(
+        "oidc_issuers",
+        "CI OIDC issuers as PROVIDER=URL (github, buildkite, circleci, gitlab); repeatable or "
+        "comma-separated; each replaces that provider's default (the real providers' issuers); "
+        "'off' accepts no CI tokens",
+        lambda: dict(DEFAULT_ISSUERS),
+        parse=_issuers,
+        metavar="PROVIDER=URL",
+        repeatable=True,
+    ),
+    Option(
+        "oidc_audiences",
+        "audiences a CI token may carry (comma-separated; default: https://depot.dev and --public-url)",
+        lambda: None,
+        parse=_csv,
+        metavar="LIST",
+    ),
+    Option(
+        "oidc_replay_window_seconds",
+        "how long after its first use a CI token is still accepted (one CLI run); later uses are replays",
+        lambda: 120.0,
+        parse=float,
+        metavar="SECONDS",
+    ),
+    Option(
+        "login_timeout_seconds",
+        "how long a `depot login` waits for approval",
+        lambda: 600.0,
+        parse=float,
+        metavar="SECONDS",
+    ),
+    Option(
         "workers",
         "API worker processes sharing the port (default: the number of CPUs, at most 4)",
         lambda: min(os.cpu_count() or 1, 4),
@@ -178,6 +264,15 @@ class Config:
     build_log_limit_mib: int
     status_tap: bool
     usage_sample_seconds: float
+    registry: str
+    registry_listen: str
+    registry_host: str
+    registry_storage: str
+    registry_gc_idle_seconds: float
+    oidc_issuers: dict[str, str]
+    oidc_audiences: tuple[str, ...]
+    oidc_replay_window_seconds: float
+    login_timeout_seconds: float
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -187,6 +282,16 @@ class Config:
     @property
     def buildkit_host_port(self) -> tuple[str, int]:
         return _split(self.buildkit_listen)
+
+    @property
+    def registry_url(self) -> str:
+        """Where opendepot itself reaches the registry."""
+        return _url_of(self.registry_listen, False)
+
+    @property
+    def api_url(self) -> str:
+        """Where the registry reaches this server's API (notifications): the listen address itself."""
+        return _url_of(self.listen, bool(self.tls_cert))
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -200,9 +305,19 @@ def _host_of(address: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # noqa: S104
 
 
+def _host_port_of(listen: str) -> str:
+    return f"{_host_of(listen)}:{listen.rpartition(':')[2]}"
+
+
 def _url_of(listen: str, tls: bool) -> str:
     port = listen.rpartition(":")[2]
     return f"{'https' if tls else 'http'}://{_host_of(listen)}:{port}"
+
+
+def _find_registry(value: str | None) -> str:
+    if value is not None:
+        return "" if value.lower() in ("", "off", "false", "no") else value
+    return shutil.which("docker-registry") or shutil.which("registry") or ""
 
 
 def _find_buildkitd() -> str:
@@ -229,6 +344,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             dest=option.name,
             metavar=option.metavar,
             default=None,
+            action="append" if option.repeatable else "store",
             help=f"{option.help} [env {option.env}]",
         )
 
@@ -250,6 +366,8 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     for option in OPTIONS:
         flag_value = getattr(args, option.name, None)
         if flag_value is not None:
+            if option.repeatable:
+                flag_value = ",".join(flag_value)
             values[option.name], sources[option.name] = option.parse(flag_value), "flag"
         elif option.env in environ:
             values[option.name], sources[option.name] = option.parse(environ[option.env]), "env"
@@ -270,6 +388,7 @@ def _build(values: dict[str, Any], sources: dict[str, str]) -> Config:
         values["default_region"] = values["regions"][0]
     if values["default_region"] not in values["regions"]:
         raise ConfigError(f"--default-region {values['default_region']} is not among --regions")
+    public_url = (values["public_url"] or _url_of(values["listen"], bool(values["tls_cert"]))).rstrip("/")
     config = Config(
         data_dir=data_dir,
         listen=values["listen"],
@@ -280,7 +399,7 @@ def _build(values: dict[str, Any], sources: dict[str, str]) -> Config:
         default_region=values["default_region"],
         log_level=str(values["log_level"]).upper(),
         workers=values["workers"],
-        public_url=(values["public_url"] or _url_of(values["listen"], bool(values["tls_cert"]))).rstrip("/"),
+        public_url=public_url,
         buildkitd=values["buildkitd"] or _find_buildkitd(),
         buildkit_listen=values["buildkit_listen"],
         buildkit_host=values["buildkit_host"] or _host_of(values["buildkit_listen"]),
@@ -289,6 +408,15 @@ def _build(values: dict[str, Any], sources: dict[str, str]) -> Config:
         build_log_limit_mib=values["build_log_limit_mib"],
         status_tap=values["status_tap"],
         usage_sample_seconds=values["usage_sample_seconds"],
+        registry=_find_registry(values["registry"]),
+        registry_listen=values["registry_listen"],
+        registry_host=values["registry_host"] or _host_port_of(values["registry_listen"]),
+        registry_storage=values["registry_storage"],
+        registry_gc_idle_seconds=values["registry_gc_idle_seconds"],
+        oidc_issuers=values["oidc_issuers"],
+        oidc_audiences=values["oidc_audiences"] or ("https://depot.dev", public_url),
+        oidc_replay_window_seconds=values["oidc_replay_window_seconds"],
+        login_timeout_seconds=values["login_timeout_seconds"],
         sources=sources,
     )
     if config.lease_timeout <= 0 or config.builder_idle_timeout < 0:
@@ -298,6 +426,7 @@ def _build(values: dict[str, Any], sources: dict[str, str]) -> Config:
     try:
         config.host_port  # noqa: B018 - validates the address early
         config.buildkit_host_port  # noqa: B018
+        _split(config.registry_listen)
     except ValueError as exc:
         raise ConfigError(f"--listen must be HOST:PORT, got {config.listen!r}") from exc
     return config

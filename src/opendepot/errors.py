@@ -41,3 +41,7 @@ class FailedPrecondition(DomainError):
 
 class ResourceExhausted(DomainError):
     pass
+
+
+class Unavailable(DomainError):
+    """A component the server depends on (the registry, a builder) did not answer; retrying may work."""

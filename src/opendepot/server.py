@@ -28,11 +28,13 @@ from hypercorn.config import Sockets
 from hypercorn.utils import wrap_app
 from sqlalchemy import text
 
-from opendepot.api.app import Router, connect_apps, method_paths
+from opendepot.api.app import HttpHandler, Router, connect_apps, method_paths
 from opendepot.api.auth import Authenticator
 from opendepot.api.deps import Deps
 from opendepot.api.interceptor import configure_logging
+from opendepot.api.login import LoginPage, LoginService
 from opendepot.api.pages import shared_build_page
+from opendepot.api.registry_http import RegistryEndpoints
 from opendepot.bootstrap import bootstrap
 from opendepot.builds import queries as build_queries
 from opendepot.builds import service as builds
@@ -42,9 +44,13 @@ from opendepot.machines.backend import LocalBuildkitd, reap_orphans
 from opendepot.machines.gateway import Gateway
 from opendepot.machines.manager import MachineManager, ManagerSettings
 from opendepot.machines.recorder import StepRecorder
+from opendepot.oidc.verifier import OidcVerifier
 from opendepot.pki.authority import Authority
 from opendepot.projects.caches import ProjectCaches
 from opendepot.projects.service import Settings as ProjectSettings
+from opendepot.registry.keys import TokenSigner, ensure_keys
+from opendepot.registry.operations import Registry, RegistrySettings
+from opendepot.registry.process import ProcessSettings, RegistryProcess
 from opendepot.store import Store
 
 log = logging.getLogger("opendepot.server")
@@ -52,13 +58,19 @@ log = logging.getLogger("opendepot.server")
 
 def build_app(config: Config, store: Store) -> Router:
     authority = Authority(config.data_dir / "pki")
+    registry = open_registry(config, store)
     deps = Deps(
         store=store,
-        authn=Authenticator(store),
+        authn=Authenticator(
+            store,
+            OidcVerifier(config.oidc_issuers, config.oidc_audiences) if config.oidc_issuers else None,
+            timedelta(seconds=config.oidc_replay_window_seconds),
+        ),
         caches=ProjectCaches(config.data_dir / "projects", store),
         project_settings=ProjectSettings(regions=config.regions, default_region=config.default_region),
         public_url=config.public_url,
         authority=authority,
+        registry=registry,
     )
     gateway_port = config.buildkit_host_port[1]
     machines = MachineAccess(store, authority, config.buildkit_host, gateway_port)
@@ -79,7 +91,26 @@ def build_app(config: Config, store: Store) -> Router:
         found = await store.read(lambda s: builds.shared(s, secret))
         return None if found is None else shared_build_page(*found)
 
-    return Router(connect_apps(deps, machines), method_paths(), healthy, shared_page)
+    routes: dict[str, HttpHandler] = {"/login/": LoginPage(deps)}
+    if registry is not None:
+        endpoints = RegistryEndpoints(deps.authn, registry)
+        routes.update({"/registry/token": endpoints.token, "/registry/events": endpoints.events})
+    login = LoginService(deps, timedelta(seconds=config.login_timeout_seconds))
+    return Router(connect_apps(deps, machines, login), method_paths(), healthy, shared_page, routes)
+
+
+def open_registry(config: Config, store: Store) -> Registry | None:
+    if not config.registry:
+        return None
+    settings = RegistrySettings(host=config.registry_host, url=config.registry_url)
+    return Registry(store, settings, TokenSigner(config.data_dir / "registry"))
+
+
+def insecure_registries(config: Config) -> tuple[str, ...]:
+    """Builders push to our own registry over plain HTTP when the advertised host is its listen address."""
+    if config.registry and config.registry_host == f"{config.registry_url.split('://', 1)[1]}":
+        return (config.registry_host,)
+    return ()
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
@@ -182,6 +213,8 @@ def _prepare(config: Config) -> None:
         bootstrap(store, config.data_dir)
     finally:
         store.dispose()
+    if config.registry:
+        ensure_keys(config.data_dir / "registry")
 
 
 def serve(config: Config) -> None:
@@ -243,7 +276,9 @@ async def _supervise(config: Config, make_app: AppFactory, builders: bool) -> No
 async def builder_services(config: Config) -> AsyncIterator[MachineManager]:
     """The singular parts of the server: the machine manager and the BuildKit gateway."""
     store = Store(config.database_url)
-    backend = LocalBuildkitd(config.buildkitd, config.data_dir, config.data_dir / "projects")
+    backend = LocalBuildkitd(
+        config.buildkitd, config.data_dir, config.data_dir / "projects", insecure_registries(config)
+    )
     await asyncio.to_thread(reap_orphans, store, backend)
 
     async def lease_is_live(project_id: str, build_id: str, platform: str) -> bool:
@@ -268,16 +303,35 @@ async def builder_services(config: Config) -> AsyncIterator[MachineManager]:
             sample_seconds=config.usage_sample_seconds,
         ),
     )
-    task = asyncio.create_task(manager.run())
-    recording = asyncio.create_task(recorder.run())
+    background_tasks = [asyncio.create_task(manager.run()), asyncio.create_task(recorder.run())]
+    registry_process = None
+    if (registry := open_registry(config, store)) is not None:
+        registry_process = RegistryProcess(
+            ProcessSettings(
+                binary=config.registry,
+                listen=config.registry_listen,
+                data_dir=config.data_dir,
+                realm=f"{config.public_url}/registry/token",
+                events_url=f"{config.api_url}/registry/events",
+                storage=config.registry_storage,
+                gc_idle=timedelta(seconds=config.registry_gc_idle_seconds),
+            ),
+            registry.signer,
+            store,
+            registry.client,
+        )
+        await registry_process.start()
+        background_tasks.append(asyncio.create_task(registry_process.run()))
     try:
         yield manager
     finally:
-        for background in (task, recording):
+        for background in background_tasks:
             background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await background
         await recorder.flush()
         await gateway.close()
         await manager.shutdown()
+        if registry_process is not None:
+            await registry_process.stop()
         store.dispose()

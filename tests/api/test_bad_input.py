@@ -449,9 +449,9 @@ def test_json_codec_and_unknown_methods(server: Server, http: httpx.Client, worl
     r = call(
         http,
         server.url,
-        "depot.build.v1.RegistryService/ListImages",
+        "depot.cli.v1.PushService/StartPush",
         b"{}",
         world.org_token,
         content_type="application/json",
     )
-    assert r.code == "unimplemented" and "ListImages" in r.error["message"]
+    assert r.code == "unimplemented" and "depot push" in r.error["message"]

@@ -11,6 +11,7 @@ import pytest
 from protobuf import Message
 
 from opendepot.gen.depot.build.v1 import build_pb as b1
+from opendepot.gen.depot.build.v1 import registry_pb as reg
 from opendepot.gen.depot.buildkit.v1 import buildkit_pb as bk
 from opendepot.gen.depot.cli.v1 import build_pb as cli
 from opendepot.gen.depot.core.v1 import project_pb as pb
@@ -79,6 +80,7 @@ PER_BUILD = [
     Case(f"{BS}/ReportTimings", lambda w: cli.ReportTimingsRequest(build_id=w.build)),
     Case(f"{BS}/ReportStatus", lambda w: cli.ReportStatusRequest(build_id=w.build)),
     Case(f"{BS}/ReportBuildContext", lambda w: cli.ReportBuildContextRequest(build_id=w.build)),
+    Case(f"{BS}/GetPullInfo", lambda w: cli.GetPullInfoRequest(build_id=w.build)),
     Case("depot.build.v1.BuildService/FinishBuild", lambda w: b1.FinishBuildRequest(build_id=w.build)),
     Case(
         "depot.buildkit.v1.BuildKitService/ReleaseEndpoint",
@@ -196,3 +198,75 @@ def test_list_builds_is_newest_first_and_pages(server: Server, http: httpx.Clien
         world.build_token,
     )
     assert r.code == "permission_denied"
+
+
+PER_PROJECT = [
+    Case("depot.build.v1.RegistryService/ListImages", lambda w: reg.ListImagesRequest(project_id=w.project)),
+    Case(
+        "depot.build.v1.RegistryService/DeleteImage",
+        lambda w: reg.DeleteImageRequest(project_id=w.project, image_tags=["latest"]),
+    ),
+    Case(f"{BS}/GetPullToken", lambda w: cli.GetPullTokenRequest(project_id=w.project)),
+]
+
+
+@pytest.mark.parametrize("case", PER_PROJECT, ids=[c.path.split("/")[-1] for c in PER_PROJECT])
+def test_registry_rpcs_refuse_the_wrong_callers(
+    server: Server, http: httpx.Client, world: Builds, case: Case
+) -> None:
+    request = case.make(world)
+    for label, token, expected in [
+        ("no token", None, "unauthenticated"),
+        ("unknown token", "odp_" + "x" * 43, "unauthenticated"),
+        ("another organization's token", world.other_org_token, "permission_denied"),
+        ("another project's token", world.other_project_token, "permission_denied"),
+        ("a build token", world.build_token, "permission_denied"),
+    ]:
+        reply = call(http, server.url, case.path, request, token)
+        assert reply.code == expected, (label, reply.status, reply.body[:200])
+        assert reply.error["message"]
+    unknown = type(request)(project_id="zzzzzzzzzz")
+    reply = call(http, server.url, case.path, unknown, world.org_token)
+    assert reply.code == "not_found" and "zzzzzzzzzz" in reply.error["message"]
+
+
+def test_registry_rpc_field_errors(server: Server, http: httpx.Client, world: Builds) -> None:
+    registry = "depot.build.v1.RegistryService"
+    cases: list[tuple[str, Message[Any], str, str]] = [
+        (f"{registry}/ListImages", reg.ListImagesRequest(), "invalid_argument", "project_id"),
+        (
+            f"{registry}/ListImages",
+            reg.ListImagesRequest(project_id=world.project, page_token="junk"),
+            "invalid_argument",
+            "page_token",
+        ),
+        (
+            f"{registry}/DeleteImage",
+            reg.DeleteImageRequest(project_id=world.project),
+            "invalid_argument",
+            "image_tags",
+        ),
+        (
+            f"{registry}/DeleteImage",
+            reg.DeleteImageRequest(project_id=world.project, image_tags=[" "]),
+            "invalid_argument",
+            "image_tags",
+        ),
+        (
+            f"{registry}/DeleteImage",
+            reg.DeleteImageRequest(project_id=world.project, image_tags=["nope"]),
+            "not_found",
+            "nope",
+        ),
+        (
+            f"{registry}/DeleteImage",
+            reg.DeleteImageRequest(project_id=world.project, image_tags=["zzzzzzzzzz:latest"]),
+            "invalid_argument",
+            "repository",
+        ),
+        (f"{BS}/GetPullToken", cli.GetPullTokenRequest(), "invalid_argument", "project_id"),
+        (f"{BS}/GetPullToken", cli.GetPullTokenRequest(build_id="zzzzzzzzzz"), "not_found", "zzzzzzzzzz"),
+    ]
+    for path, request, code, needle in cases:
+        reply = call(http, server.url, path, request, world.org_token)
+        assert reply.code == code and needle in reply.error["message"], (path, reply.body[:200])

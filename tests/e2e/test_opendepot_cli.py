@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +125,51 @@ def test_tokens_and_trust_policy_commands(server: Server, org: tuple[str, str]) 
     assert data(opendepot(server, token, "trust-policies", "list", pid, "--json")) == []
     # The admin form still works on the store.
     assert server.admin("tokens", "create", "--org", _org).startswith("odo_")
+
+    gitlab = data(opendepot(server, token, "trust-policies", "add", pid, "--gitlab", "acme/platform/web", "--json"))
+    assert gitlab["gitlab"] == {"namespacePath": "acme/platform", "projectPath": "acme/platform/web"}
+    assert "acme/platform/web" in opendepot(server, token, "trust-policies", "list", pid).stdout
+
+
+@pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible()))
+def test_build_images_and_usage_commands(server: Server, org: tuple[str, str], tmp_path: Path) -> None:
+    _org, token = org
+    pid = data(opendepot(server, token, "projects", "create", "cli-build", "--json"))["projectId"]
+    context = busybox_context(tmp_path / "ctx", "echo built-by-opendepot")
+    built = opendepot(server, token, "build", str(context), "--project", pid, "--save-tag", "v1")
+    assert built.returncode == 0, built.stderr
+    # rich progress on stderr: each step once it ends, its output beneath, then what was saved.
+    assert "RUN" in built.stderr and "built-by-opendepot" in built.stderr, built.stderr
+    assert f"saved {server.registry_host}/{pid}:v1" in built.stderr
+    [listed] = data(opendepot(server, token, "builds", "list", pid, "--json"))
+    assert listed["status"] == "STATUS_SUCCESS"
+    again = opendepot(server, token, "build", str(context), "--project", pid)
+    assert again.returncode == 0 and "CACHED" in again.stderr, again.stderr
+
+    failing = busybox_context(tmp_path / "bad", "exit 3")
+    failed = opendepot(server, token, "build", str(failing), "--project", pid)
+    assert failed.returncode != 0
+    statuses = sorted(b["status"] for b in data(opendepot(server, token, "builds", "list", pid, "--json")))
+    assert statuses == ["STATUS_FAILED", "STATUS_SUCCESS", "STATUS_SUCCESS"]
+
+    def tags() -> set[str]:
+        return {i["tag"] for i in data(opendepot(server, token, "images", "list", pid, "--json"))}
+
+    deadline = time.monotonic() + 20
+    while tags() != {listed["buildId"], "v1"} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert tags() == {listed["buildId"], "v1"}
+    assert "v1" in opendepot(server, token, "images", "list", pid).stdout
+    assert data(opendepot(server, token, "images", "delete", pid, "v1", "--json")) == {"deleted": ["v1"]}
+    assert tags() == {listed["buildId"]}
+    missing = opendepot(server, token, "images", "delete", pid, "v1")
+    assert missing.returncode == 1 and "not_found" in missing.stderr
+
+    now = datetime.now(UTC)
+    window = ["--from", (now - timedelta(hours=1)).isoformat(), "--to", (now + timedelta(hours=1)).isoformat()]
+    [mine] = data(opendepot(server, token, "usage", *window, "--project", pid, "--json"))
+    assert mine["projectId"] == pid and mine["buildCount"] == 3
+    everyone = data(opendepot(server, token, "usage", *window, "--json"))
+    assert [u["buildCount"] for u in everyone if u["projectId"] == pid] == [3]
+    bad = opendepot(server, token, "usage", "--from", "yesterday", "--to", "today")
+    assert bad.returncode == 1 and "invalid_argument" in bad.stderr

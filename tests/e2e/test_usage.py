@@ -20,7 +20,7 @@ from opendepot.store.engine import sqlite_url
 from opendepot.usage.models import CacheSample
 from tests.e2e.test_builds import build, new_project
 from tests.support.builds import VENV_BIN, builds_possible, busybox_context
-from tests.support.clients import sdk_node
+from tests.support.clients import sdk_node, ts
 from tests.support.server import Server
 
 pytestmark = pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible()))
@@ -37,10 +37,6 @@ def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
-
-
-def ts(at: datetime) -> dict[str, Any]:
-    return {"seconds": f"bigint:{int(at.timestamp())}", "nanos": at.microsecond * 1000}
 
 
 def call(srv: Server, method: str, request: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,11 @@ def sdk_node(
         raise RuntimeError(f"sdk-node driver failed: {result.stderr}")
     outcomes: list[dict[str, Any]] = json.loads(result.stdout)
     return outcomes
+
+
+def ts(at: datetime) -> dict[str, Any]:
+    """A google.protobuf.Timestamp for the sdk-node driver (which turns "bigint:" strings into BigInts)."""
+    return {"seconds": f"bigint:{int(at.timestamp())}", "nanos": at.microsecond * 1000}
 
 
 def sdk_one(base_url: str, service: str, method: str, request: dict[str, Any], token: str) -> dict[str, Any]:

@@ -31,11 +31,16 @@ class Server:
     extra_args: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
     buildkit_port: int = field(default_factory=free_port)
+    registry_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def registry_host(self) -> str:
+        return f"127.0.0.1:{self.registry_port}"
 
     @property
     def log_path(self) -> Path:
@@ -60,6 +65,8 @@ class Server:
             f"127.0.0.1:{self.port}",
             "--buildkit-listen",
             f"127.0.0.1:{self.buildkit_port}",
+            "--registry-listen",
+            f"127.0.0.1:{self.registry_port}",
             *self.extra_args,
         ]
         if self.tls:

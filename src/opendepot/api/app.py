@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
 from connectrpc.server import ConnectASGIApplication
 
 from opendepot.gen.depot.build.v1 import build_connect as build_v1
@@ -31,24 +32,30 @@ from .core_project import ProjectService
 from .core_usage import UsageService
 from .deps import Deps
 from .interceptor import CallInterceptor
+from .registry_http import Receive, Scope, Send, respond_json
+from .registry_v1 import RegistryService
 
 # Status reports carry raw build logs; allow large messages (spec §1.4).
 READ_MAX_BYTES = 128 * 1024 * 1024
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
 
 # Services that later work implements. Subclassing the generated Protocol gives its default methods,
 # which raise `unimplemented`; the interceptor names the method in the message.
-class _RegistryService(registry_v1.RegistryService): ...
+class _PushService(cli_push_v1.PushService):
+    """`depot push` copies blobs through Depot's own blob host (blob.depot.dev), which no self-hosted server
+    can stand in for (spec §5.6); say so, and what to use instead."""
+
+    async def start_push(self, request: Any, ctx: Any) -> Any:
+        raise ConnectError(Code.UNIMPLEMENTED, PUSH_UNSUPPORTED)
+
+    async def finish_push(self, request: Any, ctx: Any) -> Any:
+        raise ConnectError(Code.UNIMPLEMENTED, PUSH_UNSUPPORTED)
 
 
-class _PushService(cli_push_v1.PushService): ...
-
-
-class _LoginService(login_v1beta1.LoginService): ...
+PUSH_UNSUPPORTED = (
+    "depot push is not available with opendepot: it needs Depot's blob service. Build with --push, or copy a "
+    "saved image with `skopeo copy` (pull credentials from `depot pull-token`)"
+)
 
 
 SERVICES = (
@@ -71,7 +78,9 @@ def method_paths() -> set[str]:
     return {f"/{svc.desc().type_name}/{m.name}" for svc in SERVICES for m in svc.desc().methods}
 
 
-def connect_apps(deps: Deps, machines: MachineAccess) -> list[ConnectASGIApplication[Any]]:
+def connect_apps(
+    deps: Deps, machines: MachineAccess, login: login_v1beta1.LoginService
+) -> list[ConnectASGIApplication[Any]]:
     opts: dict[str, Any] = {"interceptors": [CallInterceptor()], "read_max_bytes": READ_MAX_BYTES}
     return [
         project_v1.ProjectServiceASGIApplication(ProjectService(deps), **opts),
@@ -79,20 +88,17 @@ def connect_apps(deps: Deps, machines: MachineAccess) -> list[ConnectASGIApplica
         usage_v1.UsageServiceASGIApplication(UsageService(deps), **opts),
         core_build_v1.BuildServiceASGIApplication(CoreBuildService(deps), **opts),
         build_v1.BuildServiceASGIApplication(BuildV1Service(deps), **opts),
-        registry_v1.RegistryServiceASGIApplication(_RegistryService(), **opts),
+        registry_v1.RegistryServiceASGIApplication(RegistryService(deps), **opts),
         buildkit_v1.BuildKitServiceASGIApplication(BuildKitService(deps, machines), **opts),
         cli_build_v1.BuildServiceASGIApplication(CliBuildService(deps, machines), **opts),
         cli_push_v1.PushServiceASGIApplication(_PushService(), **opts),
-        login_v1beta1.LoginServiceASGIApplication(_LoginService(), **opts),
+        login_v1beta1.LoginServiceASGIApplication(login, **opts),
         projects_v1beta1.ProjectsServiceASGIApplication(ProjectsService(deps), **opts),
     ]
 
 
-async def _respond(send: Send, status: int, body: dict[str, Any]) -> None:
-    payload = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+# A plain HTTP endpoint beside the RPCs (the registry's token service and notifications).
+HttpHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class Router:
@@ -104,8 +110,10 @@ class Router:
         methods: set[str],
         health: Callable[[], Awaitable[bool]],
         shared_page: Callable[[str], Awaitable[str | None]],
+        routes: Mapping[str, HttpHandler] | None = None,
     ) -> None:
         self._shared_page = shared_page
+        self._routes = dict(routes or {})
         self._apps = {app.path: app for app in apps}
         self._methods = methods
         self._health = health
@@ -128,7 +136,14 @@ class Router:
         path: str = scope["path"]
         if path == "/healthz":
             ok = await self._health()
-            await _respond(send, 200 if ok else 503, {"status": "ok" if ok else "unavailable"})
+            await respond_json(send, 200 if ok else 503, {"status": "ok" if ok else "unavailable"})
+            return
+        route = self._routes.get(path) or next(
+            (r for prefix, r in self._routes.items() if prefix.endswith("/") and path.startswith(prefix)),
+            None,
+        )
+        if route is not None:
+            await route(scope, receive, send)
             return
         if scope["method"] == "GET" and path.startswith("/shared/"):
             page = await self._shared_page(path.removeprefix("/shared/"))
@@ -146,4 +161,6 @@ class Router:
             await app(scope, receive, send)
             return
         # Connect clients read the code from the body; 404 is the HTTP fallback for unimplemented.
-        await _respond(send, 404, {"code": "unimplemented", "message": f"no such service or method: {path}"})
+        await respond_json(
+            send, 404, {"code": "unimplemented", "message": f"no such service or method: {path}"}
+        )

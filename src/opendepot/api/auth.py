@@ -1,19 +1,25 @@
-"""Bearer-token authentication for handlers: `await authn.principal(ctx)`."""
+"""Bearer-token authentication for handlers: `await authn.principal(ctx)`.
+
+A bearer is an opendepot token (looked up by its digest) or, when it is a JWT from a configured CI issuer,
+an OIDC identity: verified, checked against replay, and given the projects whose trust policies match it."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from connectrpc.request import RequestContext
 
-from opendepot.auth import Principal
+from opendepot.auth import Principal, TokenKind
 from opendepot.errors import Unauthenticated
+from opendepot.oidc import service as oidc
+from opendepot.oidc.verifier import OidcVerifier, looks_like_jwt
 from opendepot.store import Store
 from opendepot.tokens import service as tokens
 
 from .calls import current_call
 
-MAX_TOKEN_LENGTH = 4096
+MAX_TOKEN_LENGTH = 8192
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -29,14 +35,45 @@ def bearer_token(authorization: str | None) -> str:
 
 
 class Authenticator:
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self,
+        store: Store,
+        verifier: OidcVerifier | None = None,
+        replay_window: timedelta = timedelta(minutes=2),
+    ) -> None:
         self._store = store
+        self._verifier = verifier
+        self._replay_window = replay_window
 
     async def principal(self, ctx: RequestContext[Any, Any]) -> Principal:
-        secret = bearer_token(ctx.request_headers.get("authorization"))
-        principal = await self._store.read_lookup(lambda c: tokens.authenticate(c, secret))
-        if principal is None:
-            raise Unauthenticated("invalid token: unknown, revoked or deleted")
+        principal = await self.from_secret(bearer_token(ctx.request_headers.get("authorization")))
         if (call := current_call.get()) is not None:
             call.principal = principal
         return principal
+
+    async def from_secret(self, secret: str) -> Principal:
+        if len(secret) > MAX_TOKEN_LENGTH:
+            raise Unauthenticated("invalid token")
+        if self._verifier is not None and looks_like_jwt(secret):
+            return await self._from_ci_token(secret, self._verifier)
+        principal = await self._store.read_lookup(lambda c: tokens.authenticate(c, secret))
+        if principal is None:
+            raise Unauthenticated("invalid token: unknown, revoked, expired or deleted")
+        return principal
+
+    async def _from_ci_token(self, token: str, verifier: OidcVerifier) -> Principal:
+        identity = await verifier.verify(token)
+        window = self._replay_window
+
+        def admit(session: Any) -> frozenset[str]:
+            oidc.record_use(session, identity, token, window)
+            return oidc.trusted_projects(session, identity)
+
+        trusted = await self._store.run(admit)
+        subject = identity.claim("sub") or identity.claim("jti")
+        return Principal(
+            kind=TokenKind.OIDC,
+            token_id=f"{identity.provider}:{subject}"[:200],
+            organization_id="",
+            trusted_projects=trusted,
+        )

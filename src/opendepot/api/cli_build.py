@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -19,6 +20,8 @@ from opendepot.gen.depot.cli.v1 import build_pb as pb
 from opendepot.machines.access import Connection, MachineAccess
 from opendepot.machines.tap import events as status_events
 from opendepot.pagination import page_request
+from opendepot.registry import service as registry
+from opendepot.registry.operations import no_registry
 
 from . import convert
 from .deps import Deps
@@ -79,16 +82,53 @@ class BuildService(build_connect.BuildService):
                 "opendepot runs BuildKit builders only; the dagger engine is not available"
             )
         options = options_in(list(request.options))
+        saves = self.d.registry is not None and registry.uses_registry(options)
+        if saves:
+            registry.save_tags(options)  # refuses a bad --save-tag before anything is written
         build, token = await self.d.store.run(
             lambda s: builds.create_build(s, who, request.project_id or None, options)
         )
-        return pb.CreateBuildResponse(
+        response = pb.CreateBuildResponse(
             build_id=build.id,
             build_token=token,
             build_url=self._url(build),
             project_id=build.project_id,
-            registry=pb.Registry(),
+            registry=pb.Registry(load_using_registry=saves),
         )
+        if saves and self.d.registry is not None:
+            # buildkitd pushes these tags; the CLI answers its credential requests with the build token.
+            host = self.d.registry.host
+            response.additional_tags = [
+                pb.CreateBuildResponse.Tag(tag=ref, push=True)
+                for ref in registry.save_references(host, build)
+            ]
+            basic = base64.b64encode(f"{registry.PULL_USER}:{token}".encode()).decode()
+            response.additional_credentials = [pb.CreateBuildResponse.Credential(host=host, token=basic)]
+        return response
+
+    async def get_pull_info(self, request: pb.GetPullInfoRequest, ctx: Ctx) -> pb.GetPullInfoResponse:
+        who = await self.d.authn.principal(ctx)
+        if self.d.registry is None:
+            raise no_registry()
+        host = self.d.registry.host
+        info = await self.d.store.run(lambda s: registry.pull_info(s, who, request.build_id, host))
+        return pb.GetPullInfoResponse(
+            reference=info.reference,
+            username=info.username,
+            password=info.password,
+            options=[pb.BuildOptions.from_json(json.dumps(o)) for o in info.build.options],
+            save_for_load=registry.save_for_load(info.build.options),
+            registry_host=host,
+        )
+
+    async def get_pull_token(self, request: pb.GetPullTokenRequest, ctx: Ctx) -> pb.GetPullTokenResponse:
+        who = await self.d.authn.principal(ctx)
+        if self.d.registry is None:
+            raise no_registry()
+        secret, _expires = await self.d.store.run(
+            lambda s: registry.pull_token(s, who, request.project_id or None, request.build_id or None)
+        )
+        return pb.GetPullTokenResponse(token=secret, registry_host=self.d.registry.host)
 
     async def get_build(self, request: pb.GetBuildRequest, ctx: Ctx) -> pb.GetBuildResponse:
         who = await self.d.authn.principal(ctx)

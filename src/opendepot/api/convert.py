@@ -83,6 +83,13 @@ def trust_policy_out(policy: TrustPolicy) -> project_pb.TrustPolicy:
                     organization_slug=c["organization_slug"], pipeline_slug=c["pipeline_slug"]
                 ),
             )
+        case "gitlab":
+            provider = Oneof(
+                "gitlab",
+                project_pb.TrustPolicy.GitLab(
+                    namespace_path=c["namespace_path"], project_path=c["project_path"]
+                ),
+            )
         case _:
             provider = Oneof(
                 "circleci",

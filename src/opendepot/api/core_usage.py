@@ -76,6 +76,6 @@ class UsageService(usage_connect.UsageService):
             ],
             storage=[
                 pb.StorageUsage(storage_type="cache", total_gb=result.cache_gb_average),
-                pb.StorageUsage(storage_type="registry", total_gb=0.0),
+                pb.StorageUsage(storage_type="registry", total_gb=result.registry_gb),
             ],
         )

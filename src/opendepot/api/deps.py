@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from opendepot.pki.authority import Authority
 from opendepot.projects.caches import ProjectCaches
 from opendepot.projects.service import Settings as ProjectSettings
+from opendepot.registry.operations import Registry
 from opendepot.store import Store
 
 from .auth import Authenticator
@@ -20,3 +21,5 @@ class Deps:
     project_settings: ProjectSettings
     public_url: str
     authority: Authority
+    # None when the server runs no registry (--registry off, or docker-registry not installed).
+    registry: Registry | None = None

@@ -15,6 +15,7 @@ CODES: dict[type[errors.DomainError], Code] = {
     errors.PermissionDenied: Code.PERMISSION_DENIED,
     errors.FailedPrecondition: Code.FAILED_PRECONDITION,
     errors.ResourceExhausted: Code.RESOURCE_EXHAUSTED,
+    errors.Unavailable: Code.UNAVAILABLE,
 }
 
 INTERNAL_MESSAGE = "internal error; the server log has the details"

@@ -27,3 +27,22 @@ def shared_build_page(build: Build, steps: Sequence[Step]) -> str:
         f"<table><thead><tr><th>Step</th><th>Cache</th><th>Time</th><th>Error</th></tr></thead>"
         f"<tbody>{rows}</tbody></table></body></html>"
     )
+
+
+def login_page(login_id: str, message: str = "", done: bool = False) -> str:
+    """The approval page a `depot login` prints. Approving takes an organization token: the login then
+    receives a user token of that organization."""
+    safe_id = html.escape(login_id)
+    head = "<!doctype html><html><head><meta charset='utf-8'><title>Approve depot login</title></head><body>"
+    if done:
+        return f"{head}<h1>Login approved</h1><p>{html.escape(message)}</p></body></html>"
+    note = f"<p><strong>{html.escape(message)}</strong></p>" if message else ""
+    return (
+        f"{head}<h1>Approve depot login</h1>{note}"
+        "<p>A <code>depot login</code> is waiting for approval. Paste an organization token to give it a "
+        "user token of that organization, or run <code>opendepot login approve "
+        f"{safe_id}</code> on the server.</p>"
+        f"<form method='post' action='/login/{safe_id}'>"
+        "<label>Organization token <input type='password' name='token' autocomplete='off' size='60'></label> "
+        "<button type='submit'>Approve</button></form></body></html>"
+    )

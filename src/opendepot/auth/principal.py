@@ -12,6 +12,12 @@ class TokenKind(StrEnum):
     ORGANIZATION = "organization"
     PROJECT = "project"
     BUILD = "build"
+    # Pulls its project's images from the registry, and nothing else (GetPullToken, GetPullInfo).
+    PULL = "pull"
+    # From `depot login`: acts for its organization as an organization token does.
+    USER = "user"
+    # A CI provider's OIDC token: builds and registry access in the projects whose trust policies match.
+    OIDC = "oidc"
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,10 +27,12 @@ class Principal:
     organization_id: str
     project_id: str | None = None
     build_id: str | None = None
+    # For OIDC: the projects whose trust policies match the CI identity.
+    trusted_projects: frozenset[str] = frozenset()
 
     @property
     def is_organization(self) -> bool:
-        return self.kind is TokenKind.ORGANIZATION
+        return self.kind in (TokenKind.ORGANIZATION, TokenKind.USER)
 
     def require_organization(self, organization_id: str, action: str) -> None:
         """Managing projects, tokens and trust policies takes an organization token of that organization."""
@@ -37,6 +45,15 @@ class Principal:
         """Reading a project and building in it are open to its organization and its own tokens."""
         if self.kind is TokenKind.BUILD:
             raise PermissionDenied("a build token reaches only its own build")
+        if self.kind is TokenKind.PULL:
+            raise PermissionDenied("a pull token only pulls images from the registry")
+        if self.kind is TokenKind.OIDC:
+            if project_id not in self.trusted_projects:
+                raise PermissionDenied(
+                    f"this CI identity is not trusted by project {project_id}: "
+                    "add a trust policy that matches it"
+                )
+            return
         if organization_id != self.organization_id:
             raise PermissionDenied(f"this token has no access to project {project_id}")
         if self.project_id is not None and self.project_id != project_id:

@@ -151,3 +151,7 @@ def last_real_run(session: Session, project_id: str, name: str, build_id: str) -
 
 def shared_build(session: Session, share_hash: str) -> Build | None:
     return session.scalars(select(Build).where(Build.share_hash == share_hash)).first()
+
+
+def running_count(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(Build).where(Build.status == "running")) or 0)

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -44,8 +45,11 @@ class LocalBuildkitd:
     """One stock buildkitd per (project, platform) on this host, listening only on a unix socket.
     Its --root is the project's cache directory, which outlives the process."""
 
-    def __init__(self, buildkitd: str, data_dir: Path, caches_root: Path) -> None:
+    def __init__(
+        self, buildkitd: str, data_dir: Path, caches_root: Path, insecure_registries: Sequence[str] = ()
+    ) -> None:
         self.buildkitd = buildkitd
+        self.insecure_registries = tuple(insecure_registries)
         self.run_dir = data_dir / "run"
         self.log_dir = data_dir / "logs"
         self.caches_root = caches_root
@@ -81,6 +85,7 @@ class LocalBuildkitd:
                 *oci,
                 "[worker.containerd]",
                 "  enabled = false",
+                *(f'[registry."{host}"]\n  http = true' for host in self.insecure_registries),
                 "",
             ]
         )

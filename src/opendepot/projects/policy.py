@@ -79,10 +79,12 @@ def check_region(region_id: str, regions: tuple[str, ...]) -> str:
     return region_id
 
 
-TRUST_PROVIDERS = ("github", "buildkite", "circleci")
+TRUST_PROVIDERS = ("github", "buildkite", "circleci", "gitlab")
 _GITHUB_OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
 _GITHUB_REPO = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 _SLUG = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+# GitLab group paths nest: "group/subgroup"; a project path is "group/…/project" or the bare project name.
+_GITLAB_PATH = re.compile(r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*$")
 
 
 def _required(field: str, value: str) -> str:
@@ -132,4 +134,13 @@ def check_trust_policy(provider: str | None, fields: dict[str, str]) -> dict[str
             "organization_uuid": _uuid("circleci.organization_uuid", fields["organization_uuid"]),
             "project_uuid": _uuid("circleci.project_uuid", fields["project_uuid"]),
         }
-    raise InvalidArgument("provider", "one of github, buildkite or circleci is required")
+    if provider == "gitlab":
+        namespace = _pattern(
+            "gitlab.namespace_path", fields["namespace_path"], _GITLAB_PATH, "GitLab group path"
+        )
+        project = _pattern("gitlab.project_path", fields["project_path"], _GITLAB_PATH, "GitLab project path")
+        parent, _, _name = project.rpartition("/")
+        if parent and parent.lower() != namespace.lower():
+            raise InvalidArgument("gitlab.project_path", "names a different group than namespace_path")
+        return {"namespace_path": namespace, "project_path": project}
+    raise InvalidArgument("provider", "one of github, buildkite, circleci or gitlab is required")

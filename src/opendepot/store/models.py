@@ -1,9 +1,12 @@
 """Imports every domain's models so that the metadata (for migrations and tests) is complete."""
 
 from opendepot.builds.models import Build, Lease, StatusReport
+from opendepot.logins.models import LoginRequest
 from opendepot.machines.models import Machine
+from opendepot.oidc.models import TokenUse
 from opendepot.organizations.models import Organization
 from opendepot.projects.models import Project, TrustPolicy
+from opendepot.registry.models import Image, Maintenance
 from opendepot.tokens.models import Token
 from opendepot.usage.models import CacheSample
 
@@ -14,12 +17,16 @@ metadata = Base.metadata
 __all__ = [
     "Build",
     "CacheSample",
+    "Image",
     "Lease",
+    "LoginRequest",
     "Machine",
+    "Maintenance",
     "Organization",
     "Project",
     "StatusReport",
     "Token",
+    "TokenUse",
     "TrustPolicy",
     "metadata",
 ]

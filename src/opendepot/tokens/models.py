@@ -28,3 +28,5 @@ class Token(Base):
     description: Mapped[str] = mapped_column(String(255))
     secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Set for pull tokens, which expire; the others last until deleted.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

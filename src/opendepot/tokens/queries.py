@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import Connection, Row, bindparam, delete, func, select
 from sqlalchemy.orm import Session
@@ -9,14 +10,14 @@ from .models import Token
 
 _t = Token.__table__.c
 # Built once: constructing a select costs more than running it. Every RPC runs this one.
-_PRINCIPAL = select(_t.id, _t.kind, _t.organization_id, _t.project_id, _t.build_id, _t.secret_hash).where(
-    _t.secret_hash == bindparam("secret_hash")
-)
+_PRINCIPAL = select(
+    _t.id, _t.kind, _t.organization_id, _t.project_id, _t.build_id, _t.secret_hash, _t.expires_at
+).where(_t.secret_hash == bindparam("secret_hash"))
 
 
 def principal_row(
     connection: Connection | Session, secret_hash: str
-) -> Row[str, str, str, str | None, str | None, str] | None:
+) -> Row[str, str, str, str | None, str | None, str, datetime | None] | None:
     """The hot path of every RPC: the columns a Principal needs, without the ORM's loading machinery."""
     return connection.execute(_PRINCIPAL, {"secret_hash": secret_hash}).first()
 
@@ -41,3 +42,7 @@ def count_for_project(session: Session, project_id: str) -> int:
 
 def delete_token(session: Session, token_id: str) -> None:
     session.execute(delete(Token).where(Token.id == token_id))
+
+
+def delete_expired(session: Session, now: datetime) -> None:
+    session.execute(delete(Token).where(Token.expires_at.is_not(None), Token.expires_at < now))

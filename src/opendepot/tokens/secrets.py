@@ -11,7 +11,13 @@ import secrets
 
 from opendepot.auth import TokenKind
 
-PREFIXES = {TokenKind.ORGANIZATION: "odo_", TokenKind.PROJECT: "odp_", TokenKind.BUILD: "odb_"}
+PREFIXES = {
+    TokenKind.ORGANIZATION: "odo_",
+    TokenKind.PROJECT: "odp_",
+    TokenKind.BUILD: "odb_",
+    TokenKind.PULL: "odr_",
+    TokenKind.USER: "odu_",
+}
 
 
 def new_secret(kind: TokenKind) -> str:

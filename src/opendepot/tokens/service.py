@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal, TokenKind
-from opendepot.clock import utcnow
+from opendepot.clock import as_utc, utcnow
 from opendepot.errors import NotFound, ResourceExhausted
 from opendepot.ids import new_id
 from opendepot.projects.service import load_managed_project
@@ -29,6 +30,7 @@ def _issue(
     project_id: str | None,
     description: str,
     build_id: str | None = None,
+    expires_at: datetime | None = None,
 ) -> tuple[Token, str]:
     secret = new_secret(kind)
     token = Token(
@@ -40,6 +42,7 @@ def _issue(
         description=description,
         secret_hash=hash_secret(secret),
         created_at=utcnow(),
+        expires_at=expires_at,
     )
     session.add(token)
     session.flush()
@@ -52,12 +55,30 @@ def create_organization_token(session: Session, organization_id: str, descriptio
     return _issue(session, TokenKind.ORGANIZATION, organization_id, None, description)
 
 
+def create_user_token(session: Session, organization_id: str, description: str) -> tuple[Token, str]:
+    """From `depot login`, once approved: acts for the organization like an organization token."""
+    return _issue(session, TokenKind.USER, organization_id, None, description[:MAX_DESCRIPTION_LENGTH])
+
+
 def create_build_token(session: Session, organization_id: str, project_id: str, build_id: str) -> str:
     """Issued with each build; reaches that build only. Returned once, like every secret."""
     _token, secret = _issue(
         session, TokenKind.BUILD, organization_id, project_id, f"build {build_id}", build_id=build_id
     )
     return secret
+
+
+def create_pull_token(
+    session: Session, organization_id: str, project_id: str, lifetime: timedelta
+) -> tuple[str, datetime]:
+    """Pull-only and short-lived (GetPullToken, GetPullInfo). Expired ones are swept as new ones are made."""
+    now = utcnow()
+    queries.delete_expired(session, now)
+    expires_at = now + lifetime
+    _token, secret = _issue(
+        session, TokenKind.PULL, organization_id, project_id, "registry pull", expires_at=expires_at
+    )
+    return secret, expires_at
 
 
 def create_project_token(
@@ -101,8 +122,10 @@ def authenticate(connection: Connection | Session, secret: str) -> Principal | N
     row = queries.principal_row(connection, digest)
     if row is None:
         return None
-    token_id, kind, organization_id, project_id, build_id, stored_hash = row.tuple()
+    token_id, kind, organization_id, project_id, build_id, stored_hash, expires_at = row.tuple()
     if not digests_match(stored_hash, digest):
+        return None
+    if expires_at is not None and as_utc(expires_at) <= utcnow():
         return None
     return Principal(
         kind=TokenKind(kind),

@@ -10,8 +10,9 @@ Definitions (the API leaves them open):
 - minutes_saved: the earlier execution time of the steps that were cached, over the period's builds.
 - layer_cache_size_gb: the project's cache at the end of the period (the last sample before it, per
   platform, summed), in whole GiB, rounded.
-- storage `cache`: the time-weighted average cache size over the period in GiB; `registry`: 0 until the
-  registry lands. GitHub Actions jobs and agent sandboxes: opendepot runs neither; always empty."""
+- storage `cache`: the time-weighted average cache size over the period in GiB; `registry`: what the
+  projects' images take in the registry when asked (config plus layers, each image once), in GiB.
+  GitHub Actions jobs and agent sandboxes: opendepot runs neither; always empty."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from opendepot.pagination import Cursor, PageRequest, next_token
 from opendepot.projects import queries as project_queries
 from opendepot.projects.models import Project
 from opendepot.projects.service import load_project
+from opendepot.registry import queries as registry_queries
 
 from . import queries
 
@@ -116,6 +118,7 @@ def list_project_usage(
 class OrganizationUsage:
     projects: list[ProjectFigures]
     cache_gb_average: float
+    registry_gb: float
 
 
 def organization_usage(session: Session, principal: Principal, p: Period) -> OrganizationUsage:
@@ -125,7 +128,8 @@ def organization_usage(session: Session, principal: Principal, p: Period) -> Org
     now = utcnow()
     figures = [_figures(session, r, p, now) for r in projects]
     average = sum(_average_bytes(session, r.id, p) for r in projects) / GIB
-    return OrganizationUsage(projects=figures, cache_gb_average=average)
+    registry = sum(registry_queries.stored_bytes(session, r.id) for r in projects) / GIB
+    return OrganizationUsage(projects=figures, cache_gb_average=average, registry_gb=registry)
 
 
 def _average_bytes(session: Session, project_id: str, p: Period) -> float:

@@ -536,7 +536,7 @@ class ResetProjectResponse(Message[_ResetProjectResponseFields]):
         ) -> None:
             pass
 
-_TrustPolicyFields: TypeAlias = Literal["trust_policy_id", "buildkite", "circleci", "github"]
+_TrustPolicyFields: TypeAlias = Literal["trust_policy_id", "buildkite", "circleci", "github", "gitlab"]
 
 class TrustPolicy(Message[_TrustPolicyFields]):
     """
@@ -563,12 +563,48 @@ class TrustPolicy(Message[_TrustPolicyFields]):
             self,
             *,
             trust_policy_id: str = "",
-            provider: Oneof[Literal["buildkite"], TrustPolicy.Buildkite] | Oneof[Literal["circleci"], TrustPolicy.CircleCI] | Oneof[Literal["github"], TrustPolicy.GitHub] | None = None,
+            provider: Oneof[Literal["buildkite"], TrustPolicy.Buildkite] | Oneof[Literal["circleci"], TrustPolicy.CircleCI] | Oneof[Literal["github"], TrustPolicy.GitHub] | Oneof[Literal["gitlab"], TrustPolicy.GitLab] | None = None,
         ) -> None:
             pass
 
         trust_policy_id: str
-        provider: Oneof[Literal["buildkite"], TrustPolicy.Buildkite] | Oneof[Literal["circleci"], TrustPolicy.CircleCI] | Oneof[Literal["github"], TrustPolicy.GitHub] | None
+        provider: Oneof[Literal["buildkite"], TrustPolicy.Buildkite] | Oneof[Literal["circleci"], TrustPolicy.CircleCI] | Oneof[Literal["github"], TrustPolicy.GitHub] | Oneof[Literal["gitlab"], TrustPolicy.GitLab] | None
+
+    _GitLabFields: TypeAlias = Literal["namespace_path", "project_path"]
+
+    class GitLab(Message[_GitLabFields]):
+        """
+        opendepot extension (see above). Claims: namespace_path, project_path ("group/project" or "project").
+
+        ```proto
+        message depot.core.v1.TrustPolicy.GitLab
+        ```
+
+        Attributes:
+            namespace_path:
+                ```proto
+                string namespace_path = 1;
+                ```
+            project_path:
+                ```proto
+                string project_path = 2;
+                ```
+        """
+
+        __slots__ = ("namespace_path", "project_path")
+
+        if TYPE_CHECKING:
+
+            def __init__(
+                self,
+                *,
+                namespace_path: str = "",
+                project_path: str = "",
+            ) -> None:
+                pass
+
+            namespace_path: str
+            project_path: str
 
     _GitHubFields: TypeAlias = Literal["repository_owner", "repository"]
 
@@ -728,7 +764,7 @@ class ListTrustPoliciesResponse(Message[_ListTrustPoliciesResponseFields]):
 
         trust_policies: list[TrustPolicy]
 
-_AddTrustPolicyRequestFields: TypeAlias = Literal["project_id", "buildkite", "circleci", "github"]
+_AddTrustPolicyRequestFields: TypeAlias = Literal["project_id", "buildkite", "circleci", "github", "gitlab"]
 
 class AddTrustPolicyRequest(Message[_AddTrustPolicyRequestFields]):
     """
@@ -755,12 +791,12 @@ class AddTrustPolicyRequest(Message[_AddTrustPolicyRequestFields]):
             self,
             *,
             project_id: str = "",
-            provider: Oneof[Literal["buildkite"], TrustPolicy.Buildkite] | Oneof[Literal["circleci"], TrustPolicy.CircleCI] | Oneof[Literal["github"], TrustPolicy.GitHub] | None = None,
+            provider: Oneof[Literal["buildkite"], TrustPolicy.Buildkite] | Oneof[Literal["circleci"], TrustPolicy.CircleCI] | Oneof[Literal["github"], TrustPolicy.GitHub] | Oneof[Literal["gitlab"], TrustPolicy.GitLab] | None = None,
         ) -> None:
             pass
 
         project_id: str
-        provider: Oneof[Literal["buildkite"], TrustPolicy.Buildkite] | Oneof[Literal["circleci"], TrustPolicy.CircleCI] | Oneof[Literal["github"], TrustPolicy.GitHub] | None
+        provider: Oneof[Literal["buildkite"], TrustPolicy.Buildkite] | Oneof[Literal["circleci"], TrustPolicy.CircleCI] | Oneof[Literal["github"], TrustPolicy.GitHub] | Oneof[Literal["gitlab"], TrustPolicy.GitLab] | None
 
 _AddTrustPolicyResponseFields: TypeAlias = Literal["trust_policy"]
 
@@ -1155,7 +1191,7 @@ class Hardware(Enum):
 
 
 _DESC = file_desc(
-    b'\n\x1bdepot/core/v1/project.proto\x12\rdepot.core.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\xb1\x02\n\x07Project\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\'\n\x0forganization_id\x18\x02 \x01(\tR\x0eorganizationId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x1b\n\tregion_id\x18\x04 \x01(\tR\x08regionId\x129\n\ncreated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12=\n\x0ccache_policy\x18\x06 \x01(\x0b2\x1a.depot.core.v1.CachePolicyR\x0bcachePolicy\x123\n\x08hardware\x18\x07 \x01(\x0e2\x17.depot.core.v1.HardwareR\x08hardware"z\n\x0bCachePolicy\x12&\n\nkeep_bytes\x18\x01 \x01(\x03H\x00R\tkeepBytesB\x02\x18\x01\x88\x01\x01\x12\x1b\n\tkeep_days\x18\x02 \x01(\x05R\x08keepDays\x12\x17\n\x07keep_gb\x18\x03 \x01(\x05R\x06keepGbB\r\n\x0b_keep_bytes"\xa8\x01\n\x13ListProjectsRequest\x12 \n\tregion_id\x18\x01 \x01(\tH\x00R\x08regionId\x88\x01\x01\x12 \n\tpage_size\x18\x02 \x01(\x05H\x01R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18\x03 \x01(\tH\x02R\tpageToken\x88\x01\x01B\x0c\n\n_region_idB\x0c\n\n_page_sizeB\r\n\x0b_page_token"\x8b\x01\n\x14ListProjectsResponse\x122\n\x08projects\x18\x01 \x03(\x0b2\x16.depot.core.v1.ProjectR\x08projects\x12+\n\x0fnext_page_token\x18\x02 \x01(\tH\x00R\rnextPageToken\x88\x01\x01B\x12\n\x10_next_page_token"2\n\x11GetProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"F\n\x12GetProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"\xa5\x02\n\x14CreateProjectRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12,\n\x0forganization_id\x18\x02 \x01(\tH\x00R\x0eorganizationId\x88\x01\x01\x12\x1b\n\tregion_id\x18\x03 \x01(\tR\x08regionId\x12B\n\x0ccache_policy\x18\x04 \x01(\x0b2\x1a.depot.core.v1.CachePolicyH\x01R\x0bcachePolicy\x88\x01\x01\x128\n\x08hardware\x18\x05 \x01(\x0e2\x17.depot.core.v1.HardwareH\x02R\x08hardware\x88\x01\x01B\x12\n\x10_organization_idB\x0f\n\r_cache_policyB\x0b\n\t_hardware"I\n\x15CreateProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"\xa3\x02\n\x14UpdateProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12 \n\tregion_id\x18\x03 \x01(\tH\x01R\x08regionId\x88\x01\x01\x12B\n\x0ccache_policy\x18\x04 \x01(\x0b2\x1a.depot.core.v1.CachePolicyH\x02R\x0bcachePolicy\x88\x01\x01\x128\n\x08hardware\x18\x05 \x01(\x0e2\x17.depot.core.v1.HardwareH\x03R\x08hardware\x88\x01\x01B\x07\n\x05_nameB\x0c\n\n_region_idB\x0f\n\r_cache_policyB\x0b\n\t_hardware"I\n\x15UpdateProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"5\n\x14DeleteProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\x17\n\x15DeleteProjectResponse"4\n\x13ResetProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\x16\n\x14ResetProjectResponse"\x97\x04\n\x0bTrustPolicy\x12&\n\x0ftrust_policy_id\x18\x01 \x01(\tR\rtrustPolicyId\x12D\n\tbuildkite\x18\x02 \x01(\x0b2$.depot.core.v1.TrustPolicy.BuildkiteH\x00R\tbuildkite\x12A\n\x08circleci\x18\x03 \x01(\x0b2#.depot.core.v1.TrustPolicy.CircleCIH\x00R\x08circleci\x12;\n\x06github\x18\x04 \x01(\x0b2!.depot.core.v1.TrustPolicy.GitHubH\x00R\x06github\x1aS\n\x06GitHub\x12)\n\x10repository_owner\x18\x01 \x01(\tR\x0frepositoryOwner\x12\x1e\n\nrepository\x18\x02 \x01(\tR\nrepository\x1aZ\n\x08CircleCI\x12+\n\x11organization_uuid\x18\x01 \x01(\tR\x10organizationUuid\x12!\n\x0cproject_uuid\x18\x02 \x01(\tR\x0bprojectUuid\x1a]\n\tBuildkite\x12+\n\x11organization_slug\x18\x01 \x01(\tR\x10organizationSlug\x12#\n\rpipeline_slug\x18\x02 \x01(\tR\x0cpipelineSlugB\n\n\x08provider"9\n\x18ListTrustPoliciesRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"^\n\x19ListTrustPoliciesResponse\x12A\n\x0etrust_policies\x18\x01 \x03(\x0b2\x1a.depot.core.v1.TrustPolicyR\rtrustPolicies"\x88\x02\n\x15AddTrustPolicyRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12D\n\tbuildkite\x18\x02 \x01(\x0b2$.depot.core.v1.TrustPolicy.BuildkiteH\x00R\tbuildkite\x12A\n\x08circleci\x18\x03 \x01(\x0b2#.depot.core.v1.TrustPolicy.CircleCIH\x00R\x08circleci\x12;\n\x06github\x18\x04 \x01(\x0b2!.depot.core.v1.TrustPolicy.GitHubH\x00R\x06githubB\n\n\x08provider"W\n\x16AddTrustPolicyResponse\x12=\n\x0ctrust_policy\x18\x01 \x01(\x0b2\x1a.depot.core.v1.TrustPolicyR\x0btrustPolicy"a\n\x18RemoveTrustPolicyRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12&\n\x0ftrust_policy_id\x18\x02 \x01(\tR\rtrustPolicyId"\x1b\n\x19RemoveTrustPolicyResponse"2\n\x11ListTokensRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\x9b\x01\n\x12ListTokensResponse\x12?\n\x06tokens\x18\x01 \x03(\x0b2\'.depot.core.v1.ListTokensResponse.TokenR\x06tokens\x1aD\n\x05Token\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription"U\n\x12CreateTokenRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription"H\n\x13CreateTokenResponse\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret"Q\n\x12UpdateTokenRequest\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription"\x15\n\x13UpdateTokenResponse"/\n\x12DeleteTokenRequest\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId"\x15\n\x13DeleteTokenResponse*\xc3\x01\n\x08Hardware\x12\x18\n\x14HARDWARE_UNSPECIFIED\x10\x00\x12\x12\n\x0eHARDWARE_16X32\x10\x01\x12\x10\n\x0cHARDWARE_4X4\x10\x02\x12\x10\n\x0cHARDWARE_8X8\x10\x03\x12\x11\n\rHARDWARE_8X16\x10\x04\x12\x12\n\x0eHARDWARE_32X64\x10\x05\x12\x13\n\x0fHARDWARE_64X128\x10\x06\x12\x13\n\x0fHARDWARE_96X192\x10\x07\x12\x14\n\x10HARDWARE_192X384\x10\x082\xad\t\n\x0eProjectService\x12W\n\x0cListProjects\x12".depot.core.v1.ListProjectsRequest\x1a#.depot.core.v1.ListProjectsResponse\x12Q\n\nGetProject\x12 .depot.core.v1.GetProjectRequest\x1a!.depot.core.v1.GetProjectResponse\x12Z\n\rCreateProject\x12#.depot.core.v1.CreateProjectRequest\x1a$.depot.core.v1.CreateProjectResponse\x12Z\n\rUpdateProject\x12#.depot.core.v1.UpdateProjectRequest\x1a$.depot.core.v1.UpdateProjectResponse\x12Z\n\rDeleteProject\x12#.depot.core.v1.DeleteProjectRequest\x1a$.depot.core.v1.DeleteProjectResponse\x12W\n\x0cResetProject\x12".depot.core.v1.ResetProjectRequest\x1a#.depot.core.v1.ResetProjectResponse\x12f\n\x11ListTrustPolicies\x12\'.depot.core.v1.ListTrustPoliciesRequest\x1a(.depot.core.v1.ListTrustPoliciesResponse\x12]\n\x0eAddTrustPolicy\x12$.depot.core.v1.AddTrustPolicyRequest\x1a%.depot.core.v1.AddTrustPolicyResponse\x12f\n\x11RemoveTrustPolicy\x12\'.depot.core.v1.RemoveTrustPolicyRequest\x1a(.depot.core.v1.RemoveTrustPolicyResponse\x12Q\n\nListTokens\x12 .depot.core.v1.ListTokensRequest\x1a!.depot.core.v1.ListTokensResponse\x12T\n\x0bCreateToken\x12!.depot.core.v1.CreateTokenRequest\x1a".depot.core.v1.CreateTokenResponse\x12T\n\x0bUpdateToken\x12!.depot.core.v1.UpdateTokenRequest\x1a".depot.core.v1.UpdateTokenResponse\x12T\n\x0bDeleteToken\x12!.depot.core.v1.DeleteTokenRequest\x1a".depot.core.v1.DeleteTokenResponseb\x06proto3',
+    b'\n\x1bdepot/core/v1/project.proto\x12\rdepot.core.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\xb1\x02\n\x07Project\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\'\n\x0forganization_id\x18\x02 \x01(\tR\x0eorganizationId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x1b\n\tregion_id\x18\x04 \x01(\tR\x08regionId\x129\n\ncreated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12=\n\x0ccache_policy\x18\x06 \x01(\x0b2\x1a.depot.core.v1.CachePolicyR\x0bcachePolicy\x123\n\x08hardware\x18\x07 \x01(\x0e2\x17.depot.core.v1.HardwareR\x08hardware"z\n\x0bCachePolicy\x12&\n\nkeep_bytes\x18\x01 \x01(\x03H\x00R\tkeepBytesB\x02\x18\x01\x88\x01\x01\x12\x1b\n\tkeep_days\x18\x02 \x01(\x05R\x08keepDays\x12\x17\n\x07keep_gb\x18\x03 \x01(\x05R\x06keepGbB\r\n\x0b_keep_bytes"\xa8\x01\n\x13ListProjectsRequest\x12 \n\tregion_id\x18\x01 \x01(\tH\x00R\x08regionId\x88\x01\x01\x12 \n\tpage_size\x18\x02 \x01(\x05H\x01R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18\x03 \x01(\tH\x02R\tpageToken\x88\x01\x01B\x0c\n\n_region_idB\x0c\n\n_page_sizeB\r\n\x0b_page_token"\x8b\x01\n\x14ListProjectsResponse\x122\n\x08projects\x18\x01 \x03(\x0b2\x16.depot.core.v1.ProjectR\x08projects\x12+\n\x0fnext_page_token\x18\x02 \x01(\tH\x00R\rnextPageToken\x88\x01\x01B\x12\n\x10_next_page_token"2\n\x11GetProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"F\n\x12GetProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"\xa5\x02\n\x14CreateProjectRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12,\n\x0forganization_id\x18\x02 \x01(\tH\x00R\x0eorganizationId\x88\x01\x01\x12\x1b\n\tregion_id\x18\x03 \x01(\tR\x08regionId\x12B\n\x0ccache_policy\x18\x04 \x01(\x0b2\x1a.depot.core.v1.CachePolicyH\x01R\x0bcachePolicy\x88\x01\x01\x128\n\x08hardware\x18\x05 \x01(\x0e2\x17.depot.core.v1.HardwareH\x02R\x08hardware\x88\x01\x01B\x12\n\x10_organization_idB\x0f\n\r_cache_policyB\x0b\n\t_hardware"I\n\x15CreateProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"\xa3\x02\n\x14UpdateProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12 \n\tregion_id\x18\x03 \x01(\tH\x01R\x08regionId\x88\x01\x01\x12B\n\x0ccache_policy\x18\x04 \x01(\x0b2\x1a.depot.core.v1.CachePolicyH\x02R\x0bcachePolicy\x88\x01\x01\x128\n\x08hardware\x18\x05 \x01(\x0e2\x17.depot.core.v1.HardwareH\x03R\x08hardware\x88\x01\x01B\x07\n\x05_nameB\x0c\n\n_region_idB\x0f\n\r_cache_policyB\x0b\n\t_hardware"I\n\x15UpdateProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"5\n\x14DeleteProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\x17\n\x15DeleteProjectResponse"4\n\x13ResetProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\x16\n\x14ResetProjectResponse"\xa8\x05\n\x0bTrustPolicy\x12&\n\x0ftrust_policy_id\x18\x01 \x01(\tR\rtrustPolicyId\x12D\n\tbuildkite\x18\x02 \x01(\x0b2$.depot.core.v1.TrustPolicy.BuildkiteH\x00R\tbuildkite\x12A\n\x08circleci\x18\x03 \x01(\x0b2#.depot.core.v1.TrustPolicy.CircleCIH\x00R\x08circleci\x12;\n\x06github\x18\x04 \x01(\x0b2!.depot.core.v1.TrustPolicy.GitHubH\x00R\x06github\x12;\n\x06gitlab\x18d \x01(\x0b2!.depot.core.v1.TrustPolicy.GitLabH\x00R\x06gitlab\x1aR\n\x06GitLab\x12%\n\x0enamespace_path\x18\x01 \x01(\tR\rnamespacePath\x12!\n\x0cproject_path\x18\x02 \x01(\tR\x0bprojectPath\x1aS\n\x06GitHub\x12)\n\x10repository_owner\x18\x01 \x01(\tR\x0frepositoryOwner\x12\x1e\n\nrepository\x18\x02 \x01(\tR\nrepository\x1aZ\n\x08CircleCI\x12+\n\x11organization_uuid\x18\x01 \x01(\tR\x10organizationUuid\x12!\n\x0cproject_uuid\x18\x02 \x01(\tR\x0bprojectUuid\x1a]\n\tBuildkite\x12+\n\x11organization_slug\x18\x01 \x01(\tR\x10organizationSlug\x12#\n\rpipeline_slug\x18\x02 \x01(\tR\x0cpipelineSlugB\n\n\x08provider"9\n\x18ListTrustPoliciesRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"^\n\x19ListTrustPoliciesResponse\x12A\n\x0etrust_policies\x18\x01 \x03(\x0b2\x1a.depot.core.v1.TrustPolicyR\rtrustPolicies"\xc5\x02\n\x15AddTrustPolicyRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12D\n\tbuildkite\x18\x02 \x01(\x0b2$.depot.core.v1.TrustPolicy.BuildkiteH\x00R\tbuildkite\x12A\n\x08circleci\x18\x03 \x01(\x0b2#.depot.core.v1.TrustPolicy.CircleCIH\x00R\x08circleci\x12;\n\x06github\x18\x04 \x01(\x0b2!.depot.core.v1.TrustPolicy.GitHubH\x00R\x06github\x12;\n\x06gitlab\x18d \x01(\x0b2!.depot.core.v1.TrustPolicy.GitLabH\x00R\x06gitlabB\n\n\x08provider"W\n\x16AddTrustPolicyResponse\x12=\n\x0ctrust_policy\x18\x01 \x01(\x0b2\x1a.depot.core.v1.TrustPolicyR\x0btrustPolicy"a\n\x18RemoveTrustPolicyRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12&\n\x0ftrust_policy_id\x18\x02 \x01(\tR\rtrustPolicyId"\x1b\n\x19RemoveTrustPolicyResponse"2\n\x11ListTokensRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\x9b\x01\n\x12ListTokensResponse\x12?\n\x06tokens\x18\x01 \x03(\x0b2\'.depot.core.v1.ListTokensResponse.TokenR\x06tokens\x1aD\n\x05Token\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription"U\n\x12CreateTokenRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription"H\n\x13CreateTokenResponse\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret"Q\n\x12UpdateTokenRequest\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription"\x15\n\x13UpdateTokenResponse"/\n\x12DeleteTokenRequest\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId"\x15\n\x13DeleteTokenResponse*\xc3\x01\n\x08Hardware\x12\x18\n\x14HARDWARE_UNSPECIFIED\x10\x00\x12\x12\n\x0eHARDWARE_16X32\x10\x01\x12\x10\n\x0cHARDWARE_4X4\x10\x02\x12\x10\n\x0cHARDWARE_8X8\x10\x03\x12\x11\n\rHARDWARE_8X16\x10\x04\x12\x12\n\x0eHARDWARE_32X64\x10\x05\x12\x13\n\x0fHARDWARE_64X128\x10\x06\x12\x13\n\x0fHARDWARE_96X192\x10\x07\x12\x14\n\x10HARDWARE_192X384\x10\x082\xad\t\n\x0eProjectService\x12W\n\x0cListProjects\x12".depot.core.v1.ListProjectsRequest\x1a#.depot.core.v1.ListProjectsResponse\x12Q\n\nGetProject\x12 .depot.core.v1.GetProjectRequest\x1a!.depot.core.v1.GetProjectResponse\x12Z\n\rCreateProject\x12#.depot.core.v1.CreateProjectRequest\x1a$.depot.core.v1.CreateProjectResponse\x12Z\n\rUpdateProject\x12#.depot.core.v1.UpdateProjectRequest\x1a$.depot.core.v1.UpdateProjectResponse\x12Z\n\rDeleteProject\x12#.depot.core.v1.DeleteProjectRequest\x1a$.depot.core.v1.DeleteProjectResponse\x12W\n\x0cResetProject\x12".depot.core.v1.ResetProjectRequest\x1a#.depot.core.v1.ResetProjectResponse\x12f\n\x11ListTrustPolicies\x12\'.depot.core.v1.ListTrustPoliciesRequest\x1a(.depot.core.v1.ListTrustPoliciesResponse\x12]\n\x0eAddTrustPolicy\x12$.depot.core.v1.AddTrustPolicyRequest\x1a%.depot.core.v1.AddTrustPolicyResponse\x12f\n\x11RemoveTrustPolicy\x12\'.depot.core.v1.RemoveTrustPolicyRequest\x1a(.depot.core.v1.RemoveTrustPolicyResponse\x12Q\n\nListTokens\x12 .depot.core.v1.ListTokensRequest\x1a!.depot.core.v1.ListTokensResponse\x12T\n\x0bCreateToken\x12!.depot.core.v1.CreateTokenRequest\x1a".depot.core.v1.CreateTokenResponse\x12T\n\x0bUpdateToken\x12!.depot.core.v1.UpdateTokenRequest\x1a".depot.core.v1.UpdateTokenResponse\x12T\n\x0bDeleteToken\x12!.depot.core.v1.DeleteTokenRequest\x1a".depot.core.v1.DeleteTokenResponseb\x06proto3',
     [
         timestamp_pb.desc(),
     ],
@@ -1175,6 +1211,7 @@ _DESC = file_desc(
         "ResetProjectRequest": ResetProjectRequest,
         "ResetProjectResponse": ResetProjectResponse,
         "TrustPolicy": TrustPolicy,
+        "TrustPolicy.GitLab": TrustPolicy.GitLab,
         "TrustPolicy.GitHub": TrustPolicy.GitHub,
         "TrustPolicy.CircleCI": TrustPolicy.CircleCI,
         "TrustPolicy.Buildkite": TrustPolicy.Buildkite,

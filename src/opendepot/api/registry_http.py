@@ -1,0 +1,145 @@
+"""The registry's two HTTP endpoints on the API port.
+
+`/registry/token`: the token service of distribution's token auth. Clients send an opendepot token as the
+password (any user name; Depot's clients use `x-token`), by GET with Basic auth or by the OAuth2 password
+grant (POST form); the answer is a registry JWT carrying what that token may do (registry/service.grant).
+
+`/registry/events`: the registry's notifications, authorized by a secret only the registry knows."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qs
+
+from opendepot.auth import Principal
+from opendepot.errors import Unauthenticated
+from opendepot.registry.operations import Registry
+
+from .auth import Authenticator
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+MAX_BODY = 1024 * 1024
+
+
+async def read_body(receive: Receive, limit: int = MAX_BODY) -> bytes | None:
+    """The request body, or None when it is larger than limit."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if len(body) > limit:
+            return None
+        if not message.get("more_body"):
+            return bytes(body)
+
+
+async def respond_json(
+    send: Send, status: int, payload: Any, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return ""
+
+
+def basic_password(authorization: str) -> str | None:
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if scheme.lower() != "basic":
+        return None
+    try:
+        _user, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return password if sep and password else None
+
+
+class RegistryEndpoints:
+    def __init__(self, authn: Authenticator, registry: Registry) -> None:
+        self.authn = authn
+        self.registry = registry
+
+    async def _principal(self, secret: str | None) -> Principal | None:
+        if not secret:
+            return None
+        try:
+            return await self.authn.from_secret(secret)
+        except Unauthenticated:
+            return None
+
+    async def token(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if scope["method"] == "POST":
+            body = await read_body(receive)
+            form = parse_qs((body or b"").decode("utf-8", "replace"))
+            passwords = form.get("password") if form.get("grant_type") == ["password"] else None
+            secret = passwords[0] if passwords else None
+            scopes = [s for value in form.get("scope", []) for s in value.split(" ")]
+        elif scope["method"] == "GET":
+            secret = basic_password(_header(scope, b"authorization"))
+            scopes = query.get("scope", [])
+        else:
+            await respond_json(send, 405, {"errors": [{"code": "UNSUPPORTED", "message": "use GET or POST"}]})
+            return
+        principal = await self._principal(secret)
+        if principal is None:
+            await respond_json(
+                send,
+                401,
+                {"errors": [{"code": "UNAUTHORIZED", "message": "send an opendepot token as the password"}]},
+                [(b"www-authenticate", b'Basic realm="opendepot registry"')],
+            )
+            return
+        token, issued, expires_in = await self.registry.token(principal, scopes)
+        await respond_json(
+            send,
+            200,
+            {
+                "token": token,
+                "access_token": token,
+                "expires_in": expires_in,
+                "issued_at": issued.isoformat().replace("+00:00", "Z"),
+            },
+        )
+
+    async def events(self, scope: Scope, receive: Receive, send: Send) -> None:
+        expected = f"Bearer {self.registry.signer.events_secret}"
+        if scope["method"] != "POST" or not hmac.compare_digest(
+            _header(scope, b"authorization").encode(), expected.encode()
+        ):
+            await respond_json(send, 401, {"error": "not the registry"})
+            return
+        body = await read_body(receive, 16 * MAX_BODY)
+        try:
+            envelope = json.loads(body or b"")
+        except ValueError:
+            envelope = None
+        if not isinstance(envelope, dict):
+            await respond_json(send, 400, {"error": "expected a notification envelope"})
+            return
+        changed = await self.registry.record(envelope)
+        await respond_json(send, 200, {"changed": changed})

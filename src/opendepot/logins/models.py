@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from opendepot.store.base import Base, UTCDateTime
+
+
+class LoginRequest(Base):
+    """A `depot login` waiting for approval. No secret is kept: the token is made when FinishLogin hands
+    it over, once."""
+
+    __tablename__ = "login_requests"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    approved_organization_id: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Who approved: an organization token's id, or "admin" for `opendepot login approve`.
+    approved_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -1,0 +1,133 @@
+"""What API workers do with the registry: answer its token requests, read its notifications into the
+image list, delete images. Knows the store and the registry's HTTP API, nothing of protobuf."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from opendepot.auth import Principal
+from opendepot.clock import as_utc, utcnow
+from opendepot.errors import FailedPrecondition, Unavailable
+from opendepot.ids import looks_like_id
+from opendepot.store import Store
+
+from . import service
+from .client import INDEX_TYPES, MANIFEST_TYPES, RegistryClient, RegistryError
+from .keys import Access, TokenSigner
+
+log = logging.getLogger("opendepot.registry")
+REGISTRY_TOKEN_LIFETIME = dt.timedelta(minutes=15)
+SIZE_ATTEMPTS = 6
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    # Host (and port) in image references: what buildkitd pushes to and clients pull from.
+    host: str
+    # Where opendepot itself reaches the registry.
+    url: str
+
+
+def parse_scopes(values: Sequence[str]) -> list[Access]:
+    """`repository:<name>:pull,push`, several per value separated by spaces; malformed ones are skipped."""
+    scopes: list[Access] = []
+    for value in values:
+        for item in value.split():
+            kind, _, rest = item.partition(":")
+            name, _, actions = rest.rpartition(":")
+            if kind and name and actions:
+                scopes.append(Access(kind, name, tuple(a for a in actions.split(",") if a)))
+    return scopes
+
+
+class Registry:
+    def __init__(self, store: Store, settings: RegistrySettings, signer: TokenSigner) -> None:
+        self.store = store
+        self.settings = settings
+        self.signer = signer
+        self.client = RegistryClient(settings.url, signer)
+
+    @property
+    def host(self) -> str:
+        return self.settings.host
+
+    async def token(self, principal: Principal, scopes: Sequence[str]) -> tuple[str, dt.datetime, int]:
+        requested = parse_scopes(scopes)
+        granted = await self.store.read(lambda s: service.grant(s, principal, requested))
+        token, issued = self.signer.sign(
+            f"{principal.kind}:{principal.token_id}", granted, REGISTRY_TOKEN_LIFETIME
+        )
+        return token, issued, int(REGISTRY_TOKEN_LIFETIME.total_seconds())
+
+    async def delete(self, principal: Principal, project_id: str, references: Sequence[str]) -> None:
+        """Removes exactly the tags named. The registry deletes a manifest with every tag on it, so tags that
+        share the image and were not named are put back from the manifest read before."""
+        plan = await self.store.read(lambda s: service.plan_delete(s, principal, project_id, references))
+        try:
+            for digest, keep in plan.keep.items():
+                manifest = await self.client.manifest(plan.project_id, digest) if keep else None
+                await self.client.delete(plan.project_id, digest)
+                if manifest is not None:
+                    for tag in keep:
+                        await self.client.put(plan.project_id, tag, manifest)
+        except (RegistryError, OSError) as exc:
+            log.error("deleting %s from %s: %s", plan.tags, plan.project_id, exc)
+            raise Unavailable(f"the registry could not delete the images: {exc}") from exc
+        await self.store.run(lambda s: service.forget_tags(s, plan.project_id, plan.tags))
+
+    async def record(self, envelope: dict[str, Any]) -> int:
+        """Applies a notification envelope; returns how many events changed the image list."""
+        changed = 0
+        for event in envelope.get("events") or []:
+            try:
+                changed += await self._apply(event)
+            except (RegistryError, OSError, KeyError, ValueError, TypeError) as exc:
+                log.warning("registry event %s not applied: %s", event.get("id"), exc)
+        return changed
+
+    async def _image_size(self, repository: str, digest: str) -> tuple[str, int]:
+        """Retried briefly: when BuildKit pushes one image under several tags at once, the filesystem driver
+        can show a half-rewritten link for a moment (distribution answers 500 "invalid checksum digest")."""
+        for attempt in range(SIZE_ATTEMPTS):
+            try:
+                return await self.client.image_size(repository, digest)
+            except RegistryError:
+                if attempt == SIZE_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def _apply(self, event: dict[str, Any]) -> int:
+        target = event.get("target") or {}
+        repository = str(target.get("repository", ""))
+        if not looks_like_id(repository):
+            return 0
+        action = event.get("action")
+        digest = str(target.get("digest", ""))
+        if action == "push":
+            tag = target.get("tag")
+            if not tag or target.get("mediaType") not in (*INDEX_TYPES, *MANIFEST_TYPES):
+                return 0
+            media_type, size = await self._image_size(repository, digest)
+            at = as_utc(dt.datetime.fromisoformat(event["timestamp"])) if event.get("timestamp") else utcnow()
+            pushed = await self.store.run(
+                lambda s: service.record_push(s, repository, str(tag), digest, media_type, size, at)
+            )
+            return int(pushed)
+        if action == "delete" and digest:
+            # Only tags the registry no longer has: a tag put back after the delete stays listed.
+            tags = await self.store.read(lambda s: service.tags_with_digest(s, repository, digest))
+            gone = [t for t in tags if not await self.client.exists(repository, t)]
+            if gone:
+                await self.store.run(lambda s: service.forget_tags(s, repository, gone))
+            return len(gone)
+        return 0
+
+
+def no_registry() -> FailedPrecondition:
+    return FailedPrecondition("this server runs no registry (install docker-registry, see --registry)")

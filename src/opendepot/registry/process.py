@@ -1,0 +1,221 @@
+"""The registry process (CNCF distribution, Debian's `docker-registry`), run by the supervisor.
+
+Its config is generated (JSON, which is YAML) under `<data-dir>/registry/`: token auth with opendepot as
+the issuer, deletes enabled, notifications to the API. Garbage collection needs the registry stopped (or
+read-only), so it runs when a delete asked for it and the registry has been idle for
+`--registry-gc-idle-seconds`: the supervisor stops the registry, runs
+`docker-registry garbage-collect --delete-untagged`, and starts it again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from opendepot.builds import queries as build_queries
+from opendepot.clock import utcnow
+from opendepot.store import Store
+
+from . import queries
+from .client import RegistryClient
+from .keys import ISSUER, SERVICE, TokenSigner
+
+log = logging.getLogger("opendepot.registry")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSettings:
+    binary: str
+    listen: str
+    data_dir: Path
+    realm: str
+    events_url: str
+    storage: str
+    gc_idle: timedelta
+
+
+def storage_config(storage: str, data_dir: Path) -> dict[str, Any]:
+    """`""` → the filesystem under the data dir; `s3://bucket/root?region=…&regionendpoint=…` → the S3 driver,
+    every query parameter passed through as a driver option."""
+    if not storage:
+        return {"filesystem": {"rootdirectory": str(data_dir / "registry" / "storage")}}
+    parts = urlsplit(storage)
+    if parts.scheme == "s3":
+        options: dict[str, Any] = dict(parse_qsl(parts.query))
+        options["bucket"] = parts.netloc
+        if parts.path.strip("/"):
+            options["rootdirectory"] = "/" + parts.path.strip("/")
+        options.setdefault("region", "us-east-1")
+        return {"s3": options}
+    if parts.scheme in ("", "file"):
+        return {"filesystem": {"rootdirectory": parts.path}}
+    raise ValueError(f"--registry-storage: unsupported storage {storage!r} (use a directory or s3://…)")
+
+
+def registry_config(settings: ProcessSettings, signer: TokenSigner, http_secret: str) -> dict[str, Any]:
+    return {
+        "version": "0.1",
+        "log": {"level": "warn", "formatter": "text", "accesslog": {"disabled": True}},
+        "storage": {
+            **storage_config(settings.storage, settings.data_dir),
+            "delete": {"enabled": True},
+            "cache": {"blobdescriptor": "inmemory"},
+            "maintenance": {
+                "uploadpurging": {"enabled": True, "age": "24h", "interval": "1h", "dryrun": False}
+            },
+        },
+        "http": {
+            "addr": settings.listen,
+            "secret": http_secret,
+            "headers": {"X-Content-Type-Options": ["nosniff"]},
+        },
+        "auth": {
+            "token": {
+                "realm": settings.realm,
+                "service": SERVICE,
+                "issuer": ISSUER,
+                "rootcertbundle": str(signer.cert_path),
+            }
+        },
+        "notifications": {
+            "endpoints": [
+                {
+                    "name": "opendepot",
+                    "url": settings.events_url,
+                    "headers": {"Authorization": [f"Bearer {signer.events_secret}"]},
+                    "timeout": "10s",
+                    "threshold": 10,
+                    "backoff": "1s",
+                    "ignore": {"actions": ["pull"], "mediatypes": ["application/octet-stream"]},
+                }
+            ]
+        },
+    }
+
+
+class RegistryProcess:
+    def __init__(
+        self, settings: ProcessSettings, signer: TokenSigner, store: Store, client: RegistryClient
+    ) -> None:
+        self.settings = settings
+        self.signer = signer
+        self.store = store
+        self.client = client
+        self.directory = settings.data_dir / "registry"
+        self.config_path = self.directory / "config.json"
+        self.pid_path = settings.data_dir / "run" / "registry.pid"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def write_config(self) -> None:
+        config = registry_config(self.settings, self.signer, secrets.token_urlsafe(24))
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(config, f, indent=2)
+
+    def _reap_stale(self) -> None:
+        """A registry left by an earlier supervisor (killed hard) still holds the port: stop it."""
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(self.pid_path.read_text())
+            if str(self.config_path).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGTERM)
+
+    async def start(self) -> None:
+        self.write_config()
+        self._reap_stale()
+        logs = self.settings.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        out = (logs / "registry.log").open("ab")
+        self._process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+            [self.settings.binary, "serve", str(self.config_path)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        out.close()
+        self.pid_path.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_path.write_text(str(self._process.pid))
+        for _ in range(200):
+            if await self.client.ping():
+                return
+            if self._process.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"the registry did not start; see {logs / 'registry.log'}")
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    async def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(process.wait), timeout=15)
+        except TimeoutError:
+            process.kill()
+            await asyncio.to_thread(process.wait)
+        with contextlib.suppress(OSError):
+            self.pid_path.unlink()
+
+    async def collect_garbage(self) -> bool:
+        """Stops the registry, deletes unreferenced blobs and untagged manifests, starts it again."""
+        started = utcnow()
+        await self.stop()
+        try:
+            result = await asyncio.create_subprocess_exec(
+                self.settings.binary,
+                "garbage-collect",
+                "--delete-untagged",
+                str(self.config_path),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, err = await result.communicate()
+        finally:
+            await self.start()
+        if result.returncode != 0:
+            log.error("registry garbage collection failed: %s", err.decode(errors="replace")[-2000:])
+            return False
+
+        def done(session: Any) -> None:
+            queries.maintenance(session).gc_finished_at = started
+
+        await self.store.run(done)
+        log.info("registry garbage collection done")
+        return True
+
+    def _gc_due(self, session: Any) -> bool:
+        state = queries.maintenance(session)
+        if state.gc_requested_at is None:
+            return False
+        if state.gc_finished_at is not None and state.gc_finished_at >= state.gc_requested_at:
+            return False
+        if build_queries.running_count(session):
+            return False
+        last = max(filter(None, [queries.last_push(session), state.gc_requested_at]))
+        return utcnow() - last >= self.settings.gc_idle
+
+    async def run(self, interval: float = 2.0) -> None:
+        """Keeps the registry up and collects garbage when due."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not self.alive():
+                    log.warning("the registry exited; starting it again")
+                    await self.start()
+                if await self.store.run(self._gc_due):
+                    await self.collect_garbage()
+            except Exception:
+                log.exception("registry supervision")

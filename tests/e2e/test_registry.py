@@ -1,0 +1,392 @@
+"""The project registry (CNCF distribution started by `opendepot serve`, token auth signed by opendepot):
+`depot build --save` pushes from buildkitd, the registry's notifications fill ListImages, skopeo pulls with
+a pull token, `depot image rm` and DeleteImage remove exactly the tags named, and garbage collection
+reclaims the blobs once the registry is idle."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from opendepot.gen.depot.cli.v1 import build_pb as cli
+from tests.support.builds import builds_possible, busybox_context
+from tests.support.clients import depot, sdk_one, ts
+from tests.support.rpc import call
+from tests.support.server import Server
+
+pytestmark = pytest.mark.skipif(
+    builds_possible() is not None or shutil.which("skopeo") is None,
+    reason=str(builds_possible() or "skopeo is not installed (./dev setup)"),
+)
+
+
+def new_project(server: Server, token: str, name: str) -> str:
+    created = depot(server.url, token, "projects", "create", name)
+    assert created.returncode == 0, created.stderr
+    return str(json.loads(created.stdout)["project_id"])
+
+
+def saved_build(server: Server, token: str, project: str, context: Path, *extra: str) -> str:
+    result = depot(
+        server.url,
+        token,
+        "build",
+        "--project",
+        project,
+        "--progress",
+        "plain",
+        "--save",
+        *extra,
+        str(context),
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert f"pushing manifest for {server.registry_host}/{project}:" in output, output
+    build_id = output.split("depot pull --project", 1)[1].split()[1]
+    return build_id
+
+
+def images(server: Server, token: str, project: str) -> list[dict[str, Any]]:
+    listed = sdk_one(server.url, "build.v1.RegistryService", "listImages", {"projectId": project}, token)
+    assert "ok" in listed, listed
+    found: list[dict[str, Any]] = listed["ok"].get("images", [])
+    return found
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def skopeo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def raw_manifest(reference: str, creds: str) -> dict[str, Any]:
+    shown = skopeo("inspect", "--raw", "--tls-verify=false", "--creds", creds, f"docker://{reference}")
+    assert shown.returncode == 0, shown.stderr
+    document: dict[str, Any] = json.loads(shown.stdout)
+    return document
+
+
+def size_by_skopeo(repository: str, tag: str, creds: str) -> int:
+    """Config plus layers, each blob once, as skopeo reads them: the definition ListImages uses."""
+    top = raw_manifest(f"{repository}:{tag}", creds)
+    children = [m["digest"] for m in top.get("manifests", [])]
+    manifests = [raw_manifest(f"{repository}@{digest}", creds) for digest in children] or [top]
+    blobs = {b["digest"]: b["size"] for m in manifests for b in [m["config"], *m["layers"]]}
+    return sum(blobs.values())
+
+
+def pull_token(server: Server, token: str, project: str) -> str:
+    result = depot(server.url, token, "pull-token", "--project", project)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def collecting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server that garbage-collects one second after the last delete (the default waits five minutes)."""
+    srv = Server(
+        data_dir=tmp_path_factory.mktemp("registry-gc") / "data",
+        database_url=None,
+        extra_args=["--registry-gc-idle-seconds", "1", "--workers", "1"],
+    ).start()
+    yield srv
+    srv.stop()
+
+
+def test_save_list_pull_and_delete(server: Server, org: tuple[str, str], tmp_path: Path) -> None:
+    _org, token = org
+    project = new_project(server, token, "saved")
+    context = busybox_context(tmp_path / "ctx", "echo saved-image > /marker")
+    build_id = saved_build(server, token, project, context, "--save-tag", "latest", "--save-tag", "v1")
+
+    listed = wait_for(
+        lambda: len(images(server, token, project)) == 3 and images(server, token, project), "3 tags"
+    )
+    assert {i["tag"] for i in listed} == {build_id, "latest", "v1"}
+    assert len({i["digest"] for i in listed}) == 1
+    digest = listed[0]["digest"]
+    repository = f"{server.registry_host}/{project}"
+
+    # Pull with a pull token, as `docker login -u x-token` would: same digest, real content, honest size.
+    secret = pull_token(server, token, project)
+    assert secret.startswith("odr_")
+    creds = f"x-token:{secret}"
+    inspected = skopeo("inspect", "--tls-verify=false", "--creds", creds, f"docker://{repository}:latest")
+    assert inspected.returncode == 0, inspected.stderr
+    assert json.loads(inspected.stdout)["Digest"] == digest
+    assert int(listed[0]["sizeBytes"]) == size_by_skopeo(repository, "latest", creds)
+    # Usage counts the image once, however many tags name it (the org is this test's alone).
+    now = datetime.now(UTC)
+    period = {"startAt": ts(now - timedelta(hours=1)), "endAt": ts(now + timedelta(hours=1))}
+    usage = sdk_one(server.url, "core.v1.UsageService", "getUsage", period, token)["ok"]
+    [registry] = [s for s in usage["storage"] if s["storageType"] == "registry"]
+    assert registry["totalGb"] == pytest.approx(int(listed[0]["sizeBytes"]) / 2**30, rel=1e-6)
+    pulled = skopeo(
+        "copy",
+        "--src-tls-verify=false",
+        "--src-creds",
+        creds,
+        f"docker://{repository}:latest",
+        f"oci:{tmp_path / 'pulled'}:latest",
+    )
+    assert pulled.returncode == 0, pulled.stderr
+
+    # A pull token cannot push.
+    pushed = skopeo(
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        creds,
+        f"oci:{tmp_path / 'pulled'}:latest",
+        f"docker://{repository}:by-pull-token",
+    )
+    assert pushed.returncode != 0
+    assert "denied" in pushed.stderr or "unauthorized" in pushed.stderr
+
+    # depot image ls shows what the store has; depot image rm removes exactly the tag named.
+    shown = depot(server.url, token, "image", "ls", "--project", project)
+    assert shown.returncode == 0, shown.stderr
+    assert f"latest,{digest},{listed[0]['sizeBytes']}," in shown.stdout
+    removed = depot(server.url, token, "image", "rm", "--project", project, build_id)
+    assert removed.returncode == 0, removed.stderr
+    assert {i["tag"] for i in images(server, token, project)} == {"latest", "v1"}
+    gone = skopeo("inspect", "--tls-verify=false", "--creds", creds, f"docker://{repository}:{build_id}")
+    assert gone.returncode != 0 and "manifest unknown" in gone.stderr
+    # The tags that share the image stay pullable, and stay listed once the registry's events are in.
+    time.sleep(1)
+    assert {i["tag"] for i in images(server, token, project)} == {"latest", "v1"}
+    assert (
+        skopeo("inspect", "--tls-verify=false", "--creds", creds, f"docker://{repository}:v1").returncode == 0
+    )
+
+    # DeleteImage by full reference and by the sha256-<hex> pseudo-tag of older CLIs.
+    deleted = sdk_one(
+        server.url,
+        "build.v1.RegistryService",
+        "deleteImage",
+        {"projectId": project, "imageTags": [f"{repository}:v1"]},
+        token,
+    )
+    assert "ok" in deleted, deleted
+    assert {i["tag"] for i in images(server, token, project)} == {"latest"}
+    pseudo = "sha256-" + digest.removeprefix("sha256:")
+    deleted = sdk_one(
+        server.url,
+        "build.v1.RegistryService",
+        "deleteImage",
+        {"projectId": project, "imageTags": [pseudo]},
+        token,
+    )
+    assert "ok" in deleted, deleted
+    assert images(server, token, project) == []
+    time.sleep(1)
+    assert images(server, token, project) == []
+    gone = skopeo("inspect", "--tls-verify=false", "--creds", creds, f"docker://{repository}:latest")
+    assert gone.returncode != 0
+
+    missing = sdk_one(
+        server.url,
+        "build.v1.RegistryService",
+        "deleteImage",
+        {"projectId": project, "imageTags": ["nope"]},
+        token,
+    )
+    assert missing["error"]["code"] == "not_found", missing
+
+
+def test_projects_and_token_kinds_are_isolated(server: Server, org: tuple[str, str], tmp_path: Path) -> None:
+    _org, token = org
+    project, other = new_project(server, token, "mine"), new_project(server, token, "theirs")
+    saved_build(
+        server, token, project, busybox_context(tmp_path / "ctx", "echo isolated > /x"), "--save-tag", "t"
+    )
+    wait_for(lambda: images(server, token, project), "the saved image")
+    repository = f"{server.registry_host}/{project}"
+
+    # Another project's pull token and another organization's token cannot pull this project's image.
+    other_creds = f"x-token:{pull_token(server, token, other)}"
+    refused = skopeo("inspect", "--tls-verify=false", "--creds", other_creds, f"docker://{repository}:t")
+    assert refused.returncode != 0
+    assert "denied" in refused.stderr or "unauthorized" in refused.stderr
+    _other_org, stranger = server.new_organization()
+    refused = skopeo(
+        "inspect", "--tls-verify=false", "--creds", f"x-token:{stranger}", f"docker://{repository}:t"
+    )
+    assert refused.returncode != 0
+    assert images(server, token, other) == []
+    listed = sdk_one(server.url, "build.v1.RegistryService", "listImages", {"projectId": project}, stranger)
+    assert listed["error"]["code"] == "permission_denied", listed
+
+    # The token service itself: GET with Basic auth and the OAuth2 password grant; grants are intersected.
+    scope = f"repository:{project}:pull,push"
+    with httpx.Client(timeout=10) as http:
+        basic = base64.b64encode(f"x-token:{token}".encode()).decode()
+        got = http.get(
+            f"{server.url}/registry/token",
+            params={"service": "opendepot-registry", "scope": [scope, f"repository:{other}:pull"]},
+            headers={"Authorization": f"Basic {basic}"},
+        )
+        assert got.status_code == 200, got.text
+        access = jwt.decode(got.json()["token"], options={"verify_signature": False})["access"]
+        assert {a["name"]: (a["type"], a["actions"]) for a in access} == {
+            project: ("repository", ["pull", "push"]),
+            other: ("repository", ["pull"]),
+        }
+        pull_only = pull_token(server, token, project)
+        posted = http.post(
+            f"{server.url}/registry/token",
+            data={
+                "grant_type": "password",
+                "username": "x-token",
+                "password": pull_only,
+                "scope": scope,
+                "service": "opendepot-registry",
+                "client_id": "test",
+            },
+        )
+        assert posted.status_code == 200, posted.text
+        claims = jwt.decode(posted.json()["access_token"], options={"verify_signature": False})
+        assert claims["access"] == [{"type": "repository", "name": project, "actions": ["pull"]}]
+        denied = http.get(
+            f"{server.url}/registry/token",
+            params={"scope": scope},
+            headers={"Authorization": "Basic " + base64.b64encode(b"x-token:odp_wrong").decode()},
+        )
+        assert denied.status_code == 401
+        stranger_grant = http.get(
+            f"{server.url}/registry/token",
+            params={"scope": scope},
+            headers={"Authorization": "Basic " + base64.b64encode(f"x-token:{stranger}".encode()).decode()},
+        )
+        assert jwt.decode(stranger_grant.json()["token"], options={"verify_signature": False})["access"] == []
+        # Only the registry may post events.
+        forged = http.post(f"{server.url}/registry/events", json={"events": []})
+        assert forged.status_code == 401
+
+
+def test_create_build_registry_fields_and_pull_info(server: Server, org: tuple[str, str]) -> None:
+    _org, token = org
+    project = new_project(server, token, "fields")
+    with httpx.Client(timeout=10) as http:
+        base = server.url
+        path = "/depot.cli.v1.BuildService/"
+        load = cli.CreateBuildRequest(
+            project_id=project,
+            options=[cli.BuildOptions(command=cli.Command.BUILD, load=True, tags=["app:dev"])],
+        )
+        created = call(http, base, path + "CreateBuild", load, token).message(cli.CreateBuildResponse)
+        assert created.registry is not None and created.registry.load_using_registry
+        assert [t.tag for t in created.additional_tags] == [
+            f"{server.registry_host}/{project}:{created.build_id}"
+        ]
+        [credential] = created.additional_credentials
+        assert credential.host == server.registry_host
+        assert base64.b64decode(credential.token).decode() == f"x-token:{created.build_token}"
+
+        info = call(
+            http, base, path + "GetPullInfo", cli.GetPullInfoRequest(build_id=created.build_id), token
+        ).message(cli.GetPullInfoResponse)
+        assert info.reference == f"{server.registry_host}/{project}:{created.build_id}"
+        assert info.username == "x-token" and info.password.startswith("odr_")
+        assert info.save_for_load and info.registry_host == server.registry_host
+        assert [o.tags for o in info.options] == [["app:dev"]]
+
+        plain = cli.CreateBuildRequest(
+            project_id=project, options=[cli.BuildOptions(command=cli.Command.BUILD)]
+        )
+        created = call(http, base, path + "CreateBuild", plain, token).message(cli.CreateBuildResponse)
+        assert created.registry is not None and not created.registry.load_using_registry
+        assert list(created.additional_tags) == []
+
+        bad = cli.CreateBuildRequest(
+            project_id=project,
+            options=[cli.BuildOptions(command=cli.Command.BUILD, save=True, save_tags=["no way"])],
+        )
+        refused = call(http, base, path + "CreateBuild", bad, token)
+        assert refused.code == "invalid_argument" and "options[0].save_tags" in refused.error["message"]
+        unknown = call(http, base, path + "GetPullInfo", cli.GetPullInfoRequest(build_id="bbbbbbbbbb"), token)
+        assert unknown.code == "not_found"
+        # A pull token pulls, and does nothing else with the API.
+        pulled = call(http, base, path + "GetPullToken", cli.GetPullTokenRequest(project_id=project), token)
+        pull_secret = pulled.message(cli.GetPullTokenResponse).token
+        listed = call(http, base, path + "ListBuilds", cli.ListBuildsRequest(project_id=project), pull_secret)
+        assert listed.code == "permission_denied"
+
+
+def blob_files(server: Server) -> set[str]:
+    root = server.data_dir / "registry" / "storage" / "docker" / "registry" / "v2" / "blobs"
+    return {p.parent.name for p in root.rglob("data")}
+
+
+def test_garbage_collection_reclaims_deleted_blobs(collecting: Server, tmp_path: Path) -> None:
+    _org, token = collecting.new_organization()
+    project = new_project(collecting, token, "gc")
+    context = busybox_context(tmp_path / "ctx", "head -c 300000 /dev/urandom > /random.bin")
+    saved_build(collecting, token, project, context)
+    [image] = wait_for(lambda: images(collecting, token, project), "the saved image")
+    before = blob_files(collecting)
+    creds = f"x-token:{pull_token(collecting, token, project)}"
+    top = raw_manifest(f"{collecting.registry_host}/{project}@{image['digest']}", creds)
+    layers = {
+        layer["digest"].removeprefix("sha256:")
+        for m in top["manifests"]
+        for layer in raw_manifest(f"{collecting.registry_host}/{project}@{m['digest']}", creds)["layers"]
+    }
+    assert layers <= before
+
+    deleted = sdk_one(
+        collecting.url,
+        "build.v1.RegistryService",
+        "deleteImage",
+        {"projectId": project, "imageTags": [image["tag"]]},
+        token,
+    )
+    assert "ok" in deleted, deleted
+    wait_for(lambda: not (layers & blob_files(collecting)), "garbage collection to remove the layers", 30)
+    wait_for(lambda: "registry garbage collection done" in collecting.log_text(), "the registry's restart")
+    # The registry is back and takes pushes again.
+    saved_build(collecting, token, project, context)
+    wait_for(lambda: images(collecting, token, project), "the image saved after collection")
+
+
+def test_load_pulls_through_the_registry_into_docker(
+    server: Server, org: tuple[str, str], tmp_path: Path
+) -> None:
+    if (
+        shutil.which("docker") is None
+        or subprocess.run(["docker", "info"], capture_output=True).returncode != 0
+    ):
+        pytest.skip(
+            "no Docker engine runs here: `depot build --load` pulls into one (the CreateBuild and "
+            "GetPullInfo answers for --load are checked in test_create_build_registry_fields_and_pull_info)"
+        )
+    _org, token = org
+    project = new_project(server, token, "load")
+    context = busybox_context(tmp_path / "ctx", "echo loaded > /loaded")
+    tag = f"opendepot-load-test:{project}"
+    result = depot(
+        server.url, token, "build", "--project", project, "--load", "-t", tag, str(context), timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    inspected = subprocess.run(["docker", "image", "inspect", tag], capture_output=True, text=True)
+    assert inspected.returncode == 0, inspected.stderr
+    subprocess.run(["docker", "image", "rm", tag], capture_output=True)

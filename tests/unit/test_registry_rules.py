@@ -1,0 +1,72 @@
+"""The registry's pure rules: scopes, references, save tags, storage configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from opendepot.errors import InvalidArgument
+from opendepot.registry.keys import Access
+from opendepot.registry.operations import parse_scopes
+from opendepot.registry.process import storage_config
+from opendepot.registry.service import save_for_load, save_tags, tag_of, uses_registry
+
+
+def test_scopes_parse_like_the_token_protocol() -> None:
+    assert parse_scopes(["repository:abc:pull,push repository:def:pull", "registry:catalog:*", "junk"]) == [
+        Access("repository", "abc", ("pull", "push")),
+        Access("repository", "def", ("pull",)),
+        Access("registry", "catalog", ("*",)),
+    ]
+    # A host:port inside a name stays in the name: the actions are after the last colon.
+    assert parse_scopes(["repository:host:5000/abc:pull"]) == [
+        Access("repository", "host:5000/abc", ("pull",))
+    ]
+
+
+def test_references_resolve_to_tags_of_this_project_only() -> None:
+    assert tag_of("latest", "bbbbbbbbbb") == "latest"
+    assert tag_of("127.0.0.1:8081/bbbbbbbbbb:v1", "bbbbbbbbbb") == "v1"
+    assert tag_of("registry.depot.dev/bbbbbbbbbb:v1", "bbbbbbbbbb") == "v1"
+    assert tag_of("bbbbbbbbbb:v1", "bbbbbbbbbb") == "v1"
+    with pytest.raises(InvalidArgument, match="image_tags"):
+        tag_of("127.0.0.1:8081/cccccccccc:v1", "bbbbbbbbbb")
+
+
+def test_save_tags_follow_the_oci_grammar() -> None:
+    options: list[dict[str, Any]] = [
+        {"save": True, "saveTags": ["latest", "v1.2-rc_3", "latest"]},
+        {"save_tags": ["x"]},
+    ]
+    assert save_tags(options) == ["latest", "v1.2-rc_3", "x"]
+    for bad in ("-leading-dash", "has space", "a" * 129, "slash/no"):
+        with pytest.raises(InvalidArgument, match=r"options\[0\]\.save_tags"):
+            save_tags([{"saveTags": [bad]}])
+
+
+def test_registry_use_and_save_for_load() -> None:
+    assert not uses_registry([{"push": True}])
+    assert uses_registry([{"load": True}]) and save_for_load([{"load": True}])
+    assert uses_registry([{"save": True, "load": True}]) and not save_for_load([{"save": True, "load": True}])
+
+
+def test_storage_configuration(tmp_path: Path) -> None:
+    assert storage_config("", tmp_path) == {
+        "filesystem": {"rootdirectory": str(tmp_path / "registry" / "storage")}
+    }
+    assert storage_config("/srv/images", tmp_path) == {"filesystem": {"rootdirectory": "/srv/images"}}
+    assert storage_config(
+        "s3://bucket/pre/fix?regionendpoint=http://minio:9000&forcepathstyle=true", tmp_path
+    ) == {
+        "s3": {
+            "bucket": "bucket",
+            "rootdirectory": "/pre/fix",
+            "region": "us-east-1",
+            "regionendpoint": "http://minio:9000",
+            "forcepathstyle": "true",
+        }
+    }
+    with pytest.raises(ValueError, match="unsupported"):
+        storage_config("gs://bucket", tmp_path)
