@@ -7,7 +7,13 @@ import sys
 from collections.abc import Sequence
 
 from opendepot import __version__
-from opendepot.commands import add_client_arguments, add_commands, add_token_commands, run
+from opendepot.commands import (
+    add_client_arguments,
+    add_commands,
+    add_token_commands,
+    add_usage_arguments,
+    run,
+)
 from opendepot.config import ConfigError, add_arguments, resolve
 from opendepot.errors import DomainError
 
@@ -52,13 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(token_create)
     add_client_arguments(token_create)
     add_token_commands(token_commands)
-    usage = commands.add_parser("usage", help="usage figures for a period (on the store directly)")
-    usage.add_argument("--org", default="default", help="organization id or name (default: default)")
+    usage = commands.add_parser(
+        "usage", help="usage figures for a period: over the API, or with --org on the store directly"
+    )
+    usage.add_argument("--org", help="admin form: this organization's figures, read from the store")
     usage.add_argument("--project", help="only this project")
     usage.add_argument("--from", dest="start", required=True, help="period start, ISO 8601 (inclusive)")
     usage.add_argument("--to", dest="end", required=True, help="period end, ISO 8601 (exclusive)")
     usage.add_argument("--csv", action="store_true", help="comma-separated values instead of a table")
     add_arguments(usage)
+    add_usage_arguments(usage)
     login = commands.add_parser("login", help="`depot login` requests (on the store directly)")
     login_commands = login.add_subparsers(dest="action", required=True)
     approve = login_commands.add_parser(
@@ -73,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("projects", "builds", "trust-policies") or (
-        args.command == "tokens" and not getattr(args, "org", None)
+    if args.command in ("projects", "builds", "trust-policies", "images", "build") or (
+        args.command in ("tokens", "usage") and not getattr(args, "org", None)
     ):
         return run(args)
     try:

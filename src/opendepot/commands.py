@@ -8,13 +8,17 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
+from connectrpc.code import Code
 from protobuf import Message, Oneof
+from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 from rich.console import Console
 from rich.table import Table
 
-from opendepot.client import Depot, DepotError, build_v1, core_build_v1, core_v1
+from opendepot.client import Depot, DepotError, build_v1, core_build_v1, core_v1, registry_v1, usage_v1
+from opendepot.local_build import run_build
 
 GIB = 1 << 30
 HARDWARE = {
@@ -81,6 +85,43 @@ def add_commands(commands: Any) -> None:
     sub.add_argument("digest")
     sub.add_argument("--follow", action="store_true", help="keep printing new lines while the build runs")
     add_client_arguments(sub)
+    add_image_and_build_commands(commands)
+
+
+def add_image_and_build_commands(commands: Any) -> None:
+    images = commands.add_parser("images", help="a project's saved images in the registry")
+    actions = images.add_subparsers(dest="action", required=True)
+    sub = actions.add_parser("list", help="tags, digests and sizes, newest first")
+    sub.add_argument("project_id")
+    add_client_arguments(sub)
+    sub = actions.add_parser("delete", help="delete tags (a tag, a full reference or sha256-<hex>)")
+    sub.add_argument("project_id")
+    sub.add_argument("tags", nargs="+")
+    add_client_arguments(sub)
+
+    build = commands.add_parser(
+        "build",
+        help="build a Dockerfile through the server with buildctl (no depot CLI needed)",
+        description="Creates a build on the server, drives its BuildKit with buildctl over the issued "
+        "certificate, shows BuildKit's progress, and exits with buildctl's status.",
+    )
+    build.add_argument("context", help="the build context directory")
+    build.add_argument("--project", help="project id (default: the token's own project)")
+    build.add_argument("-f", "--file", help="the Dockerfile (default: CONTEXT/Dockerfile)")
+    build.add_argument("--target", help="the stage to build")
+    build.add_argument("--build-arg", action="append", metavar="NAME=VALUE")
+    build.add_argument("-t", "--tag", action="append", help="image name, kept with the build's options")
+    build.add_argument("--save", action="store_true", help="push the image to the project's registry")
+    build.add_argument("--save-tag", action="append", help="an extra tag for --save (implies it)")
+    build.add_argument("--output", action="append", help="a buildctl --output, e.g. type=local,dest=out")
+    add_client_arguments(build)
+
+
+def add_usage_arguments(usage: argparse.ArgumentParser) -> None:
+    """`opendepot usage` over the API (the admin form, with --org, reads the store)."""
+    usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    usage.add_argument("--api-url", help="the server (default: DEPOT_API_URL)")
+    usage.add_argument("--token", help="an API token (default: DEPOT_TOKEN)")
 
 
 def add_token_commands(actions: Any) -> None:
@@ -120,7 +161,11 @@ def add_trust_policy_commands(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         with Depot(args.api_url, args.token) as depot:
-            handler: Callable[[Depot, argparse.Namespace], None] = HANDLERS[(args.command, args.action)]
+            if args.command == "build":
+                return run_build(depot, args)
+            handler: Callable[[Depot, argparse.Namespace], None] = HANDLERS[
+                (args.command, getattr(args, "action", ""))
+            ]
             handler(depot, args)
         return 0
     except DepotError as exc:
@@ -351,7 +396,54 @@ def _policies_remove(depot: Depot, args: argparse.Namespace) -> None:
     print(json.dumps({"removed": args.trust_policy_id}) if args.json else f"removed {args.trust_policy_id}")
 
 
+def _images_list(depot: Depot, args: argparse.Namespace) -> None:
+    images = list(depot.iter_images(args.project_id))
+    table = Table("Tag", "Digest", "Size", "Pushed")
+    for i in images:
+        pushed = i.pushed_at.to_datetime().isoformat() if i.pushed_at else ""
+        table.add_row(i.tag, i.digest, f"{i.size_bytes / 1e6:.1f} MB", pushed)
+    _out(args, images, table)
+
+
+def _images_delete(depot: Depot, args: argparse.Namespace) -> None:
+    depot.build.v1.RegistryService.delete_image(
+        registry_v1.DeleteImageRequest(project_id=args.project_id, image_tags=list(args.tags))
+    )
+    print(json.dumps({"deleted": args.tags}) if args.json else f"deleted {', '.join(args.tags)}")
+
+
+def _when(value: str) -> Timestamp:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise DepotError(
+            Code.INVALID_ARGUMENT, f"--from/--to: {value!r} is not an ISO 8601 date or time"
+        ) from exc
+    return Timestamp.from_datetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+
+
+def _usage(depot: Depot, args: argparse.Namespace) -> None:
+    start, end = _when(args.start), _when(args.end)
+    service = depot.core.v1.UsageService
+    if args.project:
+        one = service.get_project_usage(
+            usage_v1.GetProjectUsageRequest(project_id=args.project, start_at=start, end_at=end)
+        ).usage
+        rows = [one] if one is not None else []
+    else:
+        rows = list(depot.iter_project_usage(start, end))
+    table = Table("Project", "Builds", "Build seconds", "Cache GB")
+    for r in rows:
+        table.add_row(
+            r.project_id, str(r.build_count), str(r.build_duration_seconds), str(r.layer_cache_size_gb)
+        )
+    _out(args, rows, table)
+
+
 HANDLERS: dict[tuple[str, str], Callable[[Depot, argparse.Namespace], None]] = {
+    ("images", "list"): _images_list,
+    ("images", "delete"): _images_delete,
+    ("usage", ""): _usage,
     ("tokens", "create"): _tokens_create,
     ("tokens", "list"): _tokens_list,
     ("tokens", "update"): _tokens_update,

@@ -99,7 +99,8 @@ class Progress:
         elif vertex.cached:
             mark, style = "CACHED", "cyan"
         else:
-            mark, style = f"{took:.1f}s" if took is not None else "done", "green"
+            # Sub-millisecond steps can report completed a hair before started.
+            mark, style = f"{max(took, 0.0):.1f}s" if took is not None else "done", "green"
         self.console.print(f"[{style}]{mark:>7}[/] {escape(vertex.name)}")
         for line in vertex.logs:
             self.console.print(f"        [dim]{escape(line)}[/]")
@@ -180,7 +181,8 @@ def buildctl_command(
     for value in args.build_arg or []:
         command += ["--opt", f"build-arg:{value}"]
     if push_names:
-        command += ["--output", f"type=image,name={','.join(push_names)},push=true"]
+        # buildctl reads --output as CSV: several names go in one quoted field.
+        command += ["--output", f'type=image,"name={",".join(push_names)}",push=true']
     for output in args.output or []:
         command += ["--output", output]
     return command

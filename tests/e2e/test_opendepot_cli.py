@@ -126,7 +126,9 @@ def test_tokens_and_trust_policy_commands(server: Server, org: tuple[str, str]) 
     # The admin form still works on the store.
     assert server.admin("tokens", "create", "--org", _org).startswith("odo_")
 
-    gitlab = data(opendepot(server, token, "trust-policies", "add", pid, "--gitlab", "acme/platform/web", "--json"))
+    gitlab = data(
+        opendepot(server, token, "trust-policies", "add", pid, "--gitlab", "acme/platform/web", "--json")
+    )
     assert gitlab["gitlab"] == {"namespacePath": "acme/platform", "projectPath": "acme/platform/web"}
     assert "acme/platform/web" in opendepot(server, token, "trust-policies", "list", pid).stdout
 
@@ -166,7 +168,12 @@ def test_build_images_and_usage_commands(server: Server, org: tuple[str, str], t
     assert missing.returncode == 1 and "not_found" in missing.stderr
 
     now = datetime.now(UTC)
-    window = ["--from", (now - timedelta(hours=1)).isoformat(), "--to", (now + timedelta(hours=1)).isoformat()]
+    window = [
+        "--from",
+        (now - timedelta(hours=1)).isoformat(),
+        "--to",
+        (now + timedelta(hours=1)).isoformat(),
+    ]
     [mine] = data(opendepot(server, token, "usage", *window, "--project", pid, "--json"))
     assert mine["projectId"] == pid and mine["buildCount"] == 3
     everyone = data(opendepot(server, token, "usage", *window, "--json"))

@@ -195,6 +195,30 @@ class Depot:
 
         return _pages(fetch)
 
+    def iter_images(self, project_id: str, page_size: int = 100) -> Iterator[registry_v1.Image]:
+        def fetch(token: str | None) -> tuple[Sequence[registry_v1.Image], str | None]:
+            page = self.build.v1.RegistryService.list_images(
+                registry_v1.ListImagesRequest(project_id=project_id, page_size=page_size, page_token=token)
+            )
+            return page.images, page.next_page_token
+
+        return _pages(fetch)
+
+    def iter_project_usage(
+        self, start_at: Any, end_at: Any, page_size: int = 100
+    ) -> Iterator[usage_v1.ProjectUsage]:
+        """Every project's figures for [start_at, end_at) (google.protobuf.Timestamp values)."""
+
+        def fetch(token: str | None) -> tuple[Sequence[usage_v1.ProjectUsage], str | None]:
+            page = self.core.v1.UsageService.list_project_usage(
+                usage_v1.ListProjectUsageRequest(
+                    start_at=start_at, end_at=end_at, page_size=page_size, page_token=token
+                )
+            )
+            return page.usage, page.next_page_token or None
+
+        return _pages(fetch)
+
 
 class AsyncDepot:
     """The asynchronous client: the same services, awaitable."""
