@@ -141,5 +141,7 @@ class RegistryEndpoints:
         if not isinstance(envelope, dict):
             await respond_json(send, 400, {"error": "expected a notification envelope"})
             return
-        changed = await self.registry.record(envelope)
-        await respond_json(send, 200, {"changed": changed})
+        # Answer first: the registry holds the client's request until its notification sink returns, so a
+        # push would otherwise wait for the image's size to be read back.
+        await respond_json(send, 202, {"accepted": len(envelope.get("events") or [])})
+        await self.registry.record(envelope)
