@@ -130,6 +130,11 @@ def test_unknown_used_and_expired_requests_fail(server: Server, org: tuple[str, 
     with pytest.raises(ConnectError) as unknown:
         asyncio.run(finish(server, "no-such-login"))
     assert unknown.value.code.value == "not_found"
+    with pytest.raises(ConnectError) as blank:
+        asyncio.run(finish(server, ""))
+    assert blank.value.code.value == "invalid_argument" and "id" in blank.value.message
+    with httpx.Client(timeout=10) as http:
+        assert http.get(f"{server.url}/login/no-such-login").status_code == 404
 
     async def start(srv: Server) -> pb.StartLoginResponse:
         async with login_connect.LoginServiceClient(srv.url) as client:
