@@ -25,7 +25,12 @@ def new_project(server: Server, token: str, name: str) -> str:
 
 
 def build(
-    server: Server, token: str, project: str, context: Path, *extra: str, env: dict[str, str] | None = None
+    server: Server,
+    token: str | None,
+    project: str,
+    context: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
 ) -> tuple[int, str]:
     result = depot(
         server.url,

@@ -25,6 +25,7 @@ from protobuf import Oneof
 
 from opendepot.gen.depot.cli.v1 import build_pb as cli
 from opendepot.gen.depot.core.v1 import project_pb as pb
+from tests.e2e.test_builds import build
 from tests.support.builds import builds_possible, busybox_context
 from tests.support.clients import clients_installed, depot
 from tests.support.oidc import REQUEST_TOKEN, LocalIssuer, github_claims
@@ -114,31 +115,19 @@ def test_cli_in_github_actions_and_gitlab_builds_where_trusted(
         "ACTIONS_ID_TOKEN_REQUEST_TOKEN": REQUEST_TOKEN,
     }
 
-    def build(project: str, env: dict[str, str]) -> tuple[int, str]:
-        result = depot(
-            ci.url,
-            None,
-            "build",
-            "--project",
-            project,
-            "--progress",
-            "plain",
-            str(context),
-            env=env,
-            timeout=300,
-        )
-        return result.returncode, result.stdout + result.stderr
+    def build_as_ci(project: str, env: dict[str, str]) -> tuple[int, str]:
+        return build(ci, None, project, context, env=env)
 
-    code, output = build(trusted, actions)
+    code, output = build_as_ci(trusted, actions)
     assert code == 0, output
     assert "built-by-ci" in output
-    code, output = build(untrusted, actions)
+    code, output = build_as_ci(untrusted, actions)
     assert code != 0
     assert "permission_denied" in output or "not trusted" in output, output
 
     # Another repository of the same owner is not trusted.
     issuer.github_claims = github_claims("acme", "gadgets")
-    code, output = build(trusted, actions)
+    code, output = build_as_ci(trusted, actions)
     assert code != 0 and ("permission_denied" in output or "not trusted" in output), output
 
     # GitLab: the CLI sends DEPOT_OIDC_TOKEN when GITLAB_CI is set (opendepot's GitLab trust policy).
@@ -156,7 +145,7 @@ def test_cli_in_github_actions_and_gitlab_builds_where_trusted(
         "GITLAB_CI": "true",
         "DEPOT_OIDC_TOKEN": gitlab_token,
     }
-    code, output = build(trusted, gitlab)
+    code, output = build_as_ci(trusted, gitlab)
     assert code == 0, output
 
     listed = depot(ci.url, admin, "list", "builds", "--project", trusted, "--output", "json")

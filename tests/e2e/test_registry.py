@@ -20,6 +20,7 @@ import jwt
 import pytest
 
 from opendepot.gen.depot.cli.v1 import build_pb as cli
+from tests.e2e.test_builds import build, new_project
 from tests.support.builds import builds_possible, busybox_context
 from tests.support.clients import depot, sdk_one, ts
 from tests.support.rpc import call
@@ -31,31 +32,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def new_project(server: Server, token: str, name: str) -> str:
-    created = depot(server.url, token, "projects", "create", name)
-    assert created.returncode == 0, created.stderr
-    return str(json.loads(created.stdout)["project_id"])
-
-
 def saved_build(server: Server, token: str, project: str, context: Path, *extra: str) -> str:
-    result = depot(
-        server.url,
-        token,
-        "build",
-        "--project",
-        project,
-        "--progress",
-        "plain",
-        "--save",
-        *extra,
-        str(context),
-        timeout=300,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+    code, output = build(server, token, project, context, "--save", *extra)
+    assert code == 0, output
     assert f"pushing manifest for {server.registry_host}/{project}:" in output, output
-    build_id = output.split("depot pull --project", 1)[1].split()[1]
-    return build_id
+    return output.split("depot pull --project", 1)[1].split()[1]
 
 
 def images(server: Server, token: str, project: str) -> list[dict[str, Any]]:
