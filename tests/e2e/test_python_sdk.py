@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from opendepot.client import (
     core_build_v1,
     core_v1,
     organization_v1,
+    registry_v1,
     usage_v1,
 )
 from tests.e2e.test_builds import build
@@ -100,7 +102,13 @@ def test_builds_steps_logs_and_usage(server: Server, org: tuple[str, str], tmp_p
         ).project
         assert project is not None
         code, output = build(
-            server, token, project.project_id, busybox_context(tmp_path / "ctx", "echo from-sdk")
+            server,
+            token,
+            project.project_id,
+            busybox_context(tmp_path / "ctx", "echo from-sdk"),
+            "--save",
+            "--save-tag",
+            "sdk",
         )
         assert code == 0, output
         [built] = list(depot.iter_builds(project.project_id))
@@ -119,3 +127,14 @@ def test_builds_steps_logs_and_usage(server: Server, org: tuple[str, str], tmp_p
             )
         ).usage
         assert usage is not None and usage.build_count == 1
+
+        # Images: the saved tags, paged one at a time, then one deleted.
+        deadline = time.monotonic() + 20
+        while len(list(depot.iter_images(project.project_id))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        tags = {i.tag for i in depot.iter_images(project.project_id, page_size=1)}
+        assert tags == {built.build_id, "sdk"}
+        depot.build.v1.RegistryService.delete_image(
+            registry_v1.DeleteImageRequest(project_id=project.project_id, image_tags=["sdk"])
+        )
+        assert [i.tag for i in depot.iter_images(project.project_id)] == [built.build_id]

@@ -259,6 +259,23 @@ def test_projects_and_token_kinds_are_isolated(server: Server, org: tuple[str, s
             headers={"Authorization": "Basic " + base64.b64encode(f"x-token:{stranger}".encode()).decode()},
         )
         assert jwt.decode(stranger_grant.json()["token"], options={"verify_signature": False})["access"] == []
+        # A project token pushes and pulls its own project's repository only.
+        created = sdk_one(
+            server.url,
+            "core.v1.ProjectService",
+            "createToken",
+            {"projectId": other, "description": "r"},
+            token,
+        )
+        project_token = created["ok"]["secret"]
+        both = f"repository:{other}:pull,push {scope}"
+        granted = http.post(
+            f"{server.url}/registry/token",
+            data={"grant_type": "password", "username": "x", "password": project_token, "scope": both},
+        )
+        assert jwt.decode(granted.json()["access_token"], options={"verify_signature": False})["access"] == [
+            {"type": "repository", "name": other, "actions": ["pull", "push"]}
+        ]
         # Only the registry may post events.
         forged = http.post(f"{server.url}/registry/events", json={"events": []})
         assert forged.status_code == 401
