@@ -18,3 +18,11 @@ def test_secrets_carry_their_kind_and_are_hashed() -> None:
     assert len(org) >= 4 + 43
     assert hash_secret(org) != hash_secret(project) and len(hash_secret(org)) == 64
     assert hash_secret(org) == hash_secret(org)
+
+
+def test_login_ids_are_shell_safe() -> None:
+    from opendepot.logins.service import new_login_id
+
+    ids = {new_login_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(i) == 32 and i.isalnum() and i.isascii() for i in ids)

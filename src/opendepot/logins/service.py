@@ -5,6 +5,7 @@ FinishLogin then makes a user token for that organization and hands it over once
 from __future__ import annotations
 
 import secrets
+import string
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -20,12 +21,19 @@ from opendepot.tokens import service as tokens
 from .models import LoginRequest
 
 MAX_ID_LENGTH = 64
+# Letters and digits only: an id is pasted into shells (`opendepot login approve ID`), where a leading "-"
+# would read as an option. 32 of 62 symbols is about 190 bits.
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_login_id() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(32))
 
 
 def start(session: Session, lifetime: timedelta) -> LoginRequest:
     now = utcnow()
     session.execute(delete(LoginRequest).where(LoginRequest.expires_at < now - timedelta(days=1)))
-    login = LoginRequest(id=secrets.token_urlsafe(24), created_at=now, expires_at=now + lifetime)
+    login = LoginRequest(id=new_login_id(), created_at=now, expires_at=now + lifetime)
     session.add(login)
     session.flush()
     return login
