@@ -31,8 +31,8 @@ from .core_organization import OrganizationService
 from .core_project import ProjectService
 from .core_usage import UsageService
 from .deps import Deps
+from .http import Receive, Scope, Send, respond_json
 from .interceptor import CallInterceptor
-from .registry_http import Receive, Scope, Send, respond_json
 from .registry_v1 import RegistryService
 
 # Status reports carry raw build logs; allow large messages (spec §1.4).

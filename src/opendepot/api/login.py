@@ -16,8 +16,8 @@ from opendepot.gen.depot.cli.v1beta1 import login_pb as pb
 from opendepot.logins import service as logins
 
 from .deps import Deps
+from .http import Receive, Scope, Send, read_body
 from .pages import login_page
-from .registry_http import Receive, Scope, Send, read_body
 
 Ctx = RequestContext[Any, Any]
 POLL_SECONDS = 0.5

@@ -12,8 +12,6 @@ import base64
 import binascii
 import hmac
 import json
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 from urllib.parse import parse_qs
 
 from opendepot.auth import Principal
@@ -21,48 +19,7 @@ from opendepot.errors import Unauthenticated
 from opendepot.registry.operations import Registry
 
 from .auth import Authenticator
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-MAX_BODY = 1024 * 1024
-
-
-async def read_body(receive: Receive, limit: int = MAX_BODY) -> bytes | None:
-    """The request body, or None when it is larger than limit."""
-    body = bytearray()
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if len(body) > limit:
-            return None
-        if not message.get("more_body"):
-            return bytes(body)
-
-
-async def respond_json(
-    send: Send, status: int, payload: Any, headers: Sequence[tuple[bytes, bytes]] = ()
-) -> None:
-    body = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def _header(scope: Scope, name: bytes) -> str:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return ""
+from .http import MAX_BODY, Receive, Scope, Send, header, read_body, respond_json
 
 
 def basic_password(authorization: str) -> str | None:
@@ -100,7 +57,7 @@ class RegistryEndpoints:
             secret = passwords[0] if passwords else None
             scopes = [s for value in form.get("scope", []) for s in value.split(" ")]
         elif scope["method"] == "GET":
-            secret = basic_password(_header(scope, b"authorization"))
+            secret = basic_password(header(scope, b"authorization"))
             scopes = query.get("scope", [])
         else:
             await respond_json(send, 405, {"errors": [{"code": "UNSUPPORTED", "message": "use GET or POST"}]})
@@ -129,7 +86,7 @@ class RegistryEndpoints:
     async def events(self, scope: Scope, receive: Receive, send: Send) -> None:
         expected = f"Bearer {self.registry.signer.events_secret}"
         if scope["method"] != "POST" or not hmac.compare_digest(
-            _header(scope, b"authorization").encode(), expected.encode()
+            header(scope, b"authorization").encode(), expected.encode()
         ):
             await respond_json(send, 401, {"error": "not the registry"})
             return
