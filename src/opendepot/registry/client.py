@@ -69,12 +69,13 @@ class RegistryClient:
         media_type = response.headers.get("content-type", "").split(";")[0].strip()
         return Manifest(body, media_type, digest)
 
-    async def exists(self, repository: str, reference: str) -> bool:
+    async def digest_of(self, repository: str, reference: str) -> str | None:
+        """What a tag names now, or None if the registry has no such tag."""
         headers = {**self._auth(repository, "pull"), "Accept": ACCEPT}
         response = await self._http.head(f"/v2/{repository}/manifests/{reference}", headers=headers)
         if response.status_code not in (200, 404):
             raise RegistryError(f"HEAD manifest {repository}:{reference}: HTTP {response.status_code}")
-        return response.status_code == 200
+        return response.headers.get("docker-content-digest") if response.status_code == 200 else None
 
     async def image_size(self, repository: str, digest: str) -> tuple[str, int]:
         """(media type, bytes of config plus layers); for an index, over its manifests, each blob once."""

@@ -90,11 +90,14 @@ class Registry:
                 log.warning("registry event %s not applied: %s", event.get("id"), exc)
         return changed
 
-    async def _image_size(self, repository: str, digest: str) -> tuple[str, int]:
-        """Retried briefly: when BuildKit pushes one image under several tags at once, the filesystem driver
-        can show a half-rewritten link for a moment (distribution answers 500 "invalid checksum digest")."""
+    async def _image(self, repository: str, tag: str, digest: str) -> tuple[str, int] | None:
+        """The media type and size of the image the tag names, if it still names that digest. Retried
+        briefly: when BuildKit pushes one image under several tags at once, the filesystem driver can show a
+        half-rewritten link for a moment (distribution answers 500 "invalid checksum digest")."""
         for attempt in range(SIZE_ATTEMPTS):
             try:
+                if await self.client.digest_of(repository, tag) != digest:
+                    return None
                 return await self.client.image_size(repository, digest)
             except RegistryError:
                 if attempt == SIZE_ATTEMPTS - 1:
@@ -113,19 +116,17 @@ class Registry:
             tag = target.get("tag")
             if not tag or target.get("mediaType") not in (*INDEX_TYPES, *MANIFEST_TYPES):
                 return 0
-            media_type, size = await self._image_size(repository, digest)
+            found = await self._image(repository, str(tag), digest)
+            if found is None:
+                return 0  # a late event for a tag deleted or moved since
+            media_type, size = found
             at = as_utc(dt.datetime.fromisoformat(event["timestamp"])) if event.get("timestamp") else utcnow()
             pushed = await self.store.run(
                 lambda s: service.record_push(s, repository, str(tag), digest, media_type, size, at)
             )
             return int(pushed)
-        if action == "delete" and digest:
-            # Only tags the registry no longer has: a tag put back after the delete stays listed.
-            tags = await self.store.read(lambda s: service.tags_with_digest(s, repository, digest))
-            gone = [t for t in tags if not await self.client.exists(repository, t)]
-            if gone:
-                await self.store.run(lambda s: service.forget_tags(s, repository, gone))
-            return len(gone)
+        # Deletes need no event: no client is granted delete, so every delete is DeleteImage's own, which
+        # updates the store itself (and an event handled mid-way through it would race its re-tagging).
         return 0
 
 
