@@ -66,6 +66,8 @@ class Option:
     metavar: str | None = None
     # The flag may be given several times; the values are joined as if comma-separated.
     repeatable: bool = False
+    # Another spelling of the flag (the singular of a repeatable one).
+    alias: str | None = None
 
     @property
     def flag(self) -> str:
@@ -212,6 +214,7 @@ OPTIONS: tuple[Option, ...] = (
         parse=_issuers,
         metavar="PROVIDER=URL",
         repeatable=True,
+        alias="--oidc-issuer",
     ),
     Option(
         "oidc_audiences",
@@ -340,7 +343,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for option in OPTIONS:
         parser.add_argument(
-            option.flag,
+            *filter(None, (option.flag, option.alias)),
             dest=option.name,
             metavar=option.metavar,
             default=None,

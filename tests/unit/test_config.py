@@ -60,3 +60,21 @@ def test_unknown_keys_in_the_file_are_refused(tmp_path: Path) -> None:
     config_file.write_text("lissen = 1\n")
     with pytest.raises(ConfigError, match="lissen"):
         resolve(parse("--config", str(config_file)), {})
+
+
+def test_oidc_issuers_from_flags_env_and_off() -> None:
+    local = "http://127.0.0.1:9000/github"
+    flags = resolve(
+        parse("--oidc-issuer", f"github={local}", "--oidc-issuer", "gitlab=https://git.example/"), {}
+    )
+    assert flags.oidc_issuers["github"] == local
+    assert flags.oidc_issuers["gitlab"] == "https://git.example"
+    assert flags.oidc_issuers["buildkite"] == "https://agent.buildkite.com"
+    env = resolve(parse(), {"OPENDEPOT_OIDC_ISSUERS": f"github={local},circleci=https://c.example/org"})
+    assert env.oidc_issuers["github"] == local and env.oidc_issuers["circleci"] == "https://c.example/org"
+    assert resolve(parse("--oidc-issuer", "off"), {}).oidc_issuers == {}
+    default = resolve(parse("--public-url", "https://builds.example"), {})
+    assert default.oidc_audiences == ("https://depot.dev", "https://builds.example")
+    for bad in ("jenkins=https://x", "github", "github=ftp://x"):
+        with pytest.raises(ConfigError, match="oidc-issuer"):
+            resolve(parse("--oidc-issuer", bad), {})
