@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -366,7 +367,7 @@ def test_garbage_collection_reclaims_deleted_blobs(collecting: Server, tmp_path:
     wait_for(lambda: images(collecting, token, project), "the image saved after collection")
 
 
-def test_load_pulls_through_the_registry_into_docker(
+def test_load_and_docker_login_with_a_docker_engine(
     server: Server, org: tuple[str, str], tmp_path: Path
 ) -> None:
     if (
@@ -377,14 +378,52 @@ def test_load_pulls_through_the_registry_into_docker(
             "no Docker engine runs here: `depot build --load` pulls into one (the CreateBuild and "
             "GetPullInfo answers for --load are checked in test_create_build_registry_fields_and_pull_info)"
         )
+    # The CLI's Docker client speaks API 1.44; an older engine (Debian bookworm's 20.10 is 1.41) is told ours.
+    api = subprocess.run(
+        ["docker", "version", "--format", "{{.Server.APIVersion}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    docker_env = {**os.environ, "DOCKER_API_VERSION": api}
     _org, token = org
     project = new_project(server, token, "load")
-    context = busybox_context(tmp_path / "ctx", "echo loaded > /loaded")
+    context = busybox_context(tmp_path / "ctx", "echo loaded-through-the-registry > /loaded")
     tag = f"opendepot-load-test:{project}"
-    result = depot(
-        server.url, token, "build", "--project", project, "--load", "-t", tag, str(context), timeout=300
+    code, output = build(
+        server, token, project, context, "--load", "-t", tag, env={"DOCKER_API_VERSION": api}
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    inspected = subprocess.run(["docker", "image", "inspect", tag], capture_output=True, text=True)
-    assert inspected.returncode == 0, inspected.stderr
-    subprocess.run(["docker", "image", "rm", tag], capture_output=True)
+    assert code == 0, output
+    assert f"pushing manifest for {server.registry_host}/{project}:" in output and "pulling" in output, output
+    ran = subprocess.run(
+        ["docker", "run", "--rm", tag, "/bin/busybox", "cat", "/loaded"],
+        capture_output=True,
+        text=True,
+        env=docker_env,
+    )
+    assert ran.stdout.strip() == "loaded-through-the-registry", ran.stderr
+
+    # docker login with a project token: push to its own repository, not to another project's.
+    secret = sdk_one(
+        server.url, "core.v1.ProjectService", "createToken", {"projectId": project, "description": "d"}, token
+    )["ok"]["secret"]
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    login_env = {**docker_env, "DOCKER_CONFIG": str(config)}
+
+    def docker(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["docker", *args], input=stdin, capture_output=True, text=True, env=login_env)
+
+    assert (
+        docker("login", server.registry_host, "-u", "x-token", "--password-stdin", stdin=secret).returncode
+        == 0
+    )
+    mine, theirs = f"{server.registry_host}/{project}:from-docker", f"{server.registry_host}/zzzzzzzzzz:nope"
+    for target in (mine, theirs):
+        assert docker("tag", tag, target).returncode == 0
+    pushed = docker("push", mine)
+    assert pushed.returncode == 0, pushed.stderr
+    refused = docker("push", theirs)
+    assert refused.returncode != 0 and "denied" in (refused.stdout + refused.stderr)
+    for image in (tag, mine, theirs):
+        docker("image", "rm", image)
