@@ -19,10 +19,6 @@ def newest_first(session: Session, project_id: str, *, limit: int, after: Cursor
     return session.scalars(stmt.order_by(Image.pushed_at.desc(), Image.tag.desc()).limit(limit)).all()
 
 
-def by_tags(session: Session, project_id: str, tags: Sequence[str]) -> Sequence[Image]:
-    return session.scalars(select(Image).where(Image.project_id == project_id, Image.tag.in_(tags))).all()
-
-
 def by_digests(session: Session, project_id: str, digests: Sequence[str]) -> Sequence[Image]:
     stmt = select(Image).where(Image.project_id == project_id, Image.digest.in_(digests))
     return session.scalars(stmt).all()
@@ -34,10 +30,6 @@ def by_tag(session: Session, project_id: str, tag: str) -> Image | None:
 
 def delete_tags(session: Session, project_id: str, tags: Sequence[str]) -> None:
     session.execute(delete(Image).where(Image.project_id == project_id, Image.tag.in_(tags)))
-
-
-def delete_digest(session: Session, project_id: str, digest: str) -> None:
-    session.execute(delete(Image).where(Image.project_id == project_id, Image.digest == digest))
 
 
 def stored_bytes(session: Session, project_id: str) -> int:

@@ -216,7 +216,3 @@ def record_push(
         image.digest, image.media_type, image.size_bytes, image.pushed_at = digest, media_type, size, at
     session.flush()
     return True
-
-
-def tags_with_digest(session: Session, project_id: str, digest: str) -> list[str]:
-    return [image.tag for image in queries.by_digests(session, project_id, [digest])]
