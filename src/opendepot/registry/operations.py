@@ -91,18 +91,21 @@ class Registry:
         return changed
 
     async def _image(self, repository: str, tag: str, digest: str) -> tuple[str, int] | None:
-        """The media type and size of the image the tag names, if it still names that digest. Retried
-        briefly: when BuildKit pushes one image under several tags at once, the filesystem driver can show a
-        half-rewritten link for a moment (distribution answers 500 "invalid checksum digest")."""
+        """The media type and size of the image the tag names, if it still names that digest (None for a
+        late event about a tag deleted or moved since). Retried briefly either way: when BuildKit pushes one
+        image under several tags at once, the filesystem driver can show a half-rewritten link for a moment
+        (distribution answers 404, or 500 "invalid checksum digest")."""
         for attempt in range(SIZE_ATTEMPTS):
+            last = attempt == SIZE_ATTEMPTS - 1
             try:
-                if await self.client.digest_of(repository, tag) != digest:
+                if await self.client.digest_of(repository, tag) == digest:
+                    return await self.client.image_size(repository, digest)
+                if last:
                     return None
-                return await self.client.image_size(repository, digest)
             except RegistryError:
-                if attempt == SIZE_ATTEMPTS - 1:
+                if last:
                     raise
-                await asyncio.sleep(0.2 * (attempt + 1))
+            await asyncio.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")
 
     async def _apply(self, event: dict[str, Any]) -> int:
