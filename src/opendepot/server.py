@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import faulthandler
 import logging
 import multiprocessing
 import signal
@@ -193,6 +194,7 @@ def _run(coroutine: Coroutine[Any, Any, None]) -> None:
 
 def _worker_main(config: Config, make_app: AppFactory, stop: EventType) -> None:
     _die_with_parent()
+    faulthandler.enable()  # a crash in native code leaves the Python stack in the log
     configure_logging(config.log_level)
     hc = hypercorn_config(config)
     hc.workers = config.workers  # makes Hypercorn set SO_REUSEPORT
@@ -218,6 +220,7 @@ def _prepare(config: Config) -> None:
 
 
 def serve(config: Config) -> None:
+    faulthandler.enable()
     configure_logging(config.log_level)
     _prepare(config)
     scheme = "https" if config.tls_cert else "http"
