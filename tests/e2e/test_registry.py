@@ -425,5 +425,17 @@ def test_load_and_docker_login_with_a_docker_engine(
     assert pushed.returncode == 0, pushed.stderr
     refused = docker("push", theirs)
     assert refused.returncode != 0 and "denied" in (refused.stdout + refused.stderr)
-    for image in (tag, mine, theirs):
+
+    # depot pull <build-id>: GetPullInfo, then the same pull through the engine, retagged.
+    build_id = output.split(f"{server.registry_host}/{project}:", 1)[1].split("@", 1)[0]
+    pulled_tag = f"opendepot-pulled:{project}"
+    pulled = depot(
+        server.url, token, "pull", "--project", project, build_id, "-t", pulled_tag,
+        env={"DOCKER_API_VERSION": api},
+    )  # fmt: skip
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert docker("image", "inspect", pulled_tag).returncode == 0
+
+    listed = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    for image in {tag, mine, theirs, pulled_tag, *(i for i in listed if i.startswith(server.registry_host))}:
         docker("image", "rm", image)
