@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
+from opendepot.files import write_private
 from opendepot.organizations import service as organizations
 from opendepot.store import Store
 from opendepot.tokens import service as tokens
 
 ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 - a file name, not a secret
-
-
-def write_secret_file(path: Path, secret: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
-    os.chmod(path, 0o600)
 
 
 def bootstrap(store: Store, data_dir: Path) -> bool:
@@ -30,6 +22,6 @@ def bootstrap(store: Store, data_dir: Path) -> bool:
             return False
         org = organizations.create_organization(session, "default")
         _token, secret = tokens.create_organization_token(session, org.id, "admin token (bootstrap)")
-        write_secret_file(path, secret)
+        write_private(path, secret + "\n")
     print(f"opendepot: created organization 'default'; its admin token is in {path}", file=sys.stderr)
     return True

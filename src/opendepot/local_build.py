@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from opendepot.client import Depot, DepotError, cli_v1
+from opendepot.files import write_private
 
 HEARTBEAT_SECONDS = 5.0
 
@@ -149,12 +150,6 @@ def _connection(
             time.sleep(max(wait, 100) / 1000)
 
 
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
 def buildctl_command(
     buildctl: str,
     active: cli_v1.GetBuildKitConnectionResponse.ActiveConnection,
@@ -163,9 +158,9 @@ def buildctl_command(
     push_names: list[str],
 ) -> list[str]:
     assert active.cert is not None and active.ca_cert is not None
-    _write_private(certs / "ca.pem", active.ca_cert.cert)
-    _write_private(certs / "cert.pem", active.cert.cert)
-    _write_private(certs / "key.pem", active.cert.key)
+    write_private(certs / "ca.pem", active.ca_cert.cert)
+    write_private(certs / "cert.pem", active.cert.cert)
+    write_private(certs / "key.pem", active.cert.key)
     context = Path(args.context).resolve()
     dockerfile = Path(args.file).resolve() if args.file else context / "Dockerfile"
     command = [
@@ -217,7 +212,7 @@ def run_build(depot: Depot, args: argparse.Namespace) -> int:
             if names:
                 # buildctl answers buildkitd's credential requests from a Docker config: the build token.
                 config = {"auths": {c.host: {"auth": c.token} for c in created.additional_credentials}}
-                _write_private(Path(tmp) / "config.json", json.dumps(config))
+                write_private(Path(tmp) / "config.json", json.dumps(config))
                 env["DOCKER_CONFIG"] = tmp
             command = buildctl_command(buildctl, active, Path(tmp), args, names)
             code = _solve(command, env, console)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from opendepot.processes import terminate
 from opendepot.projects.policy import CacheSetting
 from opendepot.store import Store
 
@@ -129,16 +130,8 @@ class LocalBuildkitd:
 
     async def stop(self, project_id: str, platform: str) -> None:
         process = self._processes.pop((project_id, platform), None)
-        if process is None or process.poll() is not None:
-            self.limits.remove(f"{project_id}-{platform}")
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.to_thread(process.wait), timeout=15)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await asyncio.to_thread(process.wait)
+        if process is not None:
+            await terminate(process)
         self.limits.remove(f"{project_id}-{platform}")
 
     async def disk_usage(self, project_id: str, platform: str) -> int | None:

@@ -73,7 +73,7 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _builder(
+def certificate_builder(
     subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey, lifetime: dt.timedelta
 ) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.UTC)
@@ -125,7 +125,7 @@ class Authority:
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = _name(f"opendepot project {project_id} CA")
         ca = (
-            _builder(ca_name, ca_name, ca_key, CA_LIFETIME)
+            certificate_builder(ca_name, ca_name, ca_key, CA_LIFETIME)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -146,7 +146,7 @@ class Authority:
         key = ec.generate_private_key(ec.SECP256R1())
         name = server_name(project_id)
         server = (
-            _builder(_name(name), ca_name, key, SERVER_LIFETIME)
+            certificate_builder(_name(name), ca_name, key, SERVER_LIFETIME)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256())
@@ -172,7 +172,9 @@ class Authority:
         assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
-            _builder(_name(f"build {identity.build_id} {identity.platform}"), ca.subject, key, lifetime)
+            certificate_builder(
+                _name(f"build {identity.build_id} {identity.platform}"), ca.subject, key, lifetime
+            )
             .add_extension(
                 x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=False
             )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import os
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -23,10 +22,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from opendepot.files import write_private
+from opendepot.pki.authority import certificate_builder
+
 ISSUER = "opendepot"
 SERVICE = "opendepot-registry"
 KEY_FILE = "token-key.pem"
 CERT_FILE = "token-cert.pem"
+SIGNER_LIFETIME = dt.timedelta(days=3650)
 EVENTS_SECRET_FILE = "events-secret"  # noqa: S105 - a file name
 
 
@@ -48,12 +51,6 @@ def libtrust_key_id(public_key: ec.EllipticCurvePublicKey) -> str:
     return ":".join(encoded[i : i + 4] for i in range(0, len(encoded), 4))
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
 def ensure_keys(directory: Path) -> None:
     """Creates the signing key, its certificate and the notification secret if they are missing."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -61,25 +58,15 @@ def ensure_keys(directory: Path) -> None:
     if not (key_path.exists() and cert_path.exists()):
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "opendepot registry token signer")])
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=3650))
-            .sign(key, hashes.SHA256())
-        )
+        cert = certificate_builder(name, name, key, SIGNER_LIFETIME).sign(key, hashes.SHA256())
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        _write_private(key_path, pem)
+        write_private(key_path, pem)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     secret_path = directory / EVENTS_SECRET_FILE
     if not secret_path.exists():
-        _write_private(secret_path, secrets.token_urlsafe(32).encode())
+        write_private(secret_path, secrets.token_urlsafe(32).encode())
 
 
 class TokenSigner:

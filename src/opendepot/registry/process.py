@@ -24,6 +24,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from opendepot.builds import queries as build_queries
 from opendepot.clock import utcnow
+from opendepot.files import write_private
+from opendepot.processes import terminate
 from opendepot.store import Store
 
 from . import queries
@@ -118,9 +120,7 @@ class RegistryProcess:
 
     def write_config(self) -> None:
         config = registry_config(self.settings, self.signer, secrets.token_urlsafe(24))
-        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(config, f, indent=2)
+        write_private(self.config_path, json.dumps(config, indent=2))
 
     def _reap_stale(self) -> None:
         """A registry left by an earlier supervisor (killed hard) still holds the port: stop it."""
@@ -158,14 +158,8 @@ class RegistryProcess:
 
     async def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.to_thread(process.wait), timeout=15)
-        except TimeoutError:
-            process.kill()
-            await asyncio.to_thread(process.wait)
+        if process is not None:
+            await terminate(process)
         with contextlib.suppress(OSError):
             self.pid_path.unlink()
 
