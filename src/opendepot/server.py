@@ -37,17 +37,17 @@ from opendepot.api.login import LoginPage, LoginService
 from opendepot.api.pages import shared_build_page
 from opendepot.api.registry_http import RegistryEndpoints
 from opendepot.bootstrap import bootstrap
+from opendepot.builders.access import BuilderAccess
+from opendepot.builders.local import LocalBuildkitd, reap_orphans
+from opendepot.builders.reconciler import BuilderReconciler, ReconcilerSettings
+from opendepot.builders.reset import BuilderReset
 from opendepot.builds import queries as build_queries
 from opendepot.builds import service as builds
 from opendepot.config import Config
-from opendepot.machines.access import MachineAccess
-from opendepot.machines.backend import LocalBuildkitd, reap_orphans
-from opendepot.machines.gateway import Gateway
-from opendepot.machines.manager import MachineManager, ManagerSettings
-from opendepot.machines.recorder import StepRecorder
+from opendepot.gateway.listener import Gateway
+from opendepot.gateway.recorder import StepRecorder
 from opendepot.oidc.verifier import OidcVerifier
 from opendepot.pki.authority import Authority
-from opendepot.projects.caches import ProjectCaches
 from opendepot.projects.service import Settings as ProjectSettings
 from opendepot.registry.keys import TokenSigner, ensure_keys
 from opendepot.registry.operations import Registry, RegistrySettings
@@ -67,14 +67,14 @@ def build_app(config: Config, store: Store) -> Router:
             OidcVerifier(config.oidc_issuers, config.oidc_audiences) if config.oidc_issuers else None,
             timedelta(seconds=config.oidc_replay_window_seconds),
         ),
-        caches=ProjectCaches(config.data_dir / "projects", store),
+        caches=BuilderReset(config.data_dir / "projects", store),
         project_settings=ProjectSettings(regions=config.regions, default_region=config.default_region),
         public_url=config.public_url,
         authority=authority,
         registry=registry,
     )
     gateway_port = config.buildkit_host_port[1]
-    machines = MachineAccess(store, authority, config.buildkit_host, gateway_port)
+    machines = BuilderAccess(store, authority, config.buildkit_host, gateway_port)
 
     async def healthy() -> bool:
         def ping() -> bool:
@@ -276,7 +276,7 @@ async def _supervise(config: Config, make_app: AppFactory, builders: bool) -> No
 
 
 @contextlib.asynccontextmanager
-async def builder_services(config: Config) -> AsyncIterator[MachineManager]:
+async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
     """The singular parts of the server: the machine manager and the BuildKit gateway."""
     store = Store(config.database_url)
     backend = LocalBuildkitd(
@@ -296,11 +296,11 @@ async def builder_services(config: Config) -> AsyncIterator[MachineManager]:
     )
     host, port = config.buildkit_host_port
     await gateway.start(host, port)
-    manager = MachineManager(
+    manager = BuilderReconciler(
         store,
         backend,
         gateway,
-        ManagerSettings(
+        ReconcilerSettings(
             lease_timeout=timedelta(seconds=config.lease_timeout),
             idle_timeout=timedelta(seconds=config.builder_idle_timeout),
             sample_seconds=config.usage_sample_seconds,

@@ -10,12 +10,12 @@ import httpx
 import pytest
 from protobuf import Message
 
+from opendepot.builders.access import supported_platforms
 from opendepot.gen.depot.build.v1 import build_pb as b1
 from opendepot.gen.depot.build.v1 import registry_pb as reg
 from opendepot.gen.depot.buildkit.v1 import buildkit_pb as bk
 from opendepot.gen.depot.cli.v1 import build_pb as cli
 from opendepot.gen.depot.core.v1 import project_pb as pb
-from opendepot.machines.access import supported_platforms
 from tests.support.rpc import call
 from tests.support.server import Server
 

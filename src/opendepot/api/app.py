@@ -9,6 +9,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.server import ConnectASGIApplication
 
+from opendepot.builders.access import BuilderAccess
 from opendepot.gen.depot.build.v1 import build_connect as build_v1
 from opendepot.gen.depot.build.v1 import registry_connect as registry_v1
 from opendepot.gen.depot.buildkit.v1 import buildkit_connect as buildkit_v1
@@ -20,7 +21,6 @@ from opendepot.gen.depot.core.v1 import build_connect as core_build_v1
 from opendepot.gen.depot.core.v1 import organization_connect as org_v1
 from opendepot.gen.depot.core.v1 import project_connect as project_v1
 from opendepot.gen.depot.core.v1 import usage_connect as usage_v1
-from opendepot.machines.access import MachineAccess
 
 from .build_v1 import BuildService as BuildV1Service
 from .buildkit_v1 import BuildKitService
@@ -79,7 +79,7 @@ def method_paths() -> set[str]:
 
 
 def connect_apps(
-    deps: Deps, machines: MachineAccess, login: login_v1beta1.LoginService
+    deps: Deps, machines: BuilderAccess, login: login_v1beta1.LoginService
 ) -> list[ConnectASGIApplication[Any]]:
     opts: dict[str, Any] = {"interceptors": [CallInterceptor()], "read_max_bytes": READ_MAX_BYTES}
     return [

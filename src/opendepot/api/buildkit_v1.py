@@ -10,11 +10,11 @@ from typing import Any, Literal
 from connectrpc.request import RequestContext
 from protobuf import Oneof
 
+from opendepot.builders.access import BuilderAccess
 from opendepot.builds import service as builds
 from opendepot.errors import InvalidArgument
 from opendepot.gen.depot.buildkit.v1 import buildkit_connect
 from opendepot.gen.depot.buildkit.v1 import buildkit_pb as pb
-from opendepot.machines.access import MachineAccess
 
 from .deps import Deps
 
@@ -30,7 +30,7 @@ def platform_in(value: pb.Platform) -> str:
 
 
 class BuildKitService(buildkit_connect.BuildKitService):
-    def __init__(self, deps: Deps, machines: MachineAccess) -> None:
+    def __init__(self, deps: Deps, machines: BuilderAccess) -> None:
         self.d = deps
         self.machines = machines
 

@@ -10,6 +10,8 @@ from typing import Any, Literal
 from connectrpc.request import RequestContext
 from protobuf import Oneof
 
+from opendepot.builders.access import BuilderAccess, Connection
+from opendepot.buildkit.status import events as status_events
 from opendepot.builds import service as builds
 from opendepot.builds.models import Build
 from opendepot.builds.status import CANCELED, ERROR, FAILED, RUNNING, SUCCESS
@@ -17,8 +19,6 @@ from opendepot.builds.steps import LogChunk, VertexUpdate
 from opendepot.errors import FailedPrecondition, InvalidArgument
 from opendepot.gen.depot.cli.v1 import build_connect
 from opendepot.gen.depot.cli.v1 import build_pb as pb
-from opendepot.machines.access import Connection, MachineAccess
-from opendepot.machines.tap import events as status_events
 from opendepot.pagination import page_request
 from opendepot.registry import service as registry
 from opendepot.registry.operations import no_registry
@@ -64,7 +64,7 @@ def finish_outcome(result: Oneof[Any, Any] | None) -> builds.Outcome | None:
 
 
 class BuildService(build_connect.BuildService):
-    def __init__(self, deps: Deps, machines: MachineAccess) -> None:
+    def __init__(self, deps: Deps, machines: BuilderAccess) -> None:
         self.d = deps
         self.machines = machines
 

@@ -14,8 +14,6 @@ from opendepot.auth import Principal, TokenKind
 from opendepot.clock import utcnow
 from opendepot.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from opendepot.ids import new_id
-from opendepot.machines import queries as machine_queries
-from opendepot.machines.models import Machine
 from opendepot.pagination import Cursor, PageRequest, next_token
 from opendepot.projects import queries as project_queries
 from opendepot.tokens import service as tokens
@@ -49,12 +47,6 @@ class Outcome:
     @classmethod
     def canceled(cls) -> Outcome:
         return cls(CANCELED)
-
-
-@dataclass(frozen=True, slots=True)
-class Acquisition:
-    lease: Lease
-    machine: Machine | None
 
 
 def create_build(
@@ -123,8 +115,8 @@ def check_platform(platform: str | None, supported: Sequence[str]) -> str:
     return platform
 
 
-def acquire(session: Session, principal: Principal, build_id: str, platform: str) -> Acquisition:
-    """Takes or renews the build's lease on its project's builder and says whether the builder is up."""
+def acquire(session: Session, principal: Principal, build_id: str, platform: str) -> Lease:
+    """Takes or renews the build's lease on its project's builder."""
     build = load_build(session, principal, build_id)
     if build.status in FINISHED_STATES:
         raise FailedPrecondition(f"build {build.id} is {build.status}; start a new build")
@@ -145,7 +137,7 @@ def acquire(session: Session, principal: Principal, build_id: str, platform: str
     else:
         lease.heartbeat_at, lease.released_at = now, None
     session.flush()
-    return Acquisition(lease=lease, machine=machine_queries.get(session, build.project_id, platform))
+    return lease
 
 
 def heartbeat(session: Session, principal: Principal, build_id: str, platform: str | None) -> None:
@@ -262,7 +254,7 @@ def reap(session: Session, lease_timeout: timedelta, now: datetime | None = None
     return expired, len(abandoned)
 
 
-__all__ = ["CANCELED", "ERROR", "FAILED", "Acquisition", "Outcome"]
+__all__ = ["CANCELED", "ERROR", "FAILED", "Outcome"]
 
 
 def share_build(session: Session, principal: Principal, build_id: str) -> str:

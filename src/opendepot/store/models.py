@@ -1,8 +1,8 @@
 """Imports every domain's models so that the metadata (for migrations and tests) is complete."""
 
+from opendepot.builders.models import Machine
 from opendepot.builds.models import Build, Lease, StatusReport
 from opendepot.logins.models import LoginRequest
-from opendepot.machines.models import Machine
 from opendepot.oidc.models import TokenUse
 from opendepot.organizations.models import Organization
 from opendepot.projects.models import Project, TrustPolicy

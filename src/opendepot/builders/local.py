@@ -1,45 +1,26 @@
-"""Where builders run. The manager speaks only this interface, so a cluster backend (Kubernetes) can
-replace the local one later."""
+"""The local backend: one stock buildkitd process per (project, platform) on this host."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
+from opendepot.buildkit.config import buildkitd_toml
+from opendepot.buildkit.du import total_size
 from opendepot.processes import terminate
-from opendepot.projects.policy import CacheSetting
 from opendepot.store import Store
 
-from .limits import CgroupLimits, hardware_size
+from . import queries, service
+from .backend import BuilderSpec
+from .cgroups import CgroupLimits, hardware_size
 
 logger = logging.getLogger("opendepot.machines")
-
-
-@dataclass(frozen=True, slots=True)
-class BuilderSpec:
-    project_id: str
-    platform: str
-    cache: CacheSetting
-    hardware: str = "16x32"
-
-
-class Backend(Protocol):
-    async def start(self, spec: BuilderSpec) -> int: ...
-    async def ready(self, project_id: str, platform: str) -> bool: ...
-    def alive(self, project_id: str, platform: str) -> bool: ...
-    async def stop(self, project_id: str, platform: str) -> None: ...
-    async def open(
-        self, project_id: str, platform: str
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
 
 
 class LocalBuildkitd:
@@ -64,31 +45,15 @@ class LocalBuildkitd:
         return self.caches_root / project_id / platform
 
     def _config(self, spec: BuilderSpec) -> str:
-        """buildkitd.toml: unix socket only, OCI worker, the project's cache policy as its GC policy."""
         key = f"{spec.project_id}-{spec.platform}"
-        oci = [
-            "[worker.oci]",
-            "  enabled = true",
-            "  gc = true",
-            f"  gckeepstorage = {spec.cache.keep_bytes}",
-        ]
-        if parent := self.limits.group_path(key):
+        return buildkitd_toml(
+            state_dir=self.state_dir(spec.project_id, spec.platform),
+            socket=self.socket_path(spec.project_id, spec.platform),
+            keep_bytes=spec.cache.keep_bytes,
+            keep_days=spec.cache.keep_days,
             # RUN containers go under the builder's own cgroup, so its limits cover them.
-            oci.append(f'  defaultCgroupParent = "{parent}"')
-        oci += ["  [[worker.oci.gcpolicy]]", f"    keepBytes = {spec.cache.keep_bytes}"]
-        if spec.cache.keep_days:
-            oci.append(f'    keepDuration = "{spec.cache.keep_days * 24}h"')
-        return "\n".join(
-            [
-                f'root = "{self.state_dir(spec.project_id, spec.platform)}"',
-                "[grpc]",
-                f'  address = ["unix://{self.socket_path(spec.project_id, spec.platform)}"]',
-                *oci,
-                "[worker.containerd]",
-                "  enabled = false",
-                *(f'[registry."{host}"]\n  http = true' for host in self.insecure_registries),
-                "",
-            ]
+            cgroup_parent=self.limits.group_path(key),
+            insecure_registries=self.insecure_registries,
         )
 
     async def start(self, spec: BuilderSpec) -> int:
@@ -154,10 +119,7 @@ class LocalBuildkitd:
             return None
         if process.returncode != 0:
             return None
-        try:
-            return sum(int(record.get("size", 0)) for record in json.loads(out or b"[]") or [])
-        except (ValueError, TypeError, AttributeError):
-            return None
+        return total_size(out)
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(p, pl) for p, pl in list(self._processes)))
@@ -166,18 +128,8 @@ class LocalBuildkitd:
         return await asyncio.open_unix_connection(str(self.socket_path(project_id, platform)))
 
 
-def _set_parent_death_signal() -> None:
-    """In the child before exec: if the supervisor dies, the builder gets SIGTERM."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
 def reap_orphans(store: Store, backend: LocalBuildkitd) -> None:
     """At start: builders recorded by an earlier supervisor are stopped and marked so; none is adopted."""
-    from opendepot.machines import queries, service
-
     with store.transaction() as session:
         for machine in queries.all_machines(session):
             if machine.pid and machine.state in ("starting", "running", "resetting"):

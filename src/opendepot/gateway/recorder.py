@@ -8,12 +8,11 @@ from collections import defaultdict
 
 from sqlalchemy.orm import Session
 
+from opendepot.buildkit.status import events
 from opendepot.builds import steps
 from opendepot.builds.steps import LogChunk, VertexUpdate
 from opendepot.gen.moby.buildkit.v1 import control_pb
 from opendepot.store import Store
-
-from .tap import events
 
 log = logging.getLogger("opendepot.gateway")
 

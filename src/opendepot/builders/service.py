@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from opendepot.auth import Principal
+from opendepot.builds import service as builds
+from opendepot.builds.models import Lease
 from opendepot.clock import utcnow
 
 from . import queries
@@ -40,3 +43,11 @@ def request_reset(session: Session, project_id: str) -> int:
 
 def resetting(session: Session, project_id: str) -> bool:
     return any(m.project_id == project_id and m.state == "resetting" for m in queries.all_machines(session))
+
+
+def acquire(
+    session: Session, principal: Principal, build_id: str, platform: str
+) -> tuple[Lease, Machine | None]:
+    """Takes or renews the build's lease and reads the project's builder row: is the builder up?"""
+    lease = builds.acquire(session, principal, build_id, platform)
+    return lease, queries.get(session, lease.project_id, platform)

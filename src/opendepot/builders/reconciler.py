@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol
 
 from opendepot.builds import queries as build_queries
 from opendepot.builds import service as builds
@@ -23,23 +24,29 @@ from opendepot.store import Store
 from opendepot.usage import queries as usage_queries
 
 from . import queries, service
-from .backend import BuilderSpec, LocalBuildkitd
-from .gateway import Gateway
+from .backend import Backend, BuilderSpec
 
 log = logging.getLogger("opendepot.machines")
 
 
 @dataclass(frozen=True, slots=True)
-class ManagerSettings:
+class ReconcilerSettings:
     lease_timeout: timedelta
     idle_timeout: timedelta
     sample_seconds: float = 60.0
     tick_seconds: float = 0.2
 
 
-class MachineManager:
+class Connections(Protocol):
+    """What the reconciler asks of the gateway: cut the connections builds no longer hold."""
+
+    def keep_only(self, live: set[tuple[str, str]]) -> None: ...
+    def cut_project(self, project_id: str, platform: str) -> None: ...
+
+
+class BuilderReconciler:
     def __init__(
-        self, store: Store, backend: LocalBuildkitd, gateway: Gateway, settings: ManagerSettings
+        self, store: Store, backend: Backend, gateway: Connections, settings: ReconcilerSettings
     ) -> None:
         self.store = store
         self.backend = backend

@@ -10,12 +10,8 @@ from __future__ import annotations
 import gzip
 import logging
 from collections.abc import Callable
-from datetime import datetime
 
 import hpack
-
-from opendepot.builds.steps import LogChunk, VertexUpdate
-from opendepot.gen.moby.buildkit.v1 import control_pb
 
 log = logging.getLogger("opendepot.gateway")
 
@@ -155,27 +151,3 @@ class StatusTap:
         self._status_streams.discard(stream)
         self._grpc.pop(stream, None)
         self.on_status_end()
-
-
-def _when(ts: object) -> datetime | None:
-    return None if ts is None else ts.to_datetime()  # type: ignore[attr-defined]
-
-
-def events(message: control_pb.StatusResponse) -> tuple[list[VertexUpdate], list[LogChunk]]:
-    """A BuildKit StatusResponse as domain events."""
-    vertices = [
-        VertexUpdate(
-            digest=v.digest,
-            name=v.name,
-            started=_when(v.started),
-            completed=_when(v.completed),
-            cached=v.cached,
-            error=v.error,
-        )
-        for v in message.vertexes
-    ]
-    logs = [
-        LogChunk(digest=entry.vertex, stream=int(entry.stream), at=_when(entry.timestamp), data=entry.msg)
-        for entry in message.logs
-    ]
-    return vertices, logs

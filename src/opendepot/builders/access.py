@@ -15,6 +15,8 @@ from opendepot.errors import FailedPrecondition
 from opendepot.pki.authority import Authority, ClientIdentity, server_name
 from opendepot.store import Store
 
+from . import service
+
 CLIENT_CERT_LIFETIME = dt.timedelta(hours=24)
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 
@@ -35,7 +37,7 @@ class Connection:
     ca_pem: str
 
 
-class MachineAccess:
+class BuilderAccess:
     def __init__(
         self,
         store: Store,
@@ -54,13 +56,11 @@ class MachineAccess:
     async def acquire(self, principal: Principal, build_id: str, platform: str) -> Connection | None:
         """None while the builder is starting (answer pending); the connection once it runs."""
         builds.check_platform(platform, self.platforms)
-        acquisition = await self.store.run(lambda s: builds.acquire(s, principal, build_id, platform))
-        machine = acquisition.machine
+        lease, machine = await self.store.run(lambda s: service.acquire(s, principal, build_id, platform))
         if machine is not None and machine.state == "failed":
             raise FailedPrecondition(f"the {platform} builder failed to start: {machine.error}")
         if machine is None or machine.state != "running":
             return None
-        lease = acquisition.lease
         identity = ClientIdentity(project_id=lease.project_id, build_id=lease.build_id, platform=platform)
         issued = await asyncio.to_thread(self.authority.issue_client, identity, CLIENT_CERT_LIFETIME)
         return Connection(

@@ -11,13 +11,14 @@ from pathlib import Path
 
 from opendepot.errors import FailedPrecondition
 from opendepot.ids import looks_like_id
-from opendepot.machines import service as machines
 from opendepot.store import Store
+
+from . import service as machines
 
 STOP_TIMEOUT_SECONDS = 30.0
 
 
-class ProjectCaches:
+class BuilderReset:
     def __init__(self, root: Path, store: Store) -> None:
         self.root = root
         self.store = store

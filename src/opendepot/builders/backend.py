@@ -1,0 +1,30 @@
+"""The seam between the reconciler and wherever builders run. The reconciler speaks only this interface;
+`local.py` runs buildkitd processes on this host, and a cluster backend (Kubernetes) implements the same."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Protocol
+
+from opendepot.projects.policy import CacheSetting
+
+
+@dataclass(frozen=True, slots=True)
+class BuilderSpec:
+    project_id: str
+    platform: str
+    cache: CacheSetting
+    hardware: str = "16x32"
+
+
+class Backend(Protocol):
+    async def start(self, spec: BuilderSpec) -> int: ...
+    async def ready(self, project_id: str, platform: str) -> bool: ...
+    def alive(self, project_id: str, platform: str) -> bool: ...
+    async def stop(self, project_id: str, platform: str) -> None: ...
+    async def stop_all(self) -> None: ...
+    async def disk_usage(self, project_id: str, platform: str) -> int | None: ...
+    async def open(
+        self, project_id: str, platform: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
