@@ -3,12 +3,12 @@ run by opendepot's own supervisor, workers, event loop and Hypercorn configurati
 
 from __future__ import annotations
 
+import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-from opendepot.config import Config
-from opendepot.server import serve_workers
+from opendepot.server.config import Config, add_arguments, resolve
+from opendepot.server.supervisor import serve_workers
 
 BODY = b"\n\x0c\n\nbenchmark0"
 
@@ -31,34 +31,11 @@ def make_trivial(_config: Config) -> tuple[Any, Any]:
 
 def main() -> None:
     listen, workers = sys.argv[1], int(sys.argv[2])
-    config = Config(
-        data_dir=Path("."),
-        listen=listen,
-        tls_cert=None,
-        tls_key=None,
-        database_url="",
-        regions=("r",),
-        default_region="r",
-        log_level="WARNING",
-        workers=workers,
-        public_url="",
-        buildkitd="",
-        registry="",
-        registry_listen="127.0.0.1:0",
-        registry_host="",
-        registry_storage="",
-        registry_gc_idle_seconds=0,
-        oidc_issuers={},
-        oidc_audiences=(),
-        oidc_replay_window_seconds=0,
-        login_timeout_seconds=0,
-        buildkit_listen="127.0.0.1:0",
-        buildkit_host="",
-        lease_timeout=1.0,
-        builder_idle_timeout=0.0,
-        build_log_limit_mib=1,
-        status_tap=False,
-        usage_sample_seconds=60.0,
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--listen", listen, "--workers", str(workers), "--log-level", "WARNING"])
+    config = resolve(
+        args, {"OPENDEPOT_DATA_DIR": ".", "OPENDEPOT_REGISTRY": "off", "OPENDEPOT_DATABASE_URL": "x"}
     )
     serve_workers(config, make_trivial)
 

@@ -1,9 +1,11 @@
-"""Stopping the child processes the supervisor runs (builders, the registry)."""
+"""Child processes: stopping the ones the supervisor runs (builders, the registry); tying a worker to its
+parent."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -21,3 +23,11 @@ async def terminate(process: subprocess.Popen[bytes], grace_seconds: float = 15)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         await asyncio.to_thread(process.wait)
+
+
+def die_with_parent() -> None:
+    """Linux: this process gets SIGTERM if its parent dies, so that no worker outlives the supervisor."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)

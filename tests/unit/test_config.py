@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from opendepot.config import ConfigError, add_arguments, resolve
+from opendepot.server.config import ConfigError, add_arguments, resolve
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -23,20 +23,20 @@ def test_flags_beat_env_beat_file_beat_defaults(tmp_path: Path) -> None:
     config = resolve(
         parse("--config", str(config_file), "--listen", "127.0.0.1:3", "--data-dir", str(tmp_path)), env
     )
-    assert config.listen == "127.0.0.1:3" and config.sources["listen"] == "flag"
-    assert config.workers == 3 and config.sources["workers"] == "env"
-    assert config.log_level == "DEBUG" and config.sources["log_level"] == "file"
-    assert config.regions == ("a", "b")
+    assert config.api.listen == "127.0.0.1:3" and config.sources["listen"] == "flag"
+    assert config.server.workers == 3 and config.sources["workers"] == "env"
+    assert config.server.log_level == "DEBUG" and config.sources["log_level"] == "file"
+    assert config.projects.regions == ("a", "b")
     assert config.sources["tls_cert"] == "default"
-    assert config.database_url == f"sqlite:///{tmp_path.resolve() / 'opendepot.db'}"
+    assert config.store.database_url == f"sqlite:///{tmp_path.resolve() / 'opendepot.db'}"
 
 
 def test_env_config_file_and_defaults(tmp_path: Path) -> None:
     config = resolve(parse(), {"OPENDEPOT_DATA_DIR": str(tmp_path), "OPENDEPOT_REGIONS": "x, y"})
     assert config.data_dir == tmp_path.resolve()
-    assert config.regions == ("x", "y")
-    assert config.default_region == "x"
-    assert config.host_port == ("127.0.0.1", 8080)
+    assert config.projects.regions == ("x", "y")
+    assert config.projects.default_region == "x"
+    assert config.api.host_port == ("127.0.0.1", 8080)
 
 
 @pytest.mark.parametrize(
@@ -67,14 +67,14 @@ def test_oidc_issuers_from_flags_env_and_off() -> None:
     flags = resolve(
         parse("--oidc-issuer", f"github={local}", "--oidc-issuer", "gitlab=https://git.example/"), {}
     )
-    assert flags.oidc_issuers["github"] == local
-    assert flags.oidc_issuers["gitlab"] == "https://git.example"
-    assert flags.oidc_issuers["buildkite"] == "https://agent.buildkite.com"
+    assert flags.oidc.issuers["github"] == local
+    assert flags.oidc.issuers["gitlab"] == "https://git.example"
+    assert flags.oidc.issuers["buildkite"] == "https://agent.buildkite.com"
     env = resolve(parse(), {"OPENDEPOT_OIDC_ISSUERS": f"github={local},circleci=https://c.example/org"})
-    assert env.oidc_issuers["github"] == local and env.oidc_issuers["circleci"] == "https://c.example/org"
-    assert resolve(parse("--oidc-issuer", "off"), {}).oidc_issuers == {}
+    assert env.oidc.issuers["github"] == local and env.oidc.issuers["circleci"] == "https://c.example/org"
+    assert resolve(parse("--oidc-issuer", "off"), {}).oidc.issuers == {}
     default = resolve(parse("--public-url", "https://builds.example"), {})
-    assert default.oidc_audiences == ("https://depot.dev", "https://builds.example")
+    assert default.oidc.audiences == ("https://depot.dev", "https://builds.example")
     for bad in ("jenkins=https://x", "github", "github=ftp://x"):
         with pytest.raises(ConfigError, match="oidc-issuer"):
             resolve(parse("--oidc-issuer", bad), {})

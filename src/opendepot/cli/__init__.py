@@ -7,15 +7,17 @@ import sys
 from collections.abc import Sequence
 
 from opendepot import __version__
-from opendepot.commands import (
+from opendepot.cli.remote import (
     add_client_arguments,
     add_commands,
     add_token_commands,
     add_usage_arguments,
     run,
 )
-from opendepot.config import ConfigError, add_arguments, resolve
 from opendepot.errors import DomainError
+from opendepot.server.config import ConfigError, add_arguments, resolve
+
+from . import admin
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,19 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.command == "serve":
-            from opendepot.server import serve
+            # Loaded only to serve: the server's dependencies would slow every remote command's start.
+            from opendepot.server.serve import serve
 
             serve(config)
             return 0
-        from opendepot import admin
-
         return admin.run(args, config)
     except DomainError as exc:
         print(f"opendepot: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,18 +11,18 @@ from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal, TokenKind
 from opendepot.clock import as_utc
-from opendepot.config import Config
 from opendepot.errors import InvalidArgument
 from opendepot.logins import service as logins
 from opendepot.organizations import queries as org_queries
 from opendepot.organizations import service as organizations
+from opendepot.server.config import Config
 from opendepot.store import Store
 from opendepot.tokens import service as tokens
 from opendepot.usage import service as usage
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    store = Store.open(config.database_url, config.data_dir)
+    store = Store.open(config.store.database_url, config.data_dir)
     try:
         if args.command == "orgs" and args.action == "create":
 

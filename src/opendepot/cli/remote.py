@@ -17,8 +17,8 @@ from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 from rich.console import Console
 from rich.table import Table
 
+from opendepot.cli.build import run_build
 from opendepot.client import Depot, DepotError, build_v1, core_build_v1, core_v1, registry_v1, usage_v1
-from opendepot.local_build import run_build
 
 GIB = 1 << 30
 HARDWARE = {

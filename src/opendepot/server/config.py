@@ -10,9 +10,9 @@ import shutil
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from opendepot.oidc.providers import DEFAULT_ISSUERS
 from opendepot.store.engine import sqlite_url
@@ -59,6 +59,8 @@ def _issuers(value: str | list[str] | dict[str, str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Option:
+    """How one setting is spelled outside: `--flag`, `OPENDEPOT_NAME`, TOML key `name`, and its `--help`."""
+
     name: str
     help: str
     default: Callable[[], Any]
@@ -78,135 +80,193 @@ class Option:
         return "OPENDEPOT_" + self.name.upper()
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option(
-        "data_dir",
-        "directory for the database, caches and generated secrets",
-        _default_data_dir,
-        metavar="DIR",
-    ),
-    Option(
-        "listen",
+def setting(
+    help: str,
+    default: Callable[[], Any],
+    *,
+    parse: Callable[[Any], Any] = str,
+    metavar: str | None = None,
+    name: str | None = None,
+    repeatable: bool = False,
+    alias: str | None = None,
+) -> Any:
+    """Declares one option as a field of its subsystem's settings. `name` is the flag/env/TOML name when it
+    is not the field's own (names are flat and unique across groups, as users have always spelled them)."""
+    return field(
+        metadata={"option": (name, help, default, parse, metavar, repeatable, alias)},
+    )
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    data_dir: Path = setting(
+        "directory for the database, caches and generated secrets", _default_data_dir, metavar="DIR"
+    )
+    log_level: str = setting("DEBUG, INFO, WARNING or ERROR", lambda: "INFO", metavar="LEVEL")
+    workers: int = setting(
+        "API worker processes sharing the port (default: the number of CPUs, at most 4)",
+        lambda: min(os.cpu_count() or 1, 4),
+        parse=int,
+        metavar="N",
+    )
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    listen: str = setting(
         "address for the API (HTTP/1.1 and h2c on one port; h2 by ALPN with TLS)",
         lambda: "127.0.0.1:8080",
         metavar="HOST:PORT",
-    ),
-    Option("tls_cert", "PEM certificate for serving the API over TLS", lambda: None, metavar="FILE"),
-    Option("tls_key", "PEM private key for --tls-cert", lambda: None, metavar="FILE"),
-    Option(
-        "database_url",
+    )
+    tls_cert: Path | None = setting(
+        "PEM certificate for serving the API over TLS", lambda: None, metavar="FILE"
+    )
+    tls_key: Path | None = setting("PEM private key for --tls-cert", lambda: None, metavar="FILE")
+    public_url: str = setting(
+        "URL under which users reach this server (build links); default: from --listen",
+        lambda: None,
+        metavar="URL",
+    )
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return _split(self.listen)
+
+    @property
+    def url(self) -> str:
+        """Where the registry reaches this server's API (notifications): the listen address itself."""
+        return _url_of(self.listen, bool(self.tls_cert))
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    database_url: str = setting(
         "SQLAlchemy URL; default: SQLite in the data dir. PostgreSQL: postgresql+psycopg://user:pass@host/db",
         lambda: None,
         metavar="URL",
-    ),
-    Option(
-        "regions",
+    )
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    regions: tuple[str, ...] = setting(
         "comma-separated region ids projects may use",
         lambda: ("us-east-1", "eu-central-1"),
         parse=_csv,
         metavar="LIST",
-    ),
-    Option(
-        "default_region",
+    )
+    default_region: str = setting(
         "region for projects created without one (us-east-1, or the first of --regions if it lacks that)",
         lambda: "us-east-1",
         metavar="REGION",
-    ),
-    Option("log_level", "DEBUG, INFO, WARNING or ERROR", lambda: "INFO", metavar="LEVEL"),
-    Option(
-        "public_url",
-        "URL under which users reach this server (build links); default: from --listen",
-        lambda: None,
-        metavar="URL",
-    ),
-    Option(
-        "buildkitd",
+    )
+
+
+@dataclass(frozen=True)
+class BuilderSettings:
+    buildkitd: str = setting(
         "the buildkitd binary (default: buildkitd next to this Python, then on PATH)",
         lambda: None,
         metavar="PATH",
-    ),
-    Option(
-        "buildkit_listen",
-        "address of the BuildKit gateway (mTLS) that clients dial",
-        lambda: "127.0.0.1:8443",
-        metavar="HOST:PORT",
-    ),
-    Option(
-        "buildkit_host",
-        "host name or IP that clients use to reach the gateway (default: its listen host)",
-        lambda: None,
-        metavar="HOST",
-    ),
-    Option(
-        "lease_timeout",
+    )
+    lease_timeout: float = setting(
         "seconds without a heartbeat before a build's machine lease is released",
         lambda: 300.0,
         parse=float,
         metavar="SECONDS",
-    ),
-    Option(
-        "builder_idle_timeout",
+    )
+    idle_timeout: float = setting(
         "seconds a builder with no leases keeps running (its cache always stays)",
         lambda: 120.0,
         parse=float,
         metavar="SECONDS",
-    ),
-    Option(
-        "usage_sample_seconds",
+        name="builder_idle_timeout",
+    )
+    usage_sample_seconds: float = setting(
         "how often each running builder's cache size is sampled for usage figures",
         lambda: 60.0,
         parse=float,
         metavar="SECONDS",
-    ),
-    Option(
-        "status_tap",
+    )
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    listen: str = setting(
+        "address of the BuildKit gateway (mTLS) that clients dial",
+        lambda: "127.0.0.1:8443",
+        metavar="HOST:PORT",
+        name="buildkit_listen",
+    )
+    host: str = setting(
+        "host name or IP that clients use to reach the gateway (default: its listen host)",
+        lambda: None,
+        metavar="HOST",
+        name="buildkit_host",
+    )
+    status_tap: bool = setting(
         "record build steps and logs from the BuildKit traffic through the gateway (true/false)",
         lambda: True,
         parse=_bool,
         metavar="BOOL",
-    ),
-    Option(
-        "build_log_limit_mib",
+    )
+    build_log_limit_mib: int = setting(
         "MiB of step logs kept per build; past it a marker line says so",
         lambda: 10,
         parse=int,
         metavar="MIB",
-    ),
-    Option(
-        "registry",
+    )
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return _split(self.listen)
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    binary: str = setting(
         "the registry binary (CNCF distribution; default: docker-registry on PATH); 'off' runs none",
         lambda: None,
         metavar="PATH",
-    ),
-    Option(
-        "registry_listen",
+        name="registry",
+    )
+    listen: str = setting(
         "address the registry listens on (plain HTTP; put TLS in front for other hosts)",
         # Not 5000: Debian's docker-registry package may run its own service there.
         lambda: "127.0.0.1:8081",
         metavar="HOST:PORT",
-    ),
-    Option(
-        "registry_host",
+        name="registry_listen",
+    )
+    host: str = setting(
         "registry host[:port] in image references, as builders and clients reach it "
         "(default: --registry-listen)",
         lambda: None,
         metavar="HOST",
-    ),
-    Option(
-        "registry_storage",
+        name="registry_host",
+    )
+    storage: str = setting(
         "where images are kept: a directory (default: the data dir) or s3://BUCKET/PREFIX?region=…&regionendpoint=…",
         lambda: "",
         metavar="URL",
-    ),
-    Option(
-        "registry_gc_idle_seconds",
+        name="registry_storage",
+    )
+    gc_idle_seconds: float = setting(
         "after deletes, garbage-collect once no build runs and nothing was pushed for this long",
         lambda: 300.0,
         parse=float,
         metavar="SECONDS",
-    ),
-    Option(
-        "oidc_issuers",
+        name="registry_gc_idle_seconds",
+    )
+
+    @property
+    def url(self) -> str:
+        """Where opendepot itself reaches the registry."""
+        return _url_of(self.listen, False)
+
+
+@dataclass(frozen=True)
+class OidcSettings:
+    issuers: dict[str, str] = setting(
         "CI OIDC issuers as PROVIDER=URL (github, buildkite, circleci, gitlab); repeatable or "
         "comma-separated; each replaces that provider's default (the real providers' issuers); "
         "'off' accepts no CI tokens",
@@ -215,86 +275,72 @@ OPTIONS: tuple[Option, ...] = (
         metavar="PROVIDER=URL",
         repeatable=True,
         alias="--oidc-issuer",
-    ),
-    Option(
-        "oidc_audiences",
+        name="oidc_issuers",
+    )
+    audiences: tuple[str, ...] = setting(
         "audiences a CI token may carry (comma-separated; default: https://depot.dev and --public-url)",
         lambda: None,
         parse=_csv,
         metavar="LIST",
-    ),
-    Option(
-        "oidc_replay_window_seconds",
+        name="oidc_audiences",
+    )
+    replay_window_seconds: float = setting(
         "how long after its first use a CI token is still accepted (one CLI run); later uses are replays",
         lambda: 120.0,
         parse=float,
         metavar="SECONDS",
-    ),
-    Option(
-        "login_timeout_seconds",
+        name="oidc_replay_window_seconds",
+    )
+
+
+@dataclass(frozen=True)
+class LoginSettings:
+    timeout_seconds: float = setting(
         "how long a `depot login` waits for approval",
         lambda: 600.0,
         parse=float,
         metavar="SECONDS",
-    ),
-    Option(
-        "workers",
-        "API worker processes sharing the port (default: the number of CPUs, at most 4)",
-        lambda: min(os.cpu_count() or 1, 4),
-        parse=int,
-        metavar="N",
-    ),
-)
+        name="login_timeout_seconds",
+    )
 
 
 @dataclass(frozen=True)
 class Config:
-    data_dir: Path
-    listen: str
-    tls_cert: Path | None
-    tls_key: Path | None
-    database_url: str
-    regions: tuple[str, ...]
-    default_region: str
-    log_level: str
-    workers: int
-    public_url: str
-    buildkitd: str
-    buildkit_listen: str
-    buildkit_host: str
-    lease_timeout: float
-    builder_idle_timeout: float
-    build_log_limit_mib: int
-    status_tap: bool
-    usage_sample_seconds: float
-    registry: str
-    registry_listen: str
-    registry_host: str
-    registry_storage: str
-    registry_gc_idle_seconds: float
-    oidc_issuers: dict[str, str]
-    oidc_audiences: tuple[str, ...]
-    oidc_replay_window_seconds: float
-    login_timeout_seconds: float
+    """Every setting of `opendepot serve`, one group per subsystem. A new option is one `setting(...)` field
+    in its group: its flag, OPENDEPOT_* variable, TOML key and `--help` line all come from that field."""
+
+    server: ServerSettings
+    api: ApiSettings
+    store: StoreSettings
+    projects: ProjectSettings
+    builders: BuilderSettings
+    gateway: GatewaySettings
+    registry: RegistrySettings
+    oidc: OidcSettings
+    login: LoginSettings
+    # Where each value came from (flag, env, file, default), by option name.
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
-    def host_port(self) -> tuple[str, int]:
-        return _split(self.listen)
+    def data_dir(self) -> Path:
+        return self.server.data_dir
 
-    @property
-    def buildkit_host_port(self) -> tuple[str, int]:
-        return _split(self.buildkit_listen)
 
-    @property
-    def registry_url(self) -> str:
-        """Where opendepot itself reaches the registry."""
-        return _url_of(self.registry_listen, False)
+# The groups in `--help` order; an option's place in its group is its place in the help.
+GROUPS: dict[str, type[Any]] = {
+    name: kind for name, kind in get_type_hints(Config).items() if name != "sources"
+}
 
-    @property
-    def api_url(self) -> str:
-        """Where the registry reaches this server's API (notifications): the listen address itself."""
-        return _url_of(self.listen, bool(self.tls_cert))
+
+def _options() -> list[tuple[str, str, Option]]:
+    """(group, field, option) for every declared setting."""
+    found = []
+    for group_name, group in GROUPS.items():
+        for f in fields(group):
+            name, help_, default, parse, metavar, repeatable, alias = f.metadata["option"]
+            option = Option(name or f.name, help_, default, parse, metavar, repeatable, alias)
+            found.append((group_name, f.name, option))
+    return found
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -334,6 +380,9 @@ class ConfigError(ValueError):
     pass
 
 
+OPTIONS: tuple[Option, ...] = tuple(option for _group, _field, option in _options())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -341,8 +390,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="TOML file with any of the options below "
         "(keys as option names with underscores); env OPENDEPOT_CONFIG",
     )
-    for option in OPTIONS:
-        parser.add_argument(
+    sections: dict[str, argparse._ArgumentGroup] = {}
+    for group, _field, option in _options():
+        if group not in sections:
+            sections[group] = parser.add_argument_group(f"{group} options")
+        sections[group].add_argument(
             *filter(None, (option.flag, option.alias)),
             dest=option.name,
             metavar=option.metavar,
@@ -378,11 +430,17 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
             values[option.name], sources[option.name] = option.parse(file_values[option.name]), "file"
         else:
             values[option.name], sources[option.name] = option.default(), "default"
-    return _build(values, sources)
+    _derive(values, sources)
+    groups: dict[str, dict[str, Any]] = {name: {} for name in GROUPS}
+    for group, field_name, option in _options():
+        groups[group][field_name] = values[option.name]
+    config = Config(**{name: GROUPS[name](**kwargs) for name, kwargs in groups.items()}, sources=sources)
+    _check(config)
+    return config
 
 
-def _build(values: dict[str, Any], sources: dict[str, str]) -> Config:
-    data_dir = Path(values["data_dir"]).expanduser().resolve()
+def _derive(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """Defaults that depend on other settings, and the checks that need several of them."""
     if bool(values["tls_cert"]) != bool(values["tls_key"]):
         raise ConfigError("--tls-cert and --tls-key go together")
     if not values["regions"]:
@@ -391,45 +449,28 @@ def _build(values: dict[str, Any], sources: dict[str, str]) -> Config:
         values["default_region"] = values["regions"][0]
     if values["default_region"] not in values["regions"]:
         raise ConfigError(f"--default-region {values['default_region']} is not among --regions")
+    data_dir = values["data_dir"] = Path(values["data_dir"]).expanduser().resolve()
+    values["tls_cert"] = Path(values["tls_cert"]) if values["tls_cert"] else None
+    values["tls_key"] = Path(values["tls_key"]) if values["tls_key"] else None
+    values["database_url"] = values["database_url"] or sqlite_url(data_dir)
+    values["log_level"] = str(values["log_level"]).upper()
     public_url = (values["public_url"] or _url_of(values["listen"], bool(values["tls_cert"]))).rstrip("/")
-    config = Config(
-        data_dir=data_dir,
-        listen=values["listen"],
-        tls_cert=Path(values["tls_cert"]) if values["tls_cert"] else None,
-        tls_key=Path(values["tls_key"]) if values["tls_key"] else None,
-        database_url=values["database_url"] or sqlite_url(data_dir),
-        regions=values["regions"],
-        default_region=values["default_region"],
-        log_level=str(values["log_level"]).upper(),
-        workers=values["workers"],
-        public_url=public_url,
-        buildkitd=values["buildkitd"] or _find_buildkitd(),
-        buildkit_listen=values["buildkit_listen"],
-        buildkit_host=values["buildkit_host"] or _host_of(values["buildkit_listen"]),
-        lease_timeout=values["lease_timeout"],
-        builder_idle_timeout=values["builder_idle_timeout"],
-        build_log_limit_mib=values["build_log_limit_mib"],
-        status_tap=values["status_tap"],
-        usage_sample_seconds=values["usage_sample_seconds"],
-        registry=_find_registry(values["registry"]),
-        registry_listen=values["registry_listen"],
-        registry_host=values["registry_host"] or _host_port_of(values["registry_listen"]),
-        registry_storage=values["registry_storage"],
-        registry_gc_idle_seconds=values["registry_gc_idle_seconds"],
-        oidc_issuers=values["oidc_issuers"],
-        oidc_audiences=values["oidc_audiences"] or ("https://depot.dev", public_url),
-        oidc_replay_window_seconds=values["oidc_replay_window_seconds"],
-        login_timeout_seconds=values["login_timeout_seconds"],
-        sources=sources,
-    )
-    if config.lease_timeout <= 0 or config.builder_idle_timeout < 0:
+    values["public_url"] = public_url
+    values["buildkitd"] = values["buildkitd"] or _find_buildkitd()
+    values["buildkit_host"] = values["buildkit_host"] or _host_of(values["buildkit_listen"])
+    values["registry"] = _find_registry(values["registry"])
+    values["registry_host"] = values["registry_host"] or _host_port_of(values["registry_listen"])
+    values["oidc_audiences"] = values["oidc_audiences"] or ("https://depot.dev", public_url)
+
+
+def _check(config: Config) -> None:
+    if config.builders.lease_timeout <= 0 or config.builders.idle_timeout < 0:
         raise ConfigError("--lease-timeout must be positive and --builder-idle-timeout not negative")
-    if not 1 <= config.workers <= 64:
+    if not 1 <= config.server.workers <= 64:
         raise ConfigError("--workers must be between 1 and 64")
     try:
-        config.host_port  # noqa: B018 - validates the address early
-        config.buildkit_host_port  # noqa: B018
-        _split(config.registry_listen)
+        config.api.host_port  # noqa: B018 - validates the address early
+        config.gateway.host_port  # noqa: B018
+        _split(config.registry.listen)
     except ValueError as exc:
-        raise ConfigError(f"--listen must be HOST:PORT, got {config.listen!r}") from exc
-    return config
+        raise ConfigError(f"--listen must be HOST:PORT, got {config.api.listen!r}") from exc

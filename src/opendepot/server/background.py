@@ -1,0 +1,93 @@
+"""The supervisor's composition root: the singular services of a server, run once beside the API workers —
+the builder reconciler, the BuildKit gateway with its step recorder, and the registry process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+from opendepot.builders.local import LocalBuildkitd, reap_orphans
+from opendepot.builders.reconciler import BuilderReconciler, ReconcilerSettings
+from opendepot.builds import queries as build_queries
+from opendepot.gateway.listener import Gateway
+from opendepot.gateway.recorder import StepRecorder
+from opendepot.pki.authority import Authority
+from opendepot.registry.process import ProcessSettings, RegistryProcess
+from opendepot.store import Store
+
+from .config import Config
+from .worker import open_registry
+
+
+def insecure_registries(config: Config) -> tuple[str, ...]:
+    """Builders push to our own registry over plain HTTP when the advertised host is its listen address."""
+    if config.registry.binary and config.registry.host == f"{config.registry.url.split('://', 1)[1]}":
+        return (config.registry.host,)
+    return ()
+
+
+@contextlib.asynccontextmanager
+async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
+    """The singular parts of the server: the machine manager and the BuildKit gateway."""
+    store = Store(config.store.database_url)
+    backend = LocalBuildkitd(
+        config.builders.buildkitd, config.data_dir, config.data_dir / "projects", insecure_registries(config)
+    )
+    await asyncio.to_thread(reap_orphans, store, backend)
+
+    async def lease_is_live(project_id: str, build_id: str, platform: str) -> bool:
+        return await store.read(lambda s: build_queries.lease_is_live(s, project_id, build_id, platform))
+
+    recorder = StepRecorder(store, log_cap=config.gateway.build_log_limit_mib << 20)
+    gateway = Gateway(
+        Authority(config.data_dir / "pki"),
+        backend.open,
+        lease_is_live,
+        recorder if config.gateway.status_tap else None,
+    )
+    host, port = config.gateway.host_port
+    await gateway.start(host, port)
+    manager = BuilderReconciler(
+        store,
+        backend,
+        gateway,
+        ReconcilerSettings(
+            lease_timeout=timedelta(seconds=config.builders.lease_timeout),
+            idle_timeout=timedelta(seconds=config.builders.idle_timeout),
+            sample_seconds=config.builders.usage_sample_seconds,
+        ),
+    )
+    background_tasks = [asyncio.create_task(manager.run()), asyncio.create_task(recorder.run())]
+    registry_process = None
+    if (registry := open_registry(config, store)) is not None:
+        registry_process = RegistryProcess(
+            ProcessSettings(
+                binary=config.registry.binary,
+                listen=config.registry.listen,
+                data_dir=config.data_dir,
+                realm=f"{config.api.public_url}/registry/token",
+                events_url=f"{config.api.url}/registry/events",
+                storage=config.registry.storage,
+                gc_idle=timedelta(seconds=config.registry.gc_idle_seconds),
+            ),
+            registry.signer,
+            store,
+            registry.client,
+        )
+        await registry_process.start()
+        background_tasks.append(asyncio.create_task(registry_process.run()))
+    try:
+        yield manager
+    finally:
+        for background in background_tasks:
+            background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await background
+        await recorder.flush()
+        await gateway.close()
+        await manager.shutdown()
+        if registry_process is not None:
+            await registry_process.stop()
+        store.dispose()

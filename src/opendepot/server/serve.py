@@ -1,0 +1,40 @@
+"""`opendepot serve`: prepare the data dir and the store, then hand over to the supervisor."""
+
+from __future__ import annotations
+
+import faulthandler
+import sys
+
+from opendepot.api.interceptor import configure_logging
+from opendepot.registry.keys import ensure_keys
+from opendepot.store import Store
+
+from .bootstrap import bootstrap
+from .config import Config
+from .supervisor import serve_workers
+from .worker import opendepot_app
+
+
+def _prepare(config: Config) -> None:
+    store = Store.open(config.store.database_url, config.data_dir)
+    try:
+        bootstrap(store, config.data_dir)
+    finally:
+        store.dispose()
+    if config.registry.binary:
+        ensure_keys(config.data_dir / "registry")
+
+
+def serve(config: Config) -> None:
+    faulthandler.enable()
+    configure_logging(config.server.log_level)
+    _prepare(config)
+    scheme = "https" if config.api.tls_cert else "http"
+    host, port = config.api.host_port
+    print(
+        f"opendepot: serving the Depot API on {scheme}://{host}:{port} "
+        f"with {config.server.workers} worker(s) (data in {config.data_dir})",
+        file=sys.stderr,
+        flush=True,
+    )
+    serve_workers(config, opendepot_app, builders=True)

@@ -1,0 +1,129 @@
+"""The supervisor: runs the API in `--workers` processes beside the background services.
+
+Each worker binds the port with SO_REUSEPORT, so the kernel spreads connections evenly (a shared accept
+socket lets one busy worker take them all). The port is checked free first, so a busy port fails loudly.
+Each worker is Hypercorn serving one ASGI app: HTTP/1.1 and h2c on the cleartext port, h2 by ALPN on TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import multiprocessing
+import signal
+from collections.abc import Callable, Coroutine
+from multiprocessing.synchronize import Event as EventType
+from typing import Any
+
+from hypercorn.asyncio.run import worker_serve
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.utils import wrap_app
+
+from opendepot.api.interceptor import configure_logging
+from opendepot.processes import die_with_parent
+
+from .background import builder_services
+from .config import Config
+from .hypercorn import hypercorn_config
+
+# An app factory runs in each worker: it returns the ASGI app and what to close when the worker stops.
+AppFactory = Callable[[Config], tuple[Any, Callable[[], None]]]
+
+
+async def _run_worker(
+    config: Config,
+    make_app: AppFactory,
+    sockets: Sockets,
+    stop: EventType | None,
+    stopped: asyncio.Event | None = None,
+) -> None:
+    app, close = make_app(config)
+    if stopped is None:
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopped.set)
+
+    async def shutdown_trigger() -> None:
+        while not stopped.is_set():
+            if stop is not None and stop.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), timeout=0.25)
+
+    try:
+        hc = hypercorn_config(config)
+        asgi = wrap_app(app, hc.wsgi_max_body_size, "asgi")
+        await worker_serve(asgi, hc, sockets=sockets, shutdown_trigger=shutdown_trigger)
+    finally:
+        close()
+
+
+def _run(coroutine: Coroutine[Any, Any, None]) -> None:
+    """uvloop where it is installed (it is a dependency on Linux): markedly less overhead per request."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coroutine)
+        return
+    uvloop.run(coroutine)
+
+
+def _worker_main(config: Config, make_app: AppFactory, stop: EventType) -> None:
+    die_with_parent()
+    faulthandler.enable()  # a crash in native code leaves the Python stack in the log
+    configure_logging(config.server.log_level)
+    hc = hypercorn_config(config)
+    hc.workers = config.server.workers  # makes Hypercorn set SO_REUSEPORT
+    _run(_run_worker(config, make_app, hc.create_sockets(), stop))
+
+
+def _check_port_free(hc: HypercornConfig) -> None:
+    """Binding without SO_REUSEPORT fails if anything holds the port, even a group that set it."""
+    hc.workers = 1
+    sockets = hc.create_sockets()
+    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+        sock.close()
+
+
+def serve_workers(config: Config, make_app: AppFactory, *, builders: bool = False) -> None:
+    """Runs make_app's app in config.server.workers processes (in this process when there is one). With
+    builders, this process also runs the machine manager and the BuildKit gateway."""
+    _run(_supervise(config, make_app, builders))
+
+
+async def _supervise(config: Config, make_app: AppFactory, builders: bool) -> None:
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopped.set)
+    async with contextlib.AsyncExitStack() as stack:
+        if builders:
+            await stack.enter_async_context(builder_services(config))
+        hc = hypercorn_config(config)
+        if config.server.workers == 1:
+            await _run_worker(config, make_app, hc.create_sockets(), None, stopped)
+            return
+        _check_port_free(hc)
+        ctx = multiprocessing.get_context("spawn")
+        stop = ctx.Event()
+        workers = [
+            ctx.Process(target=_worker_main, args=(config, make_app, stop))
+            for _ in range(config.server.workers)
+        ]
+        for process in workers:
+            process.start()
+        # Any worker exiting on its own (a crash) stops the whole server rather than leaving it half-up.
+        while not stopped.is_set() and all(w.is_alive() for w in workers):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), timeout=0.25)
+        stop.set()
+        for w in workers:
+            await asyncio.to_thread(w.join, 15)
+            if w.is_alive():
+                w.kill()
+                await asyncio.to_thread(w.join)
+        crashed = [w.exitcode for w in workers if w.exitcode not in (0, None)]
+        if crashed and not stopped.is_set():
+            raise SystemExit(f"opendepot: a worker exited with code {crashed[0]}")

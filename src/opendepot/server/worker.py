@@ -1,0 +1,93 @@
+"""The API worker's composition root: everything one `--workers` process needs to answer calls.
+
+API workers keep no state of their own beyond connection pools: everything they know is in the store, so
+any worker can answer any call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import text
+
+from opendepot.api.app import HttpHandler, Router, connect_apps, method_paths
+from opendepot.api.auth import Authenticator
+from opendepot.api.deps import Deps
+from opendepot.api.login import LoginPage, LoginService
+from opendepot.api.pages import shared_build_page
+from opendepot.api.registry_http import RegistryEndpoints
+from opendepot.builders.access import BuilderAccess
+from opendepot.builders.reset import BuilderReset
+from opendepot.builds import service as builds
+from opendepot.oidc.verifier import OidcVerifier
+from opendepot.pki.authority import Authority
+from opendepot.projects.service import Settings as ProjectSettings
+from opendepot.registry.keys import TokenSigner
+from opendepot.registry.operations import Registry
+from opendepot.registry.operations import RegistrySettings as RegistryClientSettings
+from opendepot.store import Store
+
+from .config import Config
+
+log = logging.getLogger("opendepot.server")
+
+
+def build_app(config: Config, store: Store) -> Router:
+    authority = Authority(config.data_dir / "pki")
+    registry = open_registry(config, store)
+    deps = Deps(
+        store=store,
+        authn=Authenticator(
+            store,
+            OidcVerifier(config.oidc.issuers, config.oidc.audiences) if config.oidc.issuers else None,
+            timedelta(seconds=config.oidc.replay_window_seconds),
+        ),
+        caches=BuilderReset(config.data_dir / "projects", store),
+        project_settings=ProjectSettings(
+            regions=config.projects.regions, default_region=config.projects.default_region
+        ),
+        public_url=config.api.public_url,
+        authority=authority,
+        registry=registry,
+    )
+    gateway_port = config.gateway.host_port[1]
+    machines = BuilderAccess(store, authority, config.gateway.host, gateway_port)
+
+    async def healthy() -> bool:
+        def ping() -> bool:
+            with store.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return True
+
+        try:
+            return await asyncio.to_thread(ping)
+        except Exception:
+            log.exception("health check failed")
+            return False
+
+    async def shared_page(secret: str) -> str | None:
+        found = await store.read(lambda s: builds.shared(s, secret))
+        return None if found is None else shared_build_page(*found)
+
+    routes: dict[str, HttpHandler] = {"/login/": LoginPage(deps)}
+    if registry is not None:
+        endpoints = RegistryEndpoints(deps.authn, registry)
+        routes.update({"/registry/token": endpoints.token, "/registry/events": endpoints.events})
+    login = LoginService(deps, timedelta(seconds=config.login.timeout_seconds))
+    return Router(connect_apps(deps, machines, login), method_paths(), healthy, shared_page, routes)
+
+
+def open_registry(config: Config, store: Store) -> Registry | None:
+    if not config.registry.binary:
+        return None
+    settings = RegistryClientSettings(host=config.registry.host, url=config.registry.url)
+    return Registry(store, settings, TokenSigner(config.data_dir / "registry"))
+
+
+def opendepot_app(config: Config) -> tuple[Any, Callable[[], None]]:
+    """The app factory `serve` runs in each worker process."""
+    store = Store(config.store.database_url)
+    return build_app(config, store), store.dispose
