@@ -13,12 +13,14 @@ from typing import Any
 
 from sqlalchemy import text
 
-from opendepot.api.app import HttpHandler, Router, connect_apps, method_paths
 from opendepot.api.auth import Authenticator
 from opendepot.api.deps import Deps
-from opendepot.api.login import LoginPage, LoginService
-from opendepot.api.pages import shared_build_page
-from opendepot.api.registry_http import RegistryEndpoints
+from opendepot.api.http.login_page import LoginPage
+from opendepot.api.http.registry import RegistryEndpoints
+from opendepot.api.http.router import HttpHandler, Router
+from opendepot.api.http.shared_page import shared_build_page
+from opendepot.api.rpc.cli.v1beta1.login import LoginService
+from opendepot.api.rpc.services import connect_apps, method_paths
 from opendepot.builders.access import BuilderAccess
 from opendepot.builders.reset import BuilderReset
 from opendepot.builds import service as builds
@@ -36,7 +38,7 @@ log = logging.getLogger("opendepot.server")
 
 
 def build_app(config: Config, store: Store) -> Router:
-    authority = Authority(config.data_dir / "pki")
+    authority = Authority(config.paths.pki)
     registry = open_registry(config, store)
     deps = Deps(
         store=store,
@@ -45,7 +47,7 @@ def build_app(config: Config, store: Store) -> Router:
             OidcVerifier(config.oidc.issuers, config.oidc.audiences) if config.oidc.issuers else None,
             timedelta(seconds=config.oidc.replay_window_seconds),
         ),
-        caches=BuilderReset(config.data_dir / "projects", store),
+        caches=BuilderReset(config.paths, store),
         project_settings=ProjectSettings(
             regions=config.projects.regions, default_region=config.projects.default_region
         ),
@@ -84,7 +86,7 @@ def open_registry(config: Config, store: Store) -> Registry | None:
     if not config.registry.binary:
         return None
     settings = RegistryClientSettings(host=config.registry.host, url=config.registry.url)
-    return Registry(store, settings, TokenSigner(config.data_dir / "registry"))
+    return Registry(store, settings, TokenSigner(config.paths.registry))
 
 
 def opendepot_app(config: Config) -> tuple[Any, Callable[[], None]]:

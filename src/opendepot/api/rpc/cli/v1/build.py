@@ -10,6 +10,8 @@ from typing import Any, Literal
 from connectrpc.request import RequestContext
 from protobuf import Oneof
 
+from opendepot.api.deps import Deps
+from opendepot.api.rpc import convert
 from opendepot.builders.access import BuilderAccess, Connection
 from opendepot.buildkit.status import events as status_events
 from opendepot.builds import service as builds
@@ -22,9 +24,6 @@ from opendepot.gen.depot.cli.v1 import build_pb as pb
 from opendepot.pagination import page_request
 from opendepot.registry import service as registry
 from opendepot.registry.operations import no_registry
-
-from . import convert
-from .deps import Deps
 
 Ctx = RequestContext[Any, Any]
 DEFAULT_LIST = 50

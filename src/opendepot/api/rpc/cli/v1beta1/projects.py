@@ -6,12 +6,11 @@ from typing import Any
 
 from connectrpc.request import RequestContext
 
+from opendepot.api.deps import Deps
 from opendepot.gen.depot.cli.v1beta1 import projects_connect
 from opendepot.gen.depot.cli.v1beta1 import projects_pb as pb
 from opendepot.organizations import queries as org_queries
 from opendepot.projects import service as projects
-
-from .deps import Deps
 
 Ctx = RequestContext[Any, Any]
 

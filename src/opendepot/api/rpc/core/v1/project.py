@@ -6,14 +6,13 @@ from typing import Any
 
 from connectrpc.request import RequestContext
 
+from opendepot.api.deps import Deps
+from opendepot.api.rpc import convert
 from opendepot.gen.depot.core.v1 import project_connect
 from opendepot.gen.depot.core.v1 import project_pb as pb
 from opendepot.pagination import page_request
 from opendepot.projects import service as projects
 from opendepot.tokens import service as tokens
-
-from . import convert
-from .deps import Deps
 
 Ctx = RequestContext[Any, Any]
 

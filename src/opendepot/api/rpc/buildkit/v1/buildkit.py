@@ -10,13 +10,12 @@ from typing import Any, Literal
 from connectrpc.request import RequestContext
 from protobuf import Oneof
 
+from opendepot.api.deps import Deps
 from opendepot.builders.access import BuilderAccess
 from opendepot.builds import service as builds
 from opendepot.errors import InvalidArgument
 from opendepot.gen.depot.buildkit.v1 import buildkit_connect
 from opendepot.gen.depot.buildkit.v1 import buildkit_pb as pb
-
-from .deps import Deps
 
 Ctx = RequestContext[Any, Any]
 PLATFORM = {pb.Platform.UNSPECIFIED: "amd64", pb.Platform.AMD64: "amd64", pb.Platform.ARM64: "arm64"}

@@ -10,6 +10,7 @@ from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 from opendepot.errors import InvalidArgument
 from opendepot.gen.depot.core.v1 import project_pb
+from opendepot.pagination import PageRequest, page_request
 from opendepot.projects.models import Project, TrustPolicy
 from opendepot.projects.policy import HARDWARE_SIZES, CachePolicyInput
 from opendepot.projects.service import cache_of
@@ -108,3 +109,11 @@ def trust_policy_in(
         return None, {}
     value = provider.value
     return provider.field, {f.name: getattr(value, f.name) for f in value.desc().fields}
+
+
+def page_of(message: Any, list_name: str) -> PageRequest:
+    return page_request(
+        list_name,
+        message.page_size if message.has_field("page_size") else None,
+        message.page_token if message.has_field("page_token") else None,
+    )

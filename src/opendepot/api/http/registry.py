@@ -14,12 +14,11 @@ import hmac
 import json
 from urllib.parse import parse_qs
 
+from opendepot.api.auth import Authenticator
+from opendepot.api.http.asgi import MAX_BODY, Receive, Scope, Send, header, read_body, respond_json
 from opendepot.auth import Principal
 from opendepot.errors import Unauthenticated
 from opendepot.registry.operations import Registry
-
-from .auth import Authenticator
-from .http import MAX_BODY, Receive, Scope, Send, header, read_body, respond_json
 
 
 def basic_password(authorization: str) -> str | None:

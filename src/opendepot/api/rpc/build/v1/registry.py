@@ -7,14 +7,12 @@ from typing import Any
 
 from connectrpc.request import RequestContext
 
+from opendepot.api.deps import Deps
+from opendepot.api.rpc import convert
 from opendepot.gen.depot.build.v1 import registry_connect
 from opendepot.gen.depot.build.v1 import registry_pb as pb
 from opendepot.registry import service as registry
 from opendepot.registry.operations import no_registry
-
-from . import convert
-from .build_v1 import page_of
-from .deps import Deps
 
 Ctx = RequestContext[Any, Any]
 
@@ -25,7 +23,7 @@ class RegistryService(registry_connect.RegistryService):
 
     async def list_images(self, request: pb.ListImagesRequest, ctx: Ctx) -> pb.ListImagesResponse:
         who = await self.d.authn.principal(ctx)
-        page = page_of(request, registry.IMAGES_LIST)
+        page = convert.page_of(request, registry.IMAGES_LIST)
         rows, token = await self.d.store.read(
             lambda s: registry.list_images(s, who, request.project_id, page)
         )

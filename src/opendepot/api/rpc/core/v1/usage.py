@@ -7,13 +7,12 @@ from typing import Any
 
 from connectrpc.request import RequestContext
 
+from opendepot.api.deps import Deps
+from opendepot.api.rpc import convert
 from opendepot.gen.depot.core.v1 import usage_connect
 from opendepot.gen.depot.core.v1 import usage_pb as pb
 from opendepot.pagination import page_request
 from opendepot.usage import service as usage
-
-from . import convert
-from .deps import Deps
 
 Ctx = RequestContext[Any, Any]
 

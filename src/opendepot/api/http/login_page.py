@@ -1,51 +1,33 @@
-"""depot.cli.v1beta1.LoginService (spec §5.7) and its approval page at `/login/<id>`."""
+"""The approval page a `depot login` prints, at `/login/<id>`: approve with an organization token."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from datetime import timedelta
-from typing import Any
+import html
 from urllib.parse import parse_qs
 
-from connectrpc.request import RequestContext
-
+from opendepot.api.deps import Deps
+from opendepot.api.http.asgi import Receive, Scope, Send, read_body
 from opendepot.errors import DomainError
-from opendepot.gen.depot.cli.v1beta1 import login_connect
-from opendepot.gen.depot.cli.v1beta1 import login_pb as pb
 from opendepot.logins import service as logins
 
-from .deps import Deps
-from .http import Receive, Scope, Send, read_body
-from .pages import login_page
 
-Ctx = RequestContext[Any, Any]
-POLL_SECONDS = 0.5
-
-
-class LoginService(login_connect.LoginService):
-    def __init__(self, deps: Deps, lifetime: timedelta) -> None:
-        self.d = deps
-        self.lifetime = lifetime
-
-    async def start_login(self, request: pb.StartLoginRequest, ctx: Ctx) -> pb.StartLoginResponse:
-        lifetime = self.lifetime
-        login = await self.d.store.run(lambda s: logins.start(s, lifetime))
-        return pb.StartLoginResponse(id=login.id, approve_url=f"{self.d.public_url}/login/{login.id}")
-
-    async def finish_login(
-        self, request: pb.FinishLoginRequest, ctx: Ctx
-    ) -> AsyncIterator[pb.FinishLoginResponse]:
-        """Waits (polling the store: the approval may land on any worker) until the request is approved,
-        then sends one token and ends; an unknown, used or expired request ends with an error."""
-        login_id = request.id
-        await self.d.store.read(lambda s: logins.pending(s, login_id))
-        while True:
-            handover = await self.d.store.run(lambda s: logins.complete(s, login_id))
-            if handover is not None:
-                yield pb.FinishLoginResponse(token=handover.secret)
-                return
-            await asyncio.sleep(POLL_SECONDS)
+def login_page(login_id: str, message: str = "", done: bool = False) -> str:
+    """The approval page a `depot login` prints. Approving takes an organization token: the login then
+    receives a user token of that organization."""
+    safe_id = html.escape(login_id)
+    head = "<!doctype html><html><head><meta charset='utf-8'><title>Approve depot login</title></head><body>"
+    if done:
+        return f"{head}<h1>Login approved</h1><p>{html.escape(message)}</p></body></html>"
+    note = f"<p><strong>{html.escape(message)}</strong></p>" if message else ""
+    return (
+        f"{head}<h1>Approve depot login</h1>{note}"
+        "<p>A <code>depot login</code> is waiting for approval. Paste an organization token to give it a "
+        "user token of that organization, or run <code>opendepot login approve "
+        f"{safe_id}</code> on the server.</p>"
+        f"<form method='post' action='/login/{safe_id}'>"
+        "<label>Organization token <input type='password' name='token' autocomplete='off' size='60'></label> "
+        "<button type='submit'>Approve</button></form></body></html>"
+    )
 
 
 class LoginPage:

@@ -7,23 +7,13 @@ from typing import Any
 
 from connectrpc.request import RequestContext
 
+from opendepot.api.deps import Deps
+from opendepot.api.rpc import convert
 from opendepot.builds import service as builds
 from opendepot.gen.depot.build.v1 import build_connect
 from opendepot.gen.depot.build.v1 import build_pb as pb
-from opendepot.pagination import PageRequest, page_request
-
-from . import convert
-from .deps import Deps
 
 Ctx = RequestContext[Any, Any]
-
-
-def page_of(message: Any, list_name: str) -> PageRequest:
-    return page_request(
-        list_name,
-        message.page_size if message.has_field("page_size") else None,
-        message.page_token if message.has_field("page_token") else None,
-    )
 
 
 class BuildService(build_connect.BuildService):
@@ -50,7 +40,7 @@ class BuildService(build_connect.BuildService):
 
     async def get_build_steps(self, request: pb.GetBuildStepsRequest, ctx: Ctx) -> pb.GetBuildStepsResponse:
         who = await self.d.authn.principal(ctx)
-        page = page_of(request, builds.STEPS_LIST)
+        page = convert.page_of(request, builds.STEPS_LIST)
         rows, token = await self.d.store.read(
             lambda s: builds.list_steps(s, who, request.project_id, request.build_id, page)
         )
@@ -75,7 +65,7 @@ class BuildService(build_connect.BuildService):
         self, request: pb.GetBuildStepLogsRequest, ctx: Ctx
     ) -> pb.GetBuildStepLogsResponse:
         who = await self.d.authn.principal(ctx)
-        page = page_of(request, builds.LOGS_LIST)
+        page = convert.page_of(request, builds.LOGS_LIST)
         rows, token = await self.d.store.read(
             lambda s: builds.step_logs(
                 s, who, request.project_id, request.build_id, request.build_step_digest, page

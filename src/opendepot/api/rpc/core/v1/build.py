@@ -6,14 +6,13 @@ from typing import Any
 
 from connectrpc.request import RequestContext
 
+from opendepot.api.deps import Deps
+from opendepot.api.rpc import convert
 from opendepot.builds import service as builds
 from opendepot.builds.status import CANCELED, ERROR, FAILED, RUNNING, SUCCESS
 from opendepot.gen.depot.core.v1 import build_connect
 from opendepot.gen.depot.core.v1 import build_pb as pb
 from opendepot.pagination import page_request
-
-from . import convert
-from .deps import Deps
 
 Ctx = RequestContext[Any, Any]
 STATUS = {

@@ -6,12 +6,11 @@ from typing import Any
 
 from connectrpc.request import RequestContext
 
+from opendepot.api.deps import Deps
+from opendepot.api.rpc import convert
 from opendepot.gen.depot.core.v1 import organization_connect
 from opendepot.gen.depot.core.v1 import organization_pb as pb
 from opendepot.organizations import service as organizations
-
-from . import convert
-from .deps import Deps
 
 
 class OrganizationService(organization_connect.OrganizationService):

@@ -1,0 +1,43 @@
+"""depot.cli.v1beta1.LoginService (spec §5.7); its approval page is `api/http/login_page.py`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from connectrpc.request import RequestContext
+
+from opendepot.api.deps import Deps
+from opendepot.gen.depot.cli.v1beta1 import login_connect
+from opendepot.gen.depot.cli.v1beta1 import login_pb as pb
+from opendepot.logins import service as logins
+
+Ctx = RequestContext[Any, Any]
+POLL_SECONDS = 0.5
+
+
+class LoginService(login_connect.LoginService):
+    def __init__(self, deps: Deps, lifetime: timedelta) -> None:
+        self.d = deps
+        self.lifetime = lifetime
+
+    async def start_login(self, request: pb.StartLoginRequest, ctx: Ctx) -> pb.StartLoginResponse:
+        lifetime = self.lifetime
+        login = await self.d.store.run(lambda s: logins.start(s, lifetime))
+        return pb.StartLoginResponse(id=login.id, approve_url=f"{self.d.public_url}/login/{login.id}")
+
+    async def finish_login(
+        self, request: pb.FinishLoginRequest, ctx: Ctx
+    ) -> AsyncIterator[pb.FinishLoginResponse]:
+        """Waits (polling the store: the approval may land on any worker) until the request is approved,
+        then sends one token and ends; an unknown, used or expired request ends with an error."""
+        login_id = request.id
+        await self.d.store.read(lambda s: logins.pending(s, login_id))
+        while True:
+            handover = await self.d.store.run(lambda s: logins.complete(s, login_id))
+            if handover is not None:
+                yield pb.FinishLoginResponse(token=handover.secret)
+                return
+            await asyncio.sleep(POLL_SECONDS)
