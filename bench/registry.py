@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from opendepot.gen.depot.build.v1 import registry_pb  # noqa: E402
 from opendepot.gen.depot.core.v1 import project_pb  # noqa: E402
+from opendepot.migrations.schema import Image  # noqa: E402
 from opendepot.store import Store  # noqa: E402
 from opendepot.store.engine import sqlite_url  # noqa: E402
-from opendepot.store.models import Image  # noqa: E402
 from tests.support.rpc import call  # noqa: E402
 from tests.support.server import Server, free_port  # noqa: E402
 

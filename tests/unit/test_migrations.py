@@ -7,9 +7,9 @@ from pathlib import Path
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from opendepot.migrations.schema import metadata
 from opendepot.store import Store
 from opendepot.store.engine import sqlite_url
-from opendepot.store.models import metadata
 
 
 def test_migrated_schema_matches_the_models(tmp_path: Path) -> None:

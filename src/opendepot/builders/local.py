@@ -13,6 +13,7 @@ from pathlib import Path
 
 from opendepot.buildkit.config import buildkitd_toml
 from opendepot.buildkit.du import total_size
+from opendepot.datadir import DataDir
 from opendepot.processes import terminate
 from opendepot.store import Store
 
@@ -27,22 +28,18 @@ class LocalBuildkitd:
     """One stock buildkitd per (project, platform) on this host, listening only on a unix socket.
     Its --root is the project's cache directory, which outlives the process."""
 
-    def __init__(
-        self, buildkitd: str, data_dir: Path, caches_root: Path, insecure_registries: Sequence[str] = ()
-    ) -> None:
+    def __init__(self, buildkitd: str, paths: DataDir, insecure_registries: Sequence[str] = ()) -> None:
         self.buildkitd = buildkitd
         self.insecure_registries = tuple(insecure_registries)
-        self.run_dir = data_dir / "run"
-        self.log_dir = data_dir / "logs"
-        self.caches_root = caches_root
+        self.paths = paths
         self._processes: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
         self.limits = CgroupLimits()
 
     def socket_path(self, project_id: str, platform: str) -> Path:
-        return self.run_dir / f"{project_id}-{platform}.sock"
+        return self.paths.builder_socket(project_id, platform)
 
     def state_dir(self, project_id: str, platform: str) -> Path:
-        return self.caches_root / project_id / platform
+        return self.paths.builder_state(project_id, platform)
 
     def _config(self, spec: BuilderSpec) -> str:
         key = f"{spec.project_id}-{spec.platform}"
@@ -58,15 +55,15 @@ class LocalBuildkitd:
 
     async def start(self, spec: BuilderSpec) -> int:
         key = (spec.project_id, spec.platform)
-        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.paths.run.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
         self.state_dir(*key).mkdir(parents=True, exist_ok=True)
         socket = self.socket_path(*key)
         with contextlib.suppress(FileNotFoundError):
             socket.unlink()
-        config = self.run_dir / f"{spec.project_id}-{spec.platform}.toml"
+        config = self.paths.builder_config(*key)
         config.write_text(self._config(spec))
-        log = (self.log_dir / f"{spec.project_id}-{spec.platform}.log").open("ab")
+        log = self.paths.builder_log(*key).open("ab")
         process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the child runs on its own
             [self.buildkitd, "--config", str(config)],
             stdout=log,

@@ -7,10 +7,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from pathlib import Path
 
+from opendepot.datadir import DataDir
 from opendepot.errors import FailedPrecondition
-from opendepot.ids import looks_like_id
 from opendepot.store import Store
 
 from . import service as machines
@@ -19,18 +18,12 @@ STOP_TIMEOUT_SECONDS = 30.0
 
 
 class BuilderReset:
-    def __init__(self, root: Path, store: Store) -> None:
-        self.root = root
+    def __init__(self, paths: DataDir, store: Store) -> None:
+        self.paths = paths
         self.store = store
 
-    def project_dir(self, project_id: str) -> Path:
-        if not looks_like_id(project_id):
-            # Project ids come from our store, but a path is never built from anything else.
-            raise ValueError(f"not a project id: {project_id!r}")
-        return self.root / project_id
-
     async def reset(self, project_id: str) -> None:
-        path = self.project_dir(project_id)
+        path = self.paths.project_cache(project_id)
         pending = await self.store.run(lambda s: machines.request_reset(s, project_id))
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         while pending and await self.store.read(lambda s: machines.resetting(s, project_id)):

@@ -1,3 +1,7 @@
+"""The schema's history (Alembic, one linear chain in `versions/`) and how to bring a database to its head.
+
+`schema.py` imports every domain's models, so the metadata the migrations compare against is complete."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +10,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATIONS = Path(__file__).parent
 
 
 def alembic_config(engine: Engine) -> Config:

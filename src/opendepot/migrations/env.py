@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from opendepot.store.models import metadata
+from opendepot.migrations.schema import metadata
 
 engine = context.config.attributes["engine"]
 with engine.begin() as connection:

@@ -7,10 +7,9 @@ from opendepot.oidc.models import TokenUse
 from opendepot.organizations.models import Organization
 from opendepot.projects.models import Project, TrustPolicy
 from opendepot.registry.models import Image, Maintenance
+from opendepot.store.base import Base
 from opendepot.tokens.models import Token
 from opendepot.usage.models import CacheSample
-
-from .base import Base
 
 metadata = Base.metadata
 

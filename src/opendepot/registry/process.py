@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from opendepot.builds import queries as build_queries
 from opendepot.clock import utcnow
+from opendepot.datadir import DataDir
 from opendepot.files import write_private
 from opendepot.processes import terminate
 from opendepot.store import Store
@@ -39,7 +40,7 @@ log = logging.getLogger("opendepot.registry")
 class ProcessSettings:
     binary: str
     listen: str
-    data_dir: Path
+    paths: DataDir
     realm: str
     events_url: str
     storage: str
@@ -50,7 +51,7 @@ def storage_config(storage: str, data_dir: Path) -> dict[str, Any]:
     """`""` → the filesystem under the data dir; `s3://bucket/root?region=…&regionendpoint=…` → the S3 driver,
     every query parameter passed through as a driver option."""
     if not storage:
-        return {"filesystem": {"rootdirectory": str(data_dir / "registry" / "storage")}}
+        return {"filesystem": {"rootdirectory": str(DataDir(data_dir).registry_storage)}}
     parts = urlsplit(storage)
     if parts.scheme == "s3":
         options: dict[str, Any] = dict(parse_qsl(parts.query))
@@ -69,7 +70,7 @@ def registry_config(settings: ProcessSettings, signer: TokenSigner, http_secret:
         "version": "0.1",
         "log": {"level": "warn", "formatter": "text", "accesslog": {"disabled": True}},
         "storage": {
-            **storage_config(settings.storage, settings.data_dir),
+            **storage_config(settings.storage, settings.paths.root),
             "delete": {"enabled": True},
             "cache": {"blobdescriptor": "inmemory"},
             "maintenance": {
@@ -113,9 +114,9 @@ class RegistryProcess:
         self.signer = signer
         self.store = store
         self.client = client
-        self.directory = settings.data_dir / "registry"
+        self.directory = settings.paths.registry
         self.config_path = self.directory / "config.json"
-        self.pid_path = settings.data_dir / "run" / "registry.pid"
+        self.pid_path = settings.paths.registry_pid
         self._process: subprocess.Popen[bytes] | None = None
 
     def write_config(self) -> None:
@@ -132,9 +133,8 @@ class RegistryProcess:
     async def start(self) -> None:
         self.write_config()
         self._reap_stale()
-        logs = self.settings.data_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        out = (logs / "registry.log").open("ab")
+        self.settings.paths.logs.mkdir(parents=True, exist_ok=True)
+        out = self.settings.paths.registry_log.open("ab")
         self._process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
             [self.settings.binary, "serve", str(self.config_path)],
             stdout=out,
@@ -151,7 +151,7 @@ class RegistryProcess:
             if self._process.poll() is not None:
                 break
             await asyncio.sleep(0.05)
-        raise RuntimeError(f"the registry did not start; see {logs / 'registry.log'}")
+        raise RuntimeError(f"the registry did not start; see {self.settings.paths.registry_log}")
 
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None

@@ -32,9 +32,7 @@ def insecure_registries(config: Config) -> tuple[str, ...]:
 async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
     """The singular parts of the server: the machine manager and the BuildKit gateway."""
     store = Store(config.store.database_url)
-    backend = LocalBuildkitd(
-        config.builders.buildkitd, config.data_dir, config.data_dir / "projects", insecure_registries(config)
-    )
+    backend = LocalBuildkitd(config.builders.buildkitd, config.paths, insecure_registries(config))
     await asyncio.to_thread(reap_orphans, store, backend)
 
     async def lease_is_live(project_id: str, build_id: str, platform: str) -> bool:
@@ -42,7 +40,7 @@ async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
 
     recorder = StepRecorder(store, log_cap=config.gateway.build_log_limit_mib << 20)
     gateway = Gateway(
-        Authority(config.data_dir / "pki"),
+        Authority(config.paths.pki),
         backend.open,
         lease_is_live,
         recorder if config.gateway.status_tap else None,
@@ -66,7 +64,7 @@ async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
             ProcessSettings(
                 binary=config.registry.binary,
                 listen=config.registry.listen,
-                data_dir=config.data_dir,
+                paths=config.paths,
                 realm=f"{config.api.public_url}/registry/token",
                 events_url=f"{config.api.url}/registry/events",
                 storage=config.registry.storage,

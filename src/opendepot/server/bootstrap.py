@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
+from opendepot.datadir import DataDir
 from opendepot.files import write_private
 from opendepot.organizations import service as organizations
 from opendepot.store import Store
 from opendepot.tokens import service as tokens
 
-ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 - a file name, not a secret
 
-
-def bootstrap(store: Store, data_dir: Path) -> bool:
+def bootstrap(store: Store, paths: DataDir) -> bool:
     """Returns True when it created the organization. The token file is written inside the transaction:
     if writing fails, nothing is created and the next start tries again."""
-    path = data_dir / ADMIN_TOKEN_FILE
+    path = paths.admin_token
     with store.transaction() as session:
         if not organizations.is_empty(session):
             return False

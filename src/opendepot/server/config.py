@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from opendepot.datadir import DataDir
 from opendepot.oidc.providers import DEFAULT_ISSUERS
 from opendepot.store.engine import sqlite_url
 
@@ -324,6 +325,10 @@ class Config:
     @property
     def data_dir(self) -> Path:
         return self.server.data_dir
+
+    @property
+    def paths(self) -> DataDir:
+        return DataDir(self.server.data_dir)
 
 
 # The groups in `--help` order; an option's place in its group is its place in the help.

@@ -18,11 +18,11 @@ from .worker import opendepot_app
 def _prepare(config: Config) -> None:
     store = Store.open(config.store.database_url, config.data_dir)
     try:
-        bootstrap(store, config.data_dir)
+        bootstrap(store, config.paths)
     finally:
         store.dispose()
     if config.registry.binary:
-        ensure_keys(config.data_dir / "registry")
+        ensure_keys(config.paths.registry)
 
 
 def serve(config: Config) -> None:

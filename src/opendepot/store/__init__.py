@@ -1,4 +1,5 @@
-"""The store: engine, sessions and migrations. Domain packages hold their own models and queries."""
+"""The store: engine and sessions. Domain packages hold their own models and queries; `opendepot.migrations`
+holds the schema's history."""
 
 from .base import Base, UTCDateTime
 from .engine import Store

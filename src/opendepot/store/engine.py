@@ -12,11 +12,13 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from opendepot.datadir import DataDir
+
 T = TypeVar("T")
 
 
 def sqlite_url(data_dir: Path) -> str:
-    return f"sqlite:///{data_dir / 'opendepot.db'}"
+    return f"sqlite:///{DataDir(data_dir).database}"
 
 
 def _tune_sqlite(engine: Engine) -> None:
@@ -86,7 +88,8 @@ class Store:
         return store
 
     def migrate(self) -> None:
-        from .migrate import upgrade_to_head
+        # The migrations import every domain's models: loaded only when a schema is brought up to date.
+        from opendepot.migrations import upgrade_to_head
 
         upgrade_to_head(self.engine)
 
