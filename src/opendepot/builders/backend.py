@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,7 +19,21 @@ class BuilderSpec:
     hardware: str = "16x32"
 
 
+@dataclass(frozen=True, slots=True)
+class RecordedBuilder:
+    """A builder an earlier supervisor recorded as not stopped (its row), for reap_leftovers."""
+
+    project_id: str
+    platform: str
+    pid: int | None
+
+
 class Backend(Protocol):
+    async def reap_leftovers(self, recorded: Sequence[RecordedBuilder]) -> None:
+        """At start, before anything else: stop builders an earlier supervisor left running; none is
+        adopted (the reconciler then marks every recorded builder stopped)."""
+        ...
+
     async def start(self, spec: BuilderSpec) -> int: ...
     async def ready(self, project_id: str, platform: str) -> bool: ...
     def alive(self, project_id: str, platform: str) -> bool: ...

@@ -15,10 +15,8 @@ from opendepot.buildkit.config import buildkitd_toml
 from opendepot.buildkit.du import total_size
 from opendepot.datadir import DataDir
 from opendepot.processes import terminate
-from opendepot.store import Store
 
-from . import queries, service
-from .backend import BuilderSpec
+from .backend import BuilderSpec, RecordedBuilder
 from .cgroups import CgroupLimits, hardware_size
 
 logger = logging.getLogger("opendepot.machines")
@@ -118,20 +116,20 @@ class LocalBuildkitd:
             return None
         return total_size(out)
 
+    async def reap_leftovers(self, recorded: Sequence[RecordedBuilder]) -> None:
+        await asyncio.to_thread(self._kill_leftovers, recorded)
+
+    def _kill_leftovers(self, recorded: Sequence[RecordedBuilder]) -> None:
+        for builder in recorded:
+            if builder.pid:
+                # Only a buildkitd of ours: the pid may have been reused by anything since.
+                cmdline = Path(f"/proc/{builder.pid}/cmdline")
+                with contextlib.suppress(OSError):
+                    if self.buildkitd.encode() in cmdline.read_bytes():
+                        os.killpg(builder.pid, signal.SIGTERM)
+
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(p, pl) for p, pl in list(self._processes)))
 
     async def open(self, project_id: str, platform: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_unix_connection(str(self.socket_path(project_id, platform)))
-
-
-def reap_orphans(store: Store, backend: LocalBuildkitd) -> None:
-    """At start: builders recorded by an earlier supervisor are stopped and marked so; none is adopted."""
-    with store.transaction() as session:
-        for machine in queries.all_machines(session):
-            if machine.pid and machine.state in ("starting", "running", "resetting"):
-                cmdline = Path(f"/proc/{machine.pid}/cmdline")
-                with contextlib.suppress(OSError):
-                    if backend.buildkitd.encode() in cmdline.read_bytes():
-                        os.killpg(machine.pid, signal.SIGTERM)
-            service.set_state(session, machine.project_id, machine.platform, "stopped")

@@ -8,12 +8,13 @@ finished, released or expired builds are cut."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
+
+from sqlalchemy.orm import Session
 
 from opendepot.builds import queries as build_queries
 from opendepot.builds import service as builds
@@ -24,7 +25,7 @@ from opendepot.store import Store
 from opendepot.usage import queries as usage_queries
 
 from . import queries, service
-from .backend import Backend, BuilderSpec
+from .backend import Backend, BuilderSpec, RecordedBuilder
 
 log = logging.getLogger("opendepot.machines")
 
@@ -57,15 +58,13 @@ class BuilderReconciler:
         self._running: set[tuple[str, str]] = set()
         self._sampled: dict[tuple[str, str], float] = {}
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("machine manager tick failed")
-            await asyncio.sleep(self.settings.tick_seconds)
+    name = "builder reconciler"
 
-    async def tick(self) -> None:
+    @property
+    def interval(self) -> float:
+        return self.settings.tick_seconds
+
+    async def run_once(self) -> None:
         expired, abandoned = await self.store.run(lambda s: builds.reap(s, self.settings.lease_timeout))
         if expired or abandoned:
             log.info("released %d stale lease(s), ended %d abandoned build(s)", expired, abandoned)
@@ -146,3 +145,20 @@ class BuilderReconciler:
         await self.backend.stop_all()
         for key in keys:
             await self._mark(key, "stopped")
+
+
+async def reap_leftovers(store: Store, backend: Backend) -> None:
+    """At start: builders recorded by an earlier supervisor are stopped and marked so; none is adopted."""
+    machines = await store.read(queries.all_machines)
+    leftovers = [
+        RecordedBuilder(m.project_id, m.platform, m.pid)
+        for m in machines
+        if m.state in ("starting", "running", "resetting")
+    ]
+    await backend.reap_leftovers(leftovers)
+
+    def mark_stopped(session: Session) -> None:
+        for machine in machines:
+            service.set_state(session, machine.project_id, machine.platform, "stopped")
+
+    await store.run(mark_stopped)

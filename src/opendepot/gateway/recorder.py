@@ -40,10 +40,10 @@ class StepRecorder:
             self._seen[build_id] += len(chunk.data)
             self._logs[build_id].append(chunk)
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.flush()
+    name = "step recorder"
+
+    async def run_once(self) -> None:
+        await self.flush()
 
     def flush_soon(self, build_id: str) -> None:
         """Writes one build's pending steps now rather than at the next tick (its Status stream ended)."""

@@ -201,15 +201,13 @@ class RegistryProcess:
         last = max(filter(None, [queries.last_push(session), state.gc_requested_at]))
         return utcnow() - last >= self.settings.gc_idle
 
-    async def run(self, interval: float = 2.0) -> None:
+    name = "registry supervision"
+    interval = 2.0
+
+    async def run_once(self) -> None:
         """Keeps the registry up and collects garbage when due."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if not self.alive():
-                    log.warning("the registry exited; starting it again")
-                    await self.start()
-                if await self.store.run(self._gc_due):
-                    await self.collect_garbage()
-            except Exception:
-                log.exception("registry supervision")
+        if not self.alive():
+            log.warning("the registry exited; starting it again")
+            await self.start()
+        if await self.store.run(self._gc_due):
+            await self.collect_garbage()

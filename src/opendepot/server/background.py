@@ -3,13 +3,12 @@ the builder reconciler, the BuildKit gateway with its step recorder, and the reg
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
-from opendepot.builders.local import LocalBuildkitd, reap_orphans
-from opendepot.builders.reconciler import BuilderReconciler, ReconcilerSettings
+from opendepot.builders.local import LocalBuildkitd
+from opendepot.builders.reconciler import BuilderReconciler, ReconcilerSettings, reap_leftovers
 from opendepot.builds import queries as build_queries
 from opendepot.gateway.listener import Gateway
 from opendepot.gateway.recorder import StepRecorder
@@ -18,6 +17,7 @@ from opendepot.registry.process import ProcessSettings, RegistryProcess
 from opendepot.store import Store
 
 from .config import Config
+from .loops import Loops
 from .worker import open_registry
 
 
@@ -33,7 +33,7 @@ async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
     """The singular parts of the server: the machine manager and the BuildKit gateway."""
     store = Store(config.store.database_url)
     backend = LocalBuildkitd(config.builders.buildkitd, config.paths, insecure_registries(config))
-    await asyncio.to_thread(reap_orphans, store, backend)
+    await reap_leftovers(store, backend)
 
     async def lease_is_live(project_id: str, build_id: str, platform: str) -> bool:
         return await store.read(lambda s: build_queries.lease_is_live(s, project_id, build_id, platform))
@@ -57,7 +57,9 @@ async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
             sample_seconds=config.builders.usage_sample_seconds,
         ),
     )
-    background_tasks = [asyncio.create_task(manager.run()), asyncio.create_task(recorder.run())]
+    loops = Loops()
+    loops.start(manager)
+    loops.start(recorder)
     registry_process = None
     if (registry := open_registry(config, store)) is not None:
         registry_process = RegistryProcess(
@@ -75,14 +77,13 @@ async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
             registry.client,
         )
         await registry_process.start()
-        background_tasks.append(asyncio.create_task(registry_process.run()))
+        loops.start(registry_process)
     try:
         yield manager
     finally:
-        for background in background_tasks:
-            background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await background
+        # The order matters: no loop may run against what is being closed; the last steps get written
+        # before the gateway drops the connections; builders stop before the registry they push to.
+        await loops.stop()
         await recorder.flush()
         await gateway.close()
         await manager.shutdown()
