@@ -15,8 +15,12 @@ def get(session: Session, build_id: str) -> Build | None:
     return session.get(Build, build_id)
 
 
-def newest_first(session: Session, project_id: str, *, limit: int, after: Cursor | None) -> Sequence[Build]:
+def newest_first(
+    session: Session, project_id: str, *, limit: int, after: Cursor | None, status: str | None = None
+) -> Sequence[Build]:
     stmt = select(Build).where(Build.project_id == project_id)
+    if status is not None:
+        stmt = stmt.where(Build.status == status)
     if after is not None:
         stmt = stmt.where(tuple_(Build.created_at, Build.id) < tuple_(after.created_at, after.id))
     return session.scalars(stmt.order_by(Build.created_at.desc(), Build.id.desc()).limit(limit)).all()
@@ -155,3 +159,82 @@ def shared_build(session: Session, share_hash: str) -> Build | None:
 
 def running_count(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(Build).where(Build.status == "running")) or 0)
+
+
+def all_steps(session: Session, build_id: str, limit: int) -> Sequence[Step]:
+    stmt = select(Step).where(Step.build_id == build_id).order_by(Step.started_at, Step.id).limit(limit)
+    return session.scalars(stmt).all()
+
+
+def step_by_id(session: Session, build_id: str, step_id: int) -> Step | None:
+    return session.scalars(select(Step).where(Step.build_id == build_id, Step.id == step_id)).first()
+
+
+def log_cursor(session: Session, build_id: str) -> int:
+    """The id of the build's last log line so far (0 when none): where a live view starts following."""
+    return int(session.scalar(select(func.max(LogLine.id)).where(LogLine.build_id == build_id)) or 0)
+
+
+def log_window(
+    session: Session, build_id: str, digest: str, *, after_id: int, until_id: int | None, limit: int
+) -> Sequence[Row[int, str]]:
+    """(id, text) of a step's lines after after_id, up to until_id when given, in order."""
+    stmt = select(LogLine.id, LogLine.text).where(
+        LogLine.build_id == build_id, LogLine.digest == digest, LogLine.id > after_id
+    )
+    if until_id is not None:
+        stmt = stmt.where(LogLine.id <= until_id)
+    return session.execute(stmt.order_by(LogLine.id).limit(limit)).all()
+
+
+def log_since(session: Session, build_id: str, after_id: int, limit: int) -> Sequence[Row[int, str, str]]:
+    """(id, digest, text) of every line of the build after after_id, in arrival order."""
+    stmt = (
+        select(LogLine.id, LogLine.digest, LogLine.text)
+        .where(LogLine.build_id == build_id, LogLine.id > after_id)
+        .order_by(LogLine.id)
+        .limit(limit)
+    )
+    return session.execute(stmt).all()
+
+
+def log_line_counts(session: Session, build_id: str) -> dict[str, int]:
+    """digest -> how many lines that step printed."""
+    stmt = select(LogLine.digest, func.count()).where(LogLine.build_id == build_id).group_by(LogLine.digest)
+    return {digest: int(n) for digest, n in session.execute(stmt).tuples()}
+
+
+def search_log(session: Session, build_id: str, needle: str, limit: int) -> Sequence[Row[int, str, str]]:
+    """(id, digest, text) of the build's lines that contain needle (case-insensitive), in order."""
+    escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    stmt = (
+        select(LogLine.id, LogLine.digest, LogLine.text)
+        .where(
+            LogLine.build_id == build_id, func.lower(LogLine.text).like(f"%{escaped.lower()}%", escape="\\")
+        )
+        .order_by(LogLine.id)
+        .limit(limit)
+    )
+    return session.execute(stmt).all()
+
+
+def line_number(session: Session, build_id: str, digest: str, line_id: int) -> int:
+    """The 1-based position of a line in its step's log."""
+    stmt = select(func.count()).where(
+        LogLine.build_id == build_id, LogLine.digest == digest, LogLine.id <= line_id
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def latest_builds(session: Session, project_ids: Sequence[str]) -> dict[str, Build]:
+    """project -> its newest build."""
+    newest = (
+        select(Build.project_id, func.max(Build.created_at).label("at"))
+        .where(Build.project_id.in_(project_ids))
+        .group_by(Build.project_id)
+        .subquery()
+    )
+    stmt = select(Build).join(
+        newest, and_(Build.project_id == newest.c.project_id, Build.created_at == newest.c.at)
+    )
+    return {b.project_id: b for b in session.scalars(stmt)}

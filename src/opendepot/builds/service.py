@@ -277,3 +277,90 @@ def shared(session: Session, secret: str) -> tuple[Build, Sequence[Step]] | None
     if build is None:
         return None
     return build, queries.steps_page(session, build.id, limit=10_000, after=None)
+
+
+# Reads for the web dashboard: the same access rules as the RPCs above.
+MAX_VIEW_STEPS = 10_000
+MAX_LOG_WINDOW = 20_000
+MAX_SEARCH_HITS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class BuildView:
+    build: Build
+    steps: Sequence[Step]
+    # Lines printed per step digest, and the id of the build's last log line when this was read.
+    line_counts: dict[str, int]
+    log_cursor: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogHit:
+    step_id: int
+    line_number: int
+    text: str
+
+
+def view_build(session: Session, principal: Principal, project_id: str, build_id: str) -> BuildView:
+    build = _build_in_project(session, principal, project_id, require_id("build_id", build_id))
+    return view_of(session, build)
+
+
+def view_of(session: Session, build: Build) -> BuildView:
+    cursor = queries.log_cursor(session, build.id)
+    steps_ = queries.all_steps(session, build.id, MAX_VIEW_STEPS)
+    return BuildView(build, steps_, queries.log_line_counts(session, build.id), cursor)
+
+
+def list_builds_by_status(
+    session: Session, principal: Principal, project_id: str, status: str | None, page: PageRequest
+) -> tuple[list[Summary], str | None]:
+    project = project_queries.get(session, require_id("project_id", project_id))
+    if project is None:
+        raise NotFound(f"project {project_id!r} not found")
+    principal.require_project_access(project.organization_id, project.id)
+    rows = queries.newest_first(session, project.id, limit=page.size + 1, after=page.after, status=status)
+    token = next_token(BUILDS_LIST, [Cursor(b.created_at, b.id) for b in rows], page.size)
+    return summarize(session, rows[: page.size]), token
+
+
+def step_log_window(
+    session: Session, build: Build, step_id: int, after_id: int, until_id: int | None
+) -> tuple[Step, Sequence[tuple[int, str]]]:
+    """A step's lines after after_id (and up to until_id), at most MAX_LOG_WINDOW of them."""
+    found = queries.step_by_id(session, build.id, step_id)
+    if found is None:
+        raise NotFound(f"build {build.id} has no step {step_id}")
+    rows = queries.log_window(
+        session, build.id, found.digest, after_id=after_id, until_id=until_id, limit=MAX_LOG_WINDOW
+    )
+    return found, [(int(r[0]), str(r[1])) for r in rows]
+
+
+def log_since(session: Session, build: Build, after_id: int, limit: int) -> Sequence[tuple[int, str, str]]:
+    return [(int(r[0]), str(r[1]), str(r[2])) for r in queries.log_since(session, build.id, after_id, limit)]
+
+
+def search_log(session: Session, build: Build, needle: str) -> list[LogHit]:
+    """Lines of any step that contain needle, with the step and the line's number in it."""
+    needle = needle.strip()
+    if not needle or len(needle) > 200:
+        raise InvalidArgument("q", "must be 1 to 200 characters")
+    step_ids = {s.digest: s.id for s in queries.all_steps(session, build.id, MAX_VIEW_STEPS)}
+    return [
+        LogHit(step_ids.get(digest, 0), queries.line_number(session, build.id, digest, line_id), text)
+        for line_id, digest, text in queries.search_log(session, build.id, needle, MAX_SEARCH_HITS)
+    ]
+
+
+def shared_build(session: Session, secret: str) -> Build | None:
+    if not secret or len(secret) > 100:
+        return None
+    return queries.shared_build(session, hash_secret(secret))
+
+
+def latest_builds(session: Session, principal: Principal, project_ids: Sequence[str]) -> dict[str, Summary]:
+    """project -> a summary of its newest build, for the projects this principal's organization owns."""
+    found = queries.latest_builds(session, project_ids)
+    visible = [b for b in found.values() if b.organization_id == principal.organization_id]
+    return {s.build.project_id: s for s in summarize(session, visible)}

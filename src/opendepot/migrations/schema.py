@@ -2,6 +2,7 @@
 
 from opendepot.builders.models import Machine
 from opendepot.builds.models import Build, Lease, StatusReport
+from opendepot.dashboard.models import DashboardSession
 from opendepot.logins.models import LoginRequest
 from opendepot.oidc.models import TokenUse
 from opendepot.organizations.models import Organization
@@ -16,6 +17,7 @@ metadata = Base.metadata
 __all__ = [
     "Build",
     "CacheSample",
+    "DashboardSession",
     "Image",
     "Lease",
     "LoginRequest",

@@ -24,6 +24,7 @@ from opendepot.api.rpc.services import connect_apps, method_paths
 from opendepot.builders.access import BuilderAccess
 from opendepot.builders.reset import BuilderReset
 from opendepot.builds import service as builds
+from opendepot.dashboard.app import Dashboard
 from opendepot.oidc.verifier import OidcVerifier
 from opendepot.pki.authority import Authority
 from opendepot.projects.service import Settings as ProjectSettings
@@ -37,7 +38,7 @@ from .config import Config
 log = logging.getLogger("opendepot.server")
 
 
-def build_app(config: Config, store: Store) -> Router:
+def build_app(config: Config, store: Store) -> HttpHandler:
     authority = Authority(config.paths.pki)
     registry = open_registry(config, store)
     deps = Deps(
@@ -79,7 +80,8 @@ def build_app(config: Config, store: Store) -> Router:
         endpoints = RegistryEndpoints(deps.authn, registry)
         routes.update({"/registry/token": endpoints.token, "/registry/events": endpoints.events})
     login = LoginService(deps, timedelta(seconds=config.login.timeout_seconds))
-    return Router(connect_apps(deps, machines, login), method_paths(), healthy, shared_page, routes)
+    api = Router(connect_apps(deps, machines, login), method_paths(), healthy, shared_page, routes)
+    return Dashboard(deps, api)
 
 
 def open_registry(config: Config, store: Store) -> Registry | None:

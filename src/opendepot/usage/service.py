@@ -145,3 +145,13 @@ def _average_bytes(session: Session, project_id: str, p: Period) -> float:
             if finish > begin:
                 total += size * (finish - begin).total_seconds()
     return total / span
+
+
+def cache_sizes(session: Session, principal: Principal, project_ids: Sequence[str]) -> dict[str, int]:
+    """project -> bytes its cache takes now (the last samples), for the projects this principal reaches."""
+    now = utcnow()
+    sizes: dict[str, int] = {}
+    for project_id in project_ids:
+        project = load_project(session, principal, project_id)
+        sizes[project.id] = queries.cache_bytes_at(session, project.id, now)
+    return sizes

@@ -1,0 +1,108 @@
+"""A running build's page follows it over Server-Sent Events: new log lines (each event's id is the last
+line's id, so a reconnecting EventSource resumes exactly after what it had: nothing lost, nothing twice),
+the step list whenever it changes (rendered by the same template as the page), and `end` with the final
+status. The store is polled: the tap that records steps may run in another worker or node."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from functools import partial
+
+from opendepot.api.http import Receive, Send
+from opendepot.builds import queries as build_queries
+from opendepot.builds import service as builds
+from opendepot.store import Store
+
+from .web import SECURITY_HEADERS
+
+POLL_SECONDS = 0.5
+KEEPALIVE_SECONDS = 15.0
+MAX_STREAM_SECONDS = 3600.0
+LINES_PER_EVENT = 2000
+
+
+def _event(kind: str, data: str, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    body = "".join(f"data: {line}\n" for line in data.split("\n"))
+    return f"{head}event: {kind}\n{body}\n".encode()
+
+
+async def stream_build(
+    store: Store,
+    build_id: str,
+    after: int,
+    steps_html: Callable[[builds.BuildView], str],
+    receive: Receive,
+    send: Send,
+) -> None:
+    headers = [
+        (b"content-type", b"text/event-stream"),
+        (b"cache-control", b"no-store"),
+        (b"x-accel-buffering", b"no"),
+        *SECURITY_HEADERS,
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    gone = asyncio.Event()
+
+    async def watch_disconnect() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    watcher = asyncio.create_task(watch_disconnect())
+    try:
+        await _follow(store, build_id, after, steps_html, send, gone)
+    finally:
+        watcher.cancel()
+    if not gone.is_set():
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _follow(
+    store: Store,
+    build_id: str,
+    after: int,
+    steps_html: Callable[[builds.BuildView], str],
+    send: Send,
+    gone: asyncio.Event,
+) -> None:
+    loop = asyncio.get_running_loop()
+    started = last_sent = loop.time()
+    shown_steps = ""
+    while not gone.is_set() and loop.time() - started < MAX_STREAM_SECONDS:
+        build = await store.read(lambda s: build_queries.get(s, build_id))
+        if build is None:
+            return
+        finished = build.finished_at is not None
+        view = await store.read(partial(builds.view_of, build=build))
+        fragment = steps_html(view)
+        if fragment != shown_steps:
+            shown_steps = fragment
+            await send({"type": "http.response.body", "body": _event("steps", fragment), "more_body": True})
+            last_sent = loop.time()
+        step_ids = {s.digest: s.id for s in view.steps}
+        # Lines up to the view's cursor only: the steps just sent already count them.
+        while after < view.log_cursor:
+            lines = await store.read(
+                partial(builds.log_since, build=build, after_id=after, limit=LINES_PER_EVENT)
+            )
+            lines = [line for line in lines if line[0] <= view.log_cursor]
+            if not lines:
+                break
+            after = lines[-1][0]
+            payload = json.dumps([[i, step_ids.get(d, 0), t] for i, d, t in lines], separators=(",", ":"))
+            await send(
+                {"type": "http.response.body", "body": _event("log", payload, after), "more_body": True}
+            )
+            last_sent = loop.time()
+        if finished:
+            await send({"type": "http.response.body", "body": _event("end", build.status), "more_body": True})
+            return
+        if loop.time() - last_sent > KEEPALIVE_SECONDS:
+            await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
+            last_sent = loop.time()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gone.wait(), POLL_SECONDS)

@@ -1,0 +1,47 @@
+// Charts from data the page carries as JSON (no inline script: the CSP forbids it), drawn with Chart.js.
+(() => {
+  "use strict";
+  if (typeof Chart === "undefined") return;
+  const read = (id) => {
+    const el = document.getElementById(id);
+    return el ? JSON.parse(el.textContent) : null;
+  };
+  const options = (unit, max) => ({
+    responsive: true,
+    maintainAspectRatio: false,
+    animation: false,
+    scales: { y: { beginAtZero: true, max, title: { display: true, text: unit } }, x: { ticks: { display: false } } },
+    plugins: { legend: { display: false } },
+  });
+  const builds = read("build-chart-data");
+  if (builds) {
+    new Chart(document.getElementById("duration-chart"), {
+      type: "bar",
+      data: { labels: builds.labels, datasets: [{ label: "Duration (s)", data: builds.duration, backgroundColor: "#0b5cad" }] },
+      options: options("seconds"),
+    });
+    new Chart(document.getElementById("hit-chart"), {
+      type: "line",
+      data: { labels: builds.labels, datasets: [{ label: "Steps cached (%)", data: builds.hit_rate, borderColor: "#5a32a3", backgroundColor: "#5a32a3" }] },
+      options: options("%", 100),
+    });
+  }
+  const usage = read("usage-chart-data");
+  if (usage) {
+    const o = options("minutes");
+    o.plugins.legend.display = true;
+    o.scales.x.ticks.display = true;
+    new Chart(document.getElementById("usage-chart"), {
+      type: "bar",
+      data: {
+        labels: usage.labels,
+        datasets: [
+          { label: "Build minutes", data: usage.minutes, backgroundColor: "#0b5cad" },
+          { label: "Billed minutes", data: usage.billed, backgroundColor: "#8a5300" },
+          { label: "Saved minutes", data: usage.saved, backgroundColor: "#1a7f37" },
+        ],
+      },
+      options: o,
+    });
+  }
+})();
