@@ -1,6 +1,6 @@
 """tests/ui: Debian's chromium, driven headless by Playwright (never a browser Playwright downloads),
-against a real `opendepot serve` with builds from the official depot CLI. Screenshots go to OPENDEPOT_UI_ARTIFACTS
-(default build/ui-artifacts, git-ignored)."""
+against a real `opendepot serve` with builds from the official depot CLI. Screenshots go to
+OPENDEPOT_UI_ARTIFACTS (default build/ui-artifacts, git-ignored)."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Row, and_, case, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
@@ -164,6 +165,25 @@ def running_count(session: Session) -> int:
 def all_steps(session: Session, build_id: str, limit: int) -> Sequence[Step]:
     stmt = select(Step).where(Step.build_id == build_id).order_by(Step.started_at, Step.id).limit(limit)
     return session.scalars(stmt).all()
+
+
+_STEP_COLUMNS = (
+    Step.id,
+    Step.digest,
+    Step.name,
+    Step.started_at,
+    Step.started_known,
+    Step.completed_at,
+    Step.cached,
+    Step.error,
+    Step.has_logs,
+)
+
+
+def step_records(session: Session, build_id: str, limit: int) -> list[tuple[Any, ...]]:
+    """The columns a step view shows, without ORM objects (a build may have thousands of steps)."""
+    stmt = select(*_STEP_COLUMNS).where(Step.build_id == build_id).order_by(Step.started_at, Step.id)
+    return [tuple(row) for row in session.execute(stmt.limit(limit))]
 
 
 def step_by_id(session: Session, build_id: str, step_id: int) -> Step | None:

@@ -281,16 +281,30 @@ def shared(session: Session, secret: str) -> tuple[Build, Sequence[Step]] | None
 
 # Reads for the web dashboard: the same access rules as the RPCs above.
 MAX_VIEW_STEPS = 10_000
-MAX_LOG_WINDOW = 20_000
+MAX_LOG_WINDOW = 10_000
 MAX_SEARCH_HITS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """What a step view shows of a step."""
+
+    id: int
+    digest: str
+    name: str
+    started_at: datetime | None
+    started_known: bool
+    completed_at: datetime | None
+    cached: bool
+    error: str | None
+    has_logs: bool
 
 
 @dataclass(frozen=True, slots=True)
 class BuildView:
     build: Build
-    steps: Sequence[Step]
-    # Lines printed per step digest, and the id of the build's last log line when this was read.
-    line_counts: dict[str, int]
+    steps: Sequence[StepRecord]
+    # While the build runs: the id of its last log line when this was read, where a live view follows on.
     log_cursor: int
 
 
@@ -307,9 +321,12 @@ def view_build(session: Session, principal: Principal, project_id: str, build_id
 
 
 def view_of(session: Session, build: Build) -> BuildView:
-    cursor = queries.log_cursor(session, build.id)
-    steps_ = queries.all_steps(session, build.id, MAX_VIEW_STEPS)
-    return BuildView(build, steps_, queries.log_line_counts(session, build.id), cursor)
+    cursor = queries.log_cursor(session, build.id) if build.finished_at is None else 0
+    return BuildView(build, step_records(session, build), cursor)
+
+
+def step_records(session: Session, build: Build) -> list[StepRecord]:
+    return [StepRecord(*row) for row in queries.step_records(session, build.id, MAX_VIEW_STEPS)]
 
 
 def list_builds_by_status(

@@ -416,9 +416,7 @@ class Dashboard:
     def _render_build(self, page: Page, view: builds.BuildView, base: str, *, shared: bool) -> Response:
         build = view.build
         platforms = present.platforms_of(build)
-        rows = present.step_rows(
-            build, view.steps, view.line_counts, platforms[0] if len(platforms) == 1 else ""
-        )
+        rows = present.step_rows(build, view.steps, platforms[0] if len(platforms) == 1 else "")
         failing = next((r for r in rows if r.state == "error"), None)
         return self._render(
             page,
@@ -472,11 +470,9 @@ class Dashboard:
         after = _int(resume, "after")
         base = request.path.removesuffix("/events")
 
-        def steps_html(view: builds.BuildView) -> str:
-            platforms = present.platforms_of(view.build)
-            rows = present.step_rows(
-                view.build, view.steps, view.line_counts, platforms[0] if len(platforms) == 1 else ""
-            )
+        def steps_html(build: Build, records: list[builds.StepRecord]) -> str:
+            platforms = present.platforms_of(build)
+            rows = present.step_rows(build, records, platforms[0] if len(platforms) == 1 else "")
             return self.templates.get_template("_steps.html").render(steps=rows, base=base)
 
         await stream_build(self.d.store, build.id, after, steps_html, request.receive, page.send)

@@ -14,6 +14,7 @@ from functools import partial
 from opendepot.api.http import Receive, Send
 from opendepot.builds import queries as build_queries
 from opendepot.builds import service as builds
+from opendepot.builds.models import Build
 from opendepot.store import Store
 
 from .web import SECURITY_HEADERS
@@ -34,7 +35,7 @@ async def stream_build(
     store: Store,
     build_id: str,
     after: int,
-    steps_html: Callable[[builds.BuildView], str],
+    steps_html: Callable[[Build, list[builds.StepRecord]], str],
     receive: Receive,
     send: Send,
 ) -> None:
@@ -65,7 +66,7 @@ async def _follow(
     store: Store,
     build_id: str,
     after: int,
-    steps_html: Callable[[builds.BuildView], str],
+    steps_html: Callable[[Build, list[builds.StepRecord]], str],
     send: Send,
     gone: asyncio.Event,
 ) -> None:
@@ -77,27 +78,26 @@ async def _follow(
         if build is None:
             return
         finished = build.finished_at is not None
-        view = await store.read(partial(builds.view_of, build=build))
-        fragment = steps_html(view)
+        records = await store.read(partial(builds.step_records, build=build))
+        fragment = steps_html(build, records)
         if fragment != shown_steps:
             shown_steps = fragment
             await send({"type": "http.response.body", "body": _event("steps", fragment), "more_body": True})
             last_sent = loop.time()
-        step_ids = {s.digest: s.id for s in view.steps}
-        # Lines up to the view's cursor only: the steps just sent already count them.
-        while after < view.log_cursor:
+        step_ids = {s.digest: s.id for s in records}
+        while True:
             lines = await store.read(
                 partial(builds.log_since, build=build, after_id=after, limit=LINES_PER_EVENT)
             )
-            lines = [line for line in lines if line[0] <= view.log_cursor]
             if not lines:
                 break
             after = lines[-1][0]
             payload = json.dumps([[i, step_ids.get(d, 0), t] for i, d, t in lines], separators=(",", ":"))
-            await send(
-                {"type": "http.response.body", "body": _event("log", payload, after), "more_body": True}
-            )
+            event = _event("log", payload, after)
+            await send({"type": "http.response.body", "body": event, "more_body": True})
             last_sent = loop.time()
+            if len(lines) < LINES_PER_EVENT:
+                break
         if finished:
             await send({"type": "http.response.body", "body": _event("end", build.status), "more_body": True})
             return

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from opendepot.builds.models import Build, Step
-from opendepot.builds.service import Summary
+from opendepot.builds.models import Build
+from opendepot.builds.service import StepRecord, Summary
 from opendepot.clock import as_utc, utcnow
 
 # BuildKit names a Dockerfile step "[linux/arm64 2/5] RUN make" (the platform only in multi-platform builds),
@@ -68,13 +68,13 @@ class StepRow:
     state: str  # cached, error, done, running, queued
     duration: str
     error: str
-    lines: int
+    has_logs: bool
     # Waterfall geometry in percent of the build's span.
     offset: float
     width: float
 
 
-def _state(step: Step, build_finished: bool) -> str:
+def _state(step: StepRecord, build_finished: bool) -> str:
     if step.error:
         return "error"
     if step.cached:
@@ -86,9 +86,7 @@ def _state(step: Step, build_finished: bool) -> str:
     return "canceled" if build_finished else "running"
 
 
-def step_rows(
-    build: Build, steps: Sequence[Step], line_counts: dict[str, int], default_platform: str
-) -> list[StepRow]:
+def step_rows(build: Build, steps: Sequence[StepRecord], default_platform: str) -> list[StepRow]:
     finished = build.finished_at is not None
     starts = [as_utc(s.started_at) for s in steps if s.started_at is not None]
     origin = min([as_utc(build.started_at or build.created_at), *starts])
@@ -122,7 +120,7 @@ def step_rows(
                 if state in ("done", "error", "running")
                 else ("cached" if state == "cached" else "-"),
                 error=step.error or "",
-                lines=line_counts.get(step.digest, 0),
+                has_logs=step.has_logs,
                 offset=round(min(offset, 99.6), 2),
                 width=round(min(width, 100 - min(offset, 99.6)), 2),
             )

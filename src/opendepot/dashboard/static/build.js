@@ -38,8 +38,16 @@
   };
 
   const stepName = (id) => {
-    const el = document.querySelector(`#step-${id} .step-link`);
-    return el ? el.textContent.replace(/\s+/g, " ").trim() : `step ${id}`;
+    const el = document.getElementById(`step-${id}`);
+    if (!el) return `step ${id}`;
+    const parts = [".platform", ".kw", ".instr"].map((s) => el.querySelector(s)?.textContent || "");
+    return parts.join(" ").replace(/\s+/g, " ").trim();
+  };
+
+  const countSteps = () => {
+    const all = stepsBox.querySelectorAll(".step").length;
+    const cached = stepsBox.querySelectorAll(".step.cached").length;
+    document.getElementById("step-count").textContent = `${all} steps, ${cached} cached`;
   };
 
   function render() {
@@ -183,7 +191,7 @@
   applyBars(stepsBox);
   if (!fromHash()) {
     const steps = [...stepsBox.querySelectorAll(".step")];
-    const withLines = steps.filter((el) => Number(el.dataset.lines) > 0);
+    const withLines = steps.filter((el) => el.dataset.logs === "1");
     const chosen = root.dataset.failing || (withLines.length ? withLines[withLines.length - 1].dataset.step : "");
     if (chosen) select(Number(chosen), 0);
   }
@@ -194,9 +202,10 @@
       stepsBox.innerHTML = event.data;
       applyBars(stepsBox);
       platformFilter();
+      countSteps();
       if (current !== null) document.getElementById(`step-${current}`)?.classList.add("selected");
       if (current === null) {
-        const first = stepsBox.querySelector('.step[data-lines]:not([data-lines="0"])');
+        const first = stepsBox.querySelector('.step[data-logs="1"]');
         if (first) select(Number(first.dataset.step), 0);
       }
     });
