@@ -29,7 +29,7 @@ from sqlalchemy import insert
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import opendepot.store.models  # noqa: E402, F401  (every table, for the foreign keys)
+import opendepot.migrations.schema  # noqa: E402, F401  (every table, for the foreign keys)
 from opendepot.builds.models import Build, LogLine, Step  # noqa: E402
 from opendepot.projects.models import Project  # noqa: E402
 from opendepot.store import Store  # noqa: E402

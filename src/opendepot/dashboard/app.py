@@ -22,7 +22,7 @@ from urllib.parse import quote
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from opendepot.api.deps import Deps
-from opendepot.api.http import Receive, Scope, Send
+from opendepot.api.http.asgi import Receive, Scope, Send
 from opendepot.auth import Principal
 from opendepot.builds import service as builds
 from opendepot.builds.models import Build

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from functools import partial
 
-from opendepot.api.http import Receive, Send
+from opendepot.api.http.asgi import Receive, Send
 from opendepot.builds import queries as build_queries
 from opendepot.builds import service as builds
 from opendepot.builds.models import Build

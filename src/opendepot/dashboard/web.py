@@ -10,7 +10,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-from opendepot.api.http import Receive, Scope, Send, read_body
+from opendepot.api.http.asgi import Receive, Scope, Send, read_body
 
 MAX_FORM_BYTES = 64 * 1024
 # Everything from this server, nothing inline, nothing framed.
