@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.e2e.test_builds import build
+from tests.e2e.test_login import Login
 from tests.support.builds import builds_possible, busybox_context
 from tests.support.clients import DEPOT_CLI, depot, sdk_one
 from tests.support.server import Server
@@ -349,3 +350,25 @@ def test_the_url_opendepot_build_prints_opens_the_build(
     response = page.goto(f"{ui_server.url}/projects/{project}/builds/{live_build}")
     assert response is not None and response.status == 200
     assert live_build in page.locator("h1").inner_text()
+
+
+def test_depot_login_is_approved_in_the_dashboard(
+    signed_in: Page, ui_server: Server, tmp_path: Path, artifacts: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    login = Login(ui_server, home)
+    try:
+        page = signed_in
+        page.goto(login.url)
+        page.screenshot(path=artifacts / "login-approval.png", full_page=True)
+        page.click("form[action^='/login/'] button")
+        assert "Login approved" in page.locator("h1").inner_text()
+        code, output = login.finish()
+        assert code == 0, output
+    finally:
+        if login.process.poll() is None:
+            login.process.kill()
+    # The CLI saved a user token of this organization: it works.
+    listed = depot(ui_server.url, login.saved_token(), "projects", "list")
+    assert listed.returncode == 0, listed.stderr

@@ -27,6 +27,7 @@ from opendepot.auth import Principal
 from opendepot.builds import service as builds
 from opendepot.builds.models import Build
 from opendepot.errors import DomainError, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from opendepot.logins import service as logins
 from opendepot.pagination import page_request
 from opendepot.projects import service as projects
 from opendepot.projects.policy import HARDWARE_SIZES, CachePolicyInput
@@ -52,6 +53,7 @@ BUILDS_PAGE = 25
 CHART_BUILDS = 40
 STATUSES = ("running", "success", "failed", "canceled", "error")
 # Paths the dashboard owns; everything else goes to the API router.
+_LOGIN = re.compile(r"^/login/[A-Za-z0-9_-]{1,64}$")
 _OWNED = re.compile(
     r"^/(?:$|sign-in$|sign-out$|projects(?:/|$)|usage(?:\.csv)?$|tokens(?:/|$)|static/|shared/)"
 )
@@ -111,6 +113,8 @@ class Dashboard:
             ("GET", f"/projects/{p}/builds/{b}/events", self.build_events, True),
             ("POST", f"/projects/{p}/builds/{b}/share", self.share_build, True),
             ("POST", f"/projects/{p}/builds/{b}/unshare", self.unshare_build, True),
+            ("GET", r"/login/(?P<login>[A-Za-z0-9_-]{1,64})", self.login_approval, True),
+            ("POST", r"/login/(?P<login>[A-Za-z0-9_-]{1,64})", self.approve_login, True),
             ("GET", "/usage", self.usage, True),
             ("GET", "/usage.csv", self.usage_csv, True),
             ("GET", "/tokens", self.tokens_page, True),
@@ -124,10 +128,15 @@ class Dashboard:
     # -- dispatch ---------------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _OWNED.match(scope["path"]):
+        if scope["type"] != "http":
             await self.api(scope, receive, send)
             return
         request = Request(scope, receive)
+        # `depot login` approval: in the dashboard for a signed-in browser, else the API's token form.
+        signed_in_login = scope["path"].startswith("/login/") and bool(request.cookie(SESSION_COOKIE))
+        if not (_OWNED.match(scope["path"]) or signed_in_login):
+            await self.api(scope, receive, send)
+            return
         response = await self._dispatch(request, send)
         if response is not None:
             await response.send(send)
@@ -523,6 +532,18 @@ class Dashboard:
     async def shared_events(self, page: Page) -> None:
         await self._events(page, await self._shared_build(page))
 
+    # -- depot login approval ---------------------------------------------------------------------------
+
+    async def login_approval(self, page: Page) -> Response:
+        login_id = page.request.params["login"]
+        await self.d.store.read(lambda s: logins.pending(s, login_id))
+        return self._render(page, "login_approval.html", login_id=login_id, approved=False)
+
+    async def approve_login(self, page: Page) -> Response:
+        who, login_id = self._who(page), page.request.params["login"]
+        await self.d.store.run(lambda s: logins.approve_with_token(s, login_id, who))
+        return self._render(page, "login_approval.html", login_id=login_id, approved=True)
+
     # -- usage and tokens -------------------------------------------------------------------------------
 
     async def _usage(self, page: Page) -> tuple[usage.Period, usage.OrganizationUsage]:
@@ -632,7 +653,8 @@ def registry_unavailable() -> DomainError:
 
 def _safe_next(value: str) -> str:
     """Only a path on this server (no scheme, no //host)."""
-    if value.startswith("/") and not value.startswith("//") and "\\" not in value and _OWNED.match(value):
+    safe_path = _OWNED.match(value) or _LOGIN.match(value)
+    if value.startswith("/") and not value.startswith("//") and "\\" not in value and safe_path:
         return quote(value, safe="/?=&-_.")
     return ""
 
