@@ -64,7 +64,7 @@ def signed_in(session: Session, cookie_secret: str) -> SignedIn | None:
     row = queries.with_token(session, hash_secret(cookie_secret))
     if row is None:
         return None
-    found, token = row.tuple()
+    found, token = row
     if as_utc(found.expires_at) <= utcnow() or TokenKind(token.kind) not in SIGN_IN_KINDS:
         return None
     principal = Principal(
