@@ -281,7 +281,7 @@ def shared(session: Session, secret: str) -> tuple[Build, Sequence[Step]] | None
 
 # Reads for the web dashboard: the same access rules as the RPCs above.
 MAX_VIEW_STEPS = 10_000
-MAX_LOG_WINDOW = 10_000
+MAX_LOG_WINDOW = 50_000
 MAX_SEARCH_HITS = 500
 
 
@@ -342,14 +342,16 @@ def list_builds_by_status(
 
 
 def step_log_window(
-    session: Session, build: Build, step_id: int, after_id: int, until_id: int | None
+    session: Session, build: Build, step_id: int, after_id: int, until_id: int | None, limit: int
 ) -> tuple[Step, Sequence[tuple[int, str]]]:
-    """A step's lines after after_id (and up to until_id), at most MAX_LOG_WINDOW of them."""
+    """A step's lines after after_id (and up to until_id), at most limit (<= MAX_LOG_WINDOW) of them."""
+    if not 0 < limit <= MAX_LOG_WINDOW:
+        raise InvalidArgument("limit", f"must be 1 to {MAX_LOG_WINDOW}")
     found = queries.step_by_id(session, build.id, step_id)
     if found is None:
         raise NotFound(f"build {build.id} has no step {step_id}")
     rows = queries.log_window(
-        session, build.id, found.digest, after_id=after_id, until_id=until_id, limit=MAX_LOG_WINDOW
+        session, build.id, found.digest, after_id=after_id, until_id=until_id, limit=limit
     )
     return found, [(int(r[0]), str(r[1])) for r in rows]
 

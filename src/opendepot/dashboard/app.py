@@ -450,10 +450,11 @@ class Dashboard:
         after = _int(page.request.query("after", "0"), "after")
         until_raw = page.request.query("until")
         until = _int(until_raw, "until") if until_raw else None
+        limit = _int(page.request.query("limit", "10000"), "limit")
         _step, lines = await self.d.store.read(
-            lambda s: builds.step_log_window(s, build, step_id, after, until)
+            lambda s: builds.step_log_window(s, build, step_id, after, until, limit)
         )
-        return json_response({"lines": lines, "more": len(lines) >= builds.MAX_LOG_WINDOW})
+        return json_response({"lines": lines, "more": len(lines) >= limit})
 
     async def build_search(self, page: Page) -> Response:
         return await self._search(page, await self._build(page))

@@ -9,6 +9,8 @@
   let live = root.dataset.live === "true";
   const LINE = 20;
   const OVERSCAN = 30;
+  const FIRST_WINDOW = 2000;
+  const WINDOW = 50000;
   const logEl = document.getElementById("log");
   const spacer = logEl.querySelector(".log-spacer");
   const box = logEl.querySelector(".log-lines");
@@ -92,7 +94,10 @@
         for (;;) {
           // A live page reads up to the cursor it was rendered with; the event stream brings the rest.
           const until = live || e.pending.length ? `&until=${cursor}` : "";
-          const response = await fetch(`${base}/log?step=${id}&after=${after}${until}`, { credentials: "same-origin" });
+          // A small first window paints at once; the rest comes in large ones.
+          const limit = after === 0 ? FIRST_WINDOW : WINDOW;
+          const url = `${base}/log?step=${id}&after=${after}&limit=${limit}${until}`;
+          const response = await fetch(url, { credentials: "same-origin" });
           if (!response.ok) throw new Error(`log of step ${id}: HTTP ${response.status}`);
           const data = await response.json();
           for (const [lineId, text] of data.lines) {
@@ -192,7 +197,7 @@
   if (!fromHash()) {
     const steps = [...stepsBox.querySelectorAll(".step")];
     const withLines = steps.filter((el) => el.dataset.logs === "1");
-    const chosen = root.dataset.failing || (withLines.length ? withLines[withLines.length - 1].dataset.step : "");
+    const chosen = root.dataset.failing || (withLines.length ? withLines[withLines.length - 1].id.slice(5) : "");
     if (chosen) select(Number(chosen), 0);
   }
 
@@ -206,7 +211,7 @@
       if (current !== null) document.getElementById(`step-${current}`)?.classList.add("selected");
       if (current === null) {
         const first = stepsBox.querySelector('.step[data-logs="1"]');
-        if (first) select(Number(first.dataset.step), 0);
+        if (first) select(Number(first.id.slice(5)), 0);
       }
     });
     events.addEventListener("log", (event) => {
