@@ -372,3 +372,30 @@ def test_depot_login_is_approved_in_the_dashboard(
     # The CLI saved a user token of this organization: it works.
     listed = depot(ui_server.url, login.saved_token(), "projects", "list")
     assert listed.returncode == 0, listed.stderr
+
+
+def test_trust_policies_add_refuse_bad_input_and_remove(
+    signed_in: Page, ui_server: Server, project: str
+) -> None:
+    page = signed_in
+    page.goto(f"{ui_server.url}/projects/{project}")
+    form = page.locator("form[action$='/trust-policies']")
+    form.locator("select[name=provider]").select_option("github")
+    form.locator("input[name=first]").fill("acme")
+    form.locator("input[name=second]").fill("acme/web")
+    form.locator("button").click()
+    policy = page.locator(".policies li", has_text="repository=acme/web")
+    assert policy.count() == 1
+    # Bad input is a 400 naming the field, and nothing is added.
+    form = page.locator("form[action$='/trust-policies']")
+    form.locator("input[name=first]").fill("acme")
+    form.locator("input[name=second]").fill("other/web")
+    with page.expect_response(lambda r: r.url.endswith("/trust-policies")) as answer:
+        form.locator("button").click()
+    assert answer.value.status == 400
+    assert "github.repository" in page.locator(".error").inner_text()
+    page.goto(f"{ui_server.url}/projects/{project}")
+    assert page.locator(".policies li", has_text="github:").count() == 1
+    page.locator(".policies li", has_text="acme/web").locator("button").click()
+    page.wait_for_url(re.compile(rf".*/projects/{project}#trust-h$"))
+    assert page.locator(".policies li", has_text="acme/web").count() == 0

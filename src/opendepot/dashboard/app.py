@@ -51,6 +51,13 @@ VENDOR_FILES = {"chart.umd.min.js": VENDOR_DIR / "chart.js" / "dist" / "chart.um
 CONTENT_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml", ".png": "image/png"}
 BUILDS_PAGE = 25
 CHART_BUILDS = 40
+# The two fields of each provider's trust policy, in the form's order (see projects.policy).
+TRUST_POLICY_FIELDS = {
+    "github": ("repository_owner", "repository"),
+    "buildkite": ("organization_slug", "pipeline_slug"),
+    "circleci": ("organization_uuid", "project_uuid"),
+    "gitlab": ("namespace_path", "project_path"),
+}
 STATUSES = ("running", "success", "failed", "canceled", "error")
 # Paths the dashboard owns; everything else goes to the API router.
 _LOGIN = re.compile(r"^/login/[A-Za-z0-9_-]{1,64}$")
@@ -104,6 +111,13 @@ class Dashboard:
             ("GET", f"/projects/{p}/delete", self.confirm_delete_project, True),
             ("POST", f"/projects/{p}/delete", self.delete_project, True),
             ("POST", f"/projects/{p}/tokens", self.create_token, True),
+            ("POST", f"/projects/{p}/trust-policies", self.add_trust_policy, True),
+            (
+                "POST",
+                f"/projects/{p}/trust-policies/(?P<policy>[^/]+)/delete",
+                self.remove_trust_policy,
+                True,
+            ),
             ("POST", f"/projects/{p}/tokens/(?P<token>[^/]+)/delete", self.delete_token, True),
             ("GET", f"/projects/{p}/images", self.images, True),
             ("POST", f"/projects/{p}/images/delete", self.delete_image, True),
@@ -380,6 +394,23 @@ class Dashboard:
         await self.d.store.run(lambda s: tokens.delete_token(s, who, params["token"]))
         back = self._form(page).get("back", "")
         return redirect(back if back in ("/tokens",) else f"/projects/{params['project']}")
+
+    async def add_trust_policy(self, page: Page) -> Response:
+        form, who, project_id = self._form(page), self._who(page), page.request.params["project"]
+        provider = form.get("provider", "")
+        names = TRUST_POLICY_FIELDS.get(provider)
+        if names is None:
+            raise InvalidArgument("provider", f"must be one of {', '.join(TRUST_POLICY_FIELDS)}")
+        fields = {names[0]: form.get("first", ""), names[1]: form.get("second", "")}
+        await self.d.store.run(lambda s: projects.add_trust_policy(s, who, project_id, provider, fields))
+        return redirect(f"/projects/{project_id}#trust-h")
+
+    async def remove_trust_policy(self, page: Page) -> Response:
+        who, params = self._who(page), page.request.params
+        await self.d.store.run(
+            lambda s: projects.remove_trust_policy(s, who, params["project"], params["policy"])
+        )
+        return redirect(f"/projects/{params['project']}#trust-h")
 
     # -- images -----------------------------------------------------------------------------------------
 
