@@ -4,6 +4,7 @@ usage, and the refusals (CSRF, another organization, project tokens)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -399,3 +400,29 @@ def test_trust_policies_add_refuse_bad_input_and_remove(
     page.locator(".policies li", has_text="acme/web").locator("button").click()
     page.wait_for_url(re.compile(rf".*/projects/{project}#trust-h$"))
     assert page.locator(".policies li", has_text="acme/web").count() == 0
+
+
+def sse_lines(body: str) -> list[tuple[int, str]]:
+    """(line id, text) of every log line in an event stream's `log` events."""
+    found: list[tuple[int, str]] = []
+    for block in body.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if fields.get("event") == "log":
+            found += [(int(i), text) for i, _step, text in json.loads(fields["data"])]
+    return found
+
+
+def test_event_stream_resumes_after_last_event_id(
+    signed_in: Page, ui_server: Server, project: str, live_build: str
+) -> None:
+    url = f"{ui_server.url}/projects/{project}/builds/{live_build}/events?after=0"
+    whole = signed_in.request.get(url)
+    assert whole.status == 200 and whole.headers["content-type"].startswith("text/event-stream")
+    lines = sse_lines(whole.text())
+    ticks = [text for _id, text in lines if text.startswith("tick-")]
+    assert ticks == [f"tick-{i}" for i in range(1, 11)]
+    assert "event: end\ndata: success" in whole.text()
+    # A reconnect names the last line it got: the stream goes on right after it, nothing lost or repeated.
+    cut = next(i for i, (_id, text) in enumerate(lines) if text == "tick-4")
+    resumed = signed_in.request.get(url, headers={"Last-Event-ID": str(lines[cut][0])})
+    assert sse_lines(resumed.text()) == lines[cut + 1 :]
