@@ -313,7 +313,9 @@ def test_usage_page_and_csv(
     page = signed_in
     page.goto(f"{ui_server.url}/usage")
     assert page.locator("tr", has_text="ui-web").count() == 1
-    assert page.locator("#usage-chart").is_visible()
+    assert page.locator("#usage-chart").is_visible() and page.locator("#daily-chart").is_visible()
+    daily = json.loads(page.locator("#daily-chart-data").inner_text())
+    assert sum(daily["builds"]) >= 1 and len(daily["labels"]) >= 30
     page.screenshot(path=artifacts / "usage.png", full_page=True)
     with page.expect_download() as download:
         page.click("text=Download CSV")

@@ -591,6 +591,17 @@ class Dashboard:
         figures = await self.d.store.read(lambda s: usage.organization_usage(s, who, period))
         return period, figures
 
+    async def _daily(self, page: Page, period: usage.Period) -> dict[str, list[Any]]:
+        who = self._who(page)
+        days = await self.d.store.read(lambda s: usage.daily_usage(s, who, period))
+        return {
+            "labels": [d.day.isoformat() for d in days],
+            "builds": [d.builds for d in days],
+            "minutes": [round(d.build_minutes, 2) for d in days],
+            "billed": [round(d.minutes_billed, 2) for d in days],
+            "saved": [round(d.minutes_saved, 2) for d in days],
+        }
+
     async def usage(self, page: Page) -> Response:
         period, figures = await self._usage(page)
         chart = {
@@ -605,9 +616,11 @@ class Dashboard:
             "billed": sum(f.minutes_billed for f in figures.projects),
             "saved": sum(f.minutes_saved for f in figures.projects),
         }
+        daily = await self._daily(page, period)
         return self._render(
             page,
             "usage.html",
+            daily=daily,
             period=period,
             start=period.start.date().isoformat(),
             end=period.end.date().isoformat(),

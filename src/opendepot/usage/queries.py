@@ -78,3 +78,16 @@ def saved_seconds_in(session: Session, project_id: str, start: datetime, end: da
         .where(Build.project_id == project_id, Build.created_at >= start, Build.created_at < end)
     )
     return float(session.scalar(stmt) or 0.0)
+
+
+def saved_seconds_by_build(
+    session: Session, project_id: str, start: datetime, end: datetime
+) -> dict[str, float]:
+    """build -> what its cache hits saved, for the builds created in [start, end)."""
+    stmt = (
+        select(Step.build_id, func.coalesce(func.sum(Step.saved_seconds), 0.0))
+        .join(Build, Build.id == Step.build_id)
+        .where(Build.project_id == project_id, Build.created_at >= start, Build.created_at < end)
+        .group_by(Step.build_id)
+    )
+    return {build_id: float(saved or 0.0) for build_id, saved in session.execute(stmt).tuples()}

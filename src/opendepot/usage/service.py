@@ -20,12 +20,12 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 
 from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal
-from opendepot.clock import utcnow
+from opendepot.clock import as_utc, utcnow
 from opendepot.errors import InvalidArgument
 from opendepot.pagination import Cursor, PageRequest, next_token
 from opendepot.projects import queries as project_queries
@@ -155,3 +155,49 @@ def cache_sizes(session: Session, principal: Principal, project_ids: Sequence[st
         project = load_project(session, principal, project_id)
         sizes[project.id] = queries.cache_bytes_at(session, project.id, now)
     return sizes
+
+
+MAX_DAILY_DAYS = 366
+
+
+@dataclass(frozen=True, slots=True)
+class Day:
+    """One UTC day of a period, with the same definitions as the period's figures."""
+
+    day: date
+    builds: int
+    build_minutes: float
+    minutes_billed: float
+    minutes_saved: float
+
+
+def daily_usage(session: Session, principal: Principal, p: Period) -> list[Day]:
+    """The period day by day (UTC) for the organization's projects: builds by the day they were created,
+    machine time by the day its lease was taken."""
+    if p.end - p.start > timedelta(days=MAX_DAILY_DAYS):
+        raise InvalidArgument("end_at", f"a daily breakdown covers at most {MAX_DAILY_DAYS} days")
+    projects: Sequence[Project] = project_queries.page(
+        session, principal.organization_id, limit=1_000_000, after=None, only_project_id=principal.project_id
+    )
+    now = utcnow()
+    # day -> [builds, build seconds, billed minutes, saved seconds]
+    totals: dict[date, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+    for project in projects:
+        saved = queries.saved_seconds_by_build(session, project.id, p.start, p.end)
+        for build in queries.builds_in(session, project.id, p.start, p.end):
+            bucket = totals[as_utc(build.created_at).date()]
+            bucket[0] += 1
+            if build.started_at:
+                bucket[1] += max(0.0, ((build.finished_at or now) - build.started_at).total_seconds())
+            bucket[3] += saved.get(build.id, 0.0)
+        for lease in queries.leases_in(session, project.id, p.start, p.end):
+            seconds = max(0.0, ((lease.released_at or now) - lease.acquired_at).total_seconds())
+            totals[as_utc(lease.acquired_at).date()][2] += (
+                math.ceil(seconds / 60) * cpus_of(lease.hardware) / 16
+            )
+    days, day = [], p.start.date()
+    while datetime.combine(day, datetime.min.time(), tzinfo=p.start.tzinfo) < p.end:
+        b, seconds, billed, saved_seconds = totals.get(day, [0, 0.0, 0.0, 0.0])
+        days.append(Day(day, int(b), seconds / 60, billed, saved_seconds / 60))
+        day += timedelta(days=1)
+    return days

@@ -26,6 +26,25 @@
       options: options("%", 100),
     });
   }
+  const daily = read("daily-chart-data");
+  if (daily) {
+    const o = options("minutes");
+    o.plugins.legend.display = true;
+    o.scales.x.ticks.display = true;
+    o.scales.builds = { position: "right", beginAtZero: true, grid: { drawOnChartArea: false }, title: { display: true, text: "builds" } };
+    new Chart(document.getElementById("daily-chart"), {
+      data: {
+        labels: daily.labels,
+        datasets: [
+          { type: "bar", label: "Builds", data: daily.builds, yAxisID: "builds", backgroundColor: "#c9d6e3" },
+          { type: "line", label: "Build minutes", data: daily.minutes, borderColor: "#0b5cad", backgroundColor: "#0b5cad" },
+          { type: "line", label: "Billed minutes", data: daily.billed, borderColor: "#8a5300", backgroundColor: "#8a5300" },
+          { type: "line", label: "Saved minutes", data: daily.saved, borderColor: "#1a7f37", backgroundColor: "#1a7f37" },
+        ],
+      },
+      options: o,
+    });
+  }
   const usage = read("usage-chart-data");
   if (usage) {
     const o = options("minutes");
