@@ -172,6 +172,8 @@ def test_live_build_then_cached_rebuild(
     page.goto(f"{ui_server.url}/projects/{project}")
     newest = page.locator("td a.mono").first.inner_text().strip()
     assert newest != live_build
+    # Who started it: the organization token the depot CLI built with.
+    assert "organization token " in page.locator("tr", has_text=newest).inner_text()
     page.goto(f"{ui_server.url}/projects/{project}/builds/{newest}")
     cached = page.locator(".step.cached", has_text="RUN")
     assert cached.count() == 1

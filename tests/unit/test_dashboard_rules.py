@@ -102,3 +102,9 @@ def test_only_organization_and_user_tokens_open_sessions(store: Store) -> None:
     with store.transaction() as s:
         assert sessions.signed_in(s, opened.cookie_secret) is None
         sessions.close_session(s, opened.cookie_secret)
+
+
+def test_started_by_names_the_token_kind_or_the_ci_identity() -> None:
+    assert presentation.started_by("organization:abc1234567") == "organization token abc1234567"
+    assert presentation.started_by("oidc:github:repo:acme/web") == "CI github:repo:acme/web"
+    assert presentation.started_by(None) == "-"

@@ -26,6 +26,8 @@ class Build(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Who created it: "<token kind>:<token id>", for a CI identity "oidc:<provider>:<subject>".
+    started_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # Set while the build is shared: the SHA-256 of the secret in its share link.
     share_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
 

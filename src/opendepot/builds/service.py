@@ -75,6 +75,7 @@ def create_build(
         options=options,
         created_at=now,
         started_at=now,
+        started_by=f"{principal.kind}:{principal.token_id}"[:200],
     )
     session.add(build)
     session.flush()

@@ -141,6 +141,14 @@ def build_duration(build: Build) -> float | None:
     return seconds_between(build.started_at or build.created_at, build.finished_at)
 
 
+def started_by(recorded: str | None) -> str:
+    """ "organization token 1234567890", "CI github:repo:acme/web:ref:..." from "<kind>:<id>"."""
+    if not recorded:
+        return "-"
+    kind, _, who = recorded.partition(":")
+    return f"CI {who}" if kind == "oidc" else f"{kind} token {who}"
+
+
 @dataclass(frozen=True, slots=True)
 class BuildRow:
     id: str
@@ -152,6 +160,7 @@ class BuildRow:
     total: int
     saved: str
     platforms: str
+    started_by: str
 
 
 def build_rows(summaries: Sequence[Summary]) -> list[BuildRow]:
@@ -169,6 +178,7 @@ def build_rows(summaries: Sequence[Summary]) -> list[BuildRow]:
                 total=s.total_steps,
                 saved=human_duration(s.saved_seconds) if s.saved_seconds else "-",
                 platforms=", ".join(platforms_of(s.build)) or "-",
+                started_by=started_by(s.build.started_by),
             )
         )
     return rows

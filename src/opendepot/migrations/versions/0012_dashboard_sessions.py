@@ -1,4 +1,4 @@
-"""Dashboard sessions
+"""Dashboard sessions; who started each build
 
 Revision ID: 0012
 Revises: 0009
@@ -14,6 +14,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("builds") as batch:
+        batch.add_column(sa.Column("started_by", sa.String(length=200), nullable=True))
     op.create_table(
         "dashboard_sessions",
         sa.Column("secret_hash", sa.String(length=64), nullable=False),
@@ -39,3 +41,5 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_dashboard_sessions_expires_at"), table_name="dashboard_sessions")
     op.drop_index(op.f("ix_dashboard_sessions_token_id"), table_name="dashboard_sessions")
     op.drop_table("dashboard_sessions")
+    with op.batch_alter_table("builds") as batch:
+        batch.drop_column("started_by")
