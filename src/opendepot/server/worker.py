@@ -11,8 +11,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import text
-
 from opendepot.api.auth import Authenticator
 from opendepot.api.deps import Deps
 from opendepot.api.http.login_page import LoginPage
@@ -59,13 +57,8 @@ def build_app(config: Config, store: Store) -> Router:
     machines = BuilderAccess(store, authority, config.gateway.host, gateway_port)
 
     async def healthy() -> bool:
-        def ping() -> bool:
-            with store.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-            return True
-
         try:
-            return await asyncio.to_thread(ping)
+            return await asyncio.to_thread(store.ping)
         except Exception:
             log.exception("health check failed")
             return False
