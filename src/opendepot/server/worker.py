@@ -24,6 +24,7 @@ from opendepot.builders.reset import BuilderReset
 from opendepot.builds import service as builds
 from opendepot.oidc.verifier import OidcVerifier
 from opendepot.pki.authority import Authority
+from opendepot.projects.lifecycle import ProjectLifecycle
 from opendepot.projects.service import Settings as ProjectSettings
 from opendepot.registry.keys import TokenSigner
 from opendepot.registry.operations import Registry
@@ -45,7 +46,7 @@ def build_app(config: Config, store: Store) -> Router:
             OidcVerifier(config.oidc.issuers, config.oidc.audiences) if config.oidc.issuers else None,
             timedelta(seconds=config.oidc.replay_window_seconds),
         ),
-        caches=BuilderReset(config.paths, store),
+        lifecycle=ProjectLifecycle(store, BuilderReset(config.paths, store), authority),
         project_settings=ProjectSettings(
             regions=config.projects.regions, default_region=config.projects.default_region
         ),
