@@ -8,15 +8,18 @@ from typing import Any
 from opendepot.ci import PROVIDERS
 from opendepot.errors import InvalidArgument
 
+from . import hardware
+
 GIB = 1 << 30
 DEFAULT_KEEP_GB = 50
 DEFAULT_KEEP_DAYS = 14
 MAX_KEEP_GB = 1 << 20
 MAX_KEEP_DAYS = 36500
 
-# Hardware sizes as "<cpus>x<memory GB>"; the API's HARDWARE_UNSPECIFIED means the default, 16x32.
-HARDWARE_SIZES = ("16x32", "4x4", "8x8", "8x16", "32x64", "64x128", "96x192", "192x384")
-DEFAULT_HARDWARE = "16x32"
+# Hardware sizes as stored ("<cpus>x<memory GB>", projects/hardware.py); the API's HARDWARE_UNSPECIFIED
+# means the default, 16x32.
+HARDWARE_SIZES = tuple(str(h) for h in hardware.ALL)
+DEFAULT_HARDWARE = str(hardware.DEFAULT)
 
 
 @dataclass(frozen=True, slots=True)
