@@ -11,15 +11,14 @@ from opendepot.clock import utcnow
 
 from . import queries
 from .models import Machine
-
-ACTIVE_STATES = ("starting", "running")
+from .states import ACTIVE, BuilderState
 
 
 def set_state(
     session: Session,
     project_id: str,
     platform: str,
-    state: str,
+    state: BuilderState,
     *,
     pid: int | None = None,
     error: str | None = None,
@@ -35,14 +34,17 @@ def request_reset(session: Session, project_id: str) -> int:
     """Asks the manager to stop the project's builders. Returns how many it must stop first."""
     pending = 0
     for machine in queries.all_machines(session):
-        if machine.project_id == project_id and machine.state in (*ACTIVE_STATES, "resetting"):
-            machine.state, machine.updated_at = "resetting", utcnow()
+        if machine.project_id == project_id and machine.state in (*ACTIVE, BuilderState.RESETTING):
+            machine.state, machine.updated_at = BuilderState.RESETTING, utcnow()
             pending += 1
     return pending
 
 
 def resetting(session: Session, project_id: str) -> bool:
-    return any(m.project_id == project_id and m.state == "resetting" for m in queries.all_machines(session))
+    return any(
+        m.project_id == project_id and m.state == BuilderState.RESETTING
+        for m in queries.all_machines(session)
+    )
 
 
 def acquire(

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import text
-
 from opendepot.api.auth import Authenticator
 from opendepot.api.deps import Deps
 from opendepot.api.http.login_page import LoginPage
@@ -27,6 +25,7 @@ from opendepot.builds import service as builds
 from opendepot.dashboard.app import Dashboard
 from opendepot.oidc.verifier import OidcVerifier
 from opendepot.pki.authority import Authority
+from opendepot.projects.lifecycle import ProjectLifecycle
 from opendepot.projects.service import Settings as ProjectSettings
 from opendepot.registry.keys import TokenSigner
 from opendepot.registry.operations import Registry
@@ -48,7 +47,7 @@ def build_app(config: Config, store: Store) -> HttpHandler:
             OidcVerifier(config.oidc.issuers, config.oidc.audiences) if config.oidc.issuers else None,
             timedelta(seconds=config.oidc.replay_window_seconds),
         ),
-        caches=BuilderReset(config.paths, store),
+        lifecycle=ProjectLifecycle(store, BuilderReset(config.paths, store), authority),
         project_settings=ProjectSettings(
             regions=config.projects.regions, default_region=config.projects.default_region
         ),
@@ -60,13 +59,8 @@ def build_app(config: Config, store: Store) -> HttpHandler:
     machines = BuilderAccess(store, authority, config.gateway.host, gateway_port)
 
     async def healthy() -> bool:
-        def ping() -> bool:
-            with store.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-            return True
-
         try:
-            return await asyncio.to_thread(ping)
+            return await asyncio.to_thread(store.ping)
         except Exception:
             log.exception("health check failed")
             return False
