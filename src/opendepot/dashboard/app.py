@@ -354,9 +354,8 @@ class Dashboard:
 
     async def reset_project(self, page: Page) -> Response:
         who, project_id = self._who(page), page.request.params["project"]
-        project = await self.d.store.read(lambda s: projects.check_reset_allowed(s, who, project_id))
-        await self.d.caches.reset(project.id)
-        return redirect(f"/projects/{project.id}?reset=1")
+        target = await self.d.lifecycle.reset_cache(who, project_id)
+        return redirect(f"/projects/{target.project.id}?reset=1")
 
     async def confirm_delete_project(self, page: Page) -> Response:
         who, project_id = self._who(page), page.request.params["project"]
@@ -378,7 +377,7 @@ class Dashboard:
                 project=project,
                 message="Type the project's name to delete it.",
             )
-        await self.d.store.run(lambda s: projects.delete_project(s, who, project_id))
+        await self.d.lifecycle.delete(who, project_id)
         return redirect("/projects")
 
     async def create_token(self, page: Page) -> Response:

@@ -190,7 +190,7 @@ def daily_usage(session: Session, principal: Principal, p: Period) -> list[Day]:
         for lease in queries.leases_in(session, project.id, p.start, p.end):
             seconds = max(0.0, ((lease.released_at or now) - lease.acquired_at).total_seconds())
             totals[as_utc(lease.acquired_at).date()][2] += (
-                math.ceil(seconds / 60) * cpus_of(lease.hardware) / 16
+                math.ceil(seconds / 60) * Hardware.parse(lease.hardware).billing_weight
             )
     days, day = [], p.start.date()
     while datetime.combine(day, datetime.min.time(), tzinfo=p.start.tzinfo) < p.end:
