@@ -430,3 +430,31 @@ def test_event_stream_resumes_after_last_event_id(
     cut = next(i for i, (_id, text) in enumerate(lines) if text == "tick-4")
     resumed = signed_in.request.get(url, headers={"Last-Event-ID": str(lines[cut][0])})
     assert sse_lines(resumed.text()) == lines[cut + 1 :]
+
+
+def test_settings_reset_and_delete_with_confirmation(signed_in: Page, ui_server: Server) -> None:
+    page = signed_in
+    page.goto(f"{ui_server.url}/projects")
+    page.fill("form[action='/projects'] input[name=name]", "ui-doomed")
+    page.click("text=Create project")
+    page.wait_for_url(re.compile(r".*/projects/[a-z0-9]{10}$"))
+    doomed = page.url.rsplit("/", 1)[1]
+    settings = page.locator("form[action$='/settings']")
+    settings.locator("input[name=name]").fill("ui-renamed")
+    settings.locator("select[name=hardware]").select_option("4x4")
+    settings.locator("input[name=cache_gb]").fill("7")
+    settings.locator("input[name=cache_days]").fill("3")
+    settings.locator("button").click()
+    assert "4x4 · cache 7.0 GiB, 3 days" in page.locator("main p.muted").first.inner_text()
+    page.click("text=Reset cache")
+    page.wait_for_url(re.compile(rf".*/projects/{doomed}\?reset=1$"))
+    page.click("text=Delete project…")
+    page.fill("#confirm_name", "not-its-name")
+    page.click("form[action$='/delete'] button")
+    assert "Type the project's name" in page.locator(".error").inner_text()
+    page.fill("#confirm_name", "ui-renamed")
+    page.click("form[action$='/delete'] button")
+    page.wait_for_url(f"{ui_server.url}/projects")
+    assert page.locator("tr", has_text="ui-renamed").count() == 0
+    response = page.goto(f"{ui_server.url}/projects/{doomed}")
+    assert response is not None and response.status == 404
