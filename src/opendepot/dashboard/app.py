@@ -136,7 +136,7 @@ class Dashboard:
             ("GET", r"/shared/(?P<secret>[A-Za-z0-9_-]{1,100})/log", self.shared_log, False),
             ("GET", r"/shared/(?P<secret>[A-Za-z0-9_-]{1,100})/search", self.shared_search, False),
             ("GET", r"/shared/(?P<secret>[A-Za-z0-9_-]{1,100})/events", self.shared_events, False),
-            ("GET", r"/static/(?P<name>[a-z0-9._-]{1,64})", self.static, False),
+            ("GET", r"/static/(?P<name>[a-z0-9_-][a-z0-9._-]{0,63})", self.static, False),
         ]
 
     # -- dispatch ---------------------------------------------------------------------------------------
