@@ -235,6 +235,8 @@
       const badge = document.getElementById("build-status");
       badge.textContent = event.data;
       badge.className = `badge ${event.data}`;
+      // A failure: show the page as it is now, with the failing step opened and its error on top.
+      if (event.data !== "success" && !location.hash) location.reload();
     });
   }
 })();
