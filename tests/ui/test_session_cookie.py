@@ -1,0 +1,70 @@
+"""The session cookie over HTTP: HttpOnly and SameSite=Strict always, Secure when the server runs TLS; signing
+out ends the session on the server, not only in the browser."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.server import Server
+from tests.support.tls import make_server_cert
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    root = tmp_path_factory.mktemp("tls-ui")
+    ca, cert, key = make_server_cert(root / "certs")
+    srv = Server(data_dir=root / "data", database_url=None, tls=(cert, key)).start()
+    try:
+        yield srv, ca
+    finally:
+        srv.stop()
+
+
+def sign_in(client: httpx.Client, url: str, token: str) -> httpx.Response:
+    form = client.get(f"{url}/sign-in")
+    match = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert match, form.text
+    return client.post(f"{url}/sign-in", data={"csrf": match[1], "token": token, "next": "/projects"})
+
+
+def test_session_cookie_is_secure_under_tls_and_sign_out_ends_it(tls_server: tuple[Server, Path]) -> None:
+    srv, ca = tls_server
+    with httpx.Client(verify=str(ca), timeout=30) as client:
+        signed = sign_in(client, srv.url, srv.admin_token)
+        assert signed.status_code == 303 and signed.headers["location"] == "/projects"
+        cookie = next(v for k, v in signed.headers.multi_items() if k == "set-cookie" and "session=" in v)
+        assert {"HttpOnly", "SameSite=Strict", "Secure"} <= {part.strip() for part in cookie.split(";")}
+        stolen = cookie.split(";", 1)[0]
+        page = client.get(f"{srv.url}/projects")
+        assert page.status_code == 200 and "Sign out" in page.text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf
+        # A change without the CSRF token is refused even with the cookie.
+        assert client.post(f"{srv.url}/sign-out", data={}).status_code == 403
+        assert client.post(f"{srv.url}/sign-out", data={"csrf": csrf[1]}).status_code == 303
+    # The old cookie no longer opens anything: the session is gone from the store.
+    with httpx.Client(verify=str(ca), timeout=30) as other:
+        again = other.get(f"{srv.url}/projects", headers={"cookie": stolen})
+        assert again.status_code == 303 and again.headers["location"].startswith("/sign-in")
+
+
+def test_bad_input_is_answered_not_crashed(ui_server: Server) -> None:
+    srv = ui_server
+    with httpx.Client(timeout=30) as client:
+        sign_in(client, srv.url, srv.admin_token)
+        for path, status in (
+            ("/projects/not*an*id", 404),
+            ("/projects/bbbbbbbbbb", 404),
+            ("/projects/bbbbbbbbbb/builds/cccccccccc/log?step=x", 404),
+            ("/usage?from=yesterday", 400),
+            ("/usage?from=2026-02-01&to=2026-01-01", 400),
+            ("/static/../../etc/passwd", 404),
+            ("/no-such-page", 404),
+        ):
+            assert client.get(f"{srv.url}{path}").status_code == status, path
+        assert client.post(f"{srv.url}/projects", content=b"x" * (128 * 1024)).status_code == 413
