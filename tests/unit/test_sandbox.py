@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from opendepot.builders.sandbox import BuilderUser, Sandbox, instance_id
-from opendepot.config import ConfigError, add_arguments, resolve
+from opendepot.server.config import ConfigError, add_arguments, resolve
 
 
 def test_names_differ_per_data_dir_project_and_platform(tmp_path: Path) -> None:
@@ -65,13 +65,11 @@ def test_unsafe_builders_is_a_flag_and_pids_max_is_checked(tmp_path: Path) -> No
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--data-dir", str(tmp_path), "--unsafe-builders"])
-    assert resolve(args, {}).unsafe_builders is True
-    assert (
-        resolve(parser.parse_args(["--data-dir", str(tmp_path), "--status-tap", "false"]), {}).status_tap
-        is False
-    )
+    assert resolve(args, {}).builders.unsafe_builders is True
+    tap_off = resolve(parser.parse_args(["--data-dir", str(tmp_path), "--status-tap", "false"]), {})
+    assert tap_off.gateway.status_tap is False
     config = resolve(parser.parse_args(["--data-dir", str(tmp_path)]), {})
-    assert config.unsafe_builders is False and config.builder_pids_max == 1024
+    assert config.builders.unsafe_builders is False and config.builders.pids_max == 1024
     args = parser.parse_args(["--data-dir", str(tmp_path), "--builder-pids-max", "10"])
     with pytest.raises(ConfigError, match="builder-pids-max"):
         resolve(args, {})
