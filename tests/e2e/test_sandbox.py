@@ -577,3 +577,66 @@ def test_multi_platform_builds_run_arm64_through_qemu_in_the_sandbox(tmp_path: P
     finally:
         server.stop()
         remove_builder_users(data_dir)
+
+
+def test_5_entitlements_an_operator_allows_stay_inside_the_sandbox(
+    sandbox_server: ModeServer, host_listener: HostListener, tmp_path: Path
+) -> None:
+    server = sandbox_server.server
+    _org, token = server.new_organization()
+    project = new_project(server, token)
+    allowed = server.admin("entitlements", project, "--allow", "network.host", "--allow", "security.insecure")
+    assert allowed == f"{project}\tnetwork.host,security.insecure"
+    global_v4 = next(a for a in host_addresses() if "." in a and not a.startswith("127."))
+    seconds = f"{30 + int(uuid.uuid4().int % 1000) / 1000:.3f}"
+    script = (
+        f"probe 127.0.0.1 {host_listener.port} host-network-loopback\n"
+        f"probe {global_v4} {host_listener.port} host-network-address\n"
+    )
+    context = probe_context(
+        tmp_path / "ctx",
+        script,
+        dockerfile_extra="",
+    )
+    (context / "Dockerfile").write_text(
+        (context / "Dockerfile").read_text().replace("RUN sh /probe.sh", "RUN --network=host sh /probe.sh")
+        + f'RUN --security=insecure sh -c "grep CapEff /proc/self/status; sleep {seconds}"\n'
+    )
+    result: dict[str, tuple[int, str]] = {}
+    build = threading.Thread(
+        target=lambda: result.update(
+            done=depot_build(
+                server,
+                token,
+                project,
+                context,
+                "--allow",
+                "network.host",
+                "--allow",
+                "security.insecure",
+                "--save",
+            )
+        ),
+        daemon=True,
+    )
+    build.start()
+    pid = run_step_pid(f"sleep {seconds}", timeout=120)
+    uids = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("Uid:"))
+    step_netns = os.readlink(f"/proc/{pid}/ns/net")
+    build.join(timeout=120)
+    code, output = result["done"]
+    assert code == 0, output
+    seen = probes(output)
+    print(
+        f"\n[{sandbox_server.mode}] entitlements allowed; host view of the insecure step: {uids.split()[1:]}"
+    )
+    for key, value in sorted(seen.items()):
+        print(f"[{sandbox_server.mode}] RUN --network=host: PROBE {key} {value}")
+    assert f"pushing manifest for {server.registry_host}/{project}:" in output, output
+    if sandbox_server.unsafe:
+        assert all(v.startswith("REACHED") for v in seen.values()), seen
+        assert uids.split()[1:] == ["0", "0", "0", "0"]
+    else:
+        assert len(seen) == 2 and all(v.startswith("BLOCKED") for v in seen.values()), seen
+        assert all(uid != "0" for uid in uids.split()[1:]), uids
+        assert step_netns != os.readlink("/proc/self/ns/net")

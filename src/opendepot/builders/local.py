@@ -88,7 +88,12 @@ class LocalBuildkitd:
         config.write_text(self._config(spec))
         log = self.paths.builder_log(*key).open("ab")
         process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the child runs on its own
-            [self.buildkitd, "--config", str(config)],
+            [
+                self.buildkitd,
+                "--config",
+                str(config),
+                *(f"--allow-insecure-entitlement={e}" for e in spec.entitlements),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -106,7 +111,13 @@ class LocalBuildkitd:
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         cpus, memory_gb = hardware_size(spec.hardware)
         command, join_cgroups = await asyncio.to_thread(
-            sandbox.prepare, *key, self.state_dir(*key), self._config(spec), cpus, memory_gb << 30
+            sandbox.prepare,
+            *key,
+            self.state_dir(*key),
+            self._config(spec),
+            cpus,
+            memory_gb << 30,
+            spec.entitlements,
         )
         log = self.paths.builder_log(*key).open("ab")
         process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the child runs on its own

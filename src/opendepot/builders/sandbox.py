@@ -55,6 +55,33 @@ PERIOD_US = 100_000
 USER_PREFIX = "odb-"
 
 
+# Run inside a network.host builder's netns: 127.0.0.1:<registry port> -> slirp4netns's host alias.
+REGISTRY_FORWARDER = """
+import asyncio, sys
+PORT = int(sys.argv[1])
+async def pipe(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+async def handle(reader, writer):
+    try:
+        up_reader, up_writer = await asyncio.open_connection("10.0.2.2", PORT)
+    except OSError:
+        writer.close()
+        return
+    await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", PORT)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
 class SandboxUnavailable(RuntimeError):
     """The host cannot run sandboxed builders; the message says why."""
 
@@ -494,7 +521,14 @@ class Sandbox:
         shutil.rmtree(cache_dir, ignore_errors=True)
 
     def prepare(
-        self, project_id: str, platform: str, cache_dir: Path, config: str, cpus: int, memory_bytes: int
+        self,
+        project_id: str,
+        platform: str,
+        cache_dir: Path,
+        config: str,
+        cpus: int,
+        memory_bytes: int,
+        entitlements: Sequence[str] = (),
     ) -> tuple[list[str], Callable[[], None]]:
         """Everything before the launch: user, cache ownership, runtime dir, config, nft set, cgroups.
         Returns the command line and the preexec_fn that joins the cgroups."""
@@ -517,7 +551,7 @@ class Sandbox:
         if killed := self.cgroups.kill(key):
             log.warning("builder %s: killed %d process(es) left in its cgroup", key, killed)
         procs = self.cgroups.create(key, self.pids_max, cpus, memory_bytes)
-        return self.command(user, runtime, config_path), join_cgroups(procs)
+        return self.command(user, runtime, config_path, entitlements), join_cgroups(procs)
 
     def _own_cache(self, cache_dir: Path, user: BuilderUser) -> None:
         """A cache made by root (unsafe builders, or before the sandbox) or by an earlier user of another
@@ -533,23 +567,38 @@ class Sandbox:
         os.chown(cache_dir, user.uid, user.gid)
         os.chmod(cache_dir, 0o700)
 
-    def command(self, user: BuilderUser, runtime: Path, config_path: Path) -> list[str]:
+    def command(
+        self, user: BuilderUser, runtime: Path, config_path: Path, entitlements: Sequence[str] = ()
+    ) -> list[str]:
         path = ":".join(
             [str(Path(self.buildkitd).parent), "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
         )
+        # BuildKit's bridge keeps CNI state in /var/lib/cni (not configurable): the builder's own copy.
+        script = 'rm -rf /var/lib/cni && ln -s "$1/cni" /var/lib/cni && shift && '
+        script_args = [str(runtime)]
+        network = ["--detach-netns", "--disable-host-loopback"]
+        registry_port = next((port for host, port in self.registry_endpoints if host == "127.0.0.1"), None)
+        if "network.host" in entitlements:
+            # "host" is buildkitd's own netns. Detached, that would be the host's: so buildkitd moves into
+            # the sandbox's netns (behind slirp4netns, still under the nft table), and reaches the registry
+            # through a forwarder from its 127.0.0.1 to slirp4netns's alias for the host's loopback, where
+            # nft lets the builder user reach only the registry's port.
+            network = []
+            if registry_port is not None:
+                script += '{ /usr/bin/python3 -c "$1" "$2" & } && shift 2 && '
+                script_args += [REGISTRY_FORWARDER, str(registry_port)]
+        script += 'exec "$@"'
+        allow = [f"--allow-insecure-entitlement={e}" for e in entitlements]
         return [
             "setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups",
             # The launcher dies with the supervisor; rootlesskit passes the signal on to buildkitd.
             "--pdeathsig=TERM",
             "env", "-i", f"HOME={runtime}", f"USER={user.name}", f"XDG_RUNTIME_DIR={runtime / 'run'}",
             f"PATH={path}",
-            self.rootlesskit,
-            "--net=slirp4netns", "--detach-netns", "--disable-host-loopback", "--slirp4netns-seccomp=true",
+            self.rootlesskit, "--net=slirp4netns", *network, "--slirp4netns-seccomp=true",
             "--copy-up=/etc", "--copy-up=/run", "--copy-up=/var/lib", f"--state-dir={runtime / 'rk'}",
-            # BuildKit's bridge keeps CNI state in /var/lib/cni (not configurable): the builder's own copy.
-            "/bin/sh", "-c", 'rm -rf /var/lib/cni && ln -s "$1/cni" /var/lib/cni && shift && exec "$@"', "-",
-            str(runtime),
-            self.buildkitd, "--config", str(config_path),
+            "/bin/sh", "-c", script, "-", *script_args,
+            self.buildkitd, "--config", str(config_path), *allow,
         ]  # fmt: skip
 
     def buildkit_root(self, project_id: str, platform: str) -> Path:
