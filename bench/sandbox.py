@@ -100,7 +100,9 @@ def main() -> None:
         for mode in MODES:
             extra = ["--unsafe-builders"] if mode == "unsafe" else []
             (work / mode).mkdir()
-            servers[mode] = Server(data_dir=work / mode / "data", database_url=None, extra_args=extra).start()
+            servers[mode] = Server(data_dir=work / mode / "data", database_url=None, extra_args=extra).start(
+                timeout=180
+            )
         tokens = {mode: servers[mode].new_organization()[1] for mode in MODES}
 
         def project(mode: str, token: str | None = None) -> str:

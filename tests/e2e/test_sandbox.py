@@ -42,7 +42,8 @@ def remove_builder_users(data_dir: Path) -> None:
 
 def start_server(data_dir: Path, mode: str, *extra: str) -> Server:
     args = ["--unsafe-builders"] if mode == "unsafe" else []
-    return Server(data_dir=data_dir, database_url=None, extra_args=[*args, *extra]).start()
+    # A generous start timeout: the machine these tests run on is shared and often loaded.
+    return Server(data_dir=data_dir, database_url=None, extra_args=[*args, *extra]).start(timeout=180)
 
 
 @dataclass
