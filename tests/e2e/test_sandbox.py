@@ -27,17 +27,11 @@ from opendepot.builders.sandbox import Sandbox, instance_id
 from tests.support.builds import BUSYBOX, builds_possible
 from tests.support.clients import depot
 from tests.support.netns import TestInternet
-from tests.support.server import Server
+from tests.support.server import Server, remove_builder_users
 
 pytestmark = pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible()))
 
 MODES = ["unsafe", "sandboxed"]
-
-
-def remove_builder_users(data_dir: Path) -> None:
-    sandbox = Sandbox(data_dir, "buildkitd")
-    for name in sandbox.users():
-        sandbox.remove_user(name)
 
 
 def start_server(data_dir: Path, mode: str, *extra: str) -> Server:
