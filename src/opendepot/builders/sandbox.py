@@ -547,11 +547,26 @@ class Sandbox:
         config_path = runtime / "buildkitd.toml"
         config_path.write_text(config)
         os.chown(config_path, user.uid, user.gid)
+        self._claim_uid(user.uid)
         _run("nft", "add", "element", "inet", self.table, "uids", f"{{ {user.uid} }}")
         if killed := self.cgroups.kill(key):
             log.warning("builder %s: killed %d process(es) left in its cgroup", key, killed)
         procs = self.cgroups.create(key, self.pids_max, cpus, memory_bytes)
         return self.command(user, runtime, config_path, entitlements), join_cgroups(procs)
+
+    def _claim_uid(self, uid: int) -> None:
+        """A uid now belongs to one of our users: a table of another server instance that still lists it
+        (that server was killed before it could remove a deleted user) would apply its registry exception."""
+        command = ["nft", "list", "tables", "inet"]
+        listed = subprocess.run(command, capture_output=True, text=True, check=False)
+        for line in listed.stdout.splitlines():
+            table = line.split()[-1] if line.startswith("table inet odb_") else ""
+            if table and table != self.table:
+                subprocess.run(
+                    ["nft", "delete", "element", "inet", table, "uids", f"{{ {uid} }}"],
+                    capture_output=True,
+                    check=False,
+                )
 
     def _own_cache(self, cache_dir: Path, user: BuilderUser) -> None:
         """A cache made by root (unsafe builders, or before the sandbox) or by an earlier user of another
