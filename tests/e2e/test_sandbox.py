@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -635,3 +636,32 @@ def test_5_entitlements_an_operator_allows_stay_inside_the_sandbox(
         assert len(seen) == 2 and all(v.startswith("BLOCKED") for v in seen.values()), seen
         assert all(uid != "0" for uid in uids.split()[1:]), uids
         assert step_netns != os.readlink("/proc/self/ns/net")
+
+
+def test_a_deleted_project_takes_its_builder_user_along(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server = start_server(data_dir, "sandboxed")
+    try:
+        _org, token = server.new_organization()
+        project = new_project(server, token)
+        code, output = depot_build(server, token, project, probe_context(tmp_path / "ctx", "echo hi"))
+        assert code == 0, output
+        sandbox = Sandbox(data_dir, "buildkitd")
+        name = sandbox.user_name(project, "amd64")
+        assert name in sandbox.users()
+        deleted = subprocess.run(
+            [sys.executable, "-m", "opendepot.cli", "projects", "delete", project],
+            env={**os.environ, "DEPOT_API_URL": server.url, "DEPOT_TOKEN": token},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert deleted.returncode == 0, deleted.stderr
+        # The janitor runs every 30 s.
+        assert wait_until(lambda: name not in sandbox.users(), 60), sandbox.users()
+        assert name not in Path("/etc/subuid").read_text()
+        print(f"\nproject {project} deleted: builder user {name} and its subordinate ids are gone")
+    finally:
+        server.stop()
+        remove_builder_users(data_dir)

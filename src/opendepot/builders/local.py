@@ -109,6 +109,13 @@ class LocalBuildkitd:
     async def _start_sandboxed(self, spec: BuilderSpec, sandbox: Sandbox) -> int:
         key = (spec.project_id, spec.platform)
         self.paths.logs.mkdir(parents=True, exist_ok=True)
+        self.paths.run.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The socket's usual place in the data dir names the real one (short, under /run/opendepot), so
+        # `buildctl --addr unix://<data-dir>/run/<project>-<platform>.sock` works as with unsafe builders.
+        link = self.paths.builder_socket(*key)
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        link.symlink_to(sandbox.socket_path(*key))
         cpus, memory_gb = hardware_size(spec.hardware)
         command, join_cgroups = await asyncio.to_thread(
             sandbox.prepare,
@@ -154,6 +161,8 @@ class LocalBuildkitd:
             await terminate(process)
         if self.sandbox is not None:
             await asyncio.to_thread(self.sandbox.finish, project_id, platform)
+            with contextlib.suppress(FileNotFoundError):
+                self.paths.builder_socket(project_id, platform).unlink()
         else:
             self.limits.remove(f"{project_id}-{platform}")
 
