@@ -58,7 +58,8 @@ def test_launch_drops_to_the_builder_user_with_a_death_signal(tmp_path: Path) ->
     ]
     rk = command.index("/opt/bk/rootlesskit")
     assert {"--net=slirp4netns", "--detach-netns", "--disable-host-loopback"} <= set(command[rk:])
-    assert command[-3:] == ["/opt/bk/buildkitd", "--config", str(runtime / "buildkitd.toml")]
+    assert command[-1] == "/opt/bk/buildkitd"
+    assert 'exec "$@" --config "$config"' in command[command.index("-c") + 1]
 
 
 def test_unsafe_builders_is_a_flag_and_pids_max_is_checked(tmp_path: Path) -> None:

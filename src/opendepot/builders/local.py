@@ -112,10 +112,13 @@ class LocalBuildkitd:
         self.paths.run.mkdir(parents=True, exist_ok=True, mode=0o700)
         # The socket's usual place in the data dir names the real one (short, under /run/opendepot), so
         # `buildctl --addr unix://<data-dir>/run/<project>-<platform>.sock` works as with unsafe builders.
-        link = self.paths.builder_socket(*key)
-        with contextlib.suppress(FileNotFoundError):
-            link.unlink()
-        link.symlink_to(sandbox.socket_path(*key))
+        for link, target in (
+            (self.paths.builder_socket(*key), sandbox.socket_path(*key)),
+            (self.paths.builder_config(*key), sandbox.config_path(*key)),
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            link.symlink_to(target)
         cpus, memory_gb = hardware_size(spec.hardware)
         command, join_cgroups = await asyncio.to_thread(
             sandbox.prepare,
@@ -161,8 +164,12 @@ class LocalBuildkitd:
             await terminate(process)
         if self.sandbox is not None:
             await asyncio.to_thread(self.sandbox.finish, project_id, platform)
-            with contextlib.suppress(FileNotFoundError):
-                self.paths.builder_socket(project_id, platform).unlink()
+            for link in (
+                self.paths.builder_socket(project_id, platform),
+                self.paths.builder_config(project_id, platform),
+            ):
+                with contextlib.suppress(FileNotFoundError):
+                    link.unlink()
         else:
             self.limits.remove(f"{project_id}-{platform}")
 

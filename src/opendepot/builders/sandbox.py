@@ -544,7 +544,7 @@ class Sandbox:
         # The cache, wherever the data dir is (its ancestors may well be closed to others, and something
         # like pytest may close them again at any time), appears at a path of our own that the user reaches.
         _run("mount", "--bind", str(cache_dir), str(runtime / "root"))
-        config_path = runtime / "buildkitd.toml"
+        config_path = self.config_path(project_id, platform)
         config_path.write_text(config)
         os.chown(config_path, user.uid, user.gid)
         self._claim_uid(user.uid)
@@ -589,8 +589,10 @@ class Sandbox:
             [str(Path(self.buildkitd).parent), "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
         )
         # BuildKit's bridge keeps CNI state in /var/lib/cni (not configurable): the builder's own copy.
-        script = 'rm -rf /var/lib/cni && ln -s "$1/cni" /var/lib/cni && shift && '
-        script_args = [str(runtime)]
+        # The config's path is put together here, so that only buildkitd's own command line names it
+        # (tools find a builder's buildkitd by it), not rootlesskit's.
+        script = 'rm -rf /var/lib/cni && ln -s "$1/cni" /var/lib/cni && config="$1/$2" && shift 2 && '
+        script_args = [str(runtime), config_path.name]
         network = ["--detach-netns", "--disable-host-loopback"]
         registry_port = next((port for host, port in self.registry_endpoints if host == "127.0.0.1"), None)
         if "network.host" in entitlements:
@@ -602,7 +604,7 @@ class Sandbox:
             if registry_port is not None:
                 script += '{ /usr/bin/python3 -c "$1" "$2" & } && shift 2 && '
                 script_args += [REGISTRY_FORWARDER, str(registry_port)]
-        script += 'exec "$@"'
+        script += 'exec "$@" --config "$config"'
         allow = [f"--allow-insecure-entitlement={e}" for e in entitlements]
         return [
             "setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups",
@@ -613,8 +615,11 @@ class Sandbox:
             self.rootlesskit, "--net=slirp4netns", *network, "--slirp4netns-seccomp=true",
             "--copy-up=/etc", "--copy-up=/run", "--copy-up=/var/lib", f"--state-dir={runtime / 'rk'}",
             "/bin/sh", "-c", script, "-", *script_args,
-            self.buildkitd, "--config", str(config_path), *allow,
+            self.buildkitd, *allow,
         ]  # fmt: skip
+
+    def config_path(self, project_id: str, platform: str) -> Path:
+        return self.runtime_dir(project_id, platform) / f"{self.key(project_id, platform)}.toml"
 
     def buildkit_root(self, project_id: str, platform: str) -> Path:
         """Where buildkitd sees its cache: the cache dir, bound into the builder's runtime dir."""
