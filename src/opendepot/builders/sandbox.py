@@ -591,8 +591,8 @@ class Sandbox:
         # BuildKit's bridge keeps CNI state in /var/lib/cni (not configurable): the builder's own copy.
         # The config's path is put together here, so that only buildkitd's own command line names it
         # (tools find a builder's buildkitd by it), not rootlesskit's.
-        script = 'rm -rf /var/lib/cni && ln -s "$1/cni" /var/lib/cni && config="$1/$2" && shift 2 && '
-        script_args = [str(runtime), config_path.name]
+        script = 'rm -rf /var/lib/cni && ln -s "$1/cni" /var/lib/cni && config="$1/$2.toml" && shift 2 && '
+        script_args = [str(runtime), config_path.stem]
         network = ["--detach-netns", "--disable-host-loopback"]
         registry_port = next((port for host, port in self.registry_endpoints if host == "127.0.0.1"), None)
         if "network.host" in entitlements:
