@@ -1,14 +1,14 @@
 """Dashboard sessions; who started each build
 
 Revision ID: 0012
-Revises: 0009
+Revises: 0010
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
