@@ -346,15 +346,17 @@ def test_phone_width_and_no_outside_requests(
     context.close()
 
 
-def test_the_url_opendepot_build_prints_opens_the_build(
-    signed_in: Page, ui_server: Server, org: tuple[str, str], project: str, live_build: str
+def test_the_url_the_depot_cli_prints_opens_the_build(
+    signed_in: Page, ui_server: Server, org: tuple[str, str], project: str, tmp_path: Path
 ) -> None:
-    got = depot(ui_server.url, org[1], "list", "builds", "--project", project, "--output", "json")
-    assert got.returncode == 0, got.stderr
-    page = signed_in
-    response = page.goto(f"{ui_server.url}/projects/{project}/builds/{live_build}")
+    code, output = build(ui_server, org[1], project, busybox_context(tmp_path / "ctx", "echo summary"))
+    assert code == 0, output
+    match = re.search(rf"({re.escape(ui_server.url)}/projects/{project}/builds/([a-z0-9]{{10}}))", output)
+    assert match, output
+    response = signed_in.goto(match[1])
     assert response is not None and response.status == 200
-    assert live_build in page.locator("h1").inner_text()
+    assert match[2] in signed_in.locator("h1").inner_text()
+    assert signed_in.locator(".step", has_text="echo summary").count() == 1
 
 
 def test_depot_login_is_approved_in_the_dashboard(
