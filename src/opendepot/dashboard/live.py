@@ -1,7 +1,7 @@
 """A running build's page follows it over Server-Sent Events: new log lines (each event's id is the last
 line's id, so a reconnecting EventSource resumes exactly after what it had: nothing lost, nothing twice),
 the step list whenever it changes (rendered by the same template as the page), and `end` with the final
-status. The store is polled: the tap that records steps may run in another worker or node."""
+status and duration. The store is polled: the tap that records steps may run in another worker or node."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from opendepot.builds import service as builds
 from opendepot.builds.models import Build
 from opendepot.store import Store
 
+from .presentation import build_duration, human_duration
 from .web import SECURITY_HEADERS
 
 POLL_SECONDS = 0.5
@@ -99,7 +100,10 @@ async def _follow(
             if len(lines) < LINES_PER_EVENT:
                 break
         if finished:
-            await send({"type": "http.response.body", "body": _event("end", build.status), "more_body": True})
+            final = {"status": build.status, "duration": human_duration(build_duration(build))}
+            await send(
+                {"type": "http.response.body", "body": _event("end", json.dumps(final)), "more_body": True}
+            )
             return
         if loop.time() - last_sent > KEEPALIVE_SECONDS:
             await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})

@@ -232,11 +232,13 @@
     events.addEventListener("end", (event) => {
       events.close();
       live = false;
+      const final = JSON.parse(event.data);
       const badge = document.getElementById("build-status");
-      badge.textContent = event.data;
-      badge.className = `badge ${event.data}`;
+      badge.textContent = final.status;
+      badge.className = `badge ${final.status}`;
+      document.getElementById("build-duration").textContent = final.duration;
       // A failure: show the page as it is now, with the failing step opened and its error on top.
-      if (event.data !== "success" && !location.hash) location.reload();
+      if (final.status !== "success" && !location.hash) location.reload();
     });
   }
 })();
