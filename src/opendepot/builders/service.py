@@ -32,10 +32,11 @@ def set_state(
 
 
 def request_reset(session: Session, project_id: str) -> int:
-    """Asks the manager to stop the project's builders. Returns how many it must stop first."""
+    """Asks the manager to stop the project's builders and discard what the backend keeps of them (a
+    stopped builder may still have a cache volume). Returns how many it must handle first."""
     pending = 0
     for machine in queries.all_machines(session):
-        if machine.project_id == project_id and machine.state in (*ACTIVE_STATES, "resetting"):
+        if machine.project_id == project_id:
             machine.state, machine.updated_at = "resetting", utcnow()
             pending += 1
     return pending

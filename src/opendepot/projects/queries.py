@@ -62,6 +62,10 @@ def with_organizations(
     return [(p, o) for p, o in session.execute(stmt).tuples()]
 
 
+def all_ids(session: Session) -> list[str]:
+    return list(session.scalars(select(Project.id)))
+
+
 def delete_project(session: Session, project_id: str) -> None:
     # Explicit, not only ON DELETE CASCADE: the outcome must not depend on the database's FK settings.
     session.execute(delete(Token).where(Token.project_id == project_id))

@@ -1,0 +1,242 @@
+"""Builders as pods on a real one-node Kubernetes (`./dev k8s up`; `./dev test` starts it): `depot build`
+through `opendepot serve --builders kubernetes`, the gateway dialing buildkitd's own mTLS listener in the pod.
+
+Skips only when the cluster is not there: OPENDEPOT_TEST_KUBERNETES_SKIP says why `./dev test` could not start
+it, and without OPENDEPOT_TEST_KUBECONFIG nobody started one."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_builds import build, builds_of, new_project, step_states
+from tests.support.builds import builds_possible, busybox_context
+from tests.support.clients import depot
+from tests.support.server import Server
+
+KUBECONFIG = os.environ.get("OPENDEPOT_TEST_KUBECONFIG", "")
+IDLE_SECONDS = 3
+# The test cluster's pod bridge: the host (where the gateway runs) is 10.213.0.1 on it (scripts/k8s).
+GATEWAY_CIDR = "10.213.0.1/32"
+
+pytestmark = [
+    pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible())),
+    pytest.mark.skipif(
+        not KUBECONFIG,
+        reason=os.environ.get("OPENDEPOT_TEST_KUBERNETES_SKIP")
+        or "no test cluster: set OPENDEPOT_TEST_KUBECONFIG (./dev test runs ./dev k8s up)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def core() -> Any:
+    from kubernetes import client, config
+
+    return client.CoreV1Api(config.new_client_from_config(config_file=KUBECONFIG))
+
+
+@pytest.fixture(scope="module")
+def namespace(core: Any) -> Iterator[str]:
+    name = f"opendepot-test-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def k8s_server(tmp_path_factory: pytest.TempPathFactory, namespace: str) -> Iterator[Server]:
+    data_dir = tmp_path_factory.mktemp("server-k8s") / "data"
+    server = Server(
+        data_dir=data_dir,
+        database_url=None,
+        extra_args=[
+            "--builders",
+            "kubernetes",
+            "--kubeconfig",
+            KUBECONFIG,
+            "--namespace",
+            namespace,
+            "--storage-class",
+            "opendepot-hostpath",
+            "--gateway-cidrs",
+            GATEWAY_CIDR,
+            "--builder-idle-timeout",
+            str(IDLE_SECONDS),
+        ],
+    ).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def token(k8s_server: Server) -> str:
+    return k8s_server.new_organization()[1]
+
+
+def pods_of(core: Any, namespace: str, project: str) -> list[Any]:
+    selector = f"opendepot.dev/project={project}"
+    return [
+        p
+        for p in core.list_namespaced_pod(namespace, label_selector=selector).items
+        if p.metadata.deletion_timestamp is None
+    ]
+
+
+def claims_of(core: Any, namespace: str, project: str) -> list[Any]:
+    selector = f"opendepot.dev/project={project}"
+    return list(core.list_namespaced_persistent_volume_claim(namespace, label_selector=selector).items)
+
+
+def wait_for(what: str, check: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_build_in_a_pod_and_its_cache_survives_scale_to_zero(
+    k8s_server: Server, token: str, core: Any, namespace: str, tmp_path: Path
+) -> None:
+    project = new_project(k8s_server, token, "pods")
+    context = busybox_context(tmp_path / "ctx", "echo built-in-$(hostname) > /where", "cat /where")
+
+    code, first = build(k8s_server, token, project, context, "--output", f"type=local,dest={tmp_path / 'o1'}")
+    assert code == 0, first
+    assert set(step_states(first).values()) == {"DONE"}, step_states(first)
+    # RUN ran in the pod: its hostname is the pod's name.
+    pod_name = f"buildkitd-{project}-amd64"
+    assert (tmp_path / "o1" / "where").read_text() == f"built-in-{pod_name}\n"
+    [pod] = pods_of(core, namespace, project)
+    assert pod.metadata.name == pod_name
+    assert pod.metadata.labels["app.kubernetes.io/managed-by"] == "opendepot"
+    assert pod.metadata.labels["opendepot.dev/platform"] == "amd64"
+    limits = pod.spec.containers[0].resources.limits
+    assert limits == {"cpu": "16", "memory": "32Gi"} or limits == {"cpu": "16000m", "memory": "32768Mi"}
+    [claim] = claims_of(core, namespace, project)
+    assert claim.status.phase == "Bound"
+    assert claim.spec.storage_class_name == "opendepot-hostpath"
+
+    # Idle: zero pods, the volume stays.
+    wait_for("the idle builder pod to go", lambda: not pods_of(core, namespace, project), timeout=60)
+    assert [c.metadata.uid for c in claims_of(core, namespace, project)] == [claim.metadata.uid]
+
+    code, again = build(k8s_server, token, project, context, "--output", f"type=local,dest={tmp_path / 'o2'}")
+    assert code == 0, again
+    states = step_states(again)
+    assert len(states) == 2 and set(states.values()) == {"CACHED"}, states
+    assert (tmp_path / "o2" / "where").read_text() == f"built-in-{pod_name}\n"
+    assert [b["status"] for b in builds_of(k8s_server, token, project)] == ["finished", "finished"]
+
+
+def test_two_projects_get_two_pods_and_two_volumes_and_share_no_cache(
+    k8s_server: Server, token: str, core: Any, namespace: str, tmp_path: Path
+) -> None:
+    first, second = new_project(k8s_server, token, "one"), new_project(k8s_server, token, "two")
+    context = busybox_context(tmp_path / "ctx", "echo same-step > /f", "sleep 3")
+    seen: dict[str, set[str]] = {first: set(), second: set()}
+    results: dict[str, tuple[int, str]] = {}
+
+    def run(project: str) -> None:
+        results[project] = build(k8s_server, token, project, context)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in (first, second)]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        for project in seen:
+            seen[project] |= {p.metadata.name for p in pods_of(core, namespace, project)}
+        time.sleep(0.3)
+    for project in (first, second):
+        code, output = results[project]
+        assert code == 0, output
+        # The same steps, but neither project reuses the other's cache.
+        assert set(step_states(output).values()) == {"DONE"}, step_states(output)
+        assert seen[project] == {f"buildkitd-{project}-amd64"}
+        assert len(claims_of(core, namespace, project)) == 1
+    volumes = {claims_of(core, namespace, p)[0].spec.volume_name for p in (first, second)}
+    assert len(volumes) == 2
+
+
+def test_a_build_whose_pod_is_killed_fails_and_the_next_build_works(
+    k8s_server: Server, token: str, core: Any, namespace: str, tmp_path: Path
+) -> None:
+    project = new_project(k8s_server, token, "killed")
+    slow = busybox_context(tmp_path / "slow", "echo started", "sleep 60")
+    pod_name = f"buildkitd-{project}-amd64"
+    result: dict[str, tuple[int, str]] = {}
+    runner = threading.Thread(
+        target=lambda: result.setdefault("slow", build(k8s_server, token, project, slow))
+    )
+    runner.start()
+
+    def running_in_pod() -> bool:
+        pods = pods_of(core, namespace, project)
+        running = bool(pods) and pods[0].status.phase == "Running"
+        return running and builds_of(k8s_server, token, project)[0]["status"] == "running"
+
+    wait_for("the slow build to run in its pod", running_in_pod, timeout=120)
+    time.sleep(4)  # into the sleep step
+    core.delete_namespaced_pod(pod_name, namespace, grace_period_seconds=0)
+    runner.join(timeout=180)
+    assert not runner.is_alive()
+    code, output = result["slow"]
+    assert code != 0, output
+    wait_for(
+        "the build to be recorded as failed",
+        lambda: builds_of(k8s_server, token, project)[0]["status"] == "failed",
+        timeout=60,
+    )
+
+    quick = busybox_context(tmp_path / "quick", "echo after-the-kill > /f", "cat /f")
+    code, output = build(k8s_server, token, project, quick)
+    assert code == 0, output
+    assert "after-the-kill" in output
+    statuses = sorted(b["status"] for b in builds_of(k8s_server, token, project))
+    assert statuses == ["failed", "finished"]
+
+
+def test_reset_project_deletes_the_volume_and_empties_the_cache(
+    k8s_server: Server, token: str, core: Any, namespace: str, tmp_path: Path
+) -> None:
+    project = new_project(k8s_server, token, "reset")
+    context = busybox_context(tmp_path / "ctx", "echo cached-until-reset > /f")
+    code, output = build(k8s_server, token, project, context)
+    assert code == 0, output
+    [claim] = claims_of(core, namespace, project)
+
+    reset = depot(k8s_server.url, token, "cache", "reset", "--project", project)
+    assert reset.returncode == 0, reset.stderr
+    assert claims_of(core, namespace, project) == []
+    assert pods_of(core, namespace, project) == []
+
+    code, output = build(k8s_server, token, project, context)
+    assert code == 0, output
+    assert set(step_states(output).values()) == {"DONE"}, step_states(output)
+    [new_claim] = claims_of(core, namespace, project)
+    assert new_claim.metadata.uid != claim.metadata.uid
+
+
+def test_deleted_project_leaves_nothing_in_the_namespace(
+    k8s_server: Server, token: str, core: Any, namespace: str, tmp_path: Path
+) -> None:
+    project = new_project(k8s_server, token, "deleted")
+    code, output = build(k8s_server, token, project, busybox_context(tmp_path / "ctx", "echo x"))
+    assert code == 0, output
+    deleted = depot(k8s_server.url, token, "projects", "delete", "--project-id", project, "--yes")
+    assert deleted.returncode == 0, deleted.stderr + deleted.stdout
+    selector = f"opendepot.dev/project={project}"
+    assert claims_of(core, namespace, project) == []
+    assert core.list_namespaced_secret(namespace, label_selector=selector).items == []
