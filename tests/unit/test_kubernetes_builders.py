@@ -25,7 +25,7 @@ from opendepot.projects.policy import GIB, CacheSetting
 def backend(tmp_path: Path, **settings: object) -> KubernetesBuildkitd:
     base = KubernetesSettings(kubeconfig=None, namespace="builders", image="example/buildkitd:1")
     fields = {**{f: getattr(base, f) for f in base.__dataclass_fields__}, **settings}
-    return KubernetesBuildkitd(KubernetesSettings(**fields), Authority(tmp_path / "pki"))  # type: ignore[arg-type]
+    return KubernetesBuildkitd(KubernetesSettings(**fields), Authority(tmp_path / "pki"))
 
 
 def spec(hardware: str = "4x8", keep_gb: int = 40) -> BuilderSpec:
