@@ -6,6 +6,7 @@
 #   cluster.sh up     build once (cached by version), start, wait for a Ready node; last line: the kubeconfig
 #   cluster.sh down   stop everything by PID, unmount, remove the bridge, nftables table, cgroups; restore sysctls
 #   cluster.sh down --purge   also delete the cluster's state (etcd, containerd, volumes)
+#   cluster.sh kubectl ARGS   the built kubectl, on this cluster
 #
 # State lives in $OPENDEPOT_K8S_DIR (default: <repo>/.k8s); the built binaries and images in
 # $OPENDEPOT_K8S_CACHE (default: ~/.cache/opendepot/k8s), keyed by version, so that re-runs skip the build.
@@ -385,6 +386,7 @@ case "${1:-}" in
   up) cluster_up ;;
   down) shift; cluster_down "$@" ;;
   kubeconfig) echo "$KUBECONFIG" ;;
+  kubectl) shift; exec "$K8S_BIN/kubectl" "$@" ;;
   images) build_images ;;
   *) echo "usage: $0 up | down [--purge] | kubeconfig" >&2; exit 2 ;;
 esac
