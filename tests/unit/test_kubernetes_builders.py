@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from opendepot.builders.backend import BuilderSpec
 from opendepot.builders.kubernetes import (
     KubernetesBuildkitd,
     KubernetesSettings,
@@ -16,7 +17,6 @@ from opendepot.builders.kubernetes import (
     cache_volume_size,
 )
 from opendepot.ids import new_id
-from opendepot.machines.backend import BuilderSpec
 from opendepot.pki.authority import Authority
 from opendepot.pki.links import BuilderLinks, builder_server_name
 from opendepot.projects.policy import GIB, CacheSetting

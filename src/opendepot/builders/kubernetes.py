@@ -30,8 +30,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from opendepot.machines.backend import BuilderSpec
-from opendepot.machines.limits import hardware_size
+from opendepot.builders.backend import BuilderSpec, RecordedBuilder
+from opendepot.builders.cgroups import hardware_size
 from opendepot.pki.authority import Authority
 from opendepot.pki.links import BuilderLinks, builder_server_name
 from opendepot.projects.policy import GIB
@@ -302,8 +302,12 @@ class KubernetesBuildkitd:
         except (ValueError, TypeError, AttributeError):
             return None
 
+    async def reap_leftovers(self, recorded: Sequence[RecordedBuilder]) -> None:
+        """At start: every builder pod in the namespace goes, also those no row records (volumes stay)."""
+        self._ensure_watch()  # the gateway may open builders before this node starts one
+        await self.stop_everything()
+
     async def stop_everything(self) -> None:
-        """Every builder pod in the namespace, also those an earlier supervisor left (volumes stay)."""
         listed = await self._call(
             self._core().list_namespaced_pod, self.settings.namespace, label_selector=SELECTOR
         )
@@ -565,3 +569,19 @@ def _create_if_absent(create: Callable[[], Any]) -> None:
     except ApiException as exc:
         if exc.status != 409:
             raise
+
+
+class PruneDeletedProjects:
+    """A supervisor loop: the objects of projects deleted while this server was down (or whose deletion
+    failed half-way) go."""
+
+    name = "kubernetes-prune"
+    interval = 60.0
+
+    def __init__(self, backend: KubernetesBuildkitd, project_ids: Callable[[], Awaitable[set[str]]]) -> None:
+        self.backend = backend
+        self.project_ids = project_ids
+
+    async def run_once(self) -> None:
+        if pruned := await self.backend.prune(self.project_ids):
+            log.info("pruned the builder objects of %d deleted project(s)", pruned)

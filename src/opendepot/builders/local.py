@@ -94,6 +94,9 @@ class LocalBuildkitd:
             await terminate(process)
         self.limits.remove(f"{project_id}-{platform}")
 
+    async def discard(self, project_id: str, platform: str) -> None:
+        """Nothing: the state dir goes with the project's cache directory (builders/reset.py)."""
+
     async def disk_usage(self, project_id: str, platform: str) -> int | None:
         """The cache size as BuildKit itself reports it (`buildctl du`), or None if it cannot say."""
         buildctl = Path(self.buildkitd).with_name("buildctl")

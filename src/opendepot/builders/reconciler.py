@@ -77,7 +77,7 @@ class BuilderReconciler:
         for machine in machines:
             key = (machine.project_id, machine.platform)
             if machine.state == "resetting":
-                await self._stop(key, "stopped")
+                await self._stop(key, "stopped", discard=True)
                 needed.discard(key)
         for key in needed:
             self._last_used[key] = now
@@ -123,11 +123,13 @@ class BuilderReconciler:
         if size is not None:
             await self.store.run(lambda s: usage_queries.add_sample(s, key[0], key[1], utcnow(), size))
 
-    async def _stop(self, key: tuple[str, str], state: str) -> None:
+    async def _stop(self, key: tuple[str, str], state: str, *, discard: bool = False) -> None:
         if key in self._running and self.backend.alive(*key):
             await self._sample(key)
         self.gateway.cut_project(key[0], key[1])
         await self.backend.stop(*key)
+        if discard:
+            await self.backend.discard(*key)
         self._starting.discard(key)
         self._running.discard(key)
         self._last_used.pop(key, None)

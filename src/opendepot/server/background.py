@@ -7,12 +7,16 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+from opendepot.builders.backend import Backend
+from opendepot.builders.kubernetes import KubernetesBuildkitd, PruneDeletedProjects
+from opendepot.builders.kubernetes import KubernetesSettings as PodSettings
 from opendepot.builders.local import LocalBuildkitd
 from opendepot.builders.reconciler import BuilderReconciler, ReconcilerSettings, reap_leftovers
 from opendepot.builds import queries as build_queries
 from opendepot.gateway.listener import Gateway
 from opendepot.gateway.recorder import StepRecorder
 from opendepot.pki.authority import Authority
+from opendepot.projects import queries as project_queries
 from opendepot.registry.process import ProcessSettings, RegistryProcess
 from opendepot.store import Store
 
@@ -28,11 +32,33 @@ def insecure_registries(config: Config) -> tuple[str, ...]:
     return ()
 
 
+def kubernetes_backend(config: Config) -> KubernetesBuildkitd:
+    settings = config.kubernetes
+    _host, colon, port = config.registry.host.rpartition(":")
+    return KubernetesBuildkitd(
+        PodSettings(
+            kubeconfig=settings.kubeconfig,
+            namespace=settings.namespace,
+            image=settings.image,
+            storage_class=settings.storage_class,
+            gateway_cidrs=settings.gateway_cidrs,
+            registry_cidrs=settings.registry_cidrs,
+            registry_port=int(port) if colon and port.isdigit() else None,
+            insecure_registries=insecure_registries(config),
+        ),
+        Authority(config.paths.pki),
+    )
+
+
 @contextlib.asynccontextmanager
 async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
     """The singular parts of the server: the machine manager and the BuildKit gateway."""
     store = Store(config.store.database_url)
-    backend = LocalBuildkitd(config.builders.buildkitd, config.paths, insecure_registries(config))
+    backend: Backend
+    if config.kubernetes.backend == "kubernetes":
+        backend = kubernetes_backend(config)
+    else:
+        backend = LocalBuildkitd(config.builders.buildkitd, config.paths, insecure_registries(config))
     await reap_leftovers(store, backend)
 
     async def lease_is_live(project_id: str, build_id: str, platform: str) -> bool:
@@ -58,6 +84,12 @@ async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
         ),
     )
     loops = Loops()
+    if isinstance(backend, KubernetesBuildkitd):
+
+        async def project_ids() -> set[str]:
+            return set(await store.read(project_queries.all_ids))
+
+        loops.start(PruneDeletedProjects(backend, project_ids))
     loops.start(manager)
     loops.start(recorder)
     registry_process = None
