@@ -13,6 +13,7 @@ from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 
 from opendepot.clock import utcnow
+from opendepot.metrics import metrics
 
 from .calls import Call, current_call
 from .errors import to_connect_error
@@ -48,6 +49,9 @@ class CallInterceptor:
         if mapped is not None and code != "ok":
             record["error"] = mapped.message
         log.info(json.dumps(record, separators=(",", ":")))
+        measured = metrics()
+        measured.rpc_requests.labels(call.method, code).inc()
+        measured.rpc_seconds.labels(call.method).observe(perf_counter() - call.started)
         if mapped is not None and mapped is not error:
             raise mapped
 

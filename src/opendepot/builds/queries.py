@@ -155,3 +155,8 @@ def shared_build(session: Session, share_hash: str) -> Build | None:
 
 def running_count(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(Build).where(Build.status == "running")) or 0)
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Build.status, func.count()).group_by(Build.status))
+    return {status: count for status, count in rows}

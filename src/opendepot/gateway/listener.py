@@ -13,7 +13,9 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+from opendepot.metrics import metrics
 from opendepot.pki.authority import Authority, identity_of, project_of_server_name
 
 from .recorder import StepRecorder
@@ -132,6 +134,9 @@ class Gateway:
             return
         key = (identity.build_id, identity.platform)
         self._connections.setdefault(key, set()).add(writer)
+        measured = metrics()
+        measured.gateway_connections.inc()
+        measured.gateway_open.inc()
         self._projects[key] = identity.project_id
         try:
             # The tap reads the Status stream on its way to the client; the bytes pass unchanged.
@@ -143,8 +148,12 @@ class Gateway:
                     lambda raw: recorder.status(build_id, raw), lambda: recorder.flush_soon(build_id)
                 )
                 up, down = tap.from_client, tap.from_server
-            await asyncio.gather(_pipe(reader, builder_writer, up), _pipe(builder_reader, writer, down))
+            await asyncio.gather(
+                _pipe(reader, builder_writer, up, measured.gateway_bytes.labels("to_builder")),
+                _pipe(builder_reader, writer, down, measured.gateway_bytes.labels("to_client")),
+            )
         finally:
+            measured.gateway_open.dec()
             self._connections.get(key, set()).discard(writer)
             for w in (writer, builder_writer):
                 w.close()
@@ -155,12 +164,16 @@ def _ignore(_data: bytes) -> None:
 
 
 async def _pipe(
-    source: asyncio.StreamReader, sink: asyncio.StreamWriter, observe: Callable[[bytes], None]
+    source: asyncio.StreamReader,
+    sink: asyncio.StreamWriter,
+    observe: Callable[[bytes], None],
+    counted: Any,
 ) -> None:
     with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
         while data := await source.read(CHUNK):
             sink.write(data)
             observe(data)
+            counted.inc(len(data))
             await sink.drain()
     with contextlib.suppress(OSError, RuntimeError):
         if sink.can_write_eof():

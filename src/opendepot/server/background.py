@@ -21,6 +21,7 @@ from opendepot.registry.process import ProcessSettings, RegistryProcess
 from opendepot.store import Store
 
 from .config import Config
+from .gauges import StoreGauges
 from .loops import Loops
 from .worker import open_registry
 
@@ -91,6 +92,7 @@ async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
 
         loops.start(PruneDeletedProjects(backend, project_ids))
     loops.start(manager)
+    loops.start(StoreGauges(store, config.kubernetes.backend))
     loops.start(recorder)
     registry_process = None
     if (registry := open_registry(config, store)) is not None:
