@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from opendepot.logs import current_build
 from opendepot.metrics import metrics
 from opendepot.pki.authority import Authority, identity_of, project_of_server_name
 
@@ -112,7 +113,14 @@ class Gateway:
         for writer in writers:
             writer.close()
         if writers:
-            log.info("cut %d connection(s) of build %s/%s: %s", len(writers), key[0], key[1], why)
+            log.info(
+                "cut %d connection(s) of build %s/%s: %s",
+                len(writers),
+                key[0],
+                key[1],
+                why,
+                extra={"build_id": key[0]},
+            )
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sslobj = writer.get_extra_info("ssl_object")
@@ -124,7 +132,12 @@ class Gateway:
             writer.close()
             return
         if not await self.lease_is_live(identity.project_id, identity.build_id, identity.platform):
-            log.info("refused build %s/%s: no live lease", identity.build_id, identity.platform)
+            log.info(
+                "refused build %s/%s: no live lease",
+                identity.build_id,
+                identity.platform,
+                extra={"build_id": identity.build_id},
+            )
             writer.close()
             return
         try:
@@ -133,6 +146,7 @@ class Gateway:
             writer.close()
             return
         key = (identity.build_id, identity.platform)
+        current_build.set(identity.build_id)  # this connection's task: every log line names the build
         self._connections.setdefault(key, set()).add(writer)
         measured = metrics()
         measured.gateway_connections.inc()

@@ -6,7 +6,7 @@ import faulthandler
 import sys
 
 from opendepot import metrics
-from opendepot.api.interceptor import configure_logging
+from opendepot.logs import configure_logging
 from opendepot.registry.keys import ensure_keys
 from opendepot.store import Store
 
