@@ -104,3 +104,24 @@ def test_builder_certificate_is_from_the_project_ca_and_clients_from_the_link_ca
     # And a TLS client context for the pod loads from those files.
     context = backend(tmp_path)._client_context(project)
     assert context.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_grafana_dashboard_plots_only_metrics_the_server_exports() -> None:
+    import json
+    import re
+
+    from opendepot.metrics import exposition
+
+    exported = exposition()[0].decode()
+    names = set(re.findall(r"^# TYPE (\w+) ", exported, flags=re.M))
+    dashboard = json.loads((Path(__file__).parents[2] / "deploy/grafana/opendepot.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"opendepot_\w+", target["expr"])
+    }
+    assert used
+    for name in used:
+        base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+        assert base in names or name in names, f"{name} is not exported"
