@@ -257,6 +257,10 @@ class KubernetesBuildkitd:
 
     async def open(self, project_id: str, platform: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         state = self._pods.get((project_id, platform))
+        if state is None:
+            # Another node may run this builder (several opendepot nodes): ask the cluster, and keep watching.
+            self._ensure_watch()
+            state = await asyncio.to_thread(self._read_state, object_name(project_id, platform))
         if state is None or not state.ip or not state.usable:
             raise ConnectionRefusedError(f"builder {project_id}/{platform} has no running pod")
         return await asyncio.open_connection(
@@ -456,6 +460,16 @@ class KubernetesBuildkitd:
                 "egress": egress,
             },
         }
+
+    def _read_state(self, name: str) -> PodState | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return _pod_state(self._core().read_namespaced_pod(name, self.settings.namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def _delete_pod_and_wait(self, name: str) -> None:
         from kubernetes.client.exceptions import ApiException

@@ -4,7 +4,7 @@ the builder reconciler, the BuildKit gateway with its step recorder, and the reg
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 from opendepot.builders.backend import Backend
@@ -23,6 +23,7 @@ from opendepot.store import Store
 from .config import Config
 from .gauges import StoreGauges
 from .loops import Loops
+from .singular import Gated, SingularLease
 from .worker import open_registry
 
 
@@ -51,8 +52,36 @@ def kubernetes_backend(config: Config) -> KubernetesBuildkitd:
     )
 
 
+class ReconcilerDuty:
+    """The builder reconciler as a singular duty: a fresh one each time this node takes the duties over
+    (its memory of starting and running builders is only valid while it holds them)."""
+
+    name = "builder reconciler"
+
+    def __init__(self, make: Callable[[], BuilderReconciler]) -> None:
+        self.make = make
+        self.current: BuilderReconciler | None = None
+
+    @property
+    def interval(self) -> float:
+        return self.current.interval if self.current is not None else 0.2
+
+    def renew(self) -> None:
+        self.current = self.make()
+
+    async def run_once(self) -> None:
+        if self.current is not None:
+            await self.current.run_once()
+
+    async def shutdown(self) -> None:
+        """Stops the builders this node runs (their caches stay); the next holder starts them again."""
+        if self.current is not None:
+            current, self.current = self.current, None
+            await current.shutdown()
+
+
 @contextlib.asynccontextmanager
-async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
+async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:
     """The singular parts of the server: the machine manager and the BuildKit gateway."""
     store = Store(config.store.database_url)
     backend: Backend
@@ -60,7 +89,6 @@ async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
         backend = kubernetes_backend(config)
     else:
         backend = LocalBuildkitd(config.builders.buildkitd, config.paths, insecure_registries(config))
-    await reap_leftovers(store, backend)
 
     async def lease_is_live(project_id: str, build_id: str, platform: str) -> bool:
         return await store.read(lambda s: build_queries.lease_is_live(s, project_id, build_id, platform))
@@ -74,25 +102,30 @@ async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
     )
     host, port = config.gateway.host_port
     await gateway.start(host, port)
-    manager = BuilderReconciler(
-        store,
-        backend,
-        gateway,
-        ReconcilerSettings(
-            lease_timeout=timedelta(seconds=config.builders.lease_timeout),
-            idle_timeout=timedelta(seconds=config.builders.idle_timeout),
-            sample_seconds=config.builders.usage_sample_seconds,
-        ),
+    settings = ReconcilerSettings(
+        lease_timeout=timedelta(seconds=config.builders.lease_timeout),
+        idle_timeout=timedelta(seconds=config.builders.idle_timeout),
+        sample_seconds=config.builders.usage_sample_seconds,
     )
+    reconciler = ReconcilerDuty(lambda: BuilderReconciler(store, backend, gateway, settings))
+
+    async def take_over() -> None:
+        # What an earlier holder left running is stopped, then a fresh reconciler takes over from the rows.
+        await reap_leftovers(store, backend)
+        reconciler.renew()
+
+    singular = SingularLease(store, take_over, reconciler.shutdown)
     loops = Loops()
+    loops.start(singular)
+    await singular.run_once()  # a lone node holds the duties before it serves its first build
     if isinstance(backend, KubernetesBuildkitd):
 
         async def project_ids() -> set[str]:
             return set(await store.read(project_queries.all_ids))
 
-        loops.start(PruneDeletedProjects(backend, project_ids))
-    loops.start(manager)
-    loops.start(StoreGauges(store, config.kubernetes.backend))
+        loops.start(Gated(PruneDeletedProjects(backend, project_ids), singular))
+    loops.start(Gated(reconciler, singular))
+    loops.start(Gated(StoreGauges(store, config.kubernetes.backend), singular))
     loops.start(recorder)
     registry_process = None
     if (registry := open_registry(config, store)) is not None:
@@ -109,18 +142,20 @@ async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
             registry.signer,
             store,
             registry.client,
+            gc_allowed=singular.holding,
         )
         await registry_process.start()
         loops.start(registry_process)
     try:
-        yield manager
+        yield reconciler
     finally:
         # The order matters: no loop may run against what is being closed; the last steps get written
         # before the gateway drops the connections; builders stop before the registry they push to.
         await loops.stop()
         await recorder.flush()
         await gateway.close()
-        await manager.shutdown()
+        await reconciler.shutdown()
+        await singular.release()
         if registry_process is not None:
             await registry_process.stop()
         store.dispose()
