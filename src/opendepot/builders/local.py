@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from .backend import BuilderSpec, RecordedBuilder
 from .cgroups import CgroupLimits, hardware_size
 
 logger = logging.getLogger("opendepot.machines")
+
+
+LEFTOVER_GRACE_SECONDS = 5.0
 
 
 class LocalBuildkitd:
@@ -123,6 +127,7 @@ class LocalBuildkitd:
         await asyncio.to_thread(self._kill_leftovers, recorded)
 
     def _kill_leftovers(self, recorded: Sequence[RecordedBuilder]) -> None:
+        signalled = []
         for builder in recorded:
             if builder.pid:
                 # Only a buildkitd of ours: the pid may have been reused by anything since.
@@ -130,6 +135,16 @@ class LocalBuildkitd:
                 with contextlib.suppress(OSError):
                     if self.buildkitd.encode() in cmdline.read_bytes():
                         os.killpg(builder.pid, signal.SIGTERM)
+                        signalled.append(builder.pid)
+        # A new buildkitd on the same state dir cannot start while the old one holds its lock, and a
+        # buildkitd with open client streams drains them before it exits: wait, then insist.
+        deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
+        while signalled and time.monotonic() < deadline:
+            signalled = [pid for pid in signalled if Path(f"/proc/{pid}").exists()]
+            time.sleep(0.1)
+        for pid in signalled:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(p, pl) for p, pl in list(self._processes)))

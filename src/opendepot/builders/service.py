@@ -28,7 +28,10 @@ def set_state(
     if machine is None:
         machine = Machine(project_id=project_id, platform=platform, state=state, updated_at=utcnow())
         session.add(machine)
-    machine.state, machine.pid, machine.error, machine.updated_at = state, pid, error, utcnow()
+    # starting -> running keeps the pid recorded at start: a node taking over reaps builders by it.
+    if pid is not None or state not in ACTIVE_STATES:
+        machine.pid = pid
+    machine.state, machine.error, machine.updated_at = state, error, utcnow()
 
 
 def request_reset(session: Session, project_id: str) -> int:

@@ -115,9 +115,9 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:
         reconciler.renew()
 
     singular = SingularLease(store, take_over, reconciler.shutdown)
+    await singular.run_once()  # a lone node holds the duties before it serves its first build
     loops = Loops()
     loops.start(singular)
-    await singular.run_once()  # a lone node holds the duties before it serves its first build
     if isinstance(backend, KubernetesBuildkitd):
 
         async def project_ids() -> set[str]:
