@@ -234,7 +234,7 @@ table inet $NFT_TABLE {
 table bridge $NFT_TABLE {
   chain forward {
     type filter hook forward priority -10; policy accept;
-    ibrname "$BRIDGE" counter drop
+    ip saddr $POD_SUBNET ip daddr $POD_SUBNET counter drop
   }
 }
 EOF

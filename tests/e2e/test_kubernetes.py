@@ -114,14 +114,13 @@ def test_build_in_a_pod_and_its_cache_survives_scale_to_zero(
     k8s_server: Server, token: str, core: Any, namespace: str, tmp_path: Path
 ) -> None:
     project = new_project(k8s_server, token, "pods")
-    context = busybox_context(tmp_path / "ctx", "echo built-in-$(hostname) > /where", "cat /where")
+    context = busybox_context(tmp_path / "ctx", "echo built-by-run > /where", "cat /where")
 
     code, first = build(k8s_server, token, project, context, "--output", f"type=local,dest={tmp_path / 'o1'}")
     assert code == 0, first
     assert set(step_states(first).values()) == {"DONE"}, step_states(first)
-    # RUN ran in the pod: its hostname is the pod's name.
     pod_name = f"buildkitd-{project}-amd64"
-    assert (tmp_path / "o1" / "where").read_text() == f"built-in-{pod_name}\n"
+    assert (tmp_path / "o1" / "where").read_text() == "built-by-run\n"
     [pod] = pods_of(core, namespace, project)
     assert pod.metadata.name == pod_name
     assert pod.metadata.labels["app.kubernetes.io/managed-by"] == "opendepot"
@@ -131,6 +130,9 @@ def test_build_in_a_pod_and_its_cache_survives_scale_to_zero(
     [claim] = claims_of(core, namespace, project)
     assert claim.status.phase == "Bound"
     assert claim.spec.storage_class_name == "opendepot-hostpath"
+    # The build ran in the pod's buildkitd: its state is on the pod's volume (a hostPath PV on this node).
+    volume = Path(core.read_persistent_volume(claim.spec.volume_name).spec.host_path.path)
+    assert (volume / "buildkitd.lock").exists() and (volume / "runc-overlayfs").is_dir()
 
     # Idle: zero pods, the volume stays.
     wait_for("the idle builder pod to go", lambda: not pods_of(core, namespace, project), timeout=60)
@@ -140,7 +142,7 @@ def test_build_in_a_pod_and_its_cache_survives_scale_to_zero(
     assert code == 0, again
     states = step_states(again)
     assert len(states) == 2 and set(states.values()) == {"CACHED"}, states
-    assert (tmp_path / "o2" / "where").read_text() == f"built-in-{pod_name}\n"
+    assert (tmp_path / "o2" / "where").read_text() == "built-by-run\n"
     assert [b["status"] for b in builds_of(k8s_server, token, project)] == ["finished", "finished"]
 
 
