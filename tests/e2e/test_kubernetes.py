@@ -76,7 +76,7 @@ def k8s_server(tmp_path_factory: pytest.TempPathFactory, namespace: str) -> Iter
             "--builder-idle-timeout",
             str(IDLE_SECONDS),
         ],
-    ).start()
+    ).start(timeout=120)  # the first Kubernetes client import and calls are slow on a busy machine
     try:
         yield server
     finally:
