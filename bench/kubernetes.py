@@ -30,6 +30,8 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, this file's folder comes first on sys.path and its name would hide the kubernetes package.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 from bench.build import get_connection, new_build, percentile, timed, until_active  # noqa: E402
 from opendepot.gen.depot.cli.v1 import build_pb as cli  # noqa: E402
