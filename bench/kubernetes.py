@@ -25,9 +25,10 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+from protobuf import Oneof
 
 ROOT = Path(__file__).resolve().parents[1]
 # Run as a script, this file's folder comes first on sys.path and its name would hide the kubernetes package.
@@ -58,7 +59,13 @@ def new_project(http: httpx.Client, srv: Server, name: str) -> str:
 
 
 def finish(http: httpx.Client, srv: Server, build_id: str, token: str) -> None:
-    call(http, srv.url, f"{BS}/FinishBuild", cli.FinishBuildRequest(build_id=build_id), token)
+    """Ends the build: its lease goes, and the builder idles out."""
+    success: Oneof[Literal["success"], cli.FinishBuildRequest.BuildSuccess] = Oneof(
+        "success", cli.FinishBuildRequest.BuildSuccess()
+    )
+    request = cli.FinishBuildRequest(build_id=build_id, result=success)
+    reply = call(http, srv.url, f"{BS}/FinishBuild", request, token)
+    assert reply.status == 200, reply.body
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float = 120) -> None:
@@ -128,8 +135,8 @@ def main() -> None:
         local_server = Server(data_dir=work / "local" / "data", database_url=None)
         (work / "k8s").mkdir()
         (work / "local").mkdir()
-        pod_server.start()
-        local_server.start()
+        pod_server.start(timeout=120)
+        local_server.start(timeout=120)
         try:
             with httpx.Client(timeout=120) as http:
                 # (a) cold starts: finish the build, wait until the idle pod is gone, acquire again.
@@ -168,6 +175,9 @@ def main() -> None:
                     for label in ("pod", "local") if i % 2 == 0 else ("local", "pod"):
                         (big / "payload").write_bytes(os.urandom(args.context_mb << 20))
                         times[label].append(timed(commands[label]))
+        except Exception:
+            print(pod_server.log_path.read_text()[-5000:], file=sys.stderr)
+            raise
         finally:
             pod_server.stop()
             local_server.stop()

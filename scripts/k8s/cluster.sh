@@ -18,7 +18,9 @@ BUILDKIT_VERSION=${BUILDKIT_VERSION:-v0.34.2}
 STATE=${OPENDEPOT_K8S_DIR:-$ROOT/.k8s}
 CACHE=${OPENDEPOT_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/opendepot/k8s}
 K8S_BIN=$CACHE/kubernetes-$K8S_VERSION
-IMAGES=$CACHE/images-$BUILDKIT_VERSION
+# Bump IMAGES_REVISION when image-roots.sh changes what goes into the images.
+IMAGES_REVISION=2
+IMAGES=$CACHE/images-$BUILDKIT_VERSION-r$IMAGES_REVISION
 BUILDKIT_BIN=${BUILDKIT_BIN:-$ROOT/.venv/bin}
 # Our own names, ports and addresses, so that nothing collides with other servers on the machine.
 NODE=opendepot-node

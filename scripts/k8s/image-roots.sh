@@ -45,6 +45,10 @@ root=$work/buildkitd/rootfs
 cp "$buildkit_bin/buildkitd" "$buildkit_bin/buildctl" "$root/usr/bin/"
 strip "$root/usr/bin/buildkitd" "$root/usr/bin/buildctl"
 cp /usr/sbin/runc "$root/usr/bin/runc"
+# Runs buildkitd as root of its own user namespace (unprivileged ids on the host): builder pods need no
+# privileged mode (builders/kubernetes.py).
+gcc -Os -static -Wall -o "$root/usr/bin/userns-exec" "$(dirname "$0")/userns-exec.c"
+strip "$root/usr/bin/userns-exec"
 for library in $(ldd /usr/sbin/runc | grep -oE '/lib[^ ]+'); do
   case "$library" in
     /lib64/*) cp -L "$library" "$root/lib64/" ;;

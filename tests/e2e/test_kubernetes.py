@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from opendepot.builders.kubernetes import userns_base
 from tests.e2e.test_builds import build, builds_of, new_project, step_states
 from tests.support.builds import builds_possible, busybox_context
 from tests.support.clients import depot
@@ -114,17 +115,26 @@ def test_build_in_a_pod_and_its_cache_survives_scale_to_zero(
     k8s_server: Server, token: str, core: Any, namespace: str, tmp_path: Path
 ) -> None:
     project = new_project(k8s_server, token, "pods")
-    context = busybox_context(tmp_path / "ctx", "echo built-by-run > /where", "cat /where")
+    context = busybox_context(
+        tmp_path / "ctx", "echo built-by-run > /where", "cat /where; cat /proc/self/uid_map > /uid_map"
+    )
 
     code, first = build(k8s_server, token, project, context, "--output", f"type=local,dest={tmp_path / 'o1'}")
     assert code == 0, first
     assert set(step_states(first).values()) == {"DONE"}, step_states(first)
     pod_name = f"buildkitd-{project}-amd64"
     assert (tmp_path / "o1" / "where").read_text() == "built-by-run\n"
+    # The step ran as root of the builder's own user namespace: unprivileged ids on the host.
+    assert (tmp_path / "o1" / "uid_map").read_text().split() == [
+        "0",
+        str(userns_base(project, "amd64")),
+        "65536",
+    ]
     [pod] = pods_of(core, namespace, project)
     assert pod.metadata.name == pod_name
     assert pod.metadata.labels["app.kubernetes.io/managed-by"] == "opendepot"
     assert pod.metadata.labels["opendepot.dev/platform"] == "amd64"
+    assert not pod.spec.containers[0].security_context.privileged
     limits = pod.spec.containers[0].resources.limits
     assert limits == {"cpu": "16", "memory": "32Gi"} or limits == {"cpu": "16000m", "memory": "32768Mi"}
     [claim] = claims_of(core, namespace, project)

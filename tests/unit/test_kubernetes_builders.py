@@ -15,6 +15,7 @@ from opendepot.builders.kubernetes import (
     KubernetesSettings,
     buildkitd_config,
     cache_volume_size,
+    userns_base,
 )
 from opendepot.ids import new_id
 from opendepot.pki.authority import Authority
@@ -43,6 +44,17 @@ def test_pod_limits_come_from_the_hardware_and_requests_from_the_share(tmp_path:
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["cache"]["persistentVolumeClaim"]["claimName"] == f"buildkitd-{s.project_id}-amd64-cache"
     assert pod["spec"]["automountServiceAccountToken"] is False
+    # Not privileged: buildkitd runs as root of its own user namespace, on host ids of this builder alone.
+    container = pod["spec"]["containers"][0]
+    assert "privileged" not in container["securityContext"]
+    assert container["securityContext"]["capabilities"] == {
+        "drop": ["ALL"],
+        "add": ["CHOWN", "SETUID", "SETGID"],
+    }
+    base = userns_base(s.project_id, "amd64")
+    assert container["command"][:3] == ["/usr/bin/userns-exec", str(base), "65536"]
+    assert base >= 1 << 20 and base + 65536 <= 1 << 32
+    assert userns_base(new_id(), "amd64") != base or userns_base(new_id(), "amd64") != base
     assert pod["spec"]["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
 
 

@@ -26,6 +26,7 @@ import math
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,9 @@ PLATFORM_LABEL = "opendepot.dev/platform"
 SELECTOR = f"{MANAGED_BY}=opendepot,app.kubernetes.io/component=builder"
 # A pod that the watch has not reported yet counts as alive this long after it was created.
 CREATE_GRACE_SECONDS = 15.0
+USERNS_FIRST = 1 << 20
+USERNS_SIZE = 65536
+USERNS_SLOTS = 30000
 DELETE_WAIT_SECONDS = 60.0
 
 
@@ -84,6 +88,13 @@ def _key_of(labels: dict[str, str] | None) -> tuple[str, str] | None:
     if not labels or PROJECT_LABEL not in labels or PLATFORM_LABEL not in labels:
         return None
     return labels[PROJECT_LABEL], labels[PLATFORM_LABEL]
+
+
+def userns_base(project_id: str, platform: str) -> int:
+    """The first host id of the builder's user namespace: its own 65536 ids, picked from 30000 slots above
+    the ids hosts give people and services, so builders of different projects run as different host ids."""
+    slot = zlib.crc32(f"{project_id}/{platform}".encode()) % USERNS_SLOTS
+    return USERNS_FIRST + slot * USERNS_SIZE
 
 
 def _key_labels(project_id: str, platform: str) -> dict[str, str]:
@@ -397,6 +408,7 @@ class KubernetesBuildkitd:
 
     def _pod(self, spec: BuilderSpec, labels: dict[str, str]) -> dict[str, Any]:
         name = object_name(spec.project_id, spec.platform)
+        base = userns_base(spec.project_id, spec.platform)
         return {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -409,28 +421,51 @@ class KubernetesBuildkitd:
                 "restartPolicy": "Never",
                 "terminationGracePeriodSeconds": 5,
                 "nodeSelector": {"kubernetes.io/arch": spec.platform},
+                # The secret's files are readable by the builder's group, which is the user namespace's root
+                # group on the host (see userns_ids).
+                "securityContext": {"fsGroup": base, "seccompProfile": {"type": "Unconfined"}},
                 "containers": [
                     {
                         "name": "buildkitd",
                         "image": self.settings.image,
                         "imagePullPolicy": self.settings.image_pull_policy,
-                        "args": ["--config", "/etc/buildkit/buildkitd.toml"],
+                        # Not a privileged pod: userns-exec (scripts/k8s/userns-exec.c) runs buildkitd as
+                        # root of its own user namespace, whose ids are unprivileged host ids of this builder
+                        # alone; RUN steps run in it. (hostUsers: false would do it in the kubelet, but needs
+                        # containerd >= 2.0; Debian's 1.6 refuses it.) Seccomp is off for unshare/mount in
+                        # that namespace; the only capabilities are those to set up the mapping.
+                        "command": [
+                            "/usr/bin/userns-exec",
+                            str(base),
+                            str(USERNS_SIZE),
+                            "/var/lib/buildkit",
+                            "/run",
+                            "--",
+                            "/usr/bin/buildkitd",
+                            "--rootless",
+                            "--oci-worker-no-process-sandbox",
+                            "--config",
+                            "/etc/buildkit/buildkitd.toml",
+                        ],
+                        "env": [{"name": "XDG_RUNTIME_DIR", "value": "/run"}],
                         "ports": [{"name": "buildkit", "containerPort": BUILDKIT_PORT}],
-                        # containerd 1.6 cannot run user-namespaced pods (hostUsers: false needs
-                        # containerd 2 with idmapped mounts); buildkitd's OCI worker needs mount and
-                        # namespace privileges for RUN steps. See README: Kubernetes, "Sandbox".
-                        "securityContext": {"privileged": True},
+                        "securityContext": {
+                            "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "SETUID", "SETGID"]},
+                        },
                         "resources": self._resources(spec.hardware),
                         "readinessProbe": {"tcpSocket": {"port": BUILDKIT_PORT}, "periodSeconds": 2},
                         "volumeMounts": [
                             {"name": "cache", "mountPath": "/var/lib/buildkit"},
                             {"name": "config", "mountPath": "/etc/buildkit", "readOnly": True},
+                            {"name": "run", "mountPath": "/run"},
                         ],
                     }
                 ],
                 "volumes": [
                     {"name": "cache", "persistentVolumeClaim": {"claimName": name + "-cache"}},
-                    {"name": "config", "secret": {"secretName": name + "-tls", "defaultMode": 0o400}},
+                    {"name": "config", "secret": {"secretName": name + "-tls", "defaultMode": 0o440}},
+                    {"name": "run", "emptyDir": {}},
                 ],
             },
         }
