@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opendepot.builders.reset import BuilderReset
 from opendepot.pki.authority import Authority
+from opendepot.projects.lifecycle import ProjectLifecycle
 from opendepot.projects.service import Settings as ProjectSettings
 from opendepot.registry.operations import Registry
 from opendepot.store import Store
@@ -17,7 +17,7 @@ from .auth import Authenticator
 class Deps:
     store: Store
     authn: Authenticator
-    caches: BuilderReset
+    lifecycle: ProjectLifecycle
     project_settings: ProjectSettings
     public_url: str
     authority: Authority

@@ -16,6 +16,7 @@ from opendepot.pki.authority import Authority, ClientIdentity, server_name
 from opendepot.store import Store
 
 from . import service
+from .states import BuilderState
 
 CLIENT_CERT_LIFETIME = dt.timedelta(hours=24)
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
@@ -57,9 +58,9 @@ class BuilderAccess:
         """None while the builder is starting (answer pending); the connection once it runs."""
         builds.check_platform(platform, self.platforms)
         lease, machine = await self.store.run(lambda s: service.acquire(s, principal, build_id, platform))
-        if machine is not None and machine.state == "failed":
+        if machine is not None and machine.state == BuilderState.FAILED:
             raise FailedPrecondition(f"the {platform} builder failed to start: {machine.error}")
-        if machine is None or machine.state != "running":
+        if machine is None or machine.state != BuilderState.RUNNING:
             return None
         identity = ClientIdentity(project_id=lease.project_id, build_id=lease.build_id, platform=platform)
         issued = await asyncio.to_thread(self.authority.issue_client, identity, CLIENT_CERT_LIFETIME)

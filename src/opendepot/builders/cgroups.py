@@ -14,16 +14,18 @@ import contextlib
 import logging
 from pathlib import Path
 
+from opendepot.projects.hardware import Hardware
+
 log = logging.getLogger("opendepot.machines")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PERIOD_US = 100_000
 
 
-def hardware_size(hardware: str) -> tuple[int, int]:
+def hardware_size(size: str) -> tuple[int, int]:
     """ "16x32" -> (16 CPUs, 32 GB)."""
-    cpus, memory = hardware.split("x")
-    return int(cpus), int(memory)
+    hardware = Hardware.parse(size)
+    return hardware.cpus, hardware.memory_gb
 
 
 def _own_paths() -> dict[str, str]:

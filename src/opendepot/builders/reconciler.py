@@ -1,6 +1,6 @@
-"""The machine manager: runs in the supervisor, owns every builder process.
+"""The builder reconciler: runs in the supervisor, owns every builder process.
 
-Each tick it reads the store (the bus between API workers and itself): releases leases whose heartbeats
+Each run it reads the store (the bus between API workers and itself): releases leases whose heartbeats
 stopped and ends builds nobody holds; starts a builder for every (project, platform) with a live lease and
 marks it running once it answers; stops builders idle for longer than the idle timeout (their cache stays);
 and honours reset requests from workers. It tells the gateway which leases are live so that connections of
@@ -26,6 +26,7 @@ from opendepot.usage import queries as usage_queries
 
 from . import queries, service
 from .backend import Backend, BuilderSpec, RecordedBuilder
+from .states import ACTIVE, Action, BuilderState, Observation, transition
 
 log = logging.getLogger("opendepot.machines")
 
@@ -45,7 +46,21 @@ class Connections(Protocol):
     def cut_project(self, project_id: str, platform: str) -> None: ...
 
 
+@dataclass(slots=True)
+class Builder:
+    """What the reconciler knows of one (project, platform) builder it runs."""
+
+    state: BuilderState
+    last_used: float = 0.0
+    sampled_at: float = 0.0
+
+
 class BuilderReconciler:
+    """Each run reads the desired set (live leases) and the requests in the store, observes every builder
+    concerned and lets `states.transition` decide; it only carries the decision out."""
+
+    name = "builder reconciler"
+
     def __init__(
         self, store: Store, backend: Backend, gateway: Connections, settings: ReconcilerSettings
     ) -> None:
@@ -53,16 +68,16 @@ class BuilderReconciler:
         self.backend = backend
         self.gateway = gateway
         self.settings = settings
-        self._last_used: dict[tuple[str, str], float] = {}
-        self._starting: set[tuple[str, str]] = set()
-        self._running: set[tuple[str, str]] = set()
-        self._sampled: dict[tuple[str, str], float] = {}
-
-    name = "builder reconciler"
+        # Builders whose process this reconciler started and has not seen stop; any other is STOPPED.
+        self._builders: dict[tuple[str, str], Builder] = {}
 
     @property
     def interval(self) -> float:
         return self.settings.tick_seconds
+
+    def state_of(self, project_id: str, platform: str) -> BuilderState:
+        builder = self._builders.get((project_id, platform))
+        return BuilderState.STOPPED if builder is None else builder.state
 
     async def run_once(self) -> None:
         expired, abandoned = await self.store.run(lambda s: builds.reap(s, self.settings.lease_timeout))
@@ -73,38 +88,60 @@ class BuilderReconciler:
         now = time.monotonic()
         needed = {(project, platform) for project, platform, _build in leases}
         self.gateway.keep_only({(build, platform) for _project, platform, build in leases})
+        resets = {(m.project_id, m.platform) for m in machines if m.state == BuilderState.RESETTING}
+        # Resets first (a reset builder is not started again in the same run), then the rest.
+        for key in [*sorted(resets), *sorted((needed | set(self._builders)) - resets)]:
+            await self._reconcile(key, key in needed, key in resets, now)
 
-        for machine in machines:
-            key = (machine.project_id, machine.platform)
-            if machine.state == "resetting":
-                await self._stop(key, "stopped", discard=True)
-                needed.discard(key)
-        for key in needed:
-            self._last_used[key] = now
-            if key not in self._starting and key not in self._running:
-                await self._start(key)
-        for key in list(self._starting):
-            if not self.backend.alive(*key):
-                await self._mark(key, "failed", error="buildkitd exited while starting; see its log")
-                self._starting.discard(key)
-            elif await self.backend.ready(*key):
-                self._starting.discard(key)
-                self._running.add(key)
-                await self._mark(key, "running")
-        for key in list(self._running):
-            if self.backend.alive(*key) and now - self._sampled.get(key, 0.0) >= self.settings.sample_seconds:
-                await self._sample(key)
-            if not self.backend.alive(*key):
+    async def _reconcile(self, key: tuple[str, str], needed: bool, reset: bool, now: float) -> None:
+        builder = self._builders.get(key) or Builder(BuilderState.STOPPED)
+        if needed:
+            builder.last_used = now
+        alive = builder.state in ACTIVE and self.backend.alive(*key)
+        seen = Observation(
+            needed=needed,
+            reset_requested=reset,
+            alive=alive,
+            answers=builder.state == BuilderState.STARTING and alive and await self.backend.ready(*key),
+            idle_seconds=now - builder.last_used,
+            idle_timeout=self.settings.idle_timeout.total_seconds(),
+        )
+        if (
+            builder.state == BuilderState.RUNNING
+            and alive
+            and now - builder.sampled_at >= self.settings.sample_seconds
+        ):
+            await self._sample(key, builder)
+        step = transition(builder.state, seen)
+        if step.action == Action.START:
+            await self._start(key, builder)
+        elif step.action == Action.STOP:
+            await self._stop(key, builder, step.state, discard=reset)
+        elif step.state != builder.state:
+            if step.state == BuilderState.STOPPED:
                 log.warning("builder %s/%s exited; it restarts on the next lease", *key)
-                self._running.discard(key)
-                await self._mark(key, "stopped")
-            elif (
-                key not in needed
-                and now - self._last_used.get(key, now) > self.settings.idle_timeout.total_seconds()
-            ):
-                await self._stop(key, "stopped")
+            await self._enter(
+                key, builder, step.state, error=step.reason if step.state == BuilderState.FAILED else None
+            )
 
-    async def _start(self, key: tuple[str, str]) -> None:
+    async def _enter(
+        self,
+        key: tuple[str, str],
+        builder: Builder,
+        state: BuilderState,
+        *,
+        pid: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Records the builder's new state: in the store (API workers read it) and here."""
+        builder.state = state
+        if state in ACTIVE:
+            self._builders[key] = builder
+        else:
+            self._builders.pop(key, None)
+        await self.store.run(lambda s: service.set_state(s, key[0], key[1], state, pid=pid, error=error))
+
+    async def _start(self, key: tuple[str, str], builder: Builder) -> None:
         project = await self.store.read(lambda s: project_queries.get_detached(s, key[0]))
         if project is None:
             return
@@ -112,41 +149,34 @@ class BuilderReconciler:
             project_id=key[0], platform=key[1], cache=cache_of(project), hardware=project.hardware
         )
         pid = await self.backend.start(spec)
-        self._starting.add(key)
-        await self._mark(key, "starting", pid=pid)
+        await self._enter(key, builder, BuilderState.STARTING, pid=pid)
         log.info("starting builder %s/%s (pid %d)", key[0], key[1], pid)
 
-    async def _sample(self, key: tuple[str, str]) -> None:
+    async def _sample(self, key: tuple[str, str], builder: Builder) -> None:
         """Records the builder's cache size for usage figures."""
-        self._sampled[key] = time.monotonic()
+        builder.sampled_at = time.monotonic()
         size = await self.backend.disk_usage(*key)
         if size is not None:
             await self.store.run(lambda s: usage_queries.add_sample(s, key[0], key[1], utcnow(), size))
 
-    async def _stop(self, key: tuple[str, str], state: str, *, discard: bool = False) -> None:
-        if key in self._running and self.backend.alive(*key):
-            await self._sample(key)
+    async def _stop(
+        self, key: tuple[str, str], builder: Builder, state: BuilderState, *, discard: bool = False
+    ) -> None:
+        if builder.state == BuilderState.RUNNING and self.backend.alive(*key):
+            await self._sample(key, builder)
         self.gateway.cut_project(key[0], key[1])
         await self.backend.stop(*key)
         if discard:
+            # A reset or delete: what the backend keeps beyond the cache directory goes too (a volume).
             await self.backend.discard(*key)
-        self._starting.discard(key)
-        self._running.discard(key)
-        self._last_used.pop(key, None)
-        await self._mark(key, state)
+        await self._enter(key, builder, state)
         log.info("stopped builder %s/%s", *key)
-
-    async def _mark(
-        self, key: tuple[str, str], state: str, *, pid: int | None = None, error: str | None = None
-    ) -> None:
-        await self.store.run(lambda s: service.set_state(s, key[0], key[1], state, pid=pid, error=error))
 
     async def shutdown(self) -> None:
         """Stops every builder so that none outlives the server; their caches stay."""
-        keys = self._starting | self._running
         await self.backend.stop_all()
-        for key in keys:
-            await self._mark(key, "stopped")
+        for key, builder in list(self._builders.items()):
+            await self._enter(key, builder, BuilderState.STOPPED)
 
 
 async def reap_leftovers(store: Store, backend: Backend) -> None:
@@ -155,12 +185,12 @@ async def reap_leftovers(store: Store, backend: Backend) -> None:
     leftovers = [
         RecordedBuilder(m.project_id, m.platform, m.pid)
         for m in machines
-        if m.state in ("starting", "running", "resetting")
+        if m.state in (*ACTIVE, BuilderState.RESETTING)
     ]
     await backend.reap_leftovers(leftovers)
 
     def mark_stopped(session: Session) -> None:
         for machine in machines:
-            service.set_state(session, machine.project_id, machine.platform, "stopped")
+            service.set_state(session, machine.project_id, machine.platform, BuilderState.STOPPED)
 
     await store.run(mark_stopped)

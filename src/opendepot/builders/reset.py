@@ -22,7 +22,7 @@ class BuilderReset:
         self.paths = paths
         self.store = store
 
-    async def reset(self, project_id: str) -> None:
+    async def stop_and_wipe(self, project_id: str) -> None:
         path = self.paths.project_cache(project_id)
         pending = await self.store.run(lambda s: machines.request_reset(s, project_id))
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS

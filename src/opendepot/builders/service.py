@@ -11,15 +11,14 @@ from opendepot.clock import utcnow
 
 from . import queries
 from .models import Machine
-
-ACTIVE_STATES = ("starting", "running")
+from .states import ACTIVE, BuilderState
 
 
 def set_state(
     session: Session,
     project_id: str,
     platform: str,
-    state: str,
+    state: BuilderState,
     *,
     pid: int | None = None,
     error: str | None = None,
@@ -29,7 +28,7 @@ def set_state(
         machine = Machine(project_id=project_id, platform=platform, state=state, updated_at=utcnow())
         session.add(machine)
     # starting -> running keeps the pid recorded at start: a node taking over reaps builders by it.
-    if pid is not None or state not in ACTIVE_STATES:
+    if pid is not None or state not in ACTIVE:
         machine.pid = pid
     machine.state, machine.error, machine.updated_at = state, error, utcnow()
 
@@ -40,13 +39,16 @@ def request_reset(session: Session, project_id: str) -> int:
     pending = 0
     for machine in queries.all_machines(session):
         if machine.project_id == project_id:
-            machine.state, machine.updated_at = "resetting", utcnow()
+            machine.state, machine.updated_at = BuilderState.RESETTING, utcnow()
             pending += 1
     return pending
 
 
 def resetting(session: Session, project_id: str) -> bool:
-    return any(m.project_id == project_id and m.state == "resetting" for m in queries.all_machines(session))
+    return any(
+        m.project_id == project_id and m.state == BuilderState.RESETTING
+        for m in queries.all_machines(session)
+    )
 
 
 def acquire(

@@ -30,3 +30,8 @@ def events(message: control_pb.StatusResponse) -> tuple[list[VertexUpdate], list
         for entry in message.logs
     ]
     return vertices, logs
+
+
+def decode(raw: bytes) -> tuple[list[VertexUpdate], list[LogChunk]]:
+    """A serialized StatusResponse (one gRPC message of a Control/Status stream) as domain events."""
+    return events(control_pb.StatusResponse.from_binary(raw))

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from opendepot.pagination import Cursor
 
 from .models import Build, Lease, LogLine, StatusReport, Step
+from .status import BuildStatus
 
 
 def get(session: Session, build_id: str) -> Build | None:
@@ -50,7 +51,7 @@ def active_leases(session: Session) -> Sequence[Row[str, str, str]]:
     stmt = (
         select(Lease.project_id, Lease.platform, Lease.build_id)
         .join(Build, Build.id == Lease.build_id)
-        .where(Lease.released_at.is_(None), Build.status == "running")
+        .where(Lease.released_at.is_(None), Build.status == BuildStatus.RUNNING)
     )
     return session.execute(stmt).all()
 
@@ -62,7 +63,7 @@ def abandoned_builds(session: Session, stale_before: datetime) -> Sequence[Build
         or_(Lease.released_at.is_(None), Lease.heartbeat_at >= stale_before),
     )
     stmt = select(Build).where(
-        and_(Build.status == "running", Build.created_at < stale_before, ~live.exists())
+        and_(Build.status == BuildStatus.RUNNING, Build.created_at < stale_before, ~live.exists())
     )
     return session.scalars(stmt).all()
 
@@ -76,7 +77,7 @@ def lease_is_live(session: Session, project_id: str, build_id: str, platform: st
             Lease.platform == platform,
             Lease.project_id == project_id,
             Lease.released_at.is_(None),
-            Build.status == "running",
+            Build.status == BuildStatus.RUNNING,
         )
     )
     return session.execute(stmt).first() is not None
@@ -154,7 +155,8 @@ def shared_build(session: Session, share_hash: str) -> Build | None:
 
 
 def running_count(session: Session) -> int:
-    return int(session.scalar(select(func.count()).select_from(Build).where(Build.status == "running")) or 0)
+    running = select(func.count()).select_from(Build).where(Build.status == BuildStatus.RUNNING)
+    return int(session.scalar(running) or 0)
 
 
 def count_by_status(session: Session) -> dict[str, int]:

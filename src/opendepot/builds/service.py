@@ -22,7 +22,7 @@ from opendepot.validation import require_id
 
 from . import queries, steps
 from .models import Build, Lease, LogLine, StatusReport, Step
-from .status import CANCELED, ERROR, FAILED, FINISHED_STATES, RUNNING, SUCCESS
+from .status import CANCELED, ERROR, FAILED, FINISHED, RUNNING, SUCCESS
 
 PLATFORMS = ("amd64", "arm64")
 BUILDS_LIST = "builds"
@@ -97,7 +97,7 @@ def finish_build(session: Session, principal: Principal, build_id: str, outcome:
     if outcome is None:
         raise InvalidArgument("result", "one of success, error or canceled is required")
     now = utcnow()
-    if build.status not in FINISHED_STATES:
+    if build.status not in FINISHED:
         build.status, build.error, build.finished_at = outcome.status, outcome.error, now
     queries.release_leases(session, build.id, now)
     session.flush()
@@ -118,7 +118,7 @@ def check_platform(platform: str | None, supported: Sequence[str]) -> str:
 def acquire(session: Session, principal: Principal, build_id: str, platform: str) -> Lease:
     """Takes or renews the build's lease on its project's builder."""
     build = load_build(session, principal, build_id)
-    if build.status in FINISHED_STATES:
+    if build.status in FINISHED:
         raise FailedPrecondition(f"build {build.id} is {build.status}; start a new build")
     now = utcnow()
     lease = queries.lease(session, build.id, platform)
@@ -143,7 +143,7 @@ def acquire(session: Session, principal: Principal, build_id: str, platform: str
 def heartbeat(session: Session, principal: Principal, build_id: str, platform: str | None) -> None:
     """Renews the lease. The CLI keeps heart-beating after FinishBuild: that is answered, and ignored."""
     build = load_build(session, principal, build_id)
-    if build.status in FINISHED_STATES:
+    if build.status in FINISHED:
         return
     platforms = [platform] if platform else list(PLATFORMS)
     now = utcnow()

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from opendepot.clock import utcnow
@@ -44,8 +43,7 @@ class LogChunk:
 def _step(session: Session, steps: dict[str, Step], build_id: str, digest: str, project_id: str = "") -> Step:
     step = steps.get(digest)
     if step is None:
-        stmt = select(Step).where(Step.build_id == build_id, Step.digest == digest)
-        step = session.scalars(stmt).first()
+        step = queries.step(session, build_id, digest)
         if step is None:
             step = Step(
                 build_id=build_id,

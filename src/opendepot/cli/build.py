@@ -31,6 +31,8 @@ from rich.markup import escape
 from opendepot.client import Depot, DepotError, cli_v1
 from opendepot.files import write_private
 
+from .common import add_client_arguments, remote
+
 HEARTBEAT_SECONDS = 5.0
 
 
@@ -245,3 +247,23 @@ def _solve(command: list[str], env: dict[str, str], console: Console) -> int:
             progress.feed(line)
     progress.finish()
     return process.wait()
+
+
+def register(commands: Any) -> None:
+    build = commands.add_parser(
+        "build",
+        help="build a Dockerfile through the server with buildctl (no depot CLI needed)",
+        description="Creates a build on the server, drives its BuildKit with buildctl over the issued "
+        "certificate, shows BuildKit's progress, and exits with buildctl's status.",
+    )
+    build.add_argument("context", help="the build context directory")
+    build.add_argument("--project", help="project id (default: the token's own project)")
+    build.add_argument("-f", "--file", help="the Dockerfile (default: CONTEXT/Dockerfile)")
+    build.add_argument("--target", help="the stage to build")
+    build.add_argument("--build-arg", action="append", metavar="NAME=VALUE")
+    build.add_argument("-t", "--tag", action="append", help="image name, kept with the build's options")
+    build.add_argument("--save", action="store_true", help="push the image to the project's registry")
+    build.add_argument("--save-tag", action="append", help="an extra tag for --save (implies it)")
+    build.add_argument("--output", action="append", help="a buildctl --output, e.g. type=local,dest=out")
+    add_client_arguments(build)
+    build.set_defaults(run=remote(run_build))

@@ -8,10 +8,9 @@ from collections import defaultdict
 
 from sqlalchemy.orm import Session
 
-from opendepot.buildkit.status import events
+from opendepot.buildkit.status import decode
 from opendepot.builds import steps
 from opendepot.builds.steps import LogChunk, VertexUpdate
-from opendepot.gen.moby.buildkit.v1 import control_pb
 from opendepot.store import Store
 
 log = logging.getLogger("opendepot.gateway")
@@ -32,7 +31,7 @@ class StepRecorder:
         self._writing = asyncio.Lock()
 
     def status(self, build_id: str, raw: bytes) -> None:
-        vertices, logs = events(control_pb.StatusResponse.from_binary(raw))
+        vertices, logs = decode(raw)
         self._vertices[build_id] += vertices
         for chunk in logs:
             if self._seen[build_id] > self.log_cap:

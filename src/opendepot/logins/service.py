@@ -9,7 +9,6 @@ import string
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal, TokenKind
@@ -18,6 +17,7 @@ from opendepot.errors import FailedPrecondition, InvalidArgument, NotFound, Perm
 from opendepot.organizations import queries as organization_queries
 from opendepot.tokens import service as tokens
 
+from . import queries
 from .models import LoginRequest
 
 MAX_ID_LENGTH = 64
@@ -32,7 +32,7 @@ def new_login_id() -> str:
 
 def start(session: Session, lifetime: timedelta) -> LoginRequest:
     now = utcnow()
-    session.execute(delete(LoginRequest).where(LoginRequest.expires_at < now - timedelta(days=1)))
+    queries.forget_expired_before(session, now - timedelta(days=1))
     login = LoginRequest(id=new_login_id(), created_at=now, expires_at=now + lifetime)
     session.add(login)
     session.flush()
@@ -42,7 +42,7 @@ def start(session: Session, lifetime: timedelta) -> LoginRequest:
 def _load(session: Session, login_id: str) -> LoginRequest:
     if not login_id or len(login_id) > MAX_ID_LENGTH:
         raise InvalidArgument("id", "is not a login request id")
-    login = session.get(LoginRequest, login_id)
+    login = queries.get(session, login_id)
     if login is None:
         raise NotFound("unknown login request; run `depot login` again")
     return login

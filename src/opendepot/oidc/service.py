@@ -5,22 +5,18 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from opendepot.clock import utcnow
 from opendepot.errors import Unauthenticated
-from opendepot.projects.models import TrustPolicy
+from opendepot.projects import queries as project_queries
 
-from .models import TokenUse
+from . import queries
 from .providers import Identity, matches
 
 
 def trusted_projects(session: Session, identity: Identity) -> frozenset[str]:
-    policies = session.execute(
-        select(TrustPolicy.project_id, TrustPolicy.claims).where(TrustPolicy.provider == identity.provider)
-    ).all()
+    policies = project_queries.trust_policies_for(session, identity.provider)
     return frozenset(project for project, claims in policies if matches(identity.provider, claims, identity))
 
 
@@ -38,17 +34,11 @@ def record_use(session: Session, identity: Identity, token: str, window: timedel
     key = use_key(identity, token)
     exp = identity.claims.get("exp")
     expires_at = datetime.fromtimestamp(exp, UTC) if isinstance(exp, int | float) else now + window
-    seen = session.get(TokenUse, key)
+    seen = queries.get_use(session, key)
     if seen is None:
-        session.execute(delete(TokenUse).where(TokenUse.expires_at < now - timedelta(minutes=5)))
-        # Another worker may record the same first use at the same moment: the insert then does nothing.
-        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-        session.execute(
-            insert(TokenUse)
-            .values(key=key, first_used_at=now, expires_at=expires_at)
-            .on_conflict_do_nothing(index_elements=["key"])
-        )
-        seen = session.get(TokenUse, key, populate_existing=True)
+        queries.forget_uses_expired_before(session, now - timedelta(minutes=5))
+        queries.record_first_use(session, key, now, expires_at)
+        seen = queries.get_use(session, key, fresh=True)
         if seen is None:
             raise Unauthenticated("invalid CI token: could not record its use; try again")
     if now - seen.first_used_at > window:

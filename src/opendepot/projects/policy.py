@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import re
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from opendepot.ci import PROVIDERS
 from opendepot.errors import InvalidArgument
+
+from . import hardware
 
 GIB = 1 << 30
 DEFAULT_KEEP_GB = 50
@@ -15,9 +16,10 @@ DEFAULT_KEEP_DAYS = 14
 MAX_KEEP_GB = 1 << 20
 MAX_KEEP_DAYS = 36500
 
-# Hardware sizes as "<cpus>x<memory GB>"; the API's HARDWARE_UNSPECIFIED means the default, 16x32.
-HARDWARE_SIZES = ("16x32", "4x4", "8x8", "8x16", "32x64", "64x128", "96x192", "192x384")
-DEFAULT_HARDWARE = "16x32"
+# Hardware sizes as stored ("<cpus>x<memory GB>", projects/hardware.py); the API's HARDWARE_UNSPECIFIED
+# means the default, 16x32.
+HARDWARE_SIZES = tuple(str(h) for h in hardware.ALL)
+DEFAULT_HARDWARE = str(hardware.DEFAULT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,68 +81,12 @@ def check_region(region_id: str, regions: tuple[str, ...]) -> str:
     return region_id
 
 
-TRUST_PROVIDERS = ("github", "buildkite", "circleci", "gitlab")
-_GITHUB_OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
-_GITHUB_REPO = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
-_SLUG = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
-# GitLab group paths nest: "group/subgroup"; a project path is "group/…/project" or the bare project name.
-_GITLAB_PATH = re.compile(r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*$")
-
-
-def _required(field: str, value: str) -> str:
-    value = value.strip()
-    if not value:
-        raise InvalidArgument(field, "is required")
-    return value
-
-
-def _uuid(field: str, value: str) -> str:
-    value = _required(field, value)
-    try:
-        return str(uuid.UUID(value))
-    except ValueError as exc:
-        raise InvalidArgument(field, "must be a UUID (not CircleCI's friendly slug)") from exc
-
-
-def _pattern(field: str, value: str, pattern: re.Pattern[str], what: str) -> str:
-    value = _required(field, value)
-    if not pattern.match(value):
-        raise InvalidArgument(field, f"is not a valid {what}")
-    return value
+TRUST_PROVIDERS = tuple(PROVIDERS)
 
 
 def check_trust_policy(provider: str | None, fields: dict[str, str]) -> dict[str, Any]:
-    """Validates one provider's fields and returns the claims to store."""
-    if provider == "github":
-        owner = _pattern("github.repository_owner", fields["repository_owner"], _GITHUB_OWNER, "GitHub owner")
-        repository = _required("github.repository", fields["repository"])
-        # Accept "name" or "owner/name"; in the latter the owner must agree.
-        repo_owner, _, repo_name = repository.rpartition("/")
-        if repo_owner and repo_owner.lower() != owner.lower():
-            raise InvalidArgument("github.repository", "names a different owner than repository_owner")
-        _pattern("github.repository", repo_name, _GITHUB_REPO, "GitHub repository name")
-        return {"repository_owner": owner, "repository": repository}
-    if provider == "buildkite":
-        return {
-            "organization_slug": _pattern(
-                "buildkite.organization_slug", fields["organization_slug"], _SLUG, "Buildkite slug"
-            ),
-            "pipeline_slug": _pattern(
-                "buildkite.pipeline_slug", fields["pipeline_slug"], _SLUG, "Buildkite slug"
-            ),
-        }
-    if provider == "circleci":
-        return {
-            "organization_uuid": _uuid("circleci.organization_uuid", fields["organization_uuid"]),
-            "project_uuid": _uuid("circleci.project_uuid", fields["project_uuid"]),
-        }
-    if provider == "gitlab":
-        namespace = _pattern(
-            "gitlab.namespace_path", fields["namespace_path"], _GITLAB_PATH, "GitLab group path"
-        )
-        project = _pattern("gitlab.project_path", fields["project_path"], _GITLAB_PATH, "GitLab project path")
-        parent, _, _name = project.rpartition("/")
-        if parent and parent.lower() != namespace.lower():
-            raise InvalidArgument("gitlab.project_path", "names a different group than namespace_path")
-        return {"namespace_path": namespace, "project_path": project}
-    raise InvalidArgument("provider", "one of github, buildkite, circleci or gitlab is required")
+    """Validates one provider's fields (its module in `opendepot/ci/`) and returns the claims to store."""
+    module = PROVIDERS.get(provider or "")
+    if module is None:
+        raise InvalidArgument("provider", "one of github, buildkite, circleci or gitlab is required")
+    return dict(module.validate(fields))

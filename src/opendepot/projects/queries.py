@@ -2,12 +2,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, bindparam, delete, func, select, tuple_
+from sqlalchemy import Connection, Row, bindparam, delete, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from opendepot.organizations.models import Organization
 from opendepot.pagination import Cursor
-from opendepot.tokens.models import Token
 
 from .models import Project, TrustPolicy
 
@@ -67,10 +66,16 @@ def all_ids(session: Session) -> list[str]:
 
 
 def delete_project(session: Session, project_id: str) -> None:
-    # Explicit, not only ON DELETE CASCADE: the outcome must not depend on the database's FK settings.
-    session.execute(delete(Token).where(Token.project_id == project_id))
+    # The project's tokens and builds go by ON DELETE CASCADE (the store turns foreign keys on in SQLite).
     session.execute(delete(TrustPolicy).where(TrustPolicy.project_id == project_id))
     session.execute(delete(Project).where(Project.id == project_id))
+
+
+def trust_policies_for(session: Session, provider: str) -> Sequence[Row[str, dict[str, str]]]:
+    """(project id, claims) of every trust policy of one CI provider."""
+    return session.execute(
+        select(TrustPolicy.project_id, TrustPolicy.claims).where(TrustPolicy.provider == provider)
+    ).all()
 
 
 def trust_policies(session: Session, project_id: str) -> Sequence[TrustPolicy]:

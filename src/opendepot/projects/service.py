@@ -146,15 +146,27 @@ def update_project(
     return project
 
 
+def check_delete_allowed(session: Session, principal: Principal, project_id: str) -> Project:
+    return load_managed_project(session, principal, project_id, "delete projects")
+
+
 def delete_project(session: Session, principal: Principal, project_id: str) -> Project:
-    project = load_managed_project(session, principal, project_id, "delete projects")
+    project = check_delete_allowed(session, principal, project_id)
     queries.delete_project(session, project.id)
     return project
 
 
-def check_reset_allowed(session: Session, principal: Principal, project_id: str) -> Project:
+@dataclass(frozen=True, slots=True)
+class ResetTarget:
+    project: Project
+    organization_name: str
+
+
+def reset_target(session: Session, principal: Principal, project_id: str) -> ResetTarget:
     """Resetting the cache is open to the project's own tokens too: it is part of building in it."""
-    return load_project(session, principal, project_id)
+    project = load_project(session, principal, project_id)
+    organization = org_queries.get(session, project.organization_id)
+    return ResetTarget(project, organization.name if organization else "")
 
 
 def list_trust_policies(session: Session, principal: Principal, project_id: str) -> Sequence[TrustPolicy]:

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import text
-
 from opendepot.api.auth import Authenticator
 from opendepot.api.deps import Deps
 from opendepot.api.http.asgi import Receive, Scope, Send
@@ -28,6 +26,7 @@ from opendepot.builds import service as builds
 from opendepot.metrics import exposition
 from opendepot.oidc.verifier import OidcVerifier
 from opendepot.pki.authority import Authority
+from opendepot.projects.lifecycle import ProjectLifecycle
 from opendepot.projects.service import Settings as ProjectSettings
 from opendepot.registry.keys import TokenSigner
 from opendepot.registry.operations import Registry
@@ -57,7 +56,7 @@ def build_app(config: Config, store: Store) -> Router:
             OidcVerifier(config.oidc.issuers, config.oidc.audiences) if config.oidc.issuers else None,
             timedelta(seconds=config.oidc.replay_window_seconds),
         ),
-        caches=BuilderReset(config.paths, store),
+        lifecycle=ProjectLifecycle(store, BuilderReset(config.paths, store), authority),
         project_settings=ProjectSettings(
             regions=config.projects.regions, default_region=config.projects.default_region
         ),
@@ -69,13 +68,8 @@ def build_app(config: Config, store: Store) -> Router:
     machines = BuilderAccess(store, authority, config.gateway.host, gateway_port)
 
     async def healthy() -> bool:
-        def ping() -> bool:
-            with store.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-            return True
-
         try:
-            return await asyncio.to_thread(ping)
+            return await asyncio.to_thread(store.ping)
         except Exception:
             log.exception("health check failed")
             return False

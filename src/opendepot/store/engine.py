@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from opendepot.datadir import DataDir
@@ -78,6 +78,12 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             return self.read_now(fn)
         return await asyncio.to_thread(self.read_now, fn)
+
+    def ping(self) -> bool:
+        """The database answers (the health check)."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return True
 
     @classmethod
     def open(cls, url: str, data_dir: Path) -> Store:

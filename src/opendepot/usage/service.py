@@ -29,6 +29,7 @@ from opendepot.clock import utcnow
 from opendepot.errors import InvalidArgument
 from opendepot.pagination import Cursor, PageRequest, next_token
 from opendepot.projects import queries as project_queries
+from opendepot.projects.hardware import Hardware
 from opendepot.projects.models import Project
 from opendepot.projects.service import load_project
 from opendepot.registry import queries as registry_queries
@@ -70,10 +71,6 @@ class ProjectFigures:
         return round(self.layer_cache_bytes / GIB)
 
 
-def cpus_of(hardware: str) -> int:
-    return int(hardware.split("x", maxsplit=1)[0])
-
-
 def _figures(session: Session, project: Project, p: Period, now: datetime) -> ProjectFigures:
     builds = queries.builds_in(session, project.id, p.start, p.end)
     duration = sum(
@@ -83,7 +80,7 @@ def _figures(session: Session, project: Project, p: Period, now: datetime) -> Pr
     billed = 0.0
     for lease in queries.leases_in(session, project.id, p.start, p.end):
         seconds = max(0.0, ((lease.released_at or now) - lease.acquired_at).total_seconds())
-        billed += math.ceil(seconds / 60) * cpus_of(lease.hardware) / 16
+        billed += math.ceil(seconds / 60) * Hardware.parse(lease.hardware).billing_weight
     return ProjectFigures(
         project_id=project.id,
         project_name=project.name,

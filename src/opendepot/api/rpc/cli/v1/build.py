@@ -27,7 +27,7 @@ from opendepot.registry.operations import no_registry
 
 Ctx = RequestContext[Any, Any]
 DEFAULT_LIST = 50
-STATUS = {
+STATUS: dict[str, pb.BuildStatus] = {
     RUNNING: pb.BuildStatus.RUNNING,
     SUCCESS: pb.BuildStatus.FINISHED,
     FAILED: pb.BuildStatus.FAILED,

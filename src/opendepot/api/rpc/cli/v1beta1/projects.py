@@ -9,7 +9,6 @@ from connectrpc.request import RequestContext
 from opendepot.api.deps import Deps
 from opendepot.gen.depot.cli.v1beta1 import projects_connect
 from opendepot.gen.depot.cli.v1beta1 import projects_pb as pb
-from opendepot.organizations import queries as org_queries
 from opendepot.projects import service as projects
 
 Ctx = RequestContext[Any, Any]
@@ -34,12 +33,5 @@ class ProjectsService(projects_connect.ProjectsService):
         self, request: pb.ResetProjectCacheRequest, ctx: Ctx
     ) -> pb.ResetProjectCacheResponse:
         who = await self.d.authn.principal(ctx)
-
-        def check(s: Any) -> tuple[str, str, str]:
-            project = projects.check_reset_allowed(s, who, request.project_id)
-            organization = org_queries.get(s, project.organization_id)
-            return project.id, project.name, organization.name if organization else ""
-
-        project_id, name, org_name = await self.d.store.read(check)
-        await self.d.caches.reset(project_id)
-        return pb.ResetProjectCacheResponse(name=name, org_name=org_name)
+        target = await self.d.lifecycle.reset_cache(who, request.project_id)
+        return pb.ResetProjectCacheResponse(name=target.project.name, org_name=target.organization_name)

@@ -15,7 +15,7 @@ from opendepot.gen.depot.core.v1 import build_pb as pb
 from opendepot.pagination import page_request
 
 Ctx = RequestContext[Any, Any]
-STATUS = {
+STATUS: dict[str, pb.Build.Status] = {
     RUNNING: pb.Build.Status.RUNNING,
     SUCCESS: pb.Build.Status.SUCCESS,
     FAILED: pb.Build.Status.FAILED,

@@ -77,15 +77,12 @@ class ProjectService(project_connect.ProjectService):
 
     async def delete_project(self, request: pb.DeleteProjectRequest, ctx: Ctx) -> pb.DeleteProjectResponse:
         who = await self.d.authn.principal(ctx)
-        project = await self.d.store.run(lambda s: projects.delete_project(s, who, request.project_id))
-        await self.d.caches.reset(project.id)
-        self.d.authority.forget(project.id)
+        await self.d.lifecycle.delete(who, request.project_id)
         return pb.DeleteProjectResponse()
 
     async def reset_project(self, request: pb.ResetProjectRequest, ctx: Ctx) -> pb.ResetProjectResponse:
         who = await self.d.authn.principal(ctx)
-        project = await self.d.store.read(lambda s: projects.check_reset_allowed(s, who, request.project_id))
-        await self.d.caches.reset(project.id)
+        await self.d.lifecycle.reset_cache(who, request.project_id)
         return pb.ResetProjectResponse()
 
     async def list_trust_policies(

@@ -1,0 +1,220 @@
+"""The reconciler against a fake Backend (the seam a Kubernetes backend implements) and a real SQLite store:
+leases in, builder processes and builder rows out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from opendepot.auth import Principal, TokenKind
+from opendepot.builders import queries as builder_queries
+from opendepot.builders import service as builder_service
+from opendepot.builders.backend import BuilderSpec, RecordedBuilder
+from opendepot.builders.reconciler import BuilderReconciler, ReconcilerSettings, reap_leftovers
+from opendepot.builders.states import BuilderState
+from opendepot.builds import service as builds
+from opendepot.organizations import service as organizations
+from opendepot.projects import service as projects
+from opendepot.store import Store
+from opendepot.store.engine import sqlite_url
+from opendepot.usage.models import CacheSample
+
+PLATFORM = "amd64"
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.started: list[BuilderSpec] = []
+        self.stopped: list[tuple[str, str]] = []
+        self.alive_now: set[tuple[str, str]] = set()
+        self.answering: set[tuple[str, str]] = set()
+        self.reaped: list[RecordedBuilder] = []
+        self.stopped_all = False
+
+    async def reap_leftovers(self, recorded: Sequence[RecordedBuilder]) -> None:
+        self.reaped = list(recorded)
+
+    async def start(self, spec: BuilderSpec) -> int:
+        self.started.append(spec)
+        self.alive_now.add((spec.project_id, spec.platform))
+        return 4242
+
+    async def ready(self, project_id: str, platform: str) -> bool:
+        return (project_id, platform) in self.answering
+
+    def alive(self, project_id: str, platform: str) -> bool:
+        return (project_id, platform) in self.alive_now
+
+    async def stop(self, project_id: str, platform: str) -> None:
+        self.stopped.append((project_id, platform))
+        self.alive_now.discard((project_id, platform))
+
+    async def stop_all(self) -> None:
+        self.stopped_all = True
+        self.alive_now.clear()
+
+    async def disk_usage(self, project_id: str, platform: str) -> int | None:
+        return 1234
+
+    async def open(self, project_id: str, platform: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        raise NotImplementedError
+
+
+class FakeConnections:
+    def __init__(self) -> None:
+        self.live: set[tuple[str, str]] = set()
+        self.cut: list[tuple[str, str]] = []
+
+    def keep_only(self, live: set[tuple[str, str]]) -> None:
+        self.live = live
+
+    def cut_project(self, project_id: str, platform: str) -> None:
+        self.cut.append((project_id, platform))
+
+
+class World:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.backend = FakeBackend()
+        self.gateway = FakeConnections()
+        self.reconciler = BuilderReconciler(
+            store,
+            self.backend,
+            self.gateway,
+            ReconcilerSettings(
+                lease_timeout=timedelta(minutes=5), idle_timeout=timedelta(0), sample_seconds=3600
+            ),
+        )
+        with store.transaction() as session:
+            org = organizations.create_organization(session, "acme")
+            self.admin = Principal(kind=TokenKind.ORGANIZATION, token_id="t", organization_id=org.id)
+            settings = projects.Settings(regions=("r",), default_region="r")
+            project = projects.create_project(
+                session,
+                self.admin,
+                settings,
+                name="web",
+                organization_id=None,
+                region_id="",
+                cache_policy=None,
+                hardware=None,
+            )
+            self.project_id = project.id
+        self.key = (self.project_id, PLATFORM)
+
+    def lease(self) -> str:
+        with self.store.transaction() as session:
+            build, _secret = builds.create_build(session, self.admin, self.project_id, [])
+            builds.acquire(session, self.admin, build.id, PLATFORM)
+            return build.id
+
+    def release(self, build_id: str) -> None:
+        with self.store.transaction() as session:
+            builds.release(session, self.admin, build_id, PLATFORM)
+
+    def row(self) -> tuple[str | None, str | None]:
+        with self.store.transaction() as session:
+            machine = builder_queries.get(session, *self.key)
+            return (None, None) if machine is None else (machine.state, machine.error)
+
+    def run(self) -> None:
+        asyncio.run(self.reconciler.run_once())
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    store = Store.open(sqlite_url(tmp_path), tmp_path)
+    try:
+        yield World(store)
+    finally:
+        store.dispose()
+
+
+def test_a_lease_starts_the_builder_and_it_runs_once_it_answers(world: World) -> None:
+    build_id = world.lease()
+    world.run()
+    assert [s.project_id for s in world.backend.started] == [world.project_id]
+    assert world.row() == ("starting", None)
+    assert world.gateway.live == {(build_id, PLATFORM)}
+    world.run()
+    assert world.row() == ("starting", None)
+    world.backend.answering.add(world.key)
+    world.run()
+    assert world.row() == ("running", None)
+    assert world.reconciler.state_of(*world.key) is BuilderState.RUNNING
+    assert len(world.backend.started) == 1
+
+
+def test_a_builder_that_dies_while_starting_fails_and_is_tried_again(world: World) -> None:
+    world.lease()
+    world.run()
+    world.backend.alive_now.clear()
+    world.run()
+    state, error = world.row()
+    assert state == "failed" and error is not None and "log" in error
+    world.run()
+    assert world.row()[0] == "starting"
+    assert len(world.backend.started) == 2
+
+
+def test_an_idle_builder_is_sampled_then_stopped(world: World) -> None:
+    build_id = world.lease()
+    world.backend.answering.add(world.key)
+    world.run()
+    world.run()
+    assert world.row()[0] == "running"
+    world.release(build_id)
+    world.run()
+    assert world.row()[0] == "stopped"
+    assert world.backend.stopped == [world.key]
+    assert world.gateway.cut == [world.key]
+    with world.store.transaction() as session:
+        sizes = [s.bytes for s in session.query(CacheSample).all()]
+    assert sizes and set(sizes) == {1234}
+
+
+def test_a_reset_stops_the_builder_even_while_a_lease_wants_it(world: World) -> None:
+    world.lease()
+    world.backend.answering.add(world.key)
+    world.run()
+    world.run()
+    with world.store.transaction() as session:
+        assert builder_service.request_reset(session, world.project_id) == 1
+    world.run()
+    assert world.row()[0] == "stopped"
+    assert world.backend.stopped == [world.key]
+    assert len(world.backend.started) == 1
+    # The next run starts it again for the lease that still wants it.
+    world.run()
+    assert world.row()[0] == "starting"
+
+
+def test_a_running_builder_whose_process_exits_is_marked_stopped(world: World) -> None:
+    world.lease()
+    world.backend.answering.add(world.key)
+    world.run()
+    world.run()
+    world.backend.alive_now.clear()
+    world.run()
+    assert world.row()[0] == "stopped"
+    assert world.backend.stopped == []
+
+
+def test_shutdown_stops_every_builder(world: World) -> None:
+    world.lease()
+    world.run()
+    asyncio.run(world.reconciler.shutdown())
+    assert world.backend.stopped_all
+    assert world.row()[0] == "stopped"
+
+
+def test_leftovers_of_an_earlier_supervisor_are_reaped_and_marked_stopped(world: World) -> None:
+    with world.store.transaction() as session:
+        builder_service.set_state(session, world.project_id, PLATFORM, BuilderState.RUNNING, pid=99)
+    asyncio.run(reap_leftovers(world.store, world.backend))
+    assert world.backend.reaped == [RecordedBuilder(world.project_id, PLATFORM, 99)]
+    assert world.row()[0] == "stopped"

@@ -1,0 +1,126 @@
+"""The status tap on a recorded conversation: HTTP/2 frames as a BuildKit client and buildkitd exchange
+them (HPACK headers, CONTINUATION, padding, gRPC messages split across frames and reads, gzip), fed in
+chunks of every size."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import UTC, datetime
+
+import hpack
+import pytest
+from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
+
+from opendepot.buildkit.status import decode
+from opendepot.gateway.tap import PREFACE, StatusTap
+from opendepot.gen.moby.buildkit.v1 import control_pb
+
+DATA, HEADERS, SETTINGS, CONTINUATION = 0x0, 0x1, 0x4, 0x9
+END_STREAM, END_HEADERS, PADDED = 0x1, 0x4, 0x8
+STATUS, SOLVE = 1, 3
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def grpc(message: bytes, *, compressed: bool = False) -> bytes:
+    body = gzip.compress(message) if compressed else message
+    return bytes([1 if compressed else 0]) + len(body).to_bytes(4, "big") + body
+
+
+def status_message(name: str, log: bytes) -> bytes:
+    at = Timestamp.from_datetime(datetime(2026, 1, 1, tzinfo=UTC))
+    message = control_pb.StatusResponse(
+        vertexes=[control_pb.Vertex(digest=f"sha256:{name}", name=name, started=at, cached=False)],
+        logs=[control_pb.VertexLog(vertex=f"sha256:{name}", timestamp=at, stream=1, msg=log)],
+    )
+    return message.to_binary()
+
+
+FIRST, SECOND, THIRD = (
+    status_message("a", b"one\n"),
+    status_message("b", b"two\n"),
+    status_message("c", b"3\n"),
+)
+
+
+def recorded() -> tuple[bytes, bytes]:
+    """(client → buildkitd bytes, buildkitd → client bytes)."""
+    encoder = hpack.Encoder()
+    status_block = encoder.encode(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/moby.buildkit.v1.Control/Status"),
+            ("te", "trailers"),
+        ]
+    )
+    solve_block = encoder.encode([(":method", "POST"), (":path", "/moby.buildkit.v1.Control/Solve")])
+    half = len(status_block) // 2
+    client = b"".join(
+        [
+            PREFACE,
+            frame(SETTINGS, 0, 0, b""),
+            # The Status request's header block split over HEADERS + CONTINUATION.
+            frame(HEADERS, 0, STATUS, status_block[:half]),
+            frame(CONTINUATION, END_HEADERS, STATUS, status_block[half:]),
+            frame(HEADERS, END_HEADERS | PADDED, SOLVE, bytes([3]) + solve_block + b"\0\0\0"),
+            frame(DATA, END_STREAM, STATUS, grpc(b"request body the tap ignores")),
+        ]
+    )
+    first, second = grpc(FIRST), grpc(SECOND, compressed=True)
+    server = b"".join(
+        [
+            frame(SETTINGS, 0, 0, b""),
+            frame(HEADERS, END_HEADERS, STATUS, hpack.Encoder().encode([(":status", "200")])),
+            # One gRPC message split across two DATA frames, the second frame also starting the next one.
+            frame(DATA, 0, STATUS, first[:7]),
+            frame(DATA, PADDED, STATUS, bytes([2]) + first[7:] + second[:3] + b"\0\0"),
+            frame(DATA, 0, STATUS, second[3:]),
+            # The Solve stream's data is none of the tap's business.
+            frame(DATA, 0, SOLVE, grpc(THIRD)),
+            frame(DATA, 0, STATUS, grpc(THIRD)),
+            # Trailers end the Status stream.
+            frame(HEADERS, END_HEADERS | END_STREAM, STATUS, hpack.Encoder().encode([("grpc-status", "0")])),
+        ]
+    )
+    return client, server
+
+
+def feed(data: bytes, sink: object, size: int) -> None:
+    for i in range(0, len(data), size):
+        sink(data[i : i + size])  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 64, 1 << 20])
+def test_the_tap_reads_every_status_message_and_nothing_else(chunk: int) -> None:
+    seen: list[bytes] = []
+    ended: list[bool] = []
+    tap = StatusTap(seen.append, lambda: ended.append(True))
+    client, server = recorded()
+    feed(client, tap.from_client, chunk)
+    feed(server, tap.from_server, chunk)
+    assert seen == [FIRST, SECOND, THIRD]
+    assert ended == [True]
+    assert tap.enabled
+
+
+def test_what_the_tap_reads_becomes_steps_and_logs() -> None:
+    vertices, logs = decode(FIRST)
+    assert [(v.digest, v.name, v.started) for v in vertices] == [
+        ("sha256:a", "a", datetime(2026, 1, 1, tzinfo=UTC))
+    ]
+    assert [(chunk.digest, chunk.stream, chunk.data) for chunk in logs] == [("sha256:a", 1, b"one\n")]
+
+
+def test_a_surprise_turns_the_tap_off_without_raising() -> None:
+    seen: list[bytes] = []
+    tap = StatusTap(seen.append)
+    client, server = recorded()
+    tap.from_client(client)
+    # A compressed flag on a body that is not gzip: decoding fails inside the tap.
+    tap.from_server(frame(DATA, 0, STATUS, bytes([1]) + (4).to_bytes(4, "big") + b"nope"))
+    assert not tap.enabled
+    tap.from_server(server)
+    assert seen == []

@@ -1,0 +1,120 @@
+"""Usage figures from recorded builds, leases and cache samples, against the definitions in
+usage/service.py (half-open periods, whole billed minutes scaled by CPUs, cache at the end of the period,
+time-weighted average)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from opendepot.auth import Principal, TokenKind
+from opendepot.builds.models import Build, Lease
+from opendepot.errors import InvalidArgument
+from opendepot.organizations import service as organizations
+from opendepot.projects import service as projects
+from opendepot.store import Store
+from opendepot.store.engine import sqlite_url
+from opendepot.usage import queries as usage_queries
+from opendepot.usage import service as usage
+
+START = datetime(2026, 3, 1, tzinfo=UTC)
+END = START + timedelta(days=1)
+GIB = 1 << 30
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store.open(sqlite_url(tmp_path), tmp_path)
+    try:
+        yield store
+    finally:
+        store.dispose()
+
+
+def setup(store: Store) -> tuple[Principal, str]:
+    with store.transaction() as session:
+        org = organizations.create_organization(session, "acme")
+        admin = Principal(kind=TokenKind.ORGANIZATION, token_id="t", organization_id=org.id)
+        project = projects.create_project(
+            session,
+            admin,
+            projects.Settings(regions=("r",), default_region="r"),
+            name="web",
+            organization_id=None,
+            region_id="",
+            cache_policy=None,
+            hardware=None,
+        )
+        p = project.id
+
+        def build(build_id: str, created: datetime, seconds: float) -> None:
+            session.add(
+                Build(
+                    id=build_id,
+                    project_id=p,
+                    organization_id=org.id,
+                    status="success",
+                    options=[],
+                    created_at=created,
+                    started_at=created,
+                    finished_at=created + timedelta(seconds=seconds),
+                )
+            )
+
+        def lease(lease_id: str, build_id: str, acquired: datetime, seconds: float, hardware: str) -> None:
+            session.add(
+                Lease(
+                    id=lease_id,
+                    build_id=build_id,
+                    project_id=p,
+                    platform="amd64",
+                    hardware=hardware,
+                    acquired_at=acquired,
+                    heartbeat_at=acquired,
+                    released_at=acquired + timedelta(seconds=seconds),
+                )
+            )
+
+        build("b000000001", START - timedelta(seconds=1), 100)  # before the period: not counted
+        build("b000000002", START, 30)  # the start is inside (half-open)
+        build("b000000003", END - timedelta(seconds=1), 90)  # counted whole, though it ends after
+        build("b000000004", END, 10)  # the end is outside
+        session.flush()
+        lease("l000000001", "b000000002", START, 61, "16x32")  # 2 whole minutes at 1 per minute
+        lease("l000000002", "b000000003", END - timedelta(seconds=1), 30, "4x4")  # 1 minute at 0.25
+        lease("l000000003", "b000000004", END, 600, "16x32")  # outside
+        usage_queries.add_sample(session, p, "amd64", START - timedelta(hours=1), 2 * GIB)
+        usage_queries.add_sample(session, p, "amd64", START + timedelta(hours=12), 4 * GIB)
+        usage_queries.add_sample(session, p, "arm64", START + timedelta(hours=18), 1 * GIB)
+        usage_queries.add_sample(session, p, "amd64", END + timedelta(hours=1), 100 * GIB)
+        return admin, p
+
+
+def test_project_figures_follow_the_definitions(store: Store) -> None:
+    admin, project_id = setup(store)
+    with store.transaction() as session:
+        figures = usage.project_usage(session, admin, project_id, usage.period(START, END))
+    assert figures.build_count == 2
+    assert figures.build_duration_seconds == 30 + 90
+    assert figures.minutes_billed == pytest.approx(2 + 0.25)
+    # The last sample before the end, per platform: 4 GiB on amd64 + 1 GiB on arm64.
+    assert figures.layer_cache_bytes == 5 * GIB and figures.layer_cache_size_gb == 5
+
+
+def test_the_cache_average_weights_each_sample_by_how_long_it_held(store: Store) -> None:
+    admin, _project_id = setup(store)
+    with store.transaction() as session:
+        totals = usage.organization_usage(session, admin, usage.period(START, END))
+    # amd64: 2 GiB for 12 h, then 4 GiB for 12 h = 3 GiB; arm64: 1 GiB for the last 6 h = 0.25 GiB.
+    assert totals.cache_gb_average == pytest.approx(3.25)
+    assert [f.build_count for f in totals.projects] == [2]
+
+
+def test_a_period_must_end_after_it_starts() -> None:
+    with pytest.raises(InvalidArgument, match="end_at"):
+        usage.period(START, START)
+    with pytest.raises(InvalidArgument, match="start_at"):
+        usage.period(None, END)
