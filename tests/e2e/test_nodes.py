@@ -62,9 +62,13 @@ def test_two_nodes_share_builds_and_hand_over_the_singular_duties(database: str,
     data_dir = tmp_path / "data"
     nodes = []
     try:
-        node_a = Server(data_dir=data_dir, database_url=database, extra_args=["--registry", "off"]).start()
+        node_a = Server(data_dir=data_dir, database_url=database, extra_args=["--registry", "off"]).start(
+            timeout=120
+        )
         nodes.append(node_a)
-        node_b = Server(data_dir=data_dir, database_url=database, extra_args=["--registry", "off"]).start()
+        node_b = Server(data_dir=data_dir, database_url=database, extra_args=["--registry", "off"]).start(
+            timeout=120
+        )
         nodes.append(node_b)
         held_by = holder(database)
         assert held_by is not None and f":{supervisor_pid(node_a)}:" in held_by

@@ -8,6 +8,7 @@ from collections import Counter
 from sqlalchemy.orm import Session
 
 from opendepot.builders import queries as builder_queries
+from opendepot.builders.states import BuilderState
 from opendepot.builds import queries as build_queries
 from opendepot.metrics import metrics
 from opendepot.store import Store
@@ -28,7 +29,7 @@ class StoreGauges:
             builds = build_queries.count_by_status(session)
             machines = builder_queries.all_machines(session)
             leases = build_queries.active_leases(session)
-            running = {(m.project_id, m.platform) for m in machines if m.state == "running"}
+            running = {(m.project_id, m.platform) for m in machines if m.state == BuilderState.RUNNING}
             pending = sum(1 for project, platform, _build in leases if (project, platform) not in running)
             return builds, Counter(m.state for m in machines), len(leases), pending
 
