@@ -132,9 +132,9 @@ def main() -> None:
         local_server = Server(data_dir=work / "local" / "data", database_url=None)
         (work / "k8s").mkdir()
         (work / "local").mkdir()
-        pod_server.start(timeout=120)
-        local_server.start(timeout=120)
         try:
+            pod_server.start(timeout=120)
+            local_server.start(timeout=120)
             with httpx.Client(timeout=120) as http:
                 # (a) cold starts: finish the build, wait until the idle pod is gone, acquire again.
                 project = new_project(http, pod_server, "bench-k8s")

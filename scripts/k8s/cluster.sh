@@ -341,7 +341,7 @@ cluster_down() {
   # Shims of this containerd name its socket on their command line; only those are killed.
   local proc
   for proc in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$proc/cmdline" 2>/dev/null | grep -q -- "-address $CONTAINERD_SOCK "; then
+    if { tr '\0' ' ' <"$proc/cmdline"; } 2>/dev/null | grep -q -- "-address $CONTAINERD_SOCK "; then
       kill -KILL "${proc#/proc/}" 2>/dev/null || true
     fi
   done
