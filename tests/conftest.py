@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -7,10 +8,12 @@ import httpx
 import pytest
 
 from tests.support.server import (
+    STARTED_DATA_DIRS,
     Server,
     create_postgres_database,
     drop_postgres_database,
     postgres_admin_url,
+    remove_builder_users,
 )
 
 BACKENDS = ["sqlite", "postgres"]
@@ -53,3 +56,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if Path(str(item.fspath)).parent.name == "e2e":
             item.add_marker(pytest.mark.e2e)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Sandboxed builders run as host users of their own; the servers are stopped by now."""
+    if os.geteuid() == 0:
+        for data_dir in STARTED_DATA_DIRS:
+            remove_builder_users(data_dir)

@@ -17,6 +17,20 @@ REPO = Path(__file__).resolve().parents[2]
 OPENDEPOT = [sys.executable, "-m", "opendepot.cli"]
 
 
+# Data dirs of every server this test process started: their sandboxed builders' host users are removed
+# when the session ends (tests/conftest.py), not at each stop, so a restarted server keeps its caches.
+STARTED_DATA_DIRS: set[Path] = set()
+
+
+def remove_builder_users(data_dir: Path) -> None:
+    """Deletes the host users (and their subordinate ids) of a data dir's sandboxed builders."""
+    from opendepot.builders.sandbox import Sandbox
+
+    sandbox = Sandbox(data_dir, "buildkitd")
+    for name in sandbox.users():
+        sandbox.remove_user(name)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -72,6 +86,7 @@ class Server:
         if self.tls:
             args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         log = self.log_path.open("ab")
+        STARTED_DATA_DIRS.add(self.data_dir)
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         deadline = time.monotonic() + timeout
         with httpx.Client(verify=False) as client:

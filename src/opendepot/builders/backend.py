@@ -17,6 +17,8 @@ class BuilderSpec:
     platform: str
     cache: CacheSetting
     hardware: str = "16x32"
+    # BuildKit entitlements the operator allowed for the project (network.host, security.insecure).
+    entitlements: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

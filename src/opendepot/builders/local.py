@@ -19,6 +19,7 @@ from opendepot.processes import terminate
 
 from .backend import BuilderSpec, RecordedBuilder
 from .cgroups import CgroupLimits, hardware_size
+from .sandbox import CNI_PLUGINS, Sandbox
 
 logger = logging.getLogger("opendepot.machines")
 
@@ -30,14 +31,24 @@ class LocalBuildkitd:
     """One stock buildkitd per (project, platform) on this host, listening only on a unix socket.
     Its --root is the project's cache directory, which outlives the process."""
 
-    def __init__(self, buildkitd: str, paths: DataDir, insecure_registries: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        buildkitd: str,
+        paths: DataDir,
+        insecure_registries: Sequence[str] = (),
+        sandbox: Sandbox | None = None,
+    ) -> None:
         self.buildkitd = buildkitd
         self.insecure_registries = tuple(insecure_registries)
         self.paths = paths
         self._processes: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
         self.limits = CgroupLimits()
+        # None only with --unsafe-builders: buildkitd as host root on the host network.
+        self.sandbox = sandbox
 
     def socket_path(self, project_id: str, platform: str) -> Path:
+        if self.sandbox is not None:
+            return self.sandbox.socket_path(project_id, platform)
         return self.paths.builder_socket(project_id, platform)
 
     def state_dir(self, project_id: str, platform: str) -> Path:
@@ -45,6 +56,18 @@ class LocalBuildkitd:
 
     def _config(self, spec: BuilderSpec) -> str:
         key = f"{spec.project_id}-{spec.platform}"
+        if self.sandbox is not None:
+            return buildkitd_toml(
+                state_dir=self.sandbox.buildkit_root(spec.project_id, spec.platform),
+                socket=self.socket_path(spec.project_id, spec.platform),
+                keep_bytes=spec.cache.keep_bytes,
+                keep_days=spec.cache.keep_days,
+                # Rootless runc on cgroup v1 makes no per-step cgroups: the builder's own (joined before
+                # exec) cover the steps.
+                cgroup_parent=None,
+                insecure_registries=self.insecure_registries,
+                cni_bridge=CNI_PLUGINS,
+            )
         return buildkitd_toml(
             state_dir=self.state_dir(spec.project_id, spec.platform),
             socket=self.socket_path(spec.project_id, spec.platform),
@@ -56,6 +79,8 @@ class LocalBuildkitd:
         )
 
     async def start(self, spec: BuilderSpec) -> int:
+        if self.sandbox is not None:
+            return await self._start_sandboxed(spec, self.sandbox)
         key = (spec.project_id, spec.platform)
         self.paths.run.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.paths.logs.mkdir(parents=True, exist_ok=True)
@@ -67,7 +92,12 @@ class LocalBuildkitd:
         config.write_text(self._config(spec))
         log = self.paths.builder_log(*key).open("ab")
         process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the child runs on its own
-            [self.buildkitd, "--config", str(config)],
+            [
+                self.buildkitd,
+                "--config",
+                str(config),
+                *(f"--allow-insecure-entitlement={e}" for e in spec.entitlements),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -78,6 +108,46 @@ class LocalBuildkitd:
         cpus, memory_gb = hardware_size(spec.hardware)
         enforced = self.limits.apply(f"{spec.project_id}-{spec.platform}", process.pid, cpus, memory_gb)
         logger.info("builder %s/%s: hardware %s, limits enforced: %s", *key, spec.hardware, enforced)
+        return process.pid
+
+    async def _start_sandboxed(self, spec: BuilderSpec, sandbox: Sandbox) -> int:
+        key = (spec.project_id, spec.platform)
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        self.paths.run.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The socket's usual place in the data dir names the real one (short, under /run/opendepot), so
+        # `buildctl --addr unix://<data-dir>/run/<project>-<platform>.sock` works as with unsafe builders.
+        for link, target in (
+            (self.paths.builder_socket(*key), sandbox.socket_path(*key)),
+            (self.paths.builder_config(*key), sandbox.config_path(*key)),
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            link.symlink_to(target)
+        cpus, memory_gb = hardware_size(spec.hardware)
+        command, join_cgroups = await asyncio.to_thread(
+            sandbox.prepare,
+            *key,
+            self.state_dir(*key),
+            self._config(spec),
+            cpus,
+            memory_gb << 30,
+            spec.entitlements,
+        )
+        log = self.paths.builder_log(*key).open("ab")
+        process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the child runs on its own
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=join_cgroups,  # noqa: PLW1509 - runs as root, before setpriv drops to the user
+        )
+        log.close()
+        self._processes[key] = process
+        logger.info(
+            "builder %s/%s: sandboxed (rootless, own netns), %d CPUs, %d GB memory, %d pids",
+            *key, cpus, memory_gb, sandbox.pids_max,
+        )  # fmt: skip
         return process.pid
 
     async def ready(self, project_id: str, platform: str) -> bool:
@@ -96,7 +166,16 @@ class LocalBuildkitd:
         process = self._processes.pop((project_id, platform), None)
         if process is not None:
             await terminate(process)
-        self.limits.remove(f"{project_id}-{platform}")
+        if self.sandbox is not None:
+            await asyncio.to_thread(self.sandbox.finish, project_id, platform)
+            for link in (
+                self.paths.builder_socket(project_id, platform),
+                self.paths.builder_config(project_id, platform),
+            ):
+                with contextlib.suppress(FileNotFoundError):
+                    link.unlink()
+        else:
+            self.limits.remove(f"{project_id}-{platform}")
 
     async def discard(self, project_id: str, platform: str) -> None:
         """Nothing: the state dir goes with the project's cache directory (builders/reset.py)."""

@@ -20,7 +20,7 @@ from opendepot.builds import queries as build_queries
 from opendepot.builds import service as builds
 from opendepot.clock import utcnow
 from opendepot.projects import queries as project_queries
-from opendepot.projects.service import cache_of
+from opendepot.projects.service import cache_of, entitlements_of
 from opendepot.store import Store
 from opendepot.usage import queries as usage_queries
 
@@ -146,7 +146,11 @@ class BuilderReconciler:
         if project is None:
             return
         spec = BuilderSpec(
-            project_id=key[0], platform=key[1], cache=cache_of(project), hardware=project.hardware
+            project_id=key[0],
+            platform=key[1],
+            cache=cache_of(project),
+            hardware=project.hardware,
+            entitlements=entitlements_of(project),
         )
         pid = await self.backend.start(spec)
         await self._enter(key, builder, BuilderState.STARTING, pid=pid)

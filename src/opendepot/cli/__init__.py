@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     tokens.register(commands)
     usage.register(commands)
     admin.register_login(commands)
+    admin.register_entitlements(commands)
     projects.register(commands)
     trust_policies.register(commands)
     builds.register(commands)

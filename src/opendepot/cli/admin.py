@@ -8,9 +8,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from opendepot.errors import NotFound
 from opendepot.logins import service as logins
 from opendepot.organizations import queries as org_queries
 from opendepot.organizations import service as organizations
+from opendepot.projects import queries as project_queries
+from opendepot.projects import service as projects
 from opendepot.store import Store
 from opendepot.tokens import service as tokens
 
@@ -44,6 +47,38 @@ def register_login(commands: Any) -> None:
     approve.add_argument("--org", default="default", help="organization id or name (default: default)")
     add_store_arguments(approve)
     approve.set_defaults(run=admin(_approve_login))
+
+
+def register_entitlements(commands: Any) -> None:
+    entitlements = commands.add_parser(
+        "entitlements",
+        help="BuildKit entitlements a project's builders may grant (on the store directly; the operator's "
+        "decision: they loosen the builder sandbox, which still holds)",
+    )
+    entitlements.add_argument("project_id")
+    entitlements.add_argument(
+        "--allow",
+        action="append",
+        choices=projects.ENTITLEMENTS,
+        help="allow this entitlement (repeatable); takes effect when the project's builders next start",
+    )
+    entitlements.add_argument("--none", action="store_true", help="allow none again (the default)")
+    add_store_arguments(entitlements)
+    entitlements.set_defaults(run=admin(_entitlements))
+
+
+def _entitlements(store: Store, args: argparse.Namespace) -> None:
+    if args.allow or args.none:
+        allowed = args.allow or []
+        store.call(lambda s: projects.set_entitlements(s, args.project_id, allowed))
+
+    def allowed_now(session: Session) -> str:
+        project = project_queries.get(session, args.project_id)
+        if project is None:
+            raise NotFound(f"project {args.project_id} not found")
+        return ",".join(projects.entitlements_of(project)) or "none"
+
+    print(f"{args.project_id}\t{store.call(allowed_now)}")
 
 
 def _create_org(store: Store, args: argparse.Namespace) -> None:

@@ -23,6 +23,8 @@ class Project(Base):
     cache_keep_days: Mapped[int] = mapped_column(Integer)
     hardware: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # BuildKit entitlements its builders may grant (comma-separated; an operator's decision, issue 13).
+    allowed_entitlements: Mapped[str] = mapped_column(String(255), default="", server_default="")
 
 
 class TrustPolicy(Base):

@@ -65,6 +65,13 @@ def all_ids(session: Session) -> list[str]:
     return list(session.scalars(select(Project.id)))
 
 
+def existing_ids(session: Session, project_ids: Sequence[str]) -> set[str]:
+    """Which of these projects still exist."""
+    if not project_ids:
+        return set()
+    return set(session.scalars(select(Project.id).where(Project.id.in_(project_ids))).all())
+
+
 def delete_project(session: Session, project_id: str) -> None:
     # The project's tokens and builds go by ON DELETE CASCADE (the store turns foreign keys on in SQLite).
     session.execute(delete(TrustPolicy).where(TrustPolicy.project_id == project_id))

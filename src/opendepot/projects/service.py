@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal
 from opendepot.clock import utcnow
-from opendepot.errors import AlreadyExists, NotFound, ResourceExhausted
+from opendepot.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from opendepot.ids import new_id
 from opendepot.organizations import queries as org_queries
 from opendepot.organizations.models import Organization
@@ -39,6 +39,28 @@ PROJECTS_LIST = "projects"
 class Settings:
     regions: tuple[str, ...]
     default_region: str
+
+
+# What BuildKit may grant a build that asks (`--allow`) when the operator allows it for a project.
+ENTITLEMENTS = ("network.host", "security.insecure")
+
+
+def entitlements_of(project: Project) -> tuple[str, ...]:
+    return tuple(e for e in project.allowed_entitlements.split(",") if e)
+
+
+def set_entitlements(session: Session, project_id: str, entitlements: Sequence[str]) -> Project:
+    """Operator only (an admin command on the store): entitlements loosen the builder sandbox."""
+    unknown = sorted(set(entitlements) - set(ENTITLEMENTS))
+    if unknown:
+        raise InvalidArgument(
+            "entitlement", f"unknown: {', '.join(unknown)}; known: {', '.join(ENTITLEMENTS)}"
+        )
+    project = queries.get(session, project_id)
+    if project is None:
+        raise NotFound(f"project {project_id} not found")
+    project.allowed_entitlements = ",".join(e for e in ENTITLEMENTS if e in entitlements)
+    return project
 
 
 def cache_of(project: Project) -> CacheSetting:

@@ -3,7 +3,9 @@ the builder reconciler, the BuildKit gateway with its step recorder, and the reg
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
@@ -12,6 +14,7 @@ from opendepot.builders.kubernetes import KubernetesBuildkitd, PruneDeletedProje
 from opendepot.builders.kubernetes import KubernetesSettings as PodSettings
 from opendepot.builders.local import LocalBuildkitd
 from opendepot.builders.reconciler import BuilderReconciler, ReconcilerSettings, reap_leftovers
+from opendepot.builders.sandbox import Sandbox
 from opendepot.builds import queries as build_queries
 from opendepot.gateway.listener import Gateway
 from opendepot.gateway.recorder import StepRecorder
@@ -80,15 +83,75 @@ class ReconcilerDuty:
             await current.shutdown()
 
 
+def open_sandbox(config: Config) -> Sandbox | None:
+    """The builders' sandbox, or None with --unsafe-builders (said loudly at every start). A host that
+    cannot sandbox them stops the server here: builders are never silently downgraded."""
+    if config.builders.unsafe_builders:
+        logging.getLogger("opendepot.builders").warning(
+            "UNSAFE BUILDERS: --unsafe-builders is set; buildkitd and every RUN step run as host root on the "
+            "host network and can read this server's traffic and reach every local service. Never run "
+            "untrusted code like this."
+        )
+        return None
+    registries = insecure_registries(config) or (config.registry.listen,)
+    sandbox = Sandbox(
+        config.server.data_dir,
+        config.builders.buildkitd,
+        registry_endpoints=[_split_endpoint(host) for host in registries],
+        pids_max=config.builders.pids_max,
+        rootlesskit=config.builders.rootlesskit,
+    )
+    if problems := sandbox.problems():
+        raise SystemExit(
+            "opendepot: builders cannot be sandboxed on this host: "
+            + "; ".join(problems)
+            + ". Fix that (./dev setup installs what is missing), or pass --unsafe-builders to run them as "
+            "host root on the host network (never for untrusted code)."
+        )
+    sandbox.open()
+    return sandbox
+
+
+def _split_endpoint(host_port: str) -> tuple[str, int]:
+    host, _, port = host_port.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class DeletedProjectsJanitor:
+    """Builder users own their project's cache; once the project is deleted, they go too."""
+
+    name = "builder users of deleted projects"
+    interval = 30.0
+
+    def __init__(self, sandbox: Sandbox, store: Store, config: Config) -> None:
+        self.sandbox = sandbox
+        self.store = store
+        self.config = config
+
+    def _existing(self, project_ids: list[str]) -> set[str]:
+        with self.store.transaction() as session:
+            return project_queries.existing_ids(session, project_ids)
+
+    async def run_once(self) -> None:
+        await asyncio.to_thread(
+            self.sandbox.forget_deleted_projects, self._existing, self.config.paths.builder_state
+        )
+
+
 @contextlib.asynccontextmanager
 async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:
     """The singular parts of the server: the machine manager and the BuildKit gateway."""
     store = Store(config.store.database_url)
     backend: Backend
+    sandbox: Sandbox | None = None
     if config.kubernetes.backend == "kubernetes":
+        # Pods are sandboxed by the cluster (builders/kubernetes.py), not by this host.
         backend = kubernetes_backend(config)
     else:
-        backend = LocalBuildkitd(config.builders.buildkitd, config.paths, insecure_registries(config))
+        sandbox = await asyncio.to_thread(open_sandbox, config)
+        backend = LocalBuildkitd(
+            config.builders.buildkitd, config.paths, insecure_registries(config), sandbox
+        )
 
     async def lease_is_live(project_id: str, build_id: str, platform: str) -> bool:
         return await store.read(lambda s: build_queries.lease_is_live(s, project_id, build_id, platform))
@@ -127,6 +190,8 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:
     loops.start(Gated(reconciler, singular))
     loops.start(Gated(StoreGauges(store, config.kubernetes.backend), singular))
     loops.start(recorder)
+    if sandbox is not None:
+        loops.start(DeletedProjectsJanitor(sandbox, store, config))
     registry_process = None
     if (registry := open_registry(config, store)) is not None:
         registry_process = RegistryProcess(
@@ -158,4 +223,6 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:
         await singular.release()
         if registry_process is not None:
             await registry_process.stop()
+        if sandbox is not None:
+            await asyncio.to_thread(sandbox.close)
         store.dispose()

@@ -189,6 +189,24 @@ class BuilderSettings:
         parse=float,
         metavar="SECONDS",
     )
+    unsafe_builders: bool = setting(
+        "run builders as host root on the host network, without the sandbox (never for untrusted code)",
+        lambda: False,
+        parse=_bool,
+        metavar="BOOL",
+    )
+    rootlesskit: str | None = setting(
+        "the RootlessKit (>= 2) binary of sandboxed builders (default: next to buildkitd, then on PATH)",
+        lambda: None,
+        metavar="PATH",
+    )
+    pids_max: int = setting(
+        "most processes and threads one sandboxed builder (buildkitd and its RUN steps) may have",
+        lambda: 1024,
+        parse=int,
+        metavar="N",
+        name="builder_pids_max",
+    )
 
 
 @dataclass(frozen=True)
@@ -445,6 +463,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for group, _field, option in _options():
         if group not in sections:
             sections[group] = parser.add_argument_group(f"{group} options")
+        # A boolean flag alone means true (`--unsafe-builders`); `--status-tap false` still works.
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if option.parse is _bool else {}
         sections[group].add_argument(
             *filter(None, (option.flag, option.alias)),
             dest=option.name,
@@ -452,6 +472,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=None,
             action="append" if option.repeatable else "store",
             help=f"{option.help} [env {option.env}]",
+            **switch,
         )
 
 
@@ -519,6 +540,8 @@ def _check(config: Config) -> None:
         raise ConfigError("--lease-timeout must be positive and --builder-idle-timeout not negative")
     if config.kubernetes.backend not in ("local", "kubernetes"):
         raise ConfigError(f"--builders must be local or kubernetes, got {config.kubernetes.backend!r}")
+    if config.builders.pids_max < 64:
+        raise ConfigError("--builder-pids-max must be at least 64 (buildkitd's own threads count)")
     if not 1 <= config.server.workers <= 64:
         raise ConfigError("--workers must be between 1 and 64")
     try:

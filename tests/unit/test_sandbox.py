@@ -1,0 +1,76 @@
+"""The sandbox's pure parts: host-global names per server instance, the nft ruleset, the launch command."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from opendepot.builders.sandbox import BuilderUser, Sandbox, instance_id
+from opendepot.server.config import ConfigError, add_arguments, resolve
+
+
+def test_names_differ_per_data_dir_project_and_platform(tmp_path: Path) -> None:
+    one, two = Sandbox(tmp_path / "a", "buildkitd"), Sandbox(tmp_path / "b", "buildkitd")
+    assert one.instance != two.instance and one.table != two.table
+    names = {s.user_name(p, pl) for s in (one, two) for p in ("p1", "p2") for pl in ("amd64", "arm64")}
+    assert len(names) == 8
+    # useradd's limit is 32 characters
+    assert all(name.startswith("odb-") and len(name) <= 32 for name in names)
+    assert one.user_name("p1", "amd64") == Sandbox(tmp_path / "a", "x").user_name("p1", "amd64")
+    assert instance_id(tmp_path / "a") == one.instance
+
+
+def test_socket_paths_stay_short_whatever_the_data_dir(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 120) / "data"
+    sandbox = Sandbox(deep, "buildkitd")
+    # buildkitd puts its own sockets under the runtime dir: unix socket paths must stay under 108 bytes.
+    assert len(str(sandbox.runtime_dir("abcdefghij", "amd64") / "run/buildkit/otel-grpc.sock")) < 100
+
+
+def test_ruleset_allows_only_the_registry_among_local_destinations(tmp_path: Path) -> None:
+    sandbox = Sandbox(tmp_path, "buildkitd", registry_endpoints=[("127.0.0.1", 47500)])
+    rules = sandbox._nft_ruleset()
+    assert f"table inet odb_{sandbox.instance}" in rules
+    assert "meta skuid @uids jump builder" in rules
+    lines = [line.strip() for line in rules.splitlines()]
+    accept = lines.index("ip daddr 127.0.0.1 tcp dport 47500 accept")
+    reject = lines.index("meta l4proto tcp fib daddr type local reject with tcp reset")
+    assert accept < reject
+    assert "ip daddr 169.254.0.0/16 reject" in lines
+    everywhere = Sandbox(tmp_path, "buildkitd", registry_endpoints=[("0.0.0.0", 5000)])._nft_ruleset()
+    assert "meta l4proto tcp th dport 5000 fib daddr type local accept" in everywhere
+
+
+def test_launch_drops_to_the_builder_user_with_a_death_signal(tmp_path: Path) -> None:
+    sandbox = Sandbox(tmp_path, "/opt/bk/buildkitd", rootlesskit="/opt/bk/rootlesskit")
+    user = BuilderUser("odb-x", 1234, 1235)
+    runtime = sandbox.runtime_dir("p", "amd64")
+    command = sandbox.command(user, runtime, runtime / "buildkitd.toml")
+    assert command[:6] == [
+        "setpriv",
+        "--reuid=1234",
+        "--regid=1235",
+        "--init-groups",
+        "--pdeathsig=TERM",
+        "env",
+    ]
+    rk = command.index("/opt/bk/rootlesskit")
+    assert {"--net=slirp4netns", "--detach-netns", "--disable-host-loopback"} <= set(command[rk:])
+    assert command[-1] == "/opt/bk/buildkitd"
+    assert 'exec "$@" --config "$config"' in command[command.index("-c") + 1]
+
+
+def test_unsafe_builders_is_a_flag_and_pids_max_is_checked(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--data-dir", str(tmp_path), "--unsafe-builders"])
+    assert resolve(args, {}).builders.unsafe_builders is True
+    tap_off = resolve(parser.parse_args(["--data-dir", str(tmp_path), "--status-tap", "false"]), {})
+    assert tap_off.gateway.status_tap is False
+    config = resolve(parser.parse_args(["--data-dir", str(tmp_path)]), {})
+    assert config.builders.unsafe_builders is False and config.builders.pids_max == 1024
+    args = parser.parse_args(["--data-dir", str(tmp_path), "--builder-pids-max", "10"])
+    with pytest.raises(ConfigError, match="builder-pids-max"):
+        resolve(args, {})
