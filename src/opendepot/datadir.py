@@ -42,6 +42,11 @@ class DataDir:
         return self.root / "run"
 
     @property
+    def metrics(self) -> Path:
+        """prometheus_client's multiprocess samples of the supervisor and the API workers (metrics.py)."""
+        return self.root / "run" / "metrics"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 

@@ -160,6 +160,7 @@ def test_one_log_line_per_rpc_without_secrets(server: Server, org: tuple[str, st
         ],
     )
     lines = [json.loads(line) for line in server.log_text().splitlines() if line.startswith('{"ts"')]
+    lines = [r for r in lines if r.get("msg") == "rpc"]
     assert pid
     create = [r for r in lines if r["method"] == "depot.core.v1.ProjectService/CreateProject"][-1]
     assert create["code"] == "ok" and create["token_kind"] == "organization" and len(create["token_id"]) == 10

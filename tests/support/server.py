@@ -70,7 +70,7 @@ class Server:
             args += ["--database-url", self.database_url]
         return args
 
-    def start(self, timeout: float = 30) -> Server:
+    def start(self, timeout: float = 120) -> Server:
         args = [
             *OPENDEPOT,
             "serve",

@@ -3,16 +3,14 @@ errors to Connect codes and writes one structured log line (method, code, durati
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 from time import perf_counter
 from typing import Any
 
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 
-from opendepot.clock import utcnow
+from opendepot.metrics import metrics
 
 from .calls import Call, current_call
 from .errors import to_connect_error
@@ -37,7 +35,6 @@ class CallInterceptor:
                 log.error("unexpected error in %s", call.method, exc_info=error)
         principal = call.principal
         record = {
-            "ts": utcnow().isoformat(timespec="milliseconds"),
             "msg": "rpc",
             "method": call.method,
             "code": code,
@@ -45,17 +42,13 @@ class CallInterceptor:
             "token_kind": principal.kind.value if principal else None,
             "token_id": principal.token_id if principal else None,
         }
+        if principal is not None and principal.build_id:
+            record["build_id"] = principal.build_id
         if mapped is not None and code != "ok":
             record["error"] = mapped.message
-        log.info(json.dumps(record, separators=(",", ":")))
+        log.info("rpc", extra={"fields": record})
+        measured = metrics()
+        measured.rpc_requests.labels(call.method, code).inc()
+        measured.rpc_seconds.labels(call.method).observe(perf_counter() - call.started)
         if mapped is not None and mapped is not error:
             raise mapped
-
-
-def configure_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger("opendepot")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from .cgroups import CgroupLimits, hardware_size
 from .sandbox import CNI_PLUGINS, Sandbox
 
 logger = logging.getLogger("opendepot.machines")
+
+
+LEFTOVER_GRACE_SECONDS = 5.0
 
 
 class LocalBuildkitd:
@@ -173,6 +177,9 @@ class LocalBuildkitd:
         else:
             self.limits.remove(f"{project_id}-{platform}")
 
+    async def discard(self, project_id: str, platform: str) -> None:
+        """Nothing: the state dir goes with the project's cache directory (builders/reset.py)."""
+
     async def disk_usage(self, project_id: str, platform: str) -> int | None:
         """The cache size as BuildKit itself reports it (`buildctl du`), or None if it cannot say."""
         buildctl = Path(self.buildkitd).with_name("buildctl")
@@ -199,6 +206,7 @@ class LocalBuildkitd:
         await asyncio.to_thread(self._kill_leftovers, recorded)
 
     def _kill_leftovers(self, recorded: Sequence[RecordedBuilder]) -> None:
+        signalled = []
         for builder in recorded:
             if builder.pid:
                 # Only a buildkitd of ours: the pid may have been reused by anything since.
@@ -206,6 +214,16 @@ class LocalBuildkitd:
                 with contextlib.suppress(OSError):
                     if self.buildkitd.encode() in cmdline.read_bytes():
                         os.killpg(builder.pid, signal.SIGTERM)
+                        signalled.append(builder.pid)
+        # A new buildkitd on the same state dir cannot start while the old one holds its lock, and a
+        # buildkitd with open client streams drains them before it exits: wait, then insist.
+        deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
+        while signalled and time.monotonic() < deadline:
+            signalled = [pid for pid in signalled if Path(f"/proc/{pid}").exists()]
+            time.sleep(0.1)
+        for pid in signalled:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(p, pl) for p, pl in list(self._processes)))

@@ -116,7 +116,7 @@ class BuilderReconciler:
         if step.action == Action.START:
             await self._start(key, builder)
         elif step.action == Action.STOP:
-            await self._stop(key, builder, step.state)
+            await self._stop(key, builder, step.state, discard=reset)
         elif step.state != builder.state:
             if step.state == BuilderState.STOPPED:
                 log.warning("builder %s/%s exited; it restarts on the next lease", *key)
@@ -163,11 +163,16 @@ class BuilderReconciler:
         if size is not None:
             await self.store.run(lambda s: usage_queries.add_sample(s, key[0], key[1], utcnow(), size))
 
-    async def _stop(self, key: tuple[str, str], builder: Builder, state: BuilderState) -> None:
+    async def _stop(
+        self, key: tuple[str, str], builder: Builder, state: BuilderState, *, discard: bool = False
+    ) -> None:
         if builder.state == BuilderState.RUNNING and self.backend.alive(*key):
             await self._sample(key, builder)
         self.gateway.cut_project(key[0], key[1])
         await self.backend.stop(*key)
+        if discard:
+            # A reset or delete: what the backend keeps beyond the cache directory goes too (a volume).
+            await self.backend.discard(*key)
         await self._enter(key, builder, state)
         log.info("stopped builder %s/%s", *key)
 

@@ -27,14 +27,18 @@ def set_state(
     if machine is None:
         machine = Machine(project_id=project_id, platform=platform, state=state, updated_at=utcnow())
         session.add(machine)
-    machine.state, machine.pid, machine.error, machine.updated_at = state, pid, error, utcnow()
+    # starting -> running keeps the pid recorded at start: a node taking over reaps builders by it.
+    if pid is not None or state not in ACTIVE:
+        machine.pid = pid
+    machine.state, machine.error, machine.updated_at = state, error, utcnow()
 
 
 def request_reset(session: Session, project_id: str) -> int:
-    """Asks the manager to stop the project's builders. Returns how many it must stop first."""
+    """Asks the manager to stop the project's builders and discard what the backend keeps of them (a
+    stopped builder may still have a cache volume). Returns how many it must handle first."""
     pending = 0
     for machine in queries.all_machines(session):
-        if machine.project_id == project_id and machine.state in (*ACTIVE, BuilderState.RESETTING):
+        if machine.project_id == project_id:
             machine.state, machine.updated_at = BuilderState.RESETTING, utcnow()
             pending += 1
     return pending

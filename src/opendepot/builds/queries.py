@@ -254,3 +254,8 @@ def latest_builds(session: Session, project_ids: Sequence[str]) -> dict[str, Bui
         newest, and_(Build.project_id == newest.c.project_id, Build.created_at == newest.c.at)
     )
     return {b.project_id: b for b in session.scalars(stmt)}
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Build.status, func.count()).group_by(Build.status))
+    return {status: count for status, count in rows}

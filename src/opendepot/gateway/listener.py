@@ -13,7 +13,10 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+from opendepot.logs import current_build
+from opendepot.metrics import metrics
 from opendepot.pki.authority import Authority, identity_of, project_of_server_name
 
 from .recorder import StepRecorder
@@ -110,7 +113,14 @@ class Gateway:
         for writer in writers:
             writer.close()
         if writers:
-            log.info("cut %d connection(s) of build %s/%s: %s", len(writers), key[0], key[1], why)
+            log.info(
+                "cut %d connection(s) of build %s/%s: %s",
+                len(writers),
+                key[0],
+                key[1],
+                why,
+                extra={"build_id": key[0]},
+            )
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sslobj = writer.get_extra_info("ssl_object")
@@ -122,7 +132,12 @@ class Gateway:
             writer.close()
             return
         if not await self.lease_is_live(identity.project_id, identity.build_id, identity.platform):
-            log.info("refused build %s/%s: no live lease", identity.build_id, identity.platform)
+            log.info(
+                "refused build %s/%s: no live lease",
+                identity.build_id,
+                identity.platform,
+                extra={"build_id": identity.build_id},
+            )
             writer.close()
             return
         try:
@@ -131,7 +146,11 @@ class Gateway:
             writer.close()
             return
         key = (identity.build_id, identity.platform)
+        current_build.set(identity.build_id)  # this connection's task: every log line names the build
         self._connections.setdefault(key, set()).add(writer)
+        measured = metrics()
+        measured.gateway_connections.inc()
+        measured.gateway_open.inc()
         self._projects[key] = identity.project_id
         try:
             # The tap reads the Status stream on its way to the client; the bytes pass unchanged.
@@ -143,8 +162,12 @@ class Gateway:
                     lambda raw: recorder.status(build_id, raw), lambda: recorder.flush_soon(build_id)
                 )
                 up, down = tap.from_client, tap.from_server
-            await asyncio.gather(_pipe(reader, builder_writer, up), _pipe(builder_reader, writer, down))
+            await asyncio.gather(
+                _pipe(reader, builder_writer, up, measured.gateway_bytes.labels("to_builder")),
+                _pipe(builder_reader, writer, down, measured.gateway_bytes.labels("to_client")),
+            )
         finally:
+            measured.gateway_open.dec()
             self._connections.get(key, set()).discard(writer)
             for w in (writer, builder_writer):
                 w.close()
@@ -155,12 +178,16 @@ def _ignore(_data: bytes) -> None:
 
 
 async def _pipe(
-    source: asyncio.StreamReader, sink: asyncio.StreamWriter, observe: Callable[[bytes], None]
+    source: asyncio.StreamReader,
+    sink: asyncio.StreamWriter,
+    observe: Callable[[bytes], None],
+    counted: Any,
 ) -> None:
     with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
         while data := await source.read(CHUNK):
             sink.write(data)
             observe(data)
+            counted.inc(len(data))
             await sink.drain()
     with contextlib.suppress(OSError, RuntimeError):
         if sink.can_write_eof():

@@ -70,4 +70,6 @@ class StepRecorder:
             try:
                 await self.store.run(write)
             except Exception:
-                log.exception("could not record the steps of build %s", build_id)
+                log.exception(
+                    "could not record the steps of build %s", build_id, extra={"build_id": build_id}
+                )

@@ -4,6 +4,7 @@ from opendepot.builders.models import Machine
 from opendepot.builds.models import Build, Lease, StatusReport
 from opendepot.dashboard.models import DashboardSession
 from opendepot.logins.models import LoginRequest
+from opendepot.nodes.models import SingularLease
 from opendepot.oidc.models import TokenUse
 from opendepot.organizations.models import Organization
 from opendepot.projects.models import Project, TrustPolicy
@@ -25,6 +26,7 @@ __all__ = [
     "Maintenance",
     "Organization",
     "Project",
+    "SingularLease",
     "StatusReport",
     "Token",
     "TokenUse",

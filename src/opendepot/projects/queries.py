@@ -61,6 +61,10 @@ def with_organizations(
     return [(p, o) for p, o in session.execute(stmt).tuples()]
 
 
+def all_ids(session: Session) -> list[str]:
+    return list(session.scalars(select(Project.id)))
+
+
 def existing_ids(session: Session, project_ids: Sequence[str]) -> set[str]:
     """Which of these projects still exist."""
     if not project_ids:

@@ -16,6 +16,7 @@ import os
 import secrets
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -108,8 +109,15 @@ def registry_config(settings: ProcessSettings, signer: TokenSigner, http_secret:
 
 class RegistryProcess:
     def __init__(
-        self, settings: ProcessSettings, signer: TokenSigner, store: Store, client: RegistryClient
+        self,
+        settings: ProcessSettings,
+        signer: TokenSigner,
+        store: Store,
+        client: RegistryClient,
+        gc_allowed: Callable[[], bool] = lambda: True,
     ) -> None:
+        # With several nodes on one store, only the holder of the singular duties collects garbage.
+        self.gc_allowed = gc_allowed
         self.settings = settings
         self.signer = signer
         self.store = store
@@ -209,5 +217,5 @@ class RegistryProcess:
         if not self.alive():
             log.warning("the registry exited; starting it again")
             await self.start()
-        if await self.store.run(self._gc_due):
+        if self.gc_allowed() and await self.store.run(self._gc_due):
             await self.collect_garbage()

@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
+from opendepot.builders.backend import Backend
+from opendepot.builders.kubernetes import KubernetesBuildkitd, PruneDeletedProjects
+from opendepot.builders.kubernetes import KubernetesSettings as PodSettings
 from opendepot.builders.local import LocalBuildkitd
 from opendepot.builders.reconciler import BuilderReconciler, ReconcilerSettings, reap_leftovers
 from opendepot.builders.sandbox import Sandbox
@@ -21,7 +24,9 @@ from opendepot.registry.process import ProcessSettings, RegistryProcess
 from opendepot.store import Store
 
 from .config import Config
+from .gauges import StoreGauges
 from .loops import Loops
+from .singular import Gated, SingularLease
 from .worker import open_registry
 
 
@@ -30,6 +35,52 @@ def insecure_registries(config: Config) -> tuple[str, ...]:
     if config.registry.binary and config.registry.host == f"{config.registry.url.split('://', 1)[1]}":
         return (config.registry.host,)
     return ()
+
+
+def kubernetes_backend(config: Config) -> KubernetesBuildkitd:
+    settings = config.kubernetes
+    _host, colon, port = config.registry.host.rpartition(":")
+    return KubernetesBuildkitd(
+        PodSettings(
+            kubeconfig=settings.kubeconfig,
+            namespace=settings.namespace,
+            image=settings.image,
+            storage_class=settings.storage_class,
+            gateway_cidrs=settings.gateway_cidrs,
+            registry_cidrs=settings.registry_cidrs,
+            registry_port=int(port) if colon and port.isdigit() else None,
+            insecure_registries=insecure_registries(config),
+        ),
+        Authority(config.paths.pki),
+    )
+
+
+class ReconcilerDuty:
+    """The builder reconciler as a singular duty: a fresh one each time this node takes the duties over
+    (its memory of starting and running builders is only valid while it holds them)."""
+
+    name = "builder reconciler"
+
+    def __init__(self, make: Callable[[], BuilderReconciler]) -> None:
+        self.make = make
+        self.current: BuilderReconciler | None = None
+
+    @property
+    def interval(self) -> float:
+        return self.current.interval if self.current is not None else 0.2
+
+    def renew(self) -> None:
+        self.current = self.make()
+
+    async def run_once(self) -> None:
+        if self.current is not None:
+            await self.current.run_once()
+
+    async def shutdown(self) -> None:
+        """Stops the builders this node runs (their caches stay); the next holder starts them again."""
+        if self.current is not None:
+            current, self.current = self.current, None
+            await current.shutdown()
 
 
 def open_sandbox(config: Config) -> Sandbox | None:
@@ -88,12 +139,19 @@ class DeletedProjectsJanitor:
 
 
 @contextlib.asynccontextmanager
-async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
+async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:
     """The singular parts of the server: the machine manager and the BuildKit gateway."""
-    sandbox = await asyncio.to_thread(open_sandbox, config)
     store = Store(config.store.database_url)
-    backend = LocalBuildkitd(config.builders.buildkitd, config.paths, insecure_registries(config), sandbox)
-    await reap_leftovers(store, backend)
+    backend: Backend
+    sandbox: Sandbox | None = None
+    if config.kubernetes.backend == "kubernetes":
+        # Pods are sandboxed by the cluster (builders/kubernetes.py), not by this host.
+        backend = kubernetes_backend(config)
+    else:
+        sandbox = await asyncio.to_thread(open_sandbox, config)
+        backend = LocalBuildkitd(
+            config.builders.buildkitd, config.paths, insecure_registries(config), sandbox
+        )
 
     async def lease_is_live(project_id: str, build_id: str, platform: str) -> bool:
         return await store.read(lambda s: build_queries.lease_is_live(s, project_id, build_id, platform))
@@ -107,18 +165,30 @@ async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
     )
     host, port = config.gateway.host_port
     await gateway.start(host, port)
-    manager = BuilderReconciler(
-        store,
-        backend,
-        gateway,
-        ReconcilerSettings(
-            lease_timeout=timedelta(seconds=config.builders.lease_timeout),
-            idle_timeout=timedelta(seconds=config.builders.idle_timeout),
-            sample_seconds=config.builders.usage_sample_seconds,
-        ),
+    settings = ReconcilerSettings(
+        lease_timeout=timedelta(seconds=config.builders.lease_timeout),
+        idle_timeout=timedelta(seconds=config.builders.idle_timeout),
+        sample_seconds=config.builders.usage_sample_seconds,
     )
+    reconciler = ReconcilerDuty(lambda: BuilderReconciler(store, backend, gateway, settings))
+
+    async def take_over() -> None:
+        # What an earlier holder left running is stopped, then a fresh reconciler takes over from the rows.
+        await reap_leftovers(store, backend)
+        reconciler.renew()
+
+    singular = SingularLease(store, take_over, reconciler.shutdown)
+    await singular.run_once()  # a lone node holds the duties before it serves its first build
     loops = Loops()
-    loops.start(manager)
+    loops.start(singular)
+    if isinstance(backend, KubernetesBuildkitd):
+
+        async def project_ids() -> set[str]:
+            return set(await store.read(project_queries.all_ids))
+
+        loops.start(Gated(PruneDeletedProjects(backend, project_ids), singular))
+    loops.start(Gated(reconciler, singular))
+    loops.start(Gated(StoreGauges(store, config.kubernetes.backend), singular))
     loops.start(recorder)
     if sandbox is not None:
         loops.start(DeletedProjectsJanitor(sandbox, store, config))
@@ -137,18 +207,20 @@ async def builder_services(config: Config) -> AsyncIterator[BuilderReconciler]:
             registry.signer,
             store,
             registry.client,
+            gc_allowed=singular.holding,
         )
         await registry_process.start()
         loops.start(registry_process)
     try:
-        yield manager
+        yield reconciler
     finally:
         # The order matters: no loop may run against what is being closed; the last steps get written
         # before the gateway drops the connections; builders stop before the registry they push to.
         await loops.stop()
         await recorder.flush()
         await gateway.close()
-        await manager.shutdown()
+        await reconciler.shutdown()
+        await singular.release()
         if registry_process is not None:
             await registry_process.stop()
         if sandbox is not None:

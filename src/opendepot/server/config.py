@@ -210,6 +210,51 @@ class BuilderSettings:
 
 
 @dataclass(frozen=True)
+class KubernetesSettings:
+    """Builders as pods (`--builders kubernetes`; builders/kubernetes.py)."""
+
+    backend: str = setting(
+        "where builders run: local (buildkitd processes on this host) or kubernetes (pods in --namespace)",
+        lambda: "local",
+        metavar="BACKEND",
+        name="builders",
+    )
+    kubeconfig: str | None = setting(
+        "kubeconfig for --builders kubernetes (default: the pod's service account)",
+        lambda: None,
+        metavar="FILE",
+    )
+    namespace: str = setting(
+        "Kubernetes namespace opendepot creates builder pods, volumes and policies in",
+        lambda: "opendepot-builders",
+        metavar="NS",
+    )
+    image: str = setting(
+        "buildkitd image of builder pods (README: Kubernetes, building it with opendepot)",
+        lambda: "opendepot.local/buildkitd:v0.34.2",
+        metavar="IMAGE",
+        name="builder_image",
+    )
+    storage_class: str | None = setting(
+        "StorageClass of builder cache volumes (default: the cluster's default class)",
+        lambda: None,
+        metavar="NAME",
+    )
+    gateway_cidrs: tuple[str, ...] = setting(
+        "addresses the gateway reaches builder pods from (NetworkPolicy ingress; comma-separated CIDRs)",
+        lambda: (),
+        parse=_csv,
+        metavar="LIST",
+    )
+    registry_cidrs: tuple[str, ...] = setting(
+        "addresses of the registry builder pods push to (NetworkPolicy egress; comma-separated CIDRs)",
+        lambda: (),
+        parse=_csv,
+        metavar="LIST",
+    )
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     listen: str = setting(
         "address of the BuildKit gateway (mTLS) that clients dial",
@@ -333,6 +378,7 @@ class Config:
     store: StoreSettings
     projects: ProjectSettings
     builders: BuilderSettings
+    kubernetes: KubernetesSettings
     gateway: GatewaySettings
     registry: RegistrySettings
     oidc: OidcSettings
@@ -492,6 +538,8 @@ def _derive(values: dict[str, Any], sources: dict[str, str]) -> None:
 def _check(config: Config) -> None:
     if config.builders.lease_timeout <= 0 or config.builders.idle_timeout < 0:
         raise ConfigError("--lease-timeout must be positive and --builder-idle-timeout not negative")
+    if config.kubernetes.backend not in ("local", "kubernetes"):
+        raise ConfigError(f"--builders must be local or kubernetes, got {config.kubernetes.backend!r}")
     if config.builders.pids_max < 64:
         raise ConfigError("--builder-pids-max must be at least 64 (buildkitd's own threads count)")
     if not 1 <= config.server.workers <= 64:

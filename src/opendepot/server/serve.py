@@ -5,7 +5,8 @@ from __future__ import annotations
 import faulthandler
 import sys
 
-from opendepot.api.interceptor import configure_logging
+from opendepot import metrics
+from opendepot.logs import configure_logging
 from opendepot.registry.keys import ensure_keys
 from opendepot.store import Store
 
@@ -29,6 +30,7 @@ def serve(config: Config) -> None:
     faulthandler.enable()
     configure_logging(config.server.log_level)
     _prepare(config)
+    metrics.prepare(config.paths.metrics)
     scheme = "https" if config.api.tls_cert else "http"
     host, port = config.api.host_port
     print(

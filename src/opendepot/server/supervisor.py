@@ -20,7 +20,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.utils import wrap_app
 
-from opendepot.api.interceptor import configure_logging
+from opendepot.logs import configure_logging
 from opendepot.processes import die_with_parent
 
 from .background import builder_services

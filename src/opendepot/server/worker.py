@@ -13,6 +13,7 @@ from typing import Any
 
 from opendepot.api.auth import Authenticator
 from opendepot.api.deps import Deps
+from opendepot.api.http.asgi import Receive, Scope, Send
 from opendepot.api.http.login_page import LoginPage
 from opendepot.api.http.registry import RegistryEndpoints
 from opendepot.api.http.router import HttpHandler, Router
@@ -23,6 +24,7 @@ from opendepot.builders.access import BuilderAccess
 from opendepot.builders.reset import BuilderReset
 from opendepot.builds import service as builds
 from opendepot.dashboard.app import Dashboard
+from opendepot.metrics import exposition
 from opendepot.oidc.verifier import OidcVerifier
 from opendepot.pki.authority import Authority
 from opendepot.projects.lifecycle import ProjectLifecycle
@@ -35,6 +37,14 @@ from opendepot.store import Store
 from .config import Config
 
 log = logging.getLogger("opendepot.server")
+
+
+async def metrics_endpoint(_scope: Scope, _receive: Receive, send: Send) -> None:
+    """Prometheus text format: the samples of the supervisor and every API worker (metrics.py)."""
+    body, content_type = await asyncio.to_thread(exposition)
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def build_app(config: Config, store: Store) -> HttpHandler:
@@ -69,7 +79,7 @@ def build_app(config: Config, store: Store) -> HttpHandler:
         found = await store.read(lambda s: builds.shared(s, secret))
         return None if found is None else shared_build_page(*found)
 
-    routes: dict[str, HttpHandler] = {"/login/": LoginPage(deps)}
+    routes: dict[str, HttpHandler] = {"/login/": LoginPage(deps), "/metrics": metrics_endpoint}
     if registry is not None:
         endpoints = RegistryEndpoints(deps.authn, registry)
         routes.update({"/registry/token": endpoints.token, "/registry/events": endpoints.events})

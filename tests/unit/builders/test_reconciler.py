@@ -30,6 +30,7 @@ class FakeBackend:
     def __init__(self) -> None:
         self.started: list[BuilderSpec] = []
         self.stopped: list[tuple[str, str]] = []
+        self.discarded: list[tuple[str, str]] = []
         self.alive_now: set[tuple[str, str]] = set()
         self.answering: set[tuple[str, str]] = set()
         self.reaped: list[RecordedBuilder] = []
@@ -52,6 +53,9 @@ class FakeBackend:
     async def stop(self, project_id: str, platform: str) -> None:
         self.stopped.append((project_id, platform))
         self.alive_now.discard((project_id, platform))
+
+    async def discard(self, project_id: str, platform: str) -> None:
+        self.discarded.append((project_id, platform))
 
     async def stop_all(self) -> None:
         self.stopped_all = True
@@ -187,6 +191,8 @@ def test_a_reset_stops_the_builder_even_while_a_lease_wants_it(world: World) -> 
     world.run()
     assert world.row()[0] == "stopped"
     assert world.backend.stopped == [world.key]
+    # ... and what the backend keeps of it beyond the cache directory (a Kubernetes volume) goes too.
+    assert world.backend.discarded == [world.key]
     assert len(world.backend.started) == 1
     # The next run starts it again for the lease that still wants it.
     world.run()

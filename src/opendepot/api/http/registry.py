@@ -12,12 +12,14 @@ import base64
 import binascii
 import hmac
 import json
+from typing import Any
 from urllib.parse import parse_qs
 
 from opendepot.api.auth import Authenticator
 from opendepot.api.http.asgi import MAX_BODY, Receive, Scope, Send, header, read_body, respond_json
 from opendepot.auth import Principal
 from opendepot.errors import Unauthenticated
+from opendepot.metrics import metrics
 from opendepot.registry.operations import Registry
 
 
@@ -100,4 +102,17 @@ class RegistryEndpoints:
         # Answer first: the registry holds the client's request until its notification sink returns, so a
         # push would otherwise wait for the image's size to be read back.
         await respond_json(send, 202, {"accepted": len(envelope.get("events") or [])})
+        metrics().registry_pushes.inc(manifest_pushes(envelope))
         await self.registry.record(envelope)
+
+
+def manifest_pushes(envelope: dict[str, Any]) -> int:
+    """Pushes of manifests (not blobs) among a notification's events."""
+    events = envelope.get("events") or []
+    return sum(
+        1
+        for event in events
+        if isinstance(event, dict)
+        and event.get("action") == "push"
+        and "manifest" in str((event.get("target") or {}).get("mediaType", ""))
+    )

@@ -1,0 +1,295 @@
+"""Builders as pods on a real one-node Kubernetes (`./dev k8s up`; `./dev test` starts it): `depot build`
+through `opendepot serve --builders kubernetes`, the gateway dialing buildkitd's own mTLS listener in the pod.
+
+Skips only when the cluster is not there: OPENDEPOT_TEST_KUBERNETES_SKIP says why `./dev test` could not start
+it, and without OPENDEPOT_TEST_KUBECONFIG nobody started one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from opendepot.builders.kubernetes import userns_base
+from tests.e2e.test_builds import build, builds_of, new_project, step_states
+from tests.support.builds import builds_possible, busybox_context
+from tests.support.clients import depot
+from tests.support.server import Server
+
+REPO = Path(__file__).resolve().parents[2]
+KUBECONFIG = os.environ.get("OPENDEPOT_TEST_KUBECONFIG", "")
+IDLE_SECONDS = 3
+# The test cluster's pod bridge: the host (where the gateway runs) is 10.213.0.1 on it (scripts/k8s).
+GATEWAY_CIDR = "10.213.0.1/32"
+
+pytestmark = [
+    pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible())),
+    pytest.mark.skipif(
+        not KUBECONFIG,
+        reason=os.environ.get("OPENDEPOT_TEST_KUBERNETES_SKIP")
+        or "no test cluster: set OPENDEPOT_TEST_KUBECONFIG (./dev test runs ./dev k8s up)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def core() -> Any:
+    from kubernetes import client, config
+
+    return client.CoreV1Api(config.new_client_from_config(config_file=KUBECONFIG))
+
+
+@pytest.fixture(scope="module")
+def namespace(core: Any) -> Iterator[str]:
+    name = f"opendepot-test-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def k8s_server(tmp_path_factory: pytest.TempPathFactory, namespace: str) -> Iterator[Server]:
+    data_dir = tmp_path_factory.mktemp("server-k8s") / "data"
+    server = Server(
+        data_dir=data_dir,
+        database_url=None,
+        extra_args=[
+            "--builders",
+            "kubernetes",
+            "--kubeconfig",
+            KUBECONFIG,
+            "--namespace",
+            namespace,
+            "--storage-class",
+            "opendepot-hostpath",
+            "--gateway-cidrs",
+            GATEWAY_CIDR,
+            "--builder-idle-timeout",
+            str(IDLE_SECONDS),
+        ],
+    ).start(timeout=120)  # the first Kubernetes client import and calls are slow on a busy machine
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def token(k8s_server: Server) -> str:
+    return k8s_server.new_organization()[1]
+
+
+def pods_of(core: Any, namespace: str, project: str) -> list[Any]:
+    selector = f"opendepot.dev/project={project}"
+    return [
+        p
+        for p in core.list_namespaced_pod(namespace, label_selector=selector).items
+        if p.metadata.deletion_timestamp is None
+    ]
+
+
+def claims_of(core: Any, namespace: str, project: str) -> list[Any]:
+    selector = f"opendepot.dev/project={project}"
+    return list(core.list_namespaced_persistent_volume_claim(namespace, label_selector=selector).items)
+
+
+def wait_for(what: str, check: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_build_in_a_pod_and_its_cache_survives_scale_to_zero(
+    k8s_server: Server, token: str, core: Any, namespace: str, tmp_path: Path
+) -> None:
+    project = new_project(k8s_server, token, "pods")
+    context = busybox_context(
+        tmp_path / "ctx", "echo built-by-run > /where", "cat /where; cat /proc/self/uid_map > /uid_map"
+    )
+
+    code, first = build(k8s_server, token, project, context, "--output", f"type=local,dest={tmp_path / 'o1'}")
+    assert code == 0, first
+    assert set(step_states(first).values()) == {"DONE"}, step_states(first)
+    pod_name = f"buildkitd-{project}-amd64"
+    assert (tmp_path / "o1" / "where").read_text() == "built-by-run\n"
+    # The step ran as root of the builder's own user namespace: unprivileged ids on the host.
+    assert (tmp_path / "o1" / "uid_map").read_text().split() == [
+        "0",
+        str(userns_base(project, "amd64")),
+        "65536",
+    ]
+    [pod] = pods_of(core, namespace, project)
+    assert pod.metadata.name == pod_name
+    assert pod.metadata.labels["app.kubernetes.io/managed-by"] == "opendepot"
+    assert pod.metadata.labels["opendepot.dev/platform"] == "amd64"
+    assert not pod.spec.containers[0].security_context.privileged
+    limits = pod.spec.containers[0].resources.limits
+    assert limits == {"cpu": "16", "memory": "32Gi"} or limits == {"cpu": "16000m", "memory": "32768Mi"}
+    [claim] = claims_of(core, namespace, project)
+    assert claim.status.phase == "Bound"
+    assert claim.spec.storage_class_name == "opendepot-hostpath"
+    # The build ran in the pod's buildkitd: its state is on the pod's volume (a hostPath PV on this node).
+    volume = Path(core.read_persistent_volume(claim.spec.volume_name).spec.host_path.path)
+    assert (volume / "buildkitd.lock").exists() and (volume / "runc-overlayfs").is_dir()
+
+    # Idle: zero pods, the volume stays.
+    wait_for("the idle builder pod to go", lambda: not pods_of(core, namespace, project), timeout=60)
+    assert [c.metadata.uid for c in claims_of(core, namespace, project)] == [claim.metadata.uid]
+
+    code, again = build(k8s_server, token, project, context, "--output", f"type=local,dest={tmp_path / 'o2'}")
+    assert code == 0, again
+    states = step_states(again)
+    assert len(states) == 2 and set(states.values()) == {"CACHED"}, states
+    assert (tmp_path / "o2" / "where").read_text() == "built-by-run\n"
+    assert [b["status"] for b in builds_of(k8s_server, token, project)] == ["finished", "finished"]
+
+
+def test_two_projects_get_two_pods_and_two_volumes_and_share_no_cache(
+    k8s_server: Server, token: str, core: Any, namespace: str, tmp_path: Path
+) -> None:
+    first, second = new_project(k8s_server, token, "one"), new_project(k8s_server, token, "two")
+    context = busybox_context(tmp_path / "ctx", "echo same-step > /f", "sleep 3")
+    seen: dict[str, set[str]] = {first: set(), second: set()}
+    results: dict[str, tuple[int, str]] = {}
+
+    def run(project: str) -> None:
+        results[project] = build(k8s_server, token, project, context)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in (first, second)]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        for project in seen:
+            seen[project] |= {p.metadata.name for p in pods_of(core, namespace, project)}
+        time.sleep(0.3)
+    for project in (first, second):
+        code, output = results[project]
+        assert code == 0, output
+        # The same steps, but neither project reuses the other's cache.
+        assert set(step_states(output).values()) == {"DONE"}, step_states(output)
+        assert seen[project] == {f"buildkitd-{project}-amd64"}
+        assert len(claims_of(core, namespace, project)) == 1
+    volumes = {claims_of(core, namespace, p)[0].spec.volume_name for p in (first, second)}
+    assert len(volumes) == 2
+
+
+def test_a_build_whose_pod_is_killed_fails_and_the_next_build_works(
+    k8s_server: Server, token: str, core: Any, namespace: str, tmp_path: Path
+) -> None:
+    project = new_project(k8s_server, token, "killed")
+    slow = busybox_context(tmp_path / "slow", "echo started", "sleep 60")
+    pod_name = f"buildkitd-{project}-amd64"
+    result: dict[str, tuple[int, str]] = {}
+    runner = threading.Thread(
+        target=lambda: result.setdefault("slow", build(k8s_server, token, project, slow))
+    )
+    runner.start()
+
+    def running_in_pod() -> bool:
+        pods = pods_of(core, namespace, project)
+        running = bool(pods) and pods[0].status.phase == "Running"
+        return running and builds_of(k8s_server, token, project)[0]["status"] == "running"
+
+    wait_for("the slow build to run in its pod", running_in_pod, timeout=120)
+    time.sleep(4)  # into the sleep step
+    core.delete_namespaced_pod(pod_name, namespace, grace_period_seconds=0)
+    runner.join(timeout=180)
+    assert not runner.is_alive()
+    code, output = result["slow"]
+    assert code != 0, output
+    wait_for(
+        "the build to be recorded as failed",
+        lambda: builds_of(k8s_server, token, project)[0]["status"] == "failed",
+        timeout=60,
+    )
+
+    quick = busybox_context(tmp_path / "quick", "echo after-the-kill > /f", "cat /f")
+    code, output = build(k8s_server, token, project, quick)
+    assert code == 0, output
+    assert "after-the-kill" in output
+    statuses = sorted(b["status"] for b in builds_of(k8s_server, token, project))
+    assert statuses == ["failed", "finished"]
+
+
+def test_reset_project_deletes_the_volume_and_empties_the_cache(
+    k8s_server: Server, token: str, core: Any, namespace: str, tmp_path: Path
+) -> None:
+    project = new_project(k8s_server, token, "reset")
+    context = busybox_context(tmp_path / "ctx", "echo cached-until-reset > /f")
+    code, output = build(k8s_server, token, project, context)
+    assert code == 0, output
+    [claim] = claims_of(core, namespace, project)
+
+    reset = depot(k8s_server.url, token, "cache", "reset", "--project", project)
+    assert reset.returncode == 0, reset.stderr
+    assert claims_of(core, namespace, project) == []
+    assert pods_of(core, namespace, project) == []
+
+    code, output = build(k8s_server, token, project, context)
+    assert code == 0, output
+    assert set(step_states(output).values()) == {"DONE"}, step_states(output)
+    [new_claim] = claims_of(core, namespace, project)
+    assert new_claim.metadata.uid != claim.metadata.uid
+
+
+def test_deleted_project_leaves_nothing_in_the_namespace(
+    k8s_server: Server, token: str, core: Any, namespace: str, tmp_path: Path
+) -> None:
+    project = new_project(k8s_server, token, "deleted")
+    code, output = build(k8s_server, token, project, busybox_context(tmp_path / "ctx", "echo x"))
+    assert code == 0, output
+    deleted = depot(k8s_server.url, token, "projects", "delete", "--project-id", project, "--yes")
+    assert deleted.returncode == 0, deleted.stderr + deleted.stdout
+    selector = f"opendepot.dev/project={project}"
+    assert claims_of(core, namespace, project) == []
+    assert core.list_namespaced_secret(namespace, label_selector=selector).items == []
+
+
+def test_deploy_manifests_render_and_pass_the_api_servers_dry_run() -> None:
+    """deploy/kubernetes (kustomize): rendered by kubectl and validated by the cluster's API server
+    (server-side dry run, which runs admission and schema validation), RBAC limited to the builder
+    namespace."""
+    kubectl = [str(REPO / "scripts/k8s/cluster.sh"), "kubectl", "--kubeconfig", KUBECONFIG]
+    rendered = subprocess.run(
+        [*kubectl, "kustomize", str(REPO / "deploy/kubernetes")], capture_output=True, text=True, check=False
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    documents = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in documents)
+    assert "Deployment/opendepot" in kinds and "Role/opendepot-builders" in kinds
+    assert not any(d["kind"] in ("ClusterRole", "ClusterRoleBinding") for d in documents)
+    [role] = [d for d in documents if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "opendepot-builders"
+    # Namespaced objects are dry-run into namespaces that exist: made here, removed after.
+    created = []
+    for name in ("opendepot", "opendepot-builders"):
+        made = subprocess.run(
+            [*kubectl, "create", "namespace", name], capture_output=True, text=True, check=False
+        )
+        if made.returncode == 0:
+            created.append(name)
+    try:
+        applied = subprocess.run(
+            [*kubectl, "apply", "--dry-run=server", "-f", "-"],
+            input=rendered.stdout,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert applied.returncode == 0, applied.stderr
+        assert "deployment.apps/opendepot created (server dry run)" in applied.stdout
+    finally:
+        for name in created:
+            subprocess.run([*kubectl, "delete", "namespace", name, "--wait=false"], check=False)
