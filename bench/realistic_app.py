@@ -3,8 +3,9 @@
 A C program of a few hundred generated source files, built in three stages FROM a Debian image made here
 (`opendepot images seed`): `deps` installs Debian packages from the Debian mirror in a RUN step (apt's
 cache and lists in cache mounts, as Docker's own docs advise), `build` compiles with make, and the final
-stage copies the binary and runs it. Its changes: one line of one source file (`small_change`), a new
-revision of the package list (`dependency_change`), nothing (`no change`)."""
+stage copies the binary and runs it. The object files live in a cache mount, so make recompiles only what
+changed where a cache persists (the usual incremental build). Its changes: one line of one source file
+(`small_change`), a new revision of the package list (`dependency_change`), nothing (`no change`)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ FROM deps AS build
 WORKDIR /src
 COPY Makefile ./
 COPY src/ src/
-RUN make -j"$(nproc)" app
+RUN --mount=type=cache,target=/src/obj make -j"$(nproc)" app
 
 FROM {base}
 COPY --from=build /src/app /usr/local/bin/app
@@ -45,11 +46,14 @@ RUN /usr/local/bin/app
 
 MAKEFILE = """\
 SOURCES := $(wildcard src/*.c)
-OBJECTS := $(SOURCES:.c=.o)
+OBJECTS := $(SOURCES:src/%.c=obj/%.o)
 CFLAGS := -O2 -Wall
 
 app: $(OBJECTS)
 \t$(CC) -o $@ $(OBJECTS)
+
+obj/%.o: src/%.c
+\t$(CC) $(CFLAGS) -c -o $@ $<
 """
 
 
