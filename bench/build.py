@@ -14,6 +14,10 @@
     the builder's socket; a fresh random file each run so that all of it crosses; ratio of throughputs.
     - one build,
     - 4 concurrent builds in 4 projects (aggregate throughput).          target: >= 0.9
+(d) The image in the local Docker engine (needs one: `./dev test` starts Debian's dockerd), a small busybox
+    image, cache warm: `depot build --load` vs `depot build` (the difference is the load: push to the project
+    registry, pull into the engine) and vs `docker build` (the engine's own builder, cached) of the same
+    Dockerfile; `depot pull` vs `docker pull` of a saved build from the registry (image removed first).
 
     .venv/bin/python bench/build.py [--runs N] [--context-mb M] [--only api,rebuild,realistic,context]
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
+import json
 import os
 import statistics
 import subprocess
@@ -50,7 +55,7 @@ from tests.support.rpc import call  # noqa: E402
 from tests.support.server import Server, free_port  # noqa: E402
 
 BS = "depot.cli.v1.BuildService"
-SECTIONS = ("api", "rebuild", "realistic", "context")
+SECTIONS = ("api", "rebuild", "realistic", "context", "load")
 
 
 def percentile(values: list[float], q: int) -> float:
@@ -274,7 +279,7 @@ def main() -> None:
     report: list[str] = []
     with tempfile.TemporaryDirectory(prefix="opendepot-bench-build-") as tmp:
         work = Path(tmp)
-        srv = Server(data_dir=work / "data", database_url=None).start()
+        srv = Server(data_dir=work / "data", database_url=None).start(timeout=120)
         try:
             with httpx.Client(timeout=60) as http:
                 project = create_project(http, srv, "bench")
@@ -364,6 +369,8 @@ def main() -> None:
                                 f"realistic app ({args.modules} modules), one-line change", times
                             )
 
+                if "load" in only:
+                    report += load_rows(srv, project, work, env, args.runs)
                 if "context" in only:
                     report += context_rows(http, srv, work, details, socket, args)
         finally:
@@ -380,6 +387,101 @@ def rebuild_rows(label: str, times: dict[str, list[float]]) -> list[str]:
     rows.append(
         f"    depot / buildx remote: {app.ratio_spread(times['depot'], times['buildx'])}"
         f"  [target <= 1.05: {verdict(ratio <= 1.05)}]"
+    )
+    return rows
+
+
+def load_rows(srv: Server, project: str, work: Path, env: dict[str, str], runs: int) -> list[str]:
+    version = subprocess.run(
+        ["docker", "version", "--format", "{{.Server.APIVersion}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if version.returncode != 0:
+        return ["(d) --load and pull: skipped, no Docker engine answers here (./dev test starts one)"]
+    # The CLI's Docker client speaks a newer API than Debian bookworm's engine (1.41): tell it the engine's.
+    docker_env = {**env, "DOCKER_API_VERSION": version.stdout.strip(), "DOCKER_BUILDKIT": "0"}
+    context = busybox_context(work / "load", "echo loaded > /loaded")
+    tag = f"opendepot-bench-load:{project}"
+    docker_tag = f"opendepot-bench-docker:{project}"
+
+    def remove(*images: str) -> None:
+        subprocess.run(["docker", "rmi", "-f", *images], env=docker_env, capture_output=True, check=False)
+
+    app.timed(app.depot_build(project, context, "--load", "-t", tag), docker_env)
+    app.timed(["docker", "build", "-q", "-t", docker_tag, str(context)], docker_env)
+
+    def build_ids() -> set[str]:
+        listed = subprocess.run(
+            [str(app.DEPOT_CLI), "list", "builds", "--project", project, "--output", "json"],
+            capture_output=True,
+            text=True,
+            env=docker_env,
+            check=True,
+        )
+        return {b["id"] for b in json.loads(listed.stdout)}
+
+    before = build_ids()
+    app.timed(app.depot_build(project, context, "--save"), docker_env)
+    [build_id] = build_ids() - before
+    reference = f"{srv.registry_host}/{project}:{build_id}"
+
+    def depot_pull(_i: int) -> float:
+        # Every tag of these layers goes, or the engine would have them already and fetch only a manifest.
+        remove(tag, docker_tag, reference, f"opendepot-bench-pulled:{project}")
+        command = [
+            str(app.DEPOT_CLI),
+            "pull",
+            "--project",
+            project,
+            build_id,
+            "-t",
+            f"opendepot-bench-pulled:{project}",
+        ]
+        return app.timed(command, docker_env)
+
+    def docker_pull(_i: int) -> float:
+        # Every tag of these layers goes, or the engine would have them already and fetch only a manifest.
+        remove(tag, docker_tag, reference, f"opendepot-bench-pulled:{project}")
+        return app.timed(["docker", "pull", "-q", reference], docker_env)
+
+    try:
+        times = measure(
+            "load",
+            runs,
+            [
+                (
+                    "depot --load",
+                    lambda _i: app.timed(app.depot_build(project, context, "--load", "-t", tag), docker_env),
+                ),
+                ("depot", lambda _i: app.timed(app.depot_build(project, context), docker_env)),
+                (
+                    "docker build",
+                    lambda _i: app.timed(
+                        ["docker", "build", "-q", "-t", docker_tag, str(context)], docker_env
+                    ),
+                ),
+            ],
+        )
+        pulls = measure("pull", runs, [("depot pull", depot_pull), ("docker pull", docker_pull)])
+    finally:
+        remove(tag, docker_tag, reference, f"opendepot-bench-pulled:{project}")
+    load_cost = [a - b for a, b in zip(times["depot --load"], times["depot"], strict=True)]
+    rows = [
+        f"(d) the image in the local Docker engine (busybox image, warm), {runs} runs, min / median / max:"
+    ]
+    for name, values in times.items():
+        rows.append(f"      {name:<13}{app.spread(values)}")
+    rows.append(f"      {'load alone':<13}{app.spread(load_cost)}  (depot --load minus depot, run by run)")
+    rows.append(
+        "    depot --load / docker build (cached): "
+        + app.ratio_spread(times["depot --load"], times["docker build"])
+    )
+    for name, values in pulls.items():
+        rows.append(f"      {name:<13}{app.spread(values)}")
+    rows.append(
+        f"    depot pull / docker pull: {app.ratio_spread(pulls['depot pull'], pulls['docker pull'])}"
     )
     return rows
 

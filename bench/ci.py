@@ -97,7 +97,7 @@ def main() -> None:
         sys.exit(f"bench/ci.py cannot run here: {why}")
     with tempfile.TemporaryDirectory(prefix="opendepot-bench-ci-") as tmp:
         work = Path(tmp)
-        srv = Server(data_dir=work / "data", database_url=None).start()
+        srv = Server(data_dir=work / "data", database_url=None).start(timeout=120)
         try:
             token = srv.admin_token
             with httpx.Client(timeout=60) as http:
