@@ -55,6 +55,7 @@ from tests.support.rpc import call  # noqa: E402
 from tests.support.server import Server, free_port  # noqa: E402
 
 BS = "depot.cli.v1.BuildService"
+timed = app.timed  # other benches (bench/kubernetes.py) time their commands with bench.build.timed
 SECTIONS = ("api", "rebuild", "realistic", "context", "load")
 
 
