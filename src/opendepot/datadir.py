@@ -87,3 +87,12 @@ class DataDir:
     @property
     def registry_log(self) -> Path:
         return self.logs / "registry.log"
+
+    @property
+    def registry_mirror(self) -> Path:
+        """The pull-through cache's generated config and, under storage/, what it has cached."""
+        return self.root / "registry-mirror"
+
+    @property
+    def registry_mirror_log(self) -> Path:
+        return self.logs / "registry-mirror.log"

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from opendepot.buildkit.config import buildkitd_toml
@@ -37,9 +37,12 @@ class LocalBuildkitd:
         paths: DataDir,
         insecure_registries: Sequence[str] = (),
         sandbox: Sandbox | None = None,
+        mirrors: Mapping[str, str] | None = None,
     ) -> None:
         self.buildkitd = buildkitd
         self.insecure_registries = tuple(insecure_registries)
+        # upstream registry host -> its pull-through cache (host:port, plain HTTP)
+        self.mirrors = dict(mirrors or {})
         self.paths = paths
         self._processes: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
         self.limits = CgroupLimits()
@@ -67,6 +70,7 @@ class LocalBuildkitd:
                 cgroup_parent=None,
                 insecure_registries=self.insecure_registries,
                 cni_bridge=CNI_PLUGINS,
+                mirrors=self.mirrors,
             )
         return buildkitd_toml(
             state_dir=self.state_dir(spec.project_id, spec.platform),
@@ -76,6 +80,7 @@ class LocalBuildkitd:
             # RUN containers go under the builder's own cgroup, so its limits cover them.
             cgroup_parent=self.limits.group_path(key),
             insecure_registries=self.insecure_registries,
+            mirrors=self.mirrors,
         )
 
     async def start(self, spec: BuilderSpec) -> int:

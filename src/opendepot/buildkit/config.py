@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -15,6 +15,7 @@ def buildkitd_toml(
     cgroup_parent: str | None,
     insecure_registries: Sequence[str],
     cni_bridge: Path | None = None,
+    mirrors: Mapping[str, str] | None = None,
 ) -> str:
     """cni_bridge (the CNI plugins' dir) puts each RUN step in its own netns on a CNI bridge: with rootless
     BuildKit under RootlessKit --detach-netns, that bridge lives in RootlessKit's detached netns; the
@@ -40,7 +41,18 @@ def buildkitd_toml(
             *oci,
             "[worker.containerd]",
             "  enabled = false",
-            *(f'[registry."{host}"]\n  http = true' for host in insecure_registries),
+            *registry_tables(insecure_registries, mirrors or {}),
             "",
         ]
     )
+
+
+def registry_tables(insecure: Sequence[str], mirrors: Mapping[str, str]) -> list[str]:
+    """One `[registry."host"]` table per host (TOML allows no repeats): plain HTTP for our own registry
+    and the pull-through caches; `mirrors` for each upstream (upstream host -> its cache's host:port)."""
+    tables: dict[str, list[str]] = {}
+    for host in dict.fromkeys((*insecure, *mirrors.values())):
+        tables[host] = ["  http = true"]
+    for upstream, mirror in mirrors.items():
+        tables.setdefault(upstream, []).append(f'  mirrors = ["{mirror}"]')
+    return [f'[registry."{host}"]\n' + "\n".join(lines) for host, lines in tables.items()]

@@ -88,9 +88,20 @@ def certificate_builder(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _LoadedCA:
+    """A project's CA as parsed once; `stamp` (inode, mtime) tells whether the file was replaced since."""
+
+    stamp: tuple[int, int]
+    pem: str
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+
 class Authority:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._cas: dict[str, _LoadedCA] = {}
 
     def project_dir(self, project_id: str) -> Path:
         if not looks_like_id(project_id):
@@ -164,12 +175,25 @@ class Authority:
         with os.fdopen(fd, "w") as f:
             f.write(text)
 
+    def _ca(self, project_id: str) -> _LoadedCA:
+        """The project's CA, read and parsed from disk only when it is new or was replaced (a stat per call
+        instead of two reads and a key parse: issuing is on every build's connection path)."""
+        directory = self.ensure_project(project_id)
+        info = os.stat(directory / "ca-key.pem")
+        stamp = (info.st_ino, info.st_mtime_ns)
+        loaded = self._cas.get(project_id)
+        if loaded is not None and loaded.stamp == stamp:
+            return loaded
+        pem = (directory / "ca.pem").read_text()
+        key = serialization.load_pem_private_key((directory / "ca-key.pem").read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        loaded = _LoadedCA(stamp, pem, x509.load_pem_x509_certificate(pem.encode()), key)
+        self._cas[project_id] = loaded
+        return loaded
+
     def issue_client(self, identity: ClientIdentity, lifetime: dt.timedelta) -> IssuedCertificate:
-        directory = self.ensure_project(identity.project_id)
-        ca_pem = (directory / "ca.pem").read_text()
-        ca = x509.load_pem_x509_certificate(ca_pem.encode())
-        ca_key = serialization.load_pem_private_key((directory / "ca-key.pem").read_bytes(), password=None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        authority = self._ca(identity.project_id)
+        ca_pem, ca, ca_key = authority.pem, authority.cert, authority.key
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
             certificate_builder(
@@ -184,6 +208,7 @@ class Authority:
         return IssuedCertificate(cert_pem=_cert_pem(cert), key_pem=_key_pem(key), ca_pem=ca_pem)
 
     def forget(self, project_id: str) -> None:
+        self._cas.pop(project_id, None)
         shutil.rmtree(self.project_dir(project_id), ignore_errors=True)
 
 

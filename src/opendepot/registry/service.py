@@ -112,20 +112,22 @@ def _reaches(principal: Principal, organization_id: str, project_id: str) -> boo
 
 
 def grant(session: Session, principal: Principal, requested: Sequence[Access]) -> list[Access]:
-    """What a registry token may carry: a repository is a project id; pull and push for tokens that build
-    in the project, pull only for pull tokens; never delete (deletes go through DeleteImage, so that the
-    image list stays true). Anything else is left out, as the token protocol says."""
+    """What a registry token may carry: a repository is a project id, or `<project id>/<name>` beneath it
+    (base images, `opendepot images seed`); pull and push for tokens that build in the project, pull only
+    for pull tokens; never delete (deletes go through DeleteImage, so that the image list stays true).
+    Anything else is left out, as the token protocol says."""
     allowed = ("pull",) if principal.kind is TokenKind.PULL else ("pull", "push")
     granted: list[Access] = []
     for scope in requested:
-        if scope.type != "repository" or not looks_like_id(scope.name):
+        project_id, _, _name = scope.name.partition("/")
+        if scope.type != "repository" or not looks_like_id(project_id):
             continue
-        project = project_queries.get(session, scope.name)
+        project = project_queries.get(session, project_id)
         if project is None or not _reaches(principal, project.organization_id, project.id):
             continue
         actions = tuple(a for a in scope.actions if a in allowed)
         if actions:
-            granted.append(Access("repository", project.id, actions))
+            granted.append(Access("repository", scope.name, actions))
     return granted
 
 

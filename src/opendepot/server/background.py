@@ -20,6 +20,7 @@ from opendepot.gateway.listener import Gateway
 from opendepot.gateway.recorder import StepRecorder
 from opendepot.pki.authority import Authority
 from opendepot.projects import queries as project_queries
+from opendepot.registry.mirror import MirrorProcess, MirrorSettings
 from opendepot.registry.process import ProcessSettings, RegistryProcess
 from opendepot.store import Store
 
@@ -28,6 +29,24 @@ from .gauges import StoreGauges
 from .loops import Loops
 from .singular import Gated, SingularLease
 from .worker import open_registry
+
+
+def mirror_settings(config: Config) -> MirrorSettings | None:
+    if not config.registry.mirror:
+        return None
+    return MirrorSettings(
+        config.registry.binary, config.registry.mirror, config.registry.mirror_listen, config.paths
+    )
+
+
+async def start_mirror(settings: MirrorSettings | None, loops: Loops) -> MirrorProcess | None:
+    """The pull-through cache, when --registry-mirror asks for one, with its supervision loop."""
+    if settings is None:
+        return None
+    process = MirrorProcess(settings)
+    await process.start()
+    loops.start(process)
+    return process
 
 
 def insecure_registries(config: Config) -> tuple[str, ...]:
@@ -94,6 +113,9 @@ def open_sandbox(config: Config) -> Sandbox | None:
         )
         return None
     registries = insecure_registries(config) or (config.registry.listen,)
+    if config.registry.mirror:
+        # Builders pull through the cache: the sandbox lets them reach it as it lets them reach the registry.
+        registries = (*registries, config.registry.mirror_listen)
     sandbox = Sandbox(
         config.server.data_dir,
         config.builders.buildkitd,
@@ -139,9 +161,10 @@ class DeletedProjectsJanitor:
 
 
 @contextlib.asynccontextmanager
-async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:
+async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # noqa: PLR0915 - composition root
     """The singular parts of the server: the machine manager and the BuildKit gateway."""
     store = Store(config.store.database_url)
+    mirror = mirror_settings(config)
     backend: Backend
     sandbox: Sandbox | None = None
     if config.kubernetes.backend == "kubernetes":
@@ -150,7 +173,11 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:
     else:
         sandbox = await asyncio.to_thread(open_sandbox, config)
         backend = LocalBuildkitd(
-            config.builders.buildkitd, config.paths, insecure_registries(config), sandbox
+            config.builders.buildkitd,
+            config.paths,
+            insecure_registries(config),
+            sandbox,
+            {mirror.upstream_host: mirror.listen} if mirror else None,
         )
 
     async def lease_is_live(project_id: str, build_id: str, platform: str) -> bool:
@@ -211,6 +238,7 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:
         )
         await registry_process.start()
         loops.start(registry_process)
+    mirror_process = await start_mirror(mirror, loops)
     try:
         yield reconciler
     finally:
@@ -225,4 +253,6 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:
             await registry_process.stop()
         if sandbox is not None:
             await asyncio.to_thread(sandbox.close)
+        if mirror_process is not None:
+            await mirror_process.stop()
         store.dispose()

@@ -16,6 +16,7 @@ from typing import Any, get_type_hints
 
 from opendepot.datadir import DataDir
 from opendepot.oidc.providers import DEFAULT_ISSUERS
+from opendepot.registry.mirror import check_upstream
 from opendepot.store.engine import sqlite_url
 
 
@@ -321,6 +322,19 @@ class RegistrySettings:
         metavar="SECONDS",
         name="registry_gc_idle_seconds",
     )
+    mirror: str = setting(
+        "an upstream registry URL (e.g. https://registry-1.docker.io) to serve as a pull-through cache; "
+        "builders use it as that registry's mirror",
+        lambda: "",
+        metavar="URL",
+        name="registry_mirror",
+    )
+    mirror_listen: str = setting(
+        "address the pull-through cache listens on (plain HTTP)",
+        lambda: "127.0.0.1:8082",
+        metavar="HOST:PORT",
+        name="registry_mirror_listen",
+    )
 
     @property
     def url(self) -> str:
@@ -532,6 +546,13 @@ def _derive(values: dict[str, Any], sources: dict[str, str]) -> None:
     values["buildkit_host"] = values["buildkit_host"] or _host_of(values["buildkit_listen"])
     values["registry"] = _find_registry(values["registry"])
     values["registry_host"] = values["registry_host"] or _host_port_of(values["registry_listen"])
+    if values["registry_mirror"]:
+        if not values["registry"]:
+            raise ConfigError("--registry-mirror needs the registry binary (--registry)")
+        try:
+            values["registry_mirror"] = check_upstream(values["registry_mirror"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
     values["oidc_audiences"] = values["oidc_audiences"] or ("https://depot.dev", public_url)
 
 
@@ -548,5 +569,6 @@ def _check(config: Config) -> None:
         config.api.host_port  # noqa: B018 - validates the address early
         config.gateway.host_port  # noqa: B018
         _split(config.registry.listen)
+        _split(config.registry.mirror_listen)
     except ValueError as exc:
         raise ConfigError(f"--listen must be HOST:PORT, got {config.api.listen!r}") from exc
