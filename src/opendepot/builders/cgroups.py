@@ -55,10 +55,9 @@ class CgroupLimits:
         path = self.group_path(name)
         return None if path is None else self.root / controller / path.lstrip("/")
 
-    def apply(self, name: str, pid: int, cpus: int, memory_gb: int) -> str:
+    def apply(self, name: str, pid: int, cpus: int, memory_bytes: int) -> str:
         """Moves pid into a cgroup with these limits; returns what is enforced, for the log."""
         enforced = []
-        memory_bytes = memory_gb << 30
         try:
             cpu = self._v1_group("cpu", name)
             if cpu is not None:
@@ -72,7 +71,7 @@ class CgroupLimits:
                 memory.mkdir(parents=True, exist_ok=True)
                 (memory / "memory.limit_in_bytes").write_text(str(memory_bytes))
                 (memory / "cgroup.procs").write_text(str(pid))
-                enforced.append(f"{memory_gb} GB memory")
+                enforced.append(f"{memory_bytes >> 20} MiB memory")
             if not enforced and "" in self.own and (self.root / "cgroup.controllers").exists():
                 enforced = self._apply_v2(name, pid, cpus, memory_bytes)
         except OSError as exc:
@@ -92,7 +91,7 @@ class CgroupLimits:
         (group / "cpu.max").write_text(f"{cpus * PERIOD_US} {PERIOD_US}")
         (group / "memory.max").write_text(str(memory_bytes))
         (group / "cgroup.procs").write_text(str(pid))
-        return [f"{cpus} CPUs", f"{memory_bytes >> 30} GB memory"]
+        return [f"{cpus} CPUs", f"{memory_bytes >> 20} MiB memory"]
 
     def remove(self, name: str) -> None:
         for controller in ("cpu", "memory"):

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from opendepot.buildkit.config import buildkitd_toml
@@ -38,6 +38,7 @@ class LocalBuildkitd:
         insecure_registries: Sequence[str] = (),
         sandbox: Sandbox | None = None,
         mirrors: Mapping[str, str] | None = None,
+        memory_cap_bytes: int | None = None,
     ) -> None:
         self.buildkitd = buildkitd
         self.insecure_registries = tuple(insecure_registries)
@@ -48,6 +49,8 @@ class LocalBuildkitd:
         self.limits = CgroupLimits()
         # None only with --unsafe-builders: buildkitd as host root on the host network.
         self.sandbox = sandbox
+        # An operator's cap on every builder's memory, below what the hardware size gives.
+        self.memory_cap_bytes = memory_cap_bytes
 
     def socket_path(self, project_id: str, platform: str) -> Path:
         if self.sandbox is not None:
@@ -56,6 +59,22 @@ class LocalBuildkitd:
 
     def state_dir(self, project_id: str, platform: str) -> Path:
         return self.paths.builder_state(project_id, platform)
+
+    def _limits(self, spec: BuilderSpec) -> tuple[int, int]:
+        """(CPUs, memory bytes) of the builder: its hardware size, memory capped by the operator."""
+        cpus, memory_gb = hardware_size(spec.hardware)
+        memory_bytes = memory_gb << 30
+        if self.memory_cap_bytes is not None:
+            memory_bytes = min(memory_bytes, self.memory_cap_bytes)
+        return cpus, memory_bytes
+
+    def memory_watch(self, project_id: str, platform: str) -> tuple[Callable[[], int], int | None] | None:
+        """How to read the builder's OOM-kill count, and its memory limit; None where it cannot be read
+        (unsafe builders put RUN steps in child groups whose kills a v1 parent does not count)."""
+        sandbox = self.sandbox
+        if sandbox is None:
+            return None
+        return (lambda: sandbox.oom_kills(project_id, platform)), sandbox.memory_limit(project_id, platform)
 
     def _config(self, spec: BuilderSpec) -> str:
         key = f"{spec.project_id}-{spec.platform}"
@@ -110,8 +129,8 @@ class LocalBuildkitd:
         )
         log.close()
         self._processes[key] = process
-        cpus, memory_gb = hardware_size(spec.hardware)
-        enforced = self.limits.apply(f"{spec.project_id}-{spec.platform}", process.pid, cpus, memory_gb)
+        cpus, memory_bytes = self._limits(spec)
+        enforced = self.limits.apply(f"{spec.project_id}-{spec.platform}", process.pid, cpus, memory_bytes)
         logger.info("builder %s/%s: hardware %s, limits enforced: %s", *key, spec.hardware, enforced)
         return process.pid
 
@@ -128,14 +147,14 @@ class LocalBuildkitd:
             with contextlib.suppress(FileNotFoundError):
                 link.unlink()
             link.symlink_to(target)
-        cpus, memory_gb = hardware_size(spec.hardware)
+        cpus, memory_bytes = self._limits(spec)
         command, join_cgroups = await asyncio.to_thread(
             sandbox.prepare,
             *key,
             self.state_dir(*key),
             self._config(spec),
             cpus,
-            memory_gb << 30,
+            memory_bytes,
             spec.entitlements,
         )
         log = self.paths.builder_log(*key).open("ab")
@@ -150,8 +169,8 @@ class LocalBuildkitd:
         log.close()
         self._processes[key] = process
         logger.info(
-            "builder %s/%s: sandboxed (rootless, own netns), %d CPUs, %d GB memory, %d pids",
-            *key, cpus, memory_gb, sandbox.pids_max,
+            "builder %s/%s: sandboxed (rootless, own netns), %d CPUs, %d MiB memory, %d pids",
+            *key, cpus, memory_bytes >> 20, sandbox.pids_max,
         )  # fmt: skip
         return process.pid
 

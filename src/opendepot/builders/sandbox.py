@@ -190,16 +190,16 @@ class BuilderCgroups:
             return sorted(p.name for p in parent.iterdir() if p.is_dir())
         return []
 
+    def memory_group(self, key: str) -> Path:
+        return self._parent("memory" if self.v1 else "") / key
+
     def oom_kills(self, key: str) -> int:
-        """How many processes the kernel killed for memory in this builder's group."""
-        group = self._parent("memory" if self.v1 else "") / key
-        for name, field in (("memory.oom_control", "oom_kill"), ("memory.events", "oom_kill")):
-            with contextlib.suppress(OSError, ValueError):
-                for line in (group / name).read_text().splitlines():
-                    label, _, value = line.partition(" ")
-                    if label == field:
-                        return int(value)
-        return 0
+        """How many processes the kernel killed for memory in this builder's group (v1 counts only the
+        group's own, which holds the RUN steps too: rootless runc makes no per-step groups)."""
+        return oom_kills(self.memory_group(key))
+
+    def memory_limit(self, key: str) -> int | None:
+        return memory_limit(self.memory_group(key))
 
     def kill(self, key: str) -> int:
         """SIGKILLs every process in the builder's group, by pid; returns how many there were."""
@@ -224,6 +224,27 @@ class BuilderCgroups:
         for controller in self.controllers():
             with contextlib.suppress(OSError):
                 self._parent(controller).rmdir()
+
+
+def oom_kills(group: Path) -> int:
+    """The kernel's count of OOM kills in a memory cgroup: v1 `memory.oom_control`, v2 `memory.events`."""
+    for name in ("memory.oom_control", "memory.events"):
+        with contextlib.suppress(OSError, ValueError):
+            for line in (group / name).read_text().splitlines():
+                label, _, value = line.partition(" ")
+                if label == "oom_kill":
+                    return int(value)
+    return 0
+
+
+def memory_limit(group: Path) -> int | None:
+    """A memory cgroup's limit in bytes (v1 `memory.limit_in_bytes`, v2 `memory.max`), None if unlimited."""
+    for name in ("memory.limit_in_bytes", "memory.max"):
+        with contextlib.suppress(OSError, ValueError):
+            text = (group / name).read_text().strip()
+            # v1 writes "no limit" as a huge page-aligned number, v2 as "max".
+            return None if text == "max" or int(text) >= 1 << 62 else int(text)
+    return None
 
 
 def join_cgroups(procs: Sequence[Path]) -> Callable[[], None]:
@@ -635,6 +656,9 @@ class Sandbox:
 
     def oom_kills(self, project_id: str, platform: str) -> int:
         return self.cgroups.oom_kills(self.key(project_id, platform))
+
+    def memory_limit(self, project_id: str, platform: str) -> int | None:
+        return self.cgroups.memory_limit(self.key(project_id, platform))
 
 
 def _mounts_under(path: Path) -> list[str]:

@@ -121,6 +121,11 @@ def log_page(session: Session, build_id: str, digest: str, *, limit: int, after_
     return session.scalars(stmt).all()
 
 
+def step_error_containing(session: Session, build_id: str, text: str) -> str | None:
+    stmt = select(Step.error).where(Step.build_id == build_id, Step.error.contains(text, autoescape=True))
+    return session.scalars(stmt.limit(1)).first()
+
+
 def step_counts(session: Session, build_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
     """build -> (cached steps, total steps)."""
     stmt = (

@@ -20,6 +20,18 @@ from .models import Build, LogLine, LogVolume, Step
 
 DEFAULT_LOG_CAP = 10 * 1024 * 1024
 TRUNCATED = "[opendepot] log truncated: this build printed more than {cap} bytes; the rest was not kept"
+OUT_OF_MEMORY = "out of memory:"
+
+
+def out_of_memory_message(limit_bytes: int | None, hardware: str) -> str:
+    """What a step killed for memory says, in its error, its log and the build's error."""
+    if limit_bytes is None:
+        limit = "memory limit"
+    elif limit_bytes >= 1 << 30:
+        limit = f"memory limit ({limit_bytes / (1 << 30):g} GiB, hardware {hardware})"
+    else:
+        limit = f"memory limit ({limit_bytes >> 20} MiB, capped by the operator; hardware {hardware})"
+    return f"{OUT_OF_MEMORY} the builder's {limit} was reached; the step was killed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +92,11 @@ def apply(
         if v.completed is not None:
             step.completed_at = v.completed
         step.cached = step.cached or v.cached
-        if v.error:
+        # The client reports the same failure again, without the out-of-memory line the gateway added.
+        if v.error and OUT_OF_MEMORY not in (step.error or ""):
             step.error = v.error
+            if OUT_OF_MEMORY in v.error and build is not None:
+                note_out_of_memory(build, v.error)
     if logs:
         _append_logs(session, steps, build_id, logs, cap)
     session.flush()
@@ -94,6 +109,13 @@ def apply(
                 step.saved_seconds = max(0.0, (earlier.completed_at - earlier.started_at).total_seconds())
             else:
                 step.saved_seconds = 0.0
+
+
+def note_out_of_memory(build: Build, step_error: str) -> None:
+    """A finished build's error gets a step's out-of-memory line (finish_build does it if it comes later)."""
+    line = step_error[step_error.index(OUT_OF_MEMORY) :].splitlines()[0]
+    if build.error is not None and OUT_OF_MEMORY not in build.error:
+        build.error = f"{build.error}\n{line}"
 
 
 def _append_logs(

@@ -19,13 +19,15 @@ from opendepot.logs import current_build
 from opendepot.metrics import metrics
 from opendepot.pki.authority import Authority, identity_of, project_of_server_name
 
-from .recorder import StepRecorder
+from .recorder import MemoryWatch, StepRecorder
 from .tap import StatusTap
 
 log = logging.getLogger("opendepot.gateway")
 
 Opener = Callable[[str, str], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 LeaseCheck = Callable[[str, str, str], Awaitable[bool]]
+# (project, build, platform) -> the builder's memory cgroup as the build sees it, or None.
+MemoryWatcher = Callable[[str, str, str], Awaitable[MemoryWatch | None]]
 CHUNK = 256 * 1024
 
 
@@ -36,8 +38,10 @@ class Gateway:
         open_builder: Opener,
         lease_is_live: LeaseCheck,
         recorder: StepRecorder | None,
+        memory_watch: MemoryWatcher | None = None,
     ) -> None:
         self.recorder = recorder
+        self.memory_watch = memory_watch
         self.authority = authority
         self.open_builder = open_builder
         self.lease_is_live = lease_is_live
@@ -110,6 +114,8 @@ class Gateway:
     def _cut(self, key: tuple[str, str], why: str) -> None:
         writers = self._connections.pop(key, set())
         self._projects.pop(key, None)
+        if self.recorder is not None:
+            self.recorder.unwatch_memory(*key)
         for writer in writers:
             writer.close()
         if writers:
@@ -121,6 +127,14 @@ class Gateway:
                 why,
                 extra={"build_id": key[0]},
             )
+
+    async def _watch_memory(
+        self, recorder: StepRecorder, project_id: str, build_id: str, platform: str
+    ) -> None:
+        if self.memory_watch is not None and not recorder.watching_memory(build_id, platform):
+            watch = await self.memory_watch(project_id, build_id, platform)
+            if watch is not None:
+                recorder.watch_memory(build_id, platform, watch)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sslobj = writer.get_extra_info("ssl_object")
@@ -158,6 +172,7 @@ class Gateway:
             down: Callable[[bytes], None] = _ignore
             if self.recorder is not None:
                 build_id, recorder = identity.build_id, self.recorder
+                await self._watch_memory(recorder, identity.project_id, build_id, identity.platform)
                 tap = StatusTap(
                     lambda raw: recorder.status(build_id, raw), lambda: recorder.flush_soon(build_id)
                 )

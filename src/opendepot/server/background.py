@@ -9,6 +9,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
+from sqlalchemy.orm import Session
+
 from opendepot.builders.backend import Backend
 from opendepot.builders.kubernetes import KubernetesBuildkitd, PruneDeletedProjects
 from opendepot.builders.kubernetes import KubernetesSettings as PodSettings
@@ -16,8 +18,8 @@ from opendepot.builders.local import LocalBuildkitd
 from opendepot.builders.reconciler import BuilderReconciler, ReconcilerSettings, reap_leftovers
 from opendepot.builders.sandbox import Sandbox
 from opendepot.builds import queries as build_queries
-from opendepot.gateway.listener import Gateway
-from opendepot.gateway.recorder import StepRecorder
+from opendepot.gateway.listener import Gateway, MemoryWatcher
+from opendepot.gateway.recorder import MemoryWatch, StepRecorder
 from opendepot.pki.authority import Authority
 from opendepot.projects import queries as project_queries
 from opendepot.registry.mirror import MirrorProcess, MirrorSettings
@@ -160,6 +162,24 @@ class DeletedProjectsJanitor:
         )
 
 
+def memory_watcher(store: Store, backend: Backend) -> MemoryWatcher:
+    """How the gateway reads a local builder's memory cgroup for a build (pods: their cluster's business)."""
+
+    async def watch(project_id: str, build_id: str, platform: str) -> MemoryWatch | None:
+        cgroup = backend.memory_watch(project_id, platform) if isinstance(backend, LocalBuildkitd) else None
+        if cgroup is None:
+            return None
+
+        def hardware(session: Session) -> str:
+            lease = build_queries.lease(session, build_id, platform)
+            return lease.hardware if lease is not None else ""
+
+        oom_kills, limit = cgroup
+        return MemoryWatch(oom_kills, limit, await store.read(hardware))
+
+    return watch
+
+
 @contextlib.asynccontextmanager
 async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # noqa: PLR0915 - composition root
     """The singular parts of the server: the machine manager and the BuildKit gateway."""
@@ -178,6 +198,7 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # 
             insecure_registries(config),
             sandbox,
             {mirror.upstream_host: mirror.listen} if mirror else None,
+            memory_cap_bytes=config.builders.memory_limit_mib << 20 or None,
         )
 
     async def lease_is_live(project_id: str, build_id: str, platform: str) -> bool:
@@ -189,6 +210,7 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # 
         backend.open,
         lease_is_live,
         recorder if config.gateway.status_tap else None,
+        memory_watcher(store, backend),
     )
     host, port = config.gateway.host_port
     await gateway.start(host, port)

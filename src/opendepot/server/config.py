@@ -208,6 +208,13 @@ class BuilderSettings:
         metavar="N",
         name="builder_pids_max",
     )
+    memory_limit_mib: int = setting(
+        "caps every builder's memory (buildkitd and its RUN steps) below its hardware size; 0: no cap",
+        lambda: 0,
+        parse=int,
+        metavar="MIB",
+        name="builder_memory_limit_mib",
+    )
 
 
 @dataclass(frozen=True)
@@ -563,6 +570,8 @@ def _check(config: Config) -> None:
         raise ConfigError(f"--builders must be local or kubernetes, got {config.kubernetes.backend!r}")
     if config.builders.pids_max < 64:
         raise ConfigError("--builder-pids-max must be at least 64 (buildkitd's own threads count)")
+    if not (config.builders.memory_limit_mib == 0 or config.builders.memory_limit_mib >= 64):
+        raise ConfigError("--builder-memory-limit-mib must be 0 (no cap) or at least 64 (buildkitd's own)")
     if not 1 <= config.server.workers <= 64:
         raise ConfigError("--workers must be between 1 and 64")
     try:
