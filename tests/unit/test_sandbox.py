@@ -74,3 +74,14 @@ def test_unsafe_builders_is_a_flag_and_pids_max_is_checked(tmp_path: Path) -> No
     args = parser.parse_args(["--data-dir", str(tmp_path), "--builder-pids-max", "10"])
     with pytest.raises(ConfigError, match="builder-pids-max"):
         resolve(args, {})
+
+
+def test_builder_memory_limit_is_off_by_default_and_checked(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--data-dir", str(tmp_path)]
+    assert resolve(parser.parse_args(base), {}).builders.memory_limit_mib == 0
+    capped = resolve(parser.parse_args([*base, "--builder-memory-limit-mib", "256"]), {})
+    assert capped.builders.memory_limit_mib == 256
+    with pytest.raises(ConfigError, match="builder-memory-limit-mib"):
+        resolve(parser.parse_args([*base, "--builder-memory-limit-mib", "10"]), {})
