@@ -100,6 +100,7 @@ def finish_build(session: Session, principal: Principal, build_id: str, outcome:
     now = utcnow()
     if build.status not in FINISHED:
         build.status, build.error, build.finished_at = outcome.status, outcome.error, now
+        # Autoflush writes the build (locks it) before this reads the steps: see steps.apply.
         if oom := queries.step_error_containing(session, build.id, steps.OUT_OF_MEMORY):
             steps.note_out_of_memory(build, oom)
     queries.release_leases(session, build.id, now)

@@ -82,6 +82,7 @@ def apply(
     steps: dict[str, Step] = {}
     build = session.get(Build, build_id)
     project_id = build.project_id if build is not None else ""
+    out_of_memory = ""
     for v in vertices:
         step = _step(session, steps, build_id, v.digest, project_id)
         step.name = v.name or step.name
@@ -95,11 +96,16 @@ def apply(
         # The client reports the same failure again, without the out-of-memory line the gateway added.
         if v.error and OUT_OF_MEMORY not in (step.error or ""):
             step.error = v.error
-            if OUT_OF_MEMORY in v.error and build is not None:
-                note_out_of_memory(build, v.error)
+            if OUT_OF_MEMORY in v.error:
+                out_of_memory = v.error
     if logs:
         _append_logs(session, steps, build_id, logs, cap)
     session.flush()
+    if out_of_memory and build is not None:
+        # Read again, locked, after this transaction's writes: finish_build may have set the error since, and
+        # one of the two must see the other's write (SQLite: the write lock is held by now).
+        session.refresh(build, with_for_update=True)
+        note_out_of_memory(build, out_of_memory)
     # Meter what each new cache hit saved, once: the duration of the step's last real run in the project.
     # Matched by name, since stock BuildKit gives a cached vertex another digest than the run it reuses.
     for step in steps.values():

@@ -143,3 +143,24 @@ def test_the_message_names_the_limit_and_the_hardware() -> None:
     assert steps.out_of_memory_message(None, "4x8").startswith(
         "out of memory: the builder's memory limit was"
     )
+
+
+def test_a_build_finished_before_its_step_is_recorded_gets_the_line_too(store: Store) -> None:
+    build_id = new_build(store)
+    with store.transaction() as session:
+        build = queries.get(session, build_id)
+        assert build is not None
+        org_id = build.organization_id
+        principal = Principal(kind=TokenKind.ORGANIZATION, token_id="t", organization_id=org_id)
+        builds.finish_build(session, principal, build_id, builds.Outcome.failed("exit code: 137"))
+    line = steps.out_of_memory_message(4 << 30, "2x4")
+    oom = steps.VertexUpdate("sha256:b", "RUN x", None, None, False, f"exit code: 137\n{line}")
+    with store.transaction() as session:
+        steps.apply(session, build_id, [oom], [])
+    with store.transaction() as session:
+        build = queries.get(session, build_id)
+        assert build is not None and build.error == f"exit code: 137\n{line}"
+        steps.apply(session, build_id, [oom], [])  # seen again: the line is not added twice
+    with store.transaction() as session:
+        build = queries.get(session, build_id)
+        assert build is not None and build.error == f"exit code: 137\n{line}"
