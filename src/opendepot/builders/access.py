@@ -12,6 +12,7 @@ from pathlib import Path
 
 from opendepot.auth import Principal
 from opendepot.builds import service as builds
+from opendepot.builds.platform import Platform
 from opendepot.errors import FailedPrecondition
 from opendepot.pki.authority import Authority, ClientIdentity, IssuedCertificate, server_name
 from opendepot.store import Store
@@ -29,8 +30,9 @@ BINFMT = Path("/proc/sys/fs/binfmt_misc")
 
 def supported_platforms() -> tuple[str, ...]:
     """The host's own architecture, plus the other where a QEMU binfmt handler is registered."""
-    native = "arm64" if host_platform.machine() in ("aarch64", "arm64") else "amd64"
-    other, handler = ("amd64", "qemu-x86_64") if native == "arm64" else ("arm64", "qemu-aarch64")
+    arm = host_platform.machine() in ("aarch64", "arm64")
+    native = Platform.ARM64 if arm else Platform.AMD64
+    other, handler = (Platform.AMD64, "qemu-x86_64") if arm else (Platform.ARM64, "qemu-aarch64")
     return (native, other) if (BINFMT / handler).exists() else (native,)
 
 

@@ -22,9 +22,10 @@ from opendepot.validation import require_id
 
 from . import queries, steps
 from .models import Build, Lease, LogLine, StatusReport, Step
+from .platform import Platform
 from .status import CANCELED, ERROR, FAILED, FINISHED, RUNNING, SUCCESS
 
-PLATFORMS = ("amd64", "arm64")
+PLATFORMS = tuple(Platform)
 BUILDS_LIST = "builds"
 MAX_OPTIONS = 64
 HEARTBEAT_GRANULARITY = timedelta(seconds=1)

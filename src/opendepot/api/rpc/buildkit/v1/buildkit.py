@@ -13,12 +13,17 @@ from protobuf import Oneof
 from opendepot.api.deps import Deps
 from opendepot.builders.access import BuilderAccess
 from opendepot.builds import service as builds
+from opendepot.builds.platform import DEFAULT, Platform
 from opendepot.errors import InvalidArgument
 from opendepot.gen.depot.buildkit.v1 import buildkit_connect
 from opendepot.gen.depot.buildkit.v1 import buildkit_pb as pb
 
 Ctx = RequestContext[Any, Any]
-PLATFORM = {pb.Platform.UNSPECIFIED: "amd64", pb.Platform.AMD64: "amd64", pb.Platform.ARM64: "arm64"}
+PLATFORM = {
+    pb.Platform.UNSPECIFIED: DEFAULT,
+    pb.Platform.AMD64: Platform.AMD64,
+    pb.Platform.ARM64: Platform.ARM64,
+}
 
 
 def platform_in(value: pb.Platform) -> str:

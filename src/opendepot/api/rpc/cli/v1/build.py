@@ -16,6 +16,7 @@ from opendepot.builders.access import BuilderAccess, Connection
 from opendepot.buildkit.status import events as status_events
 from opendepot.builds import service as builds
 from opendepot.builds.models import Build
+from opendepot.builds.platform import DEFAULT, Platform
 from opendepot.builds.status import CANCELED, ERROR, FAILED, RUNNING, SUCCESS
 from opendepot.builds.steps import LogChunk, VertexUpdate
 from opendepot.errors import FailedPrecondition, InvalidArgument
@@ -35,9 +36,9 @@ STATUS: dict[str, pb.BuildStatus] = {
     CANCELED: pb.BuildStatus.CANCELED,
 }
 PLATFORM = {
-    pb.BuilderPlatform.UNSPECIFIED: "amd64",
-    pb.BuilderPlatform.AMD64: "amd64",
-    pb.BuilderPlatform.ARM64: "arm64",
+    pb.BuilderPlatform.UNSPECIFIED: DEFAULT,
+    pb.BuilderPlatform.AMD64: Platform.AMD64,
+    pb.BuilderPlatform.ARM64: Platform.ARM64,
 }
 
 
