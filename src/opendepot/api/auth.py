@@ -46,10 +46,17 @@ class Authenticator:
         self._replay_window = replay_window
 
     async def principal(self, ctx: RequestContext[Any, Any]) -> Principal:
-        principal = await self.from_secret(bearer_token(ctx.request_headers.get("authorization")))
-        if (call := current_call.get()) is not None:
+        """The caller of this RPC: resolved once, by the guard, before the body was read."""
+        call = current_call.get()
+        if call is not None and call.principal is not None:
+            return call.principal
+        principal = await self.from_header(ctx.request_headers.get("authorization"))
+        if call is not None:
             call.principal = principal
         return principal
+
+    async def from_header(self, authorization: str | None) -> Principal:
+        return await self.from_secret(bearer_token(authorization))
 
     async def from_secret(self, secret: str) -> Principal:
         if len(secret) > MAX_TOKEN_LENGTH:

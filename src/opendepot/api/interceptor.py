@@ -14,6 +14,7 @@ from opendepot.metrics import metrics
 
 from .calls import Call, current_call
 from .errors import to_connect_error
+from .guard import authenticated
 
 log = logging.getLogger("opendepot.rpc")
 
@@ -21,7 +22,8 @@ log = logging.getLogger("opendepot.rpc")
 class CallInterceptor:
     async def on_start(self, ctx: RequestContext[Any, Any]) -> Call:
         method = f"{ctx.method.service_name}/{ctx.method.name}"
-        call = Call(method=method)
+        # The guard authenticated the caller from its headers before the body was read.
+        call = Call(method=method, principal=authenticated.get())
         current_call.set(call)
         return call
 

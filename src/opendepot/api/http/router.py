@@ -8,6 +8,7 @@ from typing import Any
 
 from connectrpc.server import ConnectASGIApplication
 
+from opendepot.api.guard import Guard
 from opendepot.api.http.asgi import Receive, Scope, Send, respond_json
 
 # A plain HTTP endpoint beside the RPCs (the registry's token service and notifications).
@@ -24,7 +25,9 @@ class Router:
         health: Callable[[], Awaitable[bool]],
         shared_page: Callable[[str], Awaitable[str | None]],
         routes: Mapping[str, HttpHandler] | None = None,
+        guard: Guard | None = None,
     ) -> None:
+        self._guard = guard
         self._shared_page = shared_page
         self._routes = dict(routes or {})
         self._apps = {app.path: app for app in apps}
@@ -71,7 +74,10 @@ class Router:
         service = "/" + path.lstrip("/").split("/", 1)[0]
         app = self._apps.get(service)
         if app is not None and path in self._methods:
-            await app(scope, receive, send)
+            if self._guard is None:
+                await app(scope, receive, send)
+            else:
+                await self._guard(scope, receive, send, app)
             return
         # Connect clients read the code from the body; 404 is the HTTP fallback for unimplemented.
         await respond_json(

@@ -8,6 +8,7 @@ from typing import Any
 from connectrpc.server import ConnectASGIApplication
 
 from opendepot.api.deps import Deps
+from opendepot.api.guard import Limits
 from opendepot.api.interceptor import CallInterceptor
 from opendepot.api.rpc.build.v1.build import BuildService as BuildV1Service
 from opendepot.api.rpc.build.v1.registry import RegistryService
@@ -32,8 +33,8 @@ from opendepot.gen.depot.core.v1 import organization_connect as org_v1
 from opendepot.gen.depot.core.v1 import project_connect as project_v1
 from opendepot.gen.depot.core.v1 import usage_connect as usage_v1
 
-# Status reports carry raw build logs; allow large messages (spec §1.4).
-READ_MAX_BYTES = 128 * 1024 * 1024
+# The codec's own bound on one message; the guard holds each method to its smaller one before this.
+READ_MAX_BYTES = Limits().largest_message
 
 
 SERVICES = (
