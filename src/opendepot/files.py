@@ -13,3 +13,19 @@ def write_private(path: Path, data: str | bytes) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
     os.chmod(path, 0o600)  # an existing file keeps its old mode through O_CREAT
+
+
+def private_dir(path: Path) -> None:
+    """A directory only its owner may enter (the data dir: pending logins, build logs, the database)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)  # an existing directory keeps its old mode through mkdir
+
+
+def private_from_now_on() -> None:
+    """Everything this process creates from now on (database, WAL, logs) is readable by its owner only."""
+    os.umask(0o077)
+
+
+def make_private(path: Path) -> None:
+    if path.exists():
+        os.chmod(path, 0o600)

@@ -46,8 +46,10 @@ STATUS_STREAM = "/depot.cli.v1.BuildService/ReportStatusStream"
 STATUS_MESSAGE_LIMIT = 16 * 1024 * 1024
 STATUS_TOTAL_LIMIT = 256 * 1024 * 1024
 # A refused request's unread body is read and dropped up to this size, so the connection stays usable.
-DRAIN_LIMIT = 64 * 1024
+DRAIN_LIMIT = 1024 * 1024
 DRAIN_SECONDS = 1.0
+DRAIN_SECONDS_H2 = 5.0
+H2_DRAIN_LIMIT = 1024 * 1024 * 1024
 # An incomplete request body (a client that stops sending) is dropped after this long.
 BODY_READ_TIMEOUT_SECONDS = 30.0
 
@@ -172,6 +174,10 @@ class Wire:
     kind: str  # "unary" (Connect unary), "connect-stream", "grpc" (also gRPC-Web)
     content_type: str
     json: bool
+
+    @property
+    def needs_trailers(self) -> bool:
+        return self.kind == "grpc" and not self.content_type.startswith("application/grpc-web")
 
 
 def wire_of(content_type: str) -> Wire | None:
@@ -325,18 +331,27 @@ class Guard:
                 raise Refused("unimplemented", f"{path}: RPCs take POST")
             if wire is None:
                 raise Refused("invalid_argument", "content-type: not a Connect, gRPC or gRPC-Web type")
+            if wire.needs_trailers and "http.response.trailers" not in scope.get("extensions", {}):
+                raise Refused("unimplemented", "gRPC needs HTTP/2; use the Connect protocol over HTTP/1.1")
             public = path in PUBLIC_METHODS
             authenticated.set(None if public else await self._principal(headers.get("authorization")))
             if wire.kind == "unary":
                 scope, receive = await self._unary(scope, receive, headers, wire, public)
             else:
-                receive = self._stream(path, receive, headers, wire, public)
+                receive = self._stream(scope, receive, headers, wire, public)
         except Refused as refusal:
             _log(path, refusal)
-            drained = tracked.complete or await _drain(tracked, DRAIN_LIMIT, DRAIN_SECONDS)
+            drained = tracked.complete or await self._drain(scope, tracked)
             await refuse(send, wire, refusal, close=not drained and scope.get("http_version") == "1.1")
             return
         await inner(scope, receive, send)
+
+    async def _drain(self, scope: Scope, receive: _TrackedReceive) -> bool:
+        """Reads and drops a little of what is left of a refused request's body, so that an HTTP/1.1
+        connection stays usable; past that it is closed instead. (HTTP/2: see DrainBeforeAnswering.)"""
+        if scope.get("http_version") == "2":
+            return True
+        return await _drain(receive, DRAIN_LIMIT, DRAIN_SECONDS)
 
     async def _principal(self, authorization: str | None) -> Principal:
         try:
@@ -373,8 +388,9 @@ class Guard:
         return {**scope, "headers": plain}, replay
 
     def _stream(
-        self, path: str, receive: Receive, headers: dict[str, str], wire: Wire, public: bool
+        self, scope: Scope, receive: Receive, headers: dict[str, str], wire: Wire, public: bool
     ) -> Receive:
+        path: str = scope["path"]
         message_limit, total_limit = self.limits.stream(path)
         if public:
             message_limit = total_limit = self.limits.public_body
@@ -395,6 +411,9 @@ class Guard:
                     checker.feed(message.get("body", b""))
                 except Refused as refusal:
                     _log(path, refusal)
+                    if message.get("more_body"):
+                        tracked = _TrackedReceive(receive)
+                        await self._drain(scope, tracked)
                     raise _connect_error(refusal) from None
             return message
 
@@ -425,6 +444,33 @@ async def _drain(receive: _TrackedReceive, limit: int, seconds: float) -> bool:
     except TimeoutError:
         return False
     return receive.complete
+
+
+class DrainBeforeAnswering:
+    """Reads (and drops) the rest of a request body before the response ends, within bounds, so that an
+    early answer (a refusal, an unknown content type) does not cost the client its connection. HTTP/2:
+    Hypercorn forgets a stream once its response ends, and request data arriving for it afterwards raises in
+    its connection handler, which drops the whole connection with every other stream on it. HTTP/1.1: an
+    unread body makes Hypercorn close the connection under a client that may be about to reuse it."""
+
+    def __init__(self, app: Inner) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        h2 = scope.get("http_version") == "2"
+        limit, seconds = (H2_DRAIN_LIMIT, DRAIN_SECONDS_H2) if h2 else (DRAIN_LIMIT, DRAIN_SECONDS)
+        tracked = _TrackedReceive(receive)
+
+        async def send_after_body(message: dict[str, Any]) -> None:
+            ending = message["type"] == "http.response.body" and not message.get("more_body")
+            if ending and not tracked.complete:
+                await _drain(tracked, limit, seconds)
+            await send(message)
+
+        await self._app(scope, tracked, send_after_body)
 
 
 def _connect_error(refusal: Refused) -> Exception:

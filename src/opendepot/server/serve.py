@@ -6,6 +6,7 @@ import faulthandler
 import sys
 
 from opendepot import metrics
+from opendepot.files import private_from_now_on
 from opendepot.logs import configure_logging
 from opendepot.registry.keys import ensure_keys
 from opendepot.store import Store
@@ -27,6 +28,7 @@ def _prepare(config: Config) -> None:
 
 
 def serve(config: Config) -> None:
+    private_from_now_on()
     faulthandler.enable()
     configure_logging(config.server.log_level)
     _prepare(config)

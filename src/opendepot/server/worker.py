@@ -13,7 +13,7 @@ from typing import Any
 
 from opendepot.api.auth import Authenticator
 from opendepot.api.deps import Deps
-from opendepot.api.guard import Guard
+from opendepot.api.guard import DrainBeforeAnswering, Guard
 from opendepot.api.http.asgi import Receive, Scope, Send
 from opendepot.api.http.login_page import LoginPage
 from opendepot.api.http.registry import RegistryEndpoints
@@ -87,7 +87,7 @@ def build_app(config: Config, store: Store) -> HttpHandler:
     login = LoginService(deps, timedelta(seconds=config.login.timeout_seconds))
     guard = Guard(deps.authn.from_header)
     api = Router(connect_apps(deps, machines, login), method_paths(), healthy, shared_page, routes, guard)
-    return Dashboard(deps, api)
+    return DrainBeforeAnswering(Dashboard(deps, api))
 
 
 def open_registry(config: Config, store: Store) -> Registry | None:

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from opendepot.datadir import DataDir
+from opendepot.files import make_private, private_dir
 
 T = TypeVar("T")
 
@@ -88,9 +89,12 @@ class Store:
     @classmethod
     def open(cls, url: str, data_dir: Path) -> Store:
         """The store as the server and admin commands use it: data dir created, schema at head."""
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         store = cls(url)
         store.migrate()
+        if store.engine.dialect.name == "sqlite" and store.engine.url.database:
+            for suffix in ("", "-wal", "-shm"):
+                make_private(Path(store.engine.url.database + suffix))
         return store
 
     def migrate(self) -> None:
