@@ -13,6 +13,7 @@ from datetime import datetime
 
 from opendepot.clock import as_utc
 from opendepot.errors import InvalidArgument
+from opendepot.validation import MAX_ID_LENGTH
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -64,10 +65,14 @@ def decode_token(list_name: str, token: str) -> Cursor:
         if payload["l"] != list_name:
             raise InvalidArgument("page_token", problem)
         created_at, item_id = payload["k"]
-        return Cursor(created_at=as_utc(datetime.fromisoformat(created_at)), id=str(item_id))
+        # Ids are short printable strings; anything else was not issued here (and a NUL breaks PostgreSQL).
+        if not isinstance(item_id, str) or not item_id.isprintable() or len(item_id) > MAX_ID_LENGTH:
+            raise InvalidArgument("page_token", problem)
+        return Cursor(created_at=as_utc(datetime.fromisoformat(created_at)), id=item_id)
     except InvalidArgument:
         raise
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+    # OverflowError: a timestamp at the edge of the calendar whose offset moves it past the edge.
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError) as exc:
         raise InvalidArgument("page_token", problem) from exc
 
 

@@ -148,6 +148,10 @@ CONTENT_TYPES = [
 def forged_page_token(rng: random.Random) -> str:
     payloads = [
         {"l": "projects", "k": ["9999-12-31T23:59:59", "x\0y"]},
+        {"l": "projects", "k": ["0001-01-01T00:00:00+23:59", "a"]},
+        {"l": "builds", "k": ["9999-12-31T23:59:59-23:00", "a"]},
+        {"l": "images", "k": ["2020-01-01T00:00:00", 5]},
+        {"l": "project-usage", "k": ["2020-01-01T00:00:00", "\0"]},
         {"l": "builds", "k": [123, None]},
         {"l": ["x"], "k": "ab"},
         {"k": ["2020-01-01T00:00:00+14:00", "a" * 200]},

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -22,6 +24,25 @@ def test_bad_tokens_name_the_field(token: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         decode_token("projects", token)
     assert err.value.field == "page_token"
+
+
+def forged(payload: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"l": "projects", "k": ["0001-01-01T00:00:00+23:59", "a"]},  # overflows when moved to UTC
+        {"l": "projects", "k": ["9999-12-31T23:59:59-23:00", "a"]},
+        {"l": "projects", "k": ["2026-01-01T00:00:00", "a\0b"]},  # PostgreSQL refuses NUL
+        {"l": "projects", "k": ["2026-01-01T00:00:00", 5]},
+        {"l": "projects", "k": ["2026-01-01T00:00:00", "x" * 100]},
+    ],
+)
+def test_forged_tokens_are_invalid_argument(payload: object) -> None:
+    with pytest.raises(InvalidArgument):
+        decode_token("projects", forged(payload))
 
 
 def test_page_sizes() -> None:
