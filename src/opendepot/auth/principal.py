@@ -41,6 +41,14 @@ class Principal:
         if organization_id != self.organization_id:
             raise PermissionDenied(f"this token cannot {action} in organization {organization_id}")
 
+    def require_listing(self, what: str) -> None:
+        """Listing an organization's projects, usage or organizations is not for the single-purpose tokens:
+        a build token reaches its build, a pull token the registry, and nothing else."""
+        if self.kind is TokenKind.BUILD:
+            raise PermissionDenied(f"a build token cannot list {what}: it reaches only its own build")
+        if self.kind is TokenKind.PULL:
+            raise PermissionDenied(f"a pull token cannot list {what}: it only pulls images from the registry")
+
     def require_project_access(self, organization_id: str, project_id: str) -> None:
         """Reading a project and building in it are open to its organization and its own tokens."""
         if self.kind is TokenKind.BUILD:

@@ -104,6 +104,7 @@ def finish_build(session: Session, principal: Principal, build_id: str, outcome:
         # Autoflush writes the build (locks it) before this reads the steps: see steps.apply.
         if oom := queries.step_error_containing(session, build.id, steps.OUT_OF_MEMORY):
             steps.note_out_of_memory(build, oom)
+        tokens.expire_build_token(session, build.id, now)
     queries.release_leases(session, build.id, now)
     session.flush()
     return build
@@ -256,6 +257,7 @@ def reap(session: Session, lease_timeout: timedelta, now: datetime | None = None
     for build in abandoned:
         build.status, build.finished_at = ERROR, now
         build.error = f"abandoned: no heartbeat for {int(lease_timeout.total_seconds())} s"
+        tokens.expire_build_token(session, build.id, now)
     return expired, len(abandoned)
 
 

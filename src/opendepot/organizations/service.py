@@ -34,6 +34,7 @@ def find_organization(session: Session, id_or_name: str) -> Organization:
 
 
 def list_for(session: Session, principal: Principal) -> Sequence[Organization]:
+    principal.require_listing("organizations")
     return queries.list_by_ids(session, [principal.organization_id])
 
 

@@ -94,6 +94,7 @@ def load_managed_project(session: Session, principal: Principal, project_id: str
 def list_projects(
     session: Session, principal: Principal, page: PageRequest, region_id: str | None
 ) -> tuple[Sequence[Project], str | None]:
+    principal.require_listing("projects")
     rows = queries.page(
         session,
         principal.organization_id,
@@ -109,6 +110,7 @@ def list_projects(
 def list_projects_with_organizations(
     session: Session, principal: Principal
 ) -> Sequence[tuple[Project, Organization]]:
+    principal.require_listing("projects")
     return queries.with_organizations(session, principal.organization_id, principal.project_id)
 
 

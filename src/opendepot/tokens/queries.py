@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Connection, Row, bindparam, delete, func, select
+from sqlalchemy import Connection, Row, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from .models import Token
@@ -35,6 +35,19 @@ def for_project(session: Session, project_id: str, kind: str) -> Sequence[Token]
     return session.scalars(stmt).all()
 
 
+def for_organization(session: Session, organization_id: str, kinds: Sequence[str]) -> Sequence[Token]:
+    stmt = (
+        select(Token)
+        .where(
+            Token.organization_id == organization_id,
+            Token.kind.in_(list(kinds)),
+            Token.project_id.is_(None),
+        )
+        .order_by(Token.created_at, Token.id)
+    )
+    return session.scalars(stmt).all()
+
+
 def count_for_project(session: Session, project_id: str) -> int:
     stmt = select(func.count()).select_from(Token).where(Token.project_id == project_id)
     return int(session.scalar(stmt) or 0)
@@ -46,3 +59,16 @@ def delete_token(session: Session, token_id: str) -> None:
 
 def delete_expired(session: Session, now: datetime) -> None:
     session.execute(delete(Token).where(Token.expires_at.is_not(None), Token.expires_at < now))
+
+
+def expire_build_tokens(session: Session, build_id: str, at: datetime) -> None:
+    """Sets the expiry of a build's tokens to at, unless they already expire sooner."""
+    session.execute(
+        update(Token)
+        .where(
+            Token.build_id == build_id,
+            Token.kind == "build",
+            or_(Token.expires_at.is_(None), Token.expires_at > at),
+        )
+        .values(expires_at=at)
+    )

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal, TokenKind
 from opendepot.clock import as_utc, utcnow
-from opendepot.errors import NotFound, ResourceExhausted
+from opendepot.errors import InvalidArgument, NotFound, ResourceExhausted
 from opendepot.ids import new_id
 from opendepot.projects.service import load_managed_project
 from opendepot.validation import require_id, require_text
@@ -21,6 +21,7 @@ from .secrets import digests_match, hash_secret, new_secret
 
 MAX_DESCRIPTION_LENGTH = 255
 MAX_TOKENS_PER_PROJECT = 1000
+BUILD_TOKEN_GRACE = timedelta(minutes=5)
 
 
 def _issue(
@@ -49,10 +50,28 @@ def _issue(
     return token, secret
 
 
-def create_organization_token(session: Session, organization_id: str, description: str) -> tuple[Token, str]:
+def create_organization_token(
+    session: Session, organization_id: str, description: str, expires_at: datetime | None = None
+) -> tuple[Token, str]:
     """Admin path (bootstrap and `opendepot tokens create`): the secret is returned once, never stored."""
     description = require_text("description", description, MAX_DESCRIPTION_LENGTH)
-    return _issue(session, TokenKind.ORGANIZATION, organization_id, None, description)
+    if expires_at is not None and as_utc(expires_at) <= utcnow():
+        raise InvalidArgument("expires_at", "must be in the future")
+    return _issue(session, TokenKind.ORGANIZATION, organization_id, None, description, expires_at=expires_at)
+
+
+def list_organization_tokens(session: Session, organization_id: str) -> Sequence[Token]:
+    """Admin path: an organization's organization and user tokens (never their secrets)."""
+    return queries.for_organization(session, organization_id, (TokenKind.ORGANIZATION, TokenKind.USER))
+
+
+def revoke_organization_token(session: Session, organization_id: str, token_id: str) -> Token:
+    """Admin path: revokes any token of the organization; the next request with it is unauthenticated."""
+    token = queries.get(session, require_id("token_id", token_id))
+    if token is None or token.organization_id != organization_id:
+        raise NotFound(f"token {token_id!r} not found in organization {organization_id}")
+    queries.delete_token(session, token.id)
+    return token
 
 
 def create_user_token(session: Session, organization_id: str, description: str) -> tuple[Token, str]:
@@ -66,6 +85,12 @@ def create_build_token(session: Session, organization_id: str, project_id: str, 
         session, TokenKind.BUILD, organization_id, project_id, f"build {build_id}", build_id=build_id
     )
     return secret
+
+
+def expire_build_token(session: Session, build_id: str, finished_at: datetime) -> None:
+    """A build's token ends with the build, after a grace for the CLI's last calls (FinishBuild, GetPullInfo):
+    a token that leaks from a CI log afterwards reaches nothing."""
+    queries.expire_build_tokens(session, build_id, finished_at + BUILD_TOKEN_GRACE)
 
 
 def create_pull_token(
@@ -105,6 +130,19 @@ def _load_project_token(session: Session, principal: Principal, token_id: str) -
     return token
 
 
+def _revocable_user_token(session: Session, principal: Principal, token_id: str) -> Token | None:
+    """An opendepot extension of DeleteToken: an organization token revokes its organization's user tokens
+    (from `depot login`), and a user token revokes itself."""
+    token = queries.get(session, require_id("token_id", token_id))
+    if token is None or token.kind != TokenKind.USER.value:
+        return None
+    if principal.kind is TokenKind.USER and principal.token_id == token.id:
+        return token
+    if principal.kind is TokenKind.ORGANIZATION and principal.organization_id == token.organization_id:
+        return token
+    return None
+
+
 def update_token(session: Session, principal: Principal, token_id: str, description: str) -> Token:
     token = _load_project_token(session, principal, token_id)
     token.description = require_text("description", description, MAX_DESCRIPTION_LENGTH)
@@ -113,7 +151,8 @@ def update_token(session: Session, principal: Principal, token_id: str, descript
 
 
 def delete_token(session: Session, principal: Principal, token_id: str) -> None:
-    token = _load_project_token(session, principal, token_id)
+    user_token = _revocable_user_token(session, principal, token_id)
+    token = user_token or _load_project_token(session, principal, token_id)
     queries.delete_token(session, token.id)
 
 

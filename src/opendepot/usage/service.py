@@ -99,6 +99,7 @@ def project_usage(session: Session, principal: Principal, project_id: str, p: Pe
 def list_project_usage(
     session: Session, principal: Principal, p: Period, page: PageRequest
 ) -> tuple[list[ProjectFigures], str | None]:
+    principal.require_listing("usage")
     rows = project_queries.page(
         session,
         principal.organization_id,
@@ -119,6 +120,7 @@ class OrganizationUsage:
 
 
 def organization_usage(session: Session, principal: Principal, p: Period) -> OrganizationUsage:
+    principal.require_listing("usage")
     projects: Sequence[Project] = project_queries.page(
         session, principal.organization_id, limit=1_000_000, after=None, only_project_id=principal.project_id
     )
