@@ -37,7 +37,7 @@ PATHS = sorted(method_paths())
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data_dir = tmp_path_factory.mktemp("hostile") / "data"
-    srv = Server(data_dir=data_dir, database_url=None, extra_args=["--workers", "2"]).start()
+    srv = Server(data_dir=data_dir, database_url=None, extra_args=["--workers", "2"]).start(timeout=120)
     try:
         yield srv
     finally:
@@ -223,7 +223,8 @@ def hostile_request(rng: random.Random, path: str, tokens: list[str], project_id
         headers.append(("grpc-timeout", rng.choice(["1n", "zzz", "99999999999H"])))
     method = "GET" if rng.random() < 0.03 else "POST"
     query = "?encoding=json&message=" + "[" * 500 if method == "GET" else ""
-    return httpx.Request(method, path + query, headers=headers, content=body)
+    raw = [(k.encode(), v if isinstance(v, bytes) else v.encode()) for k, v in headers]
+    return httpx.Request(method, path + query, headers=raw, content=body)
 
 
 def bad_outcome(response: httpx.Response) -> str | None:
@@ -310,7 +311,7 @@ def test_log_lines_of_refusals_are_one_line(server: Server) -> None:
         client.post(
             server.url + "/depot.core.v1.ProjectService/ListProjects",
             content=b"{}",
-            headers=[("content-type", "application/json"), ("x-bad", b"\xff")],
+            headers=[(b"content-type", b"application/json"), (b"x-bad", b"\xff")],
         )
     lines = [line for line in server.log_text().splitlines() if "not valid UTF-8" in line]
     assert lines and all(json.loads(line)["code"] == "invalid_argument" for line in lines)

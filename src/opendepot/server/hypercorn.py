@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import h2.events
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.protocol.h2 import H2Protocol
 
 from .config import Config
 
 
+def tolerate_late_request_data() -> None:
+    """Hypercorn 0.18 forgets an HTTP/2 stream once its response has ended; request DATA that arrives for it
+    afterwards (a client still sending the body of a request the server already refused) raises KeyError
+    in the connection's reader, which drops the whole connection and every other stream on it. Such DATA is
+    only acknowledged (so the connection's flow-control window stays open) and otherwise dropped."""
+    original = H2Protocol._handle_events
+    if getattr(original, "opendepot_patched", False):
+        return
+
+    async def handle_events(self: H2Protocol, events: list[h2.events.Event]) -> None:
+        kept: list[h2.events.Event] = []
+        for event in events:
+            if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
+                self.connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                continue
+            kept.append(event)
+        await original(self, kept)
+
+    patched: Any = handle_events
+    patched.opendepot_patched = True
+    H2Protocol._handle_events = patched  # type: ignore[method-assign]
+
+
 def hypercorn_config(config: Config) -> HypercornConfig:
+    tolerate_late_request_data()
     hc = HypercornConfig()
     host, port = config.api.host_port
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
