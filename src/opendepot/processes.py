@@ -9,6 +9,9 @@ import ctypes
 import os
 import signal
 import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 
 async def terminate(process: subprocess.Popen[bytes], grace_seconds: float = 15) -> None:
@@ -23,6 +26,53 @@ async def terminate(process: subprocess.Popen[bytes], grace_seconds: float = 15)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         await asyncio.to_thread(process.wait)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+# Loaded here, in the parent: a child between fork and exec should call nothing that may take a lock.
+_LIBC = _libc()
+
+
+def parent_death_signal(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None]:
+    """A preexec_fn for Popen: the child gets sig when the thread that started it (the supervisor's event
+    loop) dies, even by SIGKILL. Children started in their own session need it: nothing else reaches them."""
+
+    def arm() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig))
+
+    return arm
+
+
+def stop_leftover(pid: int, grace_seconds: float = 10) -> None:
+    """Stops a process an earlier supervisor left behind and waits until it is gone (SIGKILL after the
+    grace), so that whatever it held (a port, a lock) is free when this returns."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while _exists(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + grace_seconds
+        time.sleep(0.05)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def die_with_parent() -> None:

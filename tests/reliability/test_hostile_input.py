@@ -306,6 +306,31 @@ def test_ten_thousand_hostile_requests(server: Server) -> None:
     assert elapsed < 600
 
 
+@pytest.mark.parametrize("http2", [False, True], ids=["http1.1", "h2c"])
+def test_well_formed_requests_still_work(server: Server, http2: bool) -> None:
+    """The guard passes a valid body through whole, in every form (the CLI speaks h2c, binary protobuf)."""
+    _org, token = server.new_organization()
+    with httpx.Client(base_url=server.url, timeout=30, http1=not http2, http2=http2) as client:
+        auth = {"authorization": f"Bearer {token}"}
+        created = client.post(
+            "/depot.core.v1.ProjectService/CreateProject", json={"name": "passes"}, headers=auth
+        )
+        assert created.status_code == 200, created.text
+        project = created.json()["project"]["projectId"]
+        zipped = client.post(
+            "/depot.core.v1.ProjectService/GetProject",
+            content=gzip.compress(json.dumps({"projectId": project}).encode()),
+            headers={**auth, "content-type": "application/json", "content-encoding": "gzip"},
+        )
+        assert zipped.status_code == 200 and zipped.json()["project"]["name"] == "passes", zipped.text
+        streamed = client.post(
+            "/depot.core.v1.ProjectService/GetProject",
+            content=envelope(json.dumps({"projectId": project}).encode()),
+            headers={**auth, "content-type": "application/connect+json"},
+        )
+        assert streamed.status_code in (200, 415), streamed.text
+
+
 def test_log_lines_of_refusals_are_one_line(server: Server) -> None:
     with httpx.Client(timeout=30) as client:
         client.post(

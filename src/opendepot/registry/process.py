@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import secrets
-import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from opendepot.builds import queries as build_queries
 from opendepot.clock import utcnow
 from opendepot.datadir import DataDir
 from opendepot.files import write_private
-from opendepot.processes import terminate
+from opendepot.processes import parent_death_signal, stop_leftover, terminate
 from opendepot.store import Store
 
 from . import queries
@@ -136,7 +134,7 @@ class RegistryProcess:
         with contextlib.suppress(OSError, ValueError):
             pid = int(self.pid_path.read_text())
             if str(self.config_path).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                os.kill(pid, signal.SIGTERM)
+                stop_leftover(pid)
 
     async def start(self) -> None:
         self.write_config()
@@ -149,6 +147,7 @@ class RegistryProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=parent_death_signal(),  # noqa: PLW1509 - prctl only; the function is preloaded
         )
         out.close()
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,13 +21,12 @@ def tolerate_late_request_data() -> None:
         return
 
     async def handle_events(self: H2Protocol, events: list[h2.events.Event]) -> None:
-        kept: list[h2.events.Event] = []
+        # One at a time: a stream comes to exist while its RequestReceived, earlier in the batch, is handled.
         for event in events:
             if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
                 self.connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 continue
-            kept.append(event)
-        await original(self, kept)
+            await original(self, [event])
 
     patched: Any = handle_events
     patched.opendepot_patched = True

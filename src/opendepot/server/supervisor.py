@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import logging
 import multiprocessing
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from multiprocessing.synchronize import Event as EventType
 from typing import Any
@@ -26,6 +28,8 @@ from opendepot.processes import die_with_parent
 from .background import builder_services
 from .config import Config
 from .hypercorn import hypercorn_config
+
+log = logging.getLogger("opendepot.server")
 
 # An app factory runs in each worker: it returns the ASGI app and what to close when the worker stops.
 AppFactory = Callable[[Config], tuple[Any, Callable[[], None]]]
@@ -108,22 +112,76 @@ async def _supervise(config: Config, make_app: AppFactory, builders: bool) -> No
         _check_port_free(hc)
         ctx = multiprocessing.get_context("spawn")
         stop = ctx.Event()
-        workers = [
-            ctx.Process(target=_worker_main, args=(config, make_app, stop))
-            for _ in range(config.server.workers)
-        ]
-        for process in workers:
-            process.start()
-        # Any worker exiting on its own (a crash) stops the whole server rather than leaving it half-up.
-        while not stopped.is_set() and all(w.is_alive() for w in workers):
+        pool = _WorkerPool(ctx, config, make_app, stop)
+        for index in range(config.server.workers):
+            pool.start(index)
+        # A worker that dies on its own (a native fault) is replaced, with backoff if it keeps dying; the
+        # builders, the gateway and the registry in this process carry on meanwhile.
+        while not stopped.is_set():
+            pool.replace_dead()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopped.wait(), timeout=0.25)
         stop.set()
-        for w in workers:
+        for w in pool.workers:
             await asyncio.to_thread(w.join, 15)
             if w.is_alive():
                 w.kill()
                 await asyncio.to_thread(w.join)
-        crashed = [w.exitcode for w in workers if w.exitcode not in (0, None)]
-        if crashed and not stopped.is_set():
-            raise SystemExit(f"opendepot: a worker exited with code {crashed[0]}")
+
+
+# Delays before restarting a worker that died again soon after its start; one that ran a minute starts over.
+RESTART_BACKOFF_SECONDS = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
+STABLE_AFTER_SECONDS = 60.0
+
+
+class _WorkerPool:
+    def __init__(self, ctx: Any, config: Config, make_app: AppFactory, stop: EventType) -> None:
+        self._ctx = ctx
+        self._config = config
+        self._make_app = make_app
+        self._stop = stop
+        self.workers: list[Any] = []
+        self._started: list[float] = []
+        self._crashes: list[int] = []
+        self._due: dict[int, float] = {}
+
+    def start(self, index: int) -> None:
+        process = self._ctx.Process(target=_worker_main, args=(self._config, self._make_app, self._stop))
+        process.start()
+        if index == len(self.workers):
+            self.workers.append(process)
+            self._started.append(time.monotonic())
+            self._crashes.append(0)
+        else:
+            self.workers[index] = process
+            self._started[index] = time.monotonic()
+
+    def replace_dead(self) -> None:
+        now = time.monotonic()
+        for index, worker in enumerate(self.workers):
+            if worker.is_alive() or self._stop.is_set():
+                continue
+            if index not in self._due:
+                worker.join(0)
+                stable = now - self._started[index] >= STABLE_AFTER_SECONDS
+                self._crashes[index] = 0 if stable else self._crashes[index] + 1
+                delay = RESTART_BACKOFF_SECONDS[min(self._crashes[index], len(RESTART_BACKOFF_SECONDS) - 1)]
+                self._due[index] = now + delay
+                log.error(
+                    "API worker %d (pid %s) exited with %s; restarting it in %.0f s",
+                    index,
+                    worker.pid,
+                    _exit_reason(worker.exitcode),
+                    delay,
+                )
+            if now >= self._due[index]:
+                del self._due[index]
+                self.start(index)
+                log.warning("API worker %d restarted (pid %s)", index, self.workers[index].pid)
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+    return f"code {code}"

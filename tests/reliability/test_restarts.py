@@ -1,0 +1,169 @@
+"""Crashes while builds run, through a real `opendepot serve` and the official `depot` CLI: an API worker
+killed by a signal is replaced while a build runs through; `kill -9` of the supervisor mid-build leaves
+nothing running, and the next start recovers (the interrupted build ends failed with a reason, the next
+build works and hits its cache)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.builds import builds_possible, busybox_context
+from tests.support.clients import DEPOT_CLI
+from tests.support.server import Server
+
+from .processes import alive, api_workers
+
+pytestmark = pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible()))
+
+
+def start_build(server: Server, token: str, project: str, context: Path) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "DEPOT_API_URL": server.url,
+        "DEPOT_TOKEN": token,
+        "DEPOT_NO_UPDATE_NOTIFIER": "1",
+        "DEPOT_ERROR_TELEMETRY": "0",
+    }
+    return subprocess.Popen(
+        [str(DEPOT_CLI), "build", "--project", project, "--progress", "plain", str(context)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+
+
+def rpc(server: Server, path: str, body: dict[str, object], token: str) -> Any:
+    r = httpx.post(
+        f"{server.url}/{path}", json=body, headers={"authorization": f"Bearer {token}"}, timeout=30
+    )
+    assert r.status_code == 200, (path, r.status_code, r.text)
+    return r.json()
+
+
+def new_project(server: Server, token: str) -> str:
+    created = rpc(server, "depot.core.v1.ProjectService/CreateProject", {"name": "crash"}, token)
+    return str(created["project"]["projectId"])
+
+
+def wait_for(predicate: object, seconds: float, what: str) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not within {seconds}s: {what}")
+
+
+def processes_under(data_dir: Path) -> list[str]:
+    """Every live process whose command line names this server's data dir (workers, builders, registry)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(data_dir) in cmdline and alive(int(entry.name)):
+            found.append(f"{entry.name}: {cmdline[:200]}")
+    return found
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(data_dir=tmp_path / "data", database_url=None, extra_args=["--workers", "2"])
+    srv.start(timeout=120)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_a_worker_killed_by_a_signal_is_replaced_while_a_build_runs_through(
+    server: Server, tmp_path: Path
+) -> None:
+    _org, token = server.new_organization()
+    project = new_project(server, token)
+    context = busybox_context(tmp_path / "ctx", "sleep 8", "echo built-through-a-crash")
+    assert server.process is not None
+    before = api_workers(server.process.pid)
+    assert len(before) == 2
+    build = start_build(server, token, project, context)
+    time.sleep(4)  # the build holds its builder and reports status through the API by now
+    os.kill(before[0], signal.SIGSEGV)
+    wait_for(
+        lambda: (
+            len(api_workers(server.process.pid)) == 2 and before[0] not in api_workers(server.process.pid)
+        ),
+        30,
+        "a replacement worker",
+    )
+    output, _ = build.communicate(timeout=300)
+    assert build.returncode == 0, output
+    assert "built-through-a-crash" in output
+    assert server.process.poll() is None
+    assert "restarted" in server.log_text()
+    listed = rpc(server, "depot.core.v1.BuildService/ListBuilds", {"projectId": project}, token)
+    assert [b["status"] for b in listed["builds"]] == ["STATUS_SUCCESS"], listed
+
+
+def test_kill_9_of_the_supervisor_mid_build_leaves_nothing_and_the_next_start_recovers(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    first = Server(data_dir=data_dir, database_url=None, extra_args=["--workers", "2"]).start(timeout=120)
+    _org, token = first.new_organization()
+    project = new_project(first, token)
+    cached = busybox_context(tmp_path / "ctx", "echo cached-step > /a")
+    build = start_build(first, token, project, cached)
+    output, _ = build.communicate(timeout=300)
+    assert build.returncode == 0, output
+    slow = busybox_context(tmp_path / "ctx", "echo cached-step > /a", "sleep 60")
+    build = start_build(first, token, project, slow)
+    time.sleep(6)
+    assert first.process is not None
+    first.process.kill()  # kill -9 of the supervisor
+    first.process.wait()
+    # Everything it ran dies with it: API workers and the registry by their parent-death signal.
+    wait_for(lambda: not processes_under(data_dir), 30, f"no process left: {processes_under(data_dir)}")
+    build.communicate(timeout=120)
+
+    second = Server(data_dir=data_dir, database_url=None, extra_args=["--workers", "2"], port=first.port)
+    second.buildkit_port, second.registry_port = first.buildkit_port, first.registry_port
+    second.start(timeout=120)
+    try:
+        listed = rpc(second, "depot.core.v1.BuildService/ListBuilds", {"projectId": project}, token)
+        builds = listed["builds"]
+        assert isinstance(builds, list)
+        interrupted = builds[0]
+        wait_for(
+            lambda: (
+                rpc(
+                    second, "depot.core.v1.BuildService/GetBuild", {"buildId": interrupted["buildId"]}, token
+                )["build"]["status"]
+                != "STATUS_RUNNING"
+            ),
+            120,
+            "the interrupted build to end",
+        )
+        again = start_build(second, token, project, cached)
+        output, _ = again.communicate(timeout=300)
+        assert again.returncode == 0, output
+        assert "CACHED" in output, output
+    finally:
+        second.stop()
+    wait_for(lambda: not processes_under(data_dir), 30, f"no process left: {processes_under(data_dir)}")
+    print(json.dumps({"interrupted": interrupted}))
