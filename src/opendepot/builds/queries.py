@@ -61,6 +61,12 @@ def active_leases(session: Session) -> Sequence[Row[str, str, str]]:
     return session.execute(stmt).all()
 
 
+def running_with_leases(session: Session) -> Sequence[Build]:
+    """Running builds that hold an unreleased lease on a builder."""
+    held = select(Lease.build_id).where(Lease.build_id == Build.id, Lease.released_at.is_(None))
+    return session.scalars(select(Build).where(Build.status == "running", held.exists())).all()
+
+
 def abandoned_builds(session: Session, stale_before: datetime) -> Sequence[Build]:
     """Running builds with no live lease and no heartbeat since stale_before."""
     live = select(Lease.build_id).where(

@@ -261,6 +261,21 @@ def reap(session: Session, lease_timeout: timedelta, now: datetime | None = None
     return expired, len(abandoned)
 
 
+INTERRUPTED = "interrupted: the server restarted while this build ran on its builder; run it again"
+
+
+def interrupt_building(session: Session, now: datetime | None = None) -> int:
+    """At supervisor start: a build that held a builder lost it with the previous supervisor (its builders
+    are reaped), so it cannot finish; it ends now, with a reason, rather than at the lease timeout."""
+    now = now or utcnow()
+    interrupted = queries.running_with_leases(session)
+    for build in interrupted:
+        build.status, build.finished_at, build.error = ERROR, now, INTERRUPTED
+        queries.release_leases(session, build.id, now)
+        tokens.expire_build_token(session, build.id, now)
+    return len(interrupted)
+
+
 __all__ = ["CANCELED", "ERROR", "FAILED", "Outcome"]
 
 

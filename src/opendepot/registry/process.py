@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import secrets
+import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,7 +148,8 @@ class RegistryProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=parent_death_signal(),  # noqa: PLW1509 - prctl only; the function is preloaded
+            # SIGKILL: nothing the registry holds must outlive its supervisor, and SIGKILL cannot be blocked.
+            preexec_fn=parent_death_signal(signal.SIGKILL),  # noqa: PLW1509 - prctl only, preloaded
         )
         out.close()
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from opendepot.builders.local import LocalBuildkitd
 from opendepot.builders.reconciler import BuilderReconciler, ReconcilerSettings, reap_leftovers
 from opendepot.builders.sandbox import Sandbox
 from opendepot.builds import queries as build_queries
+from opendepot.builds import service as build_service
 from opendepot.gateway.listener import Gateway, MemoryWatcher
 from opendepot.gateway.recorder import MemoryWatch, StepRecorder
 from opendepot.pki.authority import Authority
@@ -31,6 +32,8 @@ from .gauges import StoreGauges
 from .loops import Loops
 from .singular import Gated, SingularLease
 from .worker import open_registry
+
+log = logging.getLogger("opendepot.server")
 
 
 def mirror_settings(config: Config) -> MirrorSettings | None:
@@ -224,6 +227,10 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # 
     async def take_over() -> None:
         # What an earlier holder left running is stopped, then a fresh reconciler takes over from the rows.
         await reap_leftovers(store, backend)
+        # Builds that held those builders cannot finish: they end now, with a reason.
+        interrupted = await store.run(build_service.interrupt_building)
+        if interrupted:
+            log.warning("%d build(s) cut off by the previous holder's end marked failed", interrupted)
         reconciler.renew()
 
     singular = SingularLease(store, take_over, reconciler.shutdown)
