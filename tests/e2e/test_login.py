@@ -84,9 +84,19 @@ def test_login_approved_on_the_page(server: Server, org: tuple[str, str], home: 
     with httpx.Client(timeout=10) as http:
         page = http.get(login.url)
         assert page.status_code == 200 and "Approve depot login" in page.text
-        wrong = http.post(login.url, data={"token": "odo_not-a-token"})
+        # The page shows the request's code, origin (the CLI's address and user agent) and time, and
+        # approving takes a confirmation of them; it can be neither framed nor cached.
+        code = re.search(r"name='confirm' value='([A-Z0-9]{4}-[A-Z0-9]{4})'", page.text)
+        assert code, page.text
+        assert "127.0.0.1" in page.text and "depot-cli" in page.text
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert page.headers["x-frame-options"] == "DENY" and page.headers["cache-control"] == "no-store"
+        assert page.headers["referrer-policy"] == "no-referrer"
+        wrong = http.post(login.url, data={"token": "odo_not-a-token", "confirm": code[1]})
         assert wrong.status_code == 403
-        approved = http.post(login.url, data={"token": admin})
+        unconfirmed = http.post(login.url, data={"token": admin})
+        assert unconfirmed.status_code == 403 and "confirm" in unconfirmed.text
+        approved = http.post(login.url, data={"token": admin, "confirm": code[1]})
         assert approved.status_code == 200 and "Login approved" in approved.text
     code, output = login.finish()
     assert code == 0, output
@@ -141,8 +151,15 @@ def test_unknown_used_and_expired_requests_fail(server: Server, org: tuple[str, 
             return await client.start_login(pb.StartLoginRequest())
 
     started = asyncio.run(start(server))
-    assert started.approve_url == f"{server.url}/login/{started.id}"
-    server.admin("login", "approve", started.id, "--org", org[0])
+    # The approval URL names the request by a handle of its own, not by the secret FinishLogin redeems.
+    approval_id = started.approve_url.removeprefix(f"{server.url}/login/")
+    assert started.approve_url.startswith(f"{server.url}/login/") and started.id not in started.approve_url
+    with pytest.raises(ConnectError) as by_url:
+        asyncio.run(finish(server, approval_id))
+    assert by_url.value.code.value == "not_found"
+    with pytest.raises(RuntimeError):
+        server.admin("login", "approve", started.id, "--org", org[0])  # the secret does not approve
+    server.admin("login", "approve", approval_id, "--org", org[0])
     assert [t[:4] for t in asyncio.run(finish(server, started.id))] == ["odu_"]
     with pytest.raises(ConnectError) as used:
         asyncio.run(finish(server, started.id))

@@ -108,6 +108,8 @@ def test_deeply_nested_json_is_refused_and_no_worker_dies(server: Server) -> Non
 def test_gzip_bombs_do_not_grow_the_workers(server: Server) -> None:
     _org, token = server.new_organization()
     bomb = gzip.compress(b"\0" * (100 * 1024 * 1024), compresslevel=9)  # ~100 KiB on the wire
+    small_bomb = gzip.compress(b"\0" * (10 * 1024 * 1024), compresslevel=9)  # ~10 KiB: under the login bound
+    assert len(small_bomb) < 16 * 1024
     workers = workers_of(server)
     rss_before = {p: rss_bytes(p) for p in workers}
     sent = 0
@@ -122,6 +124,24 @@ def test_gzip_bombs_do_not_grow_the_workers(server: Server) -> None:
                 )
                 assert r.status_code in (401, 429), (r.status_code, r.content[:200])
                 sent += len(bomb)
+            # The public login RPCs expand at most their 16 KiB bound for a caller without a token.
+            for path, content_type, body in (
+                ("/depot.cli.v1beta1.LoginService/StartLogin", "application/proto", bomb),
+                (
+                    "/depot.cli.v1beta1.LoginService/FinishLogin",
+                    "application/connect+proto",
+                    envelope(bomb, 1),
+                ),
+            ):
+                headers = {"content-type": content_type}
+                if content_type == "application/proto":
+                    headers["content-encoding"] = "gzip"
+                else:
+                    headers["connect-content-encoding"] = "gzip"
+                r = client.post(server.url + path, content=body, headers=headers)
+                code = r.json()["code"] if r.status_code != 200 else end_stream_code(r.content)
+                assert code == "resource_exhausted", (path, r.status_code, r.content[:200])
+                sent += len(body)
     rss_after = {p: rss_bytes(p) for p in workers}
     growth = {p: rss_after[p] - rss_before[p] for p in workers}
     print(f"gzip bombs: {sent} bytes sent; RSS before {rss_before}, after {rss_after}")

@@ -1,4 +1,5 @@
-"""Bearer-token authentication for handlers: `await authn.principal(ctx)`.
+"""Bearer-token authentication, run once per RPC by the guard (api/guard.py) from the Authorization header;
+handlers read the result with `caller()` (api/calls.py).
 
 A bearer is an opendepot token (looked up by its digest) or, when it is a JWT from a configured CI issuer,
 an OIDC identity: verified, checked against replay, and given the projects whose trust policies match it."""
@@ -8,16 +9,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from connectrpc.request import RequestContext
-
 from opendepot.auth import Principal, TokenKind
 from opendepot.errors import Unauthenticated
 from opendepot.oidc import service as oidc
 from opendepot.oidc.verifier import OidcVerifier, looks_like_jwt
 from opendepot.store import Store
 from opendepot.tokens import service as tokens
-
-from .calls import current_call
 
 MAX_TOKEN_LENGTH = 8192
 
@@ -44,16 +41,6 @@ class Authenticator:
         self._store = store
         self._verifier = verifier
         self._replay_window = replay_window
-
-    async def principal(self, ctx: RequestContext[Any, Any]) -> Principal:
-        """The caller of this RPC: resolved once, by the guard, before the body was read."""
-        call = current_call.get()
-        if call is not None and call.principal is not None:
-            return call.principal
-        principal = await self.from_header(ctx.request_headers.get("authorization"))
-        if call is not None:
-            call.principal = principal
-        return principal
 
     async def from_header(self, authorization: str | None) -> Principal:
         return await self.from_secret(bearer_token(authorization))

@@ -5,7 +5,9 @@ It checks what a hostile caller controls before anything expensive or fragile ru
 - the caller is authenticated from the Authorization header first (only the login RPCs are public), and the
   principal is put on the call so handlers never look it up again;
 - bodies are bounded per method (small for unary RPCs, the status stream its own size), read within a time
-  limit, and decompressed only for authenticated callers and only up to the same bound;
+  limit, and decompressed only up to that same bound: for the two public (login) RPCs that is 16 KiB, so an
+  unauthenticated caller never gets more than 16 KiB decompressed (clients such as connect-python gzip
+  every message by default, so refusing gzip outright would lock them out of `depot login`);
 - JSON is refused when nested deeper than MAX_JSON_DEPTH, before the decoder sees it (a deep enough document
   crashes the native protobuf JSON decoder, taking the whole worker down).
 Every refusal is a Connect error in the caller's own protocol and one log line."""
@@ -275,7 +277,7 @@ class StreamChecker:
                     self._start_message()
                 continue
             take = min(self._remaining, len(view))
-            if self._json_depth is not None:
+            if self._json_depth is not None or self._compressed:
                 self._message += view[:take]
             view = view[take:]
             self._remaining -= take
@@ -289,7 +291,10 @@ class StreamChecker:
             raise Refused("invalid_argument", f"request stream: unknown envelope flags {flags:#x}")
         self._compressed = bool(flags & 0x01)
         if self._compressed and not self._gzip:
-            raise Refused("invalid_argument", "request stream: a compressed message without compression")
+            raise Refused(
+                "invalid_argument",
+                "request stream: a compressed message without negotiated compression",
+            )
         if length > self._message_limit:
             raise Refused(
                 "resource_exhausted", f"request stream: a message larger than {self._message_limit}"
@@ -300,13 +305,14 @@ class StreamChecker:
 
     def _end_message(self) -> None:
         self._header.clear()
-        if self._json_depth is None:
+        if self._json_depth is None and not self._compressed:
             return
         message = bytes(self._message)
         self._message.clear()
         if self._compressed:
+            # Expanded here, up to this method's bound (the codec's own bound is the largest of all).
             message = gunzip_bounded(message, self._message_limit)
-        if json_depth_exceeds(message, self._json_depth):
+        if self._json_depth is not None and json_depth_exceeds(message, self._json_depth):
             raise Refused("invalid_argument", f"request message: JSON nested deeper than {self._json_depth}")
 
 
@@ -366,8 +372,6 @@ class Guard:
         encoding = headers.get("content-encoding", "identity").strip().lower() or "identity"
         if encoding not in ("identity", "gzip"):
             raise Refused("unimplemented", f"content-encoding {encoding!r}: only gzip is supported")
-        if encoding == "gzip" and public:
-            raise Refused("invalid_argument", "content-encoding: compressed bodies need authentication")
         body = await read_bounded(receive, limit, self.limits.body_timeout)
         if encoding == "gzip" and body:
             body = gunzip_bounded(body, limit)
@@ -398,8 +402,6 @@ class Guard:
         encoding = headers.get(name, "identity").strip().lower() or "identity"
         if encoding not in ("identity", "gzip"):
             raise Refused("unimplemented", f"{name} {encoding!r}: only gzip is supported")
-        if encoding == "gzip" and public:
-            raise Refused("invalid_argument", f"{name}: compressed messages need authentication")
         checker = StreamChecker(
             message_limit, total_limit, self.limits.json_depth if wire.json else None, encoding == "gzip"
         )

@@ -1,6 +1,8 @@
-"""`depot login`'s device flow (spec §5.7): StartLogin makes a request with a secret id; an organization
-admin approves it (on the approval page with an organization token, or `opendepot login approve ID`);
-FinishLogin then makes a user token for that organization and hands it over once."""
+"""`depot login`'s device flow (spec §5.7): StartLogin makes a request with a secret id (which only the CLI
+holds: FinishLogin redeems it) and a separate approval id (the URL the CLI prints). An organization admin
+approves on the page, which shows a user code, where the request came from and when, and takes an explicit
+confirmation of those with an organization token; or runs `opendepot login approve APPROVAL_ID`.
+FinishLogin then makes a user token for that organization and hands it over once. Who approved is recorded."""
 
 from __future__ import annotations
 
@@ -26,14 +28,31 @@ MAX_ID_LENGTH = 64
 _ID_ALPHABET = string.ascii_letters + string.digits
 
 
+# Unambiguous capitals for the user code: no 0/O, 1/I.
+_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+MAX_ORIGIN_LENGTH = 255
+
+
 def new_login_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(32))
 
 
-def start(session: Session, lifetime: timedelta) -> LoginRequest:
+def new_user_code() -> str:
+    code = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(8))
+    return f"{code[:4]}-{code[4:]}"
+
+
+def start(session: Session, lifetime: timedelta, origin: str = "") -> LoginRequest:
     now = utcnow()
     queries.forget_expired_before(session, now - timedelta(days=1))
-    login = LoginRequest(id=new_login_id(), created_at=now, expires_at=now + lifetime)
+    login = LoginRequest(
+        id=new_login_id(),
+        approval_id=new_login_id(),
+        user_code=new_user_code(),
+        origin=origin[:MAX_ORIGIN_LENGTH],
+        created_at=now,
+        expires_at=now + lifetime,
+    )
     session.add(login)
     session.flush()
     return login
@@ -61,8 +80,19 @@ def pending(session: Session, login_id: str) -> LoginRequest:
     return login
 
 
-def approve(session: Session, login_id: str, organization_id: str, approved_by: str) -> LoginRequest:
-    login = pending(session, login_id)
+def awaiting_approval(session: Session, approval_id: str) -> LoginRequest:
+    """The request behind an approval URL (its secret id is never looked up this way)."""
+    if not approval_id or len(approval_id) > MAX_ID_LENGTH:
+        raise InvalidArgument("id", "is not a login approval id")
+    login = queries.by_approval_id(session, approval_id)
+    if login is None:
+        raise NotFound("unknown login request; run `depot login` again")
+    _check_open(login)
+    return login
+
+
+def approve(session: Session, approval_id: str, organization_id: str, approved_by: str) -> LoginRequest:
+    login = awaiting_approval(session, approval_id)
     if organization_queries.get(session, organization_id) is None:
         raise NotFound(f"organization {organization_id!r} not found")
     if login.approved_at is None:
@@ -72,10 +102,16 @@ def approve(session: Session, login_id: str, organization_id: str, approved_by: 
     return login
 
 
-def approve_with_token(session: Session, login_id: str, principal: Principal) -> LoginRequest:
+def approve_with_token(
+    session: Session, approval_id: str, principal: Principal, confirmed_code: str
+) -> LoginRequest:
+    """The page's approval: the approver confirmed the request's code (with its origin and time)."""
     if principal.kind not in (TokenKind.ORGANIZATION, TokenKind.USER):
         raise PermissionDenied("approving a login takes an organization token")
-    return approve(session, login_id, principal.organization_id, principal.token_id)
+    login = awaiting_approval(session, approval_id)
+    if not confirmed_code or confirmed_code.strip().upper() != (login.user_code or ""):
+        raise InvalidArgument("confirm", "confirm the code, origin and time of the login you started")
+    return approve(session, approval_id, principal.organization_id, principal.token_id)
 
 
 @dataclass(frozen=True, slots=True)

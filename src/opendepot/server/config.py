@@ -382,7 +382,7 @@ class OidcSettings:
 class LoginSettings:
     timeout_seconds: float = setting(
         "how long a `depot login` waits for approval",
-        lambda: 600.0,
+        lambda: 300.0,
         parse=float,
         metavar="SECONDS",
         name="login_timeout_seconds",

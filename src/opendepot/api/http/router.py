@@ -64,9 +64,18 @@ class Router:
         if scope["method"] == "GET" and path.startswith("/shared/"):
             page = await self._shared_page(path.removeprefix("/shared/"))
             body = (page or "<!doctype html><p>This link is unknown or no longer shared.</p>").encode()
+            # The URL is the share secret: not cached, not sent on as a referrer, not framed.
             headers = [
                 (b"content-type", b"text/html; charset=utf-8"),
                 (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+                (b"referrer-policy", b"no-referrer"),
+                (
+                    b"content-security-policy",
+                    b"default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+                ),
+                (b"x-frame-options", b"DENY"),
+                (b"x-content-type-options", b"nosniff"),
             ]
             await send({"type": "http.response.start", "status": 200 if page else 404, "headers": headers})
             await send({"type": "http.response.body", "body": body})

@@ -7,6 +7,7 @@ from typing import Any
 
 from connectrpc.request import RequestContext
 
+from opendepot.api.calls import caller
 from opendepot.api.deps import Deps
 from opendepot.api.rpc import convert
 from opendepot.builds import service as builds
@@ -21,12 +22,12 @@ class BuildService(build_connect.BuildService):
         self.d = deps
 
     async def create_build(self, request: pb.CreateBuildRequest, ctx: Ctx) -> pb.CreateBuildResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         build, token = await self.d.store.run(lambda s: builds.create_build(s, who, request.project_id, []))
         return pb.CreateBuildResponse(build_id=build.id, build_token=token)
 
     async def finish_build(self, request: pb.FinishBuildRequest, ctx: Ctx) -> pb.FinishBuildResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         result = request.result
         outcome = None
         if result is not None:
@@ -39,7 +40,7 @@ class BuildService(build_connect.BuildService):
         return pb.FinishBuildResponse()
 
     async def get_build_steps(self, request: pb.GetBuildStepsRequest, ctx: Ctx) -> pb.GetBuildStepsResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         page = convert.page_of(request, builds.STEPS_LIST)
         rows, token = await self.d.store.read(
             lambda s: builds.list_steps(s, who, request.project_id, request.build_id, page)
@@ -64,7 +65,7 @@ class BuildService(build_connect.BuildService):
     async def get_build_step_logs(
         self, request: pb.GetBuildStepLogsRequest, ctx: Ctx
     ) -> pb.GetBuildStepLogsResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         page = convert.page_of(request, builds.LOGS_LIST)
         rows, token = await self.d.store.read(
             lambda s: builds.step_logs(

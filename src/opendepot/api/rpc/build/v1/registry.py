@@ -7,6 +7,7 @@ from typing import Any
 
 from connectrpc.request import RequestContext
 
+from opendepot.api.calls import caller
 from opendepot.api.deps import Deps
 from opendepot.api.rpc import convert
 from opendepot.gen.depot.build.v1 import registry_connect
@@ -22,7 +23,7 @@ class RegistryService(registry_connect.RegistryService):
         self.d = deps
 
     async def list_images(self, request: pb.ListImagesRequest, ctx: Ctx) -> pb.ListImagesResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         page = convert.page_of(request, registry.IMAGES_LIST)
         rows, token = await self.d.store.read(
             lambda s: registry.list_images(s, who, request.project_id, page)
@@ -41,7 +42,7 @@ class RegistryService(registry_connect.RegistryService):
         )
 
     async def delete_image(self, request: pb.DeleteImageRequest, ctx: Ctx) -> pb.DeleteImageResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         if self.d.registry is None:
             raise no_registry()
         await self.d.registry.delete(who, request.project_id, list(request.image_tags))

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from connectrpc.request import RequestContext
 from protobuf import Oneof
 
+from opendepot.api.calls import caller
 from opendepot.api.deps import Deps
 from opendepot.builders.access import BuilderAccess
 from opendepot.builds import service as builds
@@ -41,7 +42,7 @@ class BuildKitService(buildkit_connect.BuildKitService):
     async def get_endpoint(
         self, request: pb.GetEndpointRequest, ctx: Ctx
     ) -> AsyncIterator[pb.GetEndpointResponse]:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         platform = platform_in(request.platform)
         while True:
             connection = await self.machines.acquire(who, request.build_id, platform)
@@ -69,7 +70,7 @@ class BuildKitService(buildkit_connect.BuildKitService):
     async def report_health(
         self, request: AsyncIterator[pb.ReportHealthRequest], ctx: Ctx
     ) -> pb.ReportHealthResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         async for beat in request:
             build_id, platform = beat.build_id, platform_in(beat.platform)
 
@@ -82,7 +83,7 @@ class BuildKitService(buildkit_connect.BuildKitService):
     async def release_endpoint(
         self, request: pb.ReleaseEndpointRequest, ctx: Ctx
     ) -> pb.ReleaseEndpointResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         platform = platform_in(request.platform)
         await self.d.store.run(lambda s: builds.release(s, who, request.build_id, platform))
         return pb.ReleaseEndpointResponse()

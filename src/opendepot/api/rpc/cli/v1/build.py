@@ -10,6 +10,7 @@ from typing import Any, Literal
 from connectrpc.request import RequestContext
 from protobuf import Oneof
 
+from opendepot.api.calls import caller
 from opendepot.api.deps import Deps
 from opendepot.api.rpc import convert
 from opendepot.builders.access import BuilderAccess, Connection
@@ -72,7 +73,7 @@ class BuildService(build_connect.BuildService):
         return f"{self.d.public_url}/projects/{build.project_id}/builds/{build.id}"
 
     async def create_build(self, request: pb.CreateBuildRequest, ctx: Ctx) -> pb.CreateBuildResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         if (
             request.required_engine is not None
             and request.required_engine.engine is not None
@@ -107,7 +108,7 @@ class BuildService(build_connect.BuildService):
         return response
 
     async def get_pull_info(self, request: pb.GetPullInfoRequest, ctx: Ctx) -> pb.GetPullInfoResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         if self.d.registry is None:
             raise no_registry()
         host = self.d.registry.host
@@ -122,7 +123,7 @@ class BuildService(build_connect.BuildService):
         )
 
     async def get_pull_token(self, request: pb.GetPullTokenRequest, ctx: Ctx) -> pb.GetPullTokenResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         if self.d.registry is None:
             raise no_registry()
         secret, _expires = await self.d.store.run(
@@ -131,12 +132,12 @@ class BuildService(build_connect.BuildService):
         return pb.GetPullTokenResponse(token=secret, registry_host=self.d.registry.host)
 
     async def get_build(self, request: pb.GetBuildRequest, ctx: Ctx) -> pb.GetBuildResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         build = await self.d.store.read(lambda s: builds.load_build(s, who, request.build_id))
         return pb.GetBuildResponse(build_id=build.id, project_id=build.project_id, build_url=self._url(build))
 
     async def finish_build(self, request: pb.FinishBuildRequest, ctx: Ctx) -> pb.FinishBuildResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         outcome = finish_outcome(request.result)
         await self.d.store.run(lambda s: builds.finish_build(s, who, request.build_id, outcome))
         return pb.FinishBuildResponse()
@@ -144,7 +145,7 @@ class BuildService(build_connect.BuildService):
     async def get_build_kit_connection(
         self, request: pb.GetBuildKitConnectionRequest, ctx: Ctx
     ) -> pb.GetBuildKitConnectionResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         engine = request.required_engine.engine if request.required_engine is not None else None
         if engine is not None and engine.field == "dagger":
             raise FailedPrecondition(
@@ -164,7 +165,7 @@ class BuildService(build_connect.BuildService):
     async def report_build_health(
         self, request: pb.ReportBuildHealthRequest, ctx: Ctx
     ) -> pb.ReportBuildHealthResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         platform = platform_in(request.platform) if request.platform else None
         await self.d.store.run(lambda s: builds.heartbeat(s, who, request.build_id, platform))
         # cancels_at stays unset: an empty Timestamp would cancel the build at once (spec §6.5).
@@ -173,7 +174,7 @@ class BuildService(build_connect.BuildService):
     async def report_status_stream(
         self, request: AsyncIterator[pb.ReportStatusStreamRequest], ctx: Ctx
     ) -> pb.ReportStatusStreamResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         # Kept as received (bounded per build); the steps view reads them. A message for a build the
         # caller does not reach ends the stream with that error.
         async for message in request:
@@ -199,7 +200,7 @@ class BuildService(build_connect.BuildService):
         return pb.ReportStatusStreamResponse()
 
     async def list_builds(self, request: pb.ListBuildsRequest, ctx: Ctx) -> pb.ListBuildsResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         page = page_request(
             builds.BUILDS_LIST,
             request.page_size or None,
@@ -236,7 +237,7 @@ class BuildService(build_connect.BuildService):
         return pb.ReportBuildContextResponse()
 
     async def _check(self, ctx: Ctx, build_id: str) -> None:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         await self.d.store.read(lambda s: builds.load_build(s, who, build_id))
 
 

@@ -25,8 +25,13 @@ class LoginService(login_connect.LoginService):
 
     async def start_login(self, request: pb.StartLoginRequest, ctx: Ctx) -> pb.StartLoginResponse:
         lifetime = self.lifetime
-        login = await self.d.store.run(lambda s: logins.start(s, lifetime))
-        return pb.StartLoginResponse(id=login.id, approve_url=f"{self.d.public_url}/login/{login.id}")
+        agent = ctx.request_headers.get("user-agent", "")[:120]
+        origin = f"{ctx.client_address or 'unknown address'} ({agent or 'no user agent'})"
+        login = await self.d.store.run(lambda s: logins.start(s, lifetime, origin))
+        # The URL carries the approval id only: whoever sees it can ask to approve, never take the token.
+        return pb.StartLoginResponse(
+            id=login.id, approve_url=f"{self.d.public_url}/login/{login.approval_id}"
+        )
 
     async def finish_login(
         self, request: pb.FinishLoginRequest, ctx: Ctx

@@ -6,6 +6,7 @@ from typing import Any
 
 from connectrpc.request import RequestContext
 
+from opendepot.api.calls import caller
 from opendepot.api.deps import Deps
 from opendepot.gen.depot.cli.v1beta1 import projects_connect
 from opendepot.gen.depot.cli.v1beta1 import projects_pb as pb
@@ -20,7 +21,7 @@ class ProjectsService(projects_connect.ProjectsService):
 
     async def list_projects(self, request: pb.ListProjectsRequest, ctx: Ctx) -> pb.ListProjectsResponse:
         """No pagination fields exist here: the CLI expects every project it can reach (onboarding)."""
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         rows = await self.d.store.read(lambda s: projects.list_projects_with_organizations(s, who))
         return pb.ListProjectsResponse(
             projects=[
@@ -32,6 +33,6 @@ class ProjectsService(projects_connect.ProjectsService):
     async def reset_project_cache(
         self, request: pb.ResetProjectCacheRequest, ctx: Ctx
     ) -> pb.ResetProjectCacheResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         target = await self.d.lifecycle.reset_cache(who, request.project_id)
         return pb.ResetProjectCacheResponse(name=target.project.name, org_name=target.organization_name)

@@ -6,6 +6,7 @@ from typing import Any
 
 from connectrpc.request import RequestContext
 
+from opendepot.api.calls import caller
 from opendepot.api.deps import Deps
 from opendepot.api.rpc import convert
 from opendepot.builds import service as builds
@@ -47,7 +48,7 @@ class BuildService(build_connect.BuildService):
         self.d = deps
 
     async def get_build(self, request: pb.GetBuildRequest, ctx: Ctx) -> pb.GetBuildResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
 
         def read(s: Any) -> builds.Summary:
             return builds.summarize(s, [builds.load_build(s, who, request.build_id)])[0]
@@ -55,19 +56,19 @@ class BuildService(build_connect.BuildService):
         return pb.GetBuildResponse(build=build_out(await self.d.store.read(read)))
 
     async def share_build(self, request: pb.ShareBuildRequest, ctx: Ctx) -> pb.ShareBuildResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         secret = await self.d.store.run(lambda s: builds.share_build(s, who, request.build_id))
         return pb.ShareBuildResponse(share_url=f"{self.d.public_url}/shared/{secret}")
 
     async def stop_sharing_build(
         self, request: pb.StopSharingBuildRequest, ctx: Ctx
     ) -> pb.StopSharingBuildResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         await self.d.store.run(lambda s: builds.stop_sharing(s, who, request.build_id))
         return pb.StopSharingBuildResponse()
 
     async def list_builds(self, request: pb.ListBuildsRequest, ctx: Ctx) -> pb.ListBuildsResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         page = page_request(
             builds.BUILDS_LIST,
             request.page_size if request.has_field("page_size") else None,

@@ -6,6 +6,7 @@ from typing import Any
 
 from connectrpc.request import RequestContext
 
+from opendepot.api.calls import caller
 from opendepot.api.deps import Deps
 from opendepot.api.rpc import convert
 from opendepot.gen.depot.core.v1 import organization_connect
@@ -20,7 +21,7 @@ class OrganizationService(organization_connect.OrganizationService):
     async def list_organizations(
         self, request: pb.ListOrganizationsRequest, ctx: RequestContext[Any, Any]
     ) -> pb.ListOrganizationsResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         rows = await self.d.store.read(lambda s: organizations.list_for(s, who))
         return pb.ListOrganizationsResponse(
             organizations=[

@@ -7,6 +7,7 @@ from typing import Any
 
 from connectrpc.request import RequestContext
 
+from opendepot.api.calls import caller
 from opendepot.api.deps import Deps
 from opendepot.api.rpc import convert
 from opendepot.gen.depot.core.v1 import usage_connect
@@ -37,7 +38,7 @@ class UsageService(usage_connect.UsageService):
     async def get_project_usage(
         self, request: pb.GetProjectUsageRequest, ctx: Ctx
     ) -> pb.GetProjectUsageResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         period = usage.period(_when(request.start_at), _when(request.end_at))
         figures = await self.d.store.read(lambda s: usage.project_usage(s, who, request.project_id, period))
         return pb.GetProjectUsageResponse(usage=project_usage_out(figures))
@@ -45,7 +46,7 @@ class UsageService(usage_connect.UsageService):
     async def list_project_usage(
         self, request: pb.ListProjectUsageRequest, ctx: Ctx
     ) -> pb.ListProjectUsageResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         period = usage.period(_when(request.start_at), _when(request.end_at))
         page = page_request(
             usage.PROJECT_USAGE_LIST,
@@ -58,7 +59,7 @@ class UsageService(usage_connect.UsageService):
         )
 
     async def get_usage(self, request: pb.GetUsageRequest, ctx: Ctx) -> pb.GetUsageResponse:
-        who = await self.d.authn.principal(ctx)
+        who = caller()
         period = usage.period(_when(request.start_at), _when(request.end_at))
         result = await self.d.store.read(lambda s: usage.organization_usage(s, who, period))
         return pb.GetUsageResponse(
