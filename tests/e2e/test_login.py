@@ -86,17 +86,17 @@ def test_login_approved_on_the_page(server: Server, org: tuple[str, str], home: 
         assert page.status_code == 200 and "Approve depot login" in page.text
         # The page shows the request's code, origin (the CLI's address and user agent) and time, and
         # approving takes a confirmation of them; it can be neither framed nor cached.
-        code = re.search(r"name='confirm' value='([A-Z0-9]{4}-[A-Z0-9]{4})'", page.text)
-        assert code, page.text
+        shown = re.search(r"name='confirm' value='([A-Z0-9]{4}-[A-Z0-9]{4})'", page.text)
+        assert shown, page.text
         assert "127.0.0.1" in page.text and "depot-cli" in page.text
         assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
         assert page.headers["x-frame-options"] == "DENY" and page.headers["cache-control"] == "no-store"
         assert page.headers["referrer-policy"] == "no-referrer"
-        wrong = http.post(login.url, data={"token": "odo_not-a-token", "confirm": code[1]})
+        wrong = http.post(login.url, data={"token": "odo_not-a-token", "confirm": shown[1]})
         assert wrong.status_code == 403
         unconfirmed = http.post(login.url, data={"token": admin})
         assert unconfirmed.status_code == 403 and "confirm" in unconfirmed.text
-        approved = http.post(login.url, data={"token": admin, "confirm": code[1]})
+        approved = http.post(login.url, data={"token": admin, "confirm": shown[1]})
         assert approved.status_code == 200 and "Login approved" in approved.text
     code, output = login.finish()
     assert code == 0, output

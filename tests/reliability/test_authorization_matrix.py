@@ -116,7 +116,7 @@ def new_org(http: httpx.Client, server: Server, owner: str) -> Org:
     _org_id, token = server.new_organization()
     # A user token: `depot login` approved by the admin command.
     login = ok(http, server, "depot.cli.v1beta1.LoginService/StartLogin", {}, token)
-    server.admin("login", "approve", login["id"], "--org", _org_id)
+    server.admin("login", "approve", login["approveUrl"].rsplit("/", 1)[1], "--org", _org_id)
     code, reply = rpc(http, server, "depot.cli.v1beta1.LoginService/FinishLogin", {"id": login["id"]}, None)
     assert code == "ok", code
     sibling = new_target(http, server, token, owner)
