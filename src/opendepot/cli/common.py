@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from protobuf import Message
@@ -14,8 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from opendepot.client import Depot, DepotError, core_v1
+from opendepot.datadir import DataDir
 from opendepot.errors import DomainError
-from opendepot.server.config import Config, ConfigError, add_arguments, resolve
+from opendepot.server.config import Config, ConfigError, _default_data_dir, add_arguments, resolve
 from opendepot.store import Store
 
 Command = Callable[[argparse.Namespace], int]
@@ -57,9 +60,20 @@ def remote(handler: RemoteHandler) -> Command:
                 return handler(depot, args) or 0
         except DepotError as exc:
             print(f"opendepot: {exc.code.value}: {exc.message}", file=sys.stderr)
+            if exc.code.value == "unauthenticated" and not (args.token or os.environ.get("DEPOT_TOKEN")):
+                print(_token_hint(), file=sys.stderr)
             return 1
 
     return run
+
+
+def _token_hint() -> str:
+    hint = "opendepot: give a token with --token or DEPOT_TOKEN"
+    data_dir = os.environ.get("OPENDEPOT_DATA_DIR") or _default_data_dir()
+    admin_token = DataDir(Path(data_dir).expanduser()).admin_token
+    if admin_token.exists():
+        hint += f"; on this machine the server's admin token is in {admin_token}"
+    return hint
 
 
 def admin(handler: AdminHandler) -> Command:

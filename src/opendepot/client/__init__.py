@@ -37,7 +37,9 @@ from opendepot.gen.depot.core.v1 import usage_pb as usage_v1
 
 DepotError = ConnectError
 T = TypeVar("T")
-DEFAULT_URL = "https://api.depot.dev"
+# Without DEPOT_API_URL: the opendepot server on this machine (its default --listen), never Depot's hosted
+# API, which would receive the request and whatever DEPOT_TOKEN the user holds for Depot.
+DEFAULT_URL = "http://127.0.0.1:8080"
 
 __all__ = [
     "AsyncDepot",
