@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,13 @@ ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES
 LEEWAY_SECONDS = 60
 KEYS_TTL_SECONDS = 3600.0
 REFRESH_COOLDOWN_SECONDS = 30.0
+# A provider with an issuer per organization (CircleCI: .../org/<id>) lets a caller name any issuer under the
+# configured prefix, so what unknown issuers can make this server do is bounded: at most MAX_ISSUERS key sets
+# kept (least recently used evicted), a failed fetch remembered for FAILED_FETCH_SECONDS, and at most
+# FETCHES_PER_MINUTE fetches in all.
+MAX_ISSUERS = 64
+FAILED_FETCH_SECONDS = 300.0
+FETCHES_PER_MINUTE = 20
 
 
 def looks_like_jwt(secret: str) -> bool:
@@ -31,6 +39,7 @@ def looks_like_jwt(secret: str) -> bool:
 @dataclass
 class _Keys:
     fetched_at: float = 0.0
+    failed_at: float | None = None
     by_kid: dict[str, Any] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -48,7 +57,8 @@ class OidcVerifier:
         self.audiences = list(audiences)
         self._http = http or httpx.AsyncClient(timeout=10, follow_redirects=False)
         self._cooldown = refresh_cooldown
-        self._keys: dict[str, _Keys] = {}
+        self._keys: OrderedDict[str, _Keys] = OrderedDict()
+        self._fetches: deque[float] = deque()
 
     async def verify(self, token: str) -> Identity:
         try:
@@ -88,12 +98,32 @@ class OidcVerifier:
             raise Unauthenticated(f"invalid CI token: {exc}") from exc
         return Identity(provider, issuer, claims)
 
+    def _keys_of(self, issuer: str) -> _Keys:
+        keys = self._keys.get(issuer)
+        if keys is None:
+            keys = self._keys[issuer] = _Keys()
+            while len(self._keys) > MAX_ISSUERS:
+                self._keys.popitem(last=False)
+        self._keys.move_to_end(issuer)
+        return keys
+
+    def _may_fetch(self, issuer: str, keys: _Keys) -> None:
+        now = time.monotonic()
+        if keys.failed_at is not None and not keys.by_kid and now - keys.failed_at < FAILED_FETCH_SECONDS:
+            raise Unauthenticated(f"cannot fetch the signing keys of {issuer} (failed recently)")
+        while self._fetches and now - self._fetches[0] > 60:
+            self._fetches.popleft()
+        if len(self._fetches) >= FETCHES_PER_MINUTE:
+            raise Unauthenticated("too many OIDC key fetches just now; try again in a minute")
+        self._fetches.append(now)
+
     async def _key(self, issuer: str, kid: str | None) -> Any:
-        keys = self._keys.setdefault(issuer, _Keys())
+        keys = self._keys_of(issuer)
         async with keys.lock:
             stale = time.monotonic() - keys.fetched_at > KEYS_TTL_SECONDS
             unknown = kid not in keys.by_kid if kid else len(keys.by_kid) != 1
             if stale or (unknown and time.monotonic() - keys.fetched_at > self._cooldown):
+                self._may_fetch(issuer, keys)
                 await self._fetch(issuer, keys)
             if kid is None:
                 if len(keys.by_kid) == 1:
@@ -116,6 +146,7 @@ class OidcVerifier:
             if keys.by_kid:  # keep serving the keys we have; try again after the cool-down
                 keys.fetched_at = time.monotonic()
                 return
+            keys.failed_at = time.monotonic()
             raise Unauthenticated(f"cannot fetch the signing keys of {issuer}: {exc}") from exc
         keys.by_kid = {k.key_id or "": k.key for k in jwk_set.keys}
-        keys.fetched_at = time.monotonic()
+        keys.fetched_at, keys.failed_at = time.monotonic(), None
