@@ -113,6 +113,10 @@ def steps_page(session: Session, build_id: str, *, limit: int, after: Cursor | N
     return session.scalars(stmt.order_by(Step.started_at, Step.id).limit(limit)).all()
 
 
+def step_count(session: Session, build_id: str) -> int:
+    return int(session.scalar(select(func.count()).select_from(Step).where(Step.build_id == build_id)) or 0)
+
+
 def step(session: Session, build_id: str, digest: str) -> Step | None:
     return session.scalars(select(Step).where(Step.build_id == build_id, Step.digest == digest)).first()
 

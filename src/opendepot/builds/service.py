@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +13,13 @@ from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal, TokenKind
 from opendepot.clock import utcnow
-from opendepot.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from opendepot.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from opendepot.ids import new_id
 from opendepot.pagination import Cursor, PageRequest, next_token
 from opendepot.projects import queries as project_queries
@@ -28,6 +35,8 @@ from .status import CANCELED, ERROR, FAILED, FINISHED, RUNNING, SUCCESS
 PLATFORMS = tuple(Platform)
 BUILDS_LIST = "builds"
 MAX_OPTIONS = 64
+# Tags, build args, labels, outputs of every target, as stored with the build.
+MAX_OPTIONS_BYTES = 256 * 1024
 HEARTBEAT_GRANULARITY = timedelta(seconds=1)
 MAX_STATUS_BYTES_PER_BUILD = 16 * 1024 * 1024
 
@@ -63,6 +72,8 @@ def create_build(
         raise NotFound("no project given: pass --project, set DEPOT_PROJECT_ID or add a depot.json")
     if len(options) > MAX_OPTIONS:
         raise InvalidArgument("options", f"at most {MAX_OPTIONS} targets per build")
+    if len(json.dumps(options, separators=(",", ":"))) > MAX_OPTIONS_BYTES:
+        raise ResourceExhausted(f"options: at most {MAX_OPTIONS_BYTES} bytes of build options per build")
     project = project_queries.get(session, require_id("project_id", project_id))
     if project is None:
         raise NotFound(f"project {project_id!r} not found")

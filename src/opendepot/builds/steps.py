@@ -34,6 +34,16 @@ def out_of_memory_message(limit_bytes: int | None, hardware: str) -> str:
     return f"{OUT_OF_MEMORY} the builder's {limit} was reached; the step was killed"
 
 
+# Bounds on what a status report (the gateway's tap or a build token's ReportStatus) can make the store keep:
+# with the log cap, a build's rows stay under ~MAX_STEPS * (MAX_STEP_NAME + MAX_STEP_ERROR) + DEFAULT_LOG_CAP.
+MAX_STEPS = 2000
+MAX_STEP_NAME = 1024
+MAX_STEP_ERROR = 4096
+MAX_DIGEST = 200
+STEPS_TRUNCATED_DIGEST = "opendepot:steps-truncated"
+STEPS_TRUNCATED = "[opendepot] this build reported more than {cap} steps; the rest were not recorded"
+
+
 @dataclass(frozen=True, slots=True)
 class VertexUpdate:
     digest: str
@@ -83,9 +93,29 @@ def apply(
     build = session.get(Build, build_id)
     project_id = build.project_id if build is not None else ""
     out_of_memory = ""
+    room = MAX_STEPS - queries.step_count(session, build_id)
+
+    def admit(digest: str) -> bool:
+        """Whether an update for digest is kept: its step exists, or there is room for one more."""
+        nonlocal room
+        if not digest or len(digest) > MAX_DIGEST:
+            return False
+        if digest in steps or queries.step(session, build_id, digest) is not None:
+            return True
+        if room > 0:
+            room -= 1
+            return True
+        if room == 0:  # one marker step says that the rest was dropped
+            marker = _step(session, steps, build_id, STEPS_TRUNCATED_DIGEST, project_id)
+            marker.name = STEPS_TRUNCATED.format(cap=MAX_STEPS)
+            room -= 1
+        return False
+
     for v in vertices:
+        if not admit(v.digest):
+            continue
         step = _step(session, steps, build_id, v.digest, project_id)
-        step.name = v.name or step.name
+        step.name = (v.name[:MAX_STEP_NAME] if v.name else "") or step.name
         if v.started is not None and (
             not step.started_known or step.started_at is None or v.started < step.started_at
         ):
@@ -95,9 +125,10 @@ def apply(
         step.cached = step.cached or v.cached
         # The client reports the same failure again, without the out-of-memory line the gateway added.
         if v.error and OUT_OF_MEMORY not in (step.error or ""):
-            step.error = v.error
+            step.error = v.error[:MAX_STEP_ERROR]
             if OUT_OF_MEMORY in v.error:
                 out_of_memory = v.error
+    logs = [chunk for chunk in logs if admit(chunk.digest)]
     if logs:
         _append_logs(session, steps, build_id, logs, cap)
     session.flush()

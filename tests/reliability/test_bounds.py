@@ -1,0 +1,91 @@
+"""Bounds on what a build token can make the store keep, through a real `opendepot serve`: steps per build,
+step name and error length, and the size of a build's options."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from opendepot.builds import service as builds
+from opendepot.builds import steps
+from tests.support.server import Server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(data_dir=tmp_path_factory.mktemp("bounds") / "data", database_url=None).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def rpc(server: Server, path: str, body: dict[str, Any], token: str) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/{path}", json=body, headers={"authorization": f"Bearer {token}"}, timeout=60
+    )
+
+
+def stream(server: Server, message: dict[str, Any], token: str) -> httpx.Response:
+    """One message on the CLI's status stream (ReportStatusStream), which merges vertices into steps."""
+    raw = json.dumps(message).encode()
+    return httpx.post(
+        f"{server.url}/depot.cli.v1.BuildService/ReportStatusStream",
+        content=b"\0" + len(raw).to_bytes(4, "big") + raw,
+        headers={"authorization": f"Bearer {token}", "content-type": "application/connect+json"},
+        timeout=60,
+    )
+
+
+def test_steps_per_build_are_bounded_and_the_excess_is_marked(server: Server, tmp_path: Path) -> None:
+    _org, token = server.new_organization()
+    project = rpc(server, "depot.core.v1.ProjectService/CreateProject", {"name": "b"}, token).json()[
+        "project"
+    ]["projectId"]
+    build = rpc(server, "depot.build.v1.BuildService/CreateBuild", {"projectId": project}, token).json()
+    build_id, build_token = build["buildId"], build["buildToken"]
+    total = steps.MAX_STEPS + 300
+    for start in range(0, total, 200):
+        vertexes = [
+            {"digest": f"sha256:{i:064x}", "name": "RUN " + "x" * 5000, "error": "e" * 10_000}
+            for i in range(start, min(start + 200, total))
+        ]
+        r = stream(server, {"buildId": build_id, "statuses": [{"vertexes": vertexes}]}, build_token)
+        assert r.status_code == 200 and b'"error"' not in r.content, r.content[-300:]
+    # An overlong digest is dropped, not a database error.
+    r = stream(
+        server,
+        {"buildId": build_id, "statuses": [{"vertexes": [{"digest": "d" * 5000, "name": "n"}]}]},
+        build_token,
+    )
+    assert r.status_code == 200 and b'"error"' not in r.content, r.content[-300:]
+    names: list[str] = []
+    page_token = None
+    while True:
+        body: dict[str, Any] = {"projectId": project, "buildId": build_id, "pageSize": 1000}
+        if page_token:
+            body["pageToken"] = page_token
+        page = rpc(server, "depot.build.v1.BuildService/GetBuildSteps", body, token).json()
+        names += [s.get("name", "") for s in page.get("buildSteps", [])]
+        page_token = page.get("nextPageToken")
+        if not page_token:
+            break
+    assert len(names) == steps.MAX_STEPS + 1, len(names)
+    assert steps.STEPS_TRUNCATED.format(cap=steps.MAX_STEPS) in names
+    assert max(len(n) for n in names) <= steps.MAX_STEP_NAME
+
+
+def test_build_options_are_bounded(server: Server) -> None:
+    _org, token = server.new_organization()
+    project = rpc(server, "depot.core.v1.ProjectService/CreateProject", {"name": "o"}, token).json()[
+        "project"
+    ]["projectId"]
+    huge = [{"tags": [f"registry.example/image:{i:06d}" + "x" * 200 for i in range(1500)]}]
+    r = rpc(server, "depot.cli.v1.BuildService/CreateBuild", {"projectId": project, "options": huge}, token)
+    assert r.status_code == 429 and r.json()["code"] == "resource_exhausted", r.text
+    assert str(builds.MAX_OPTIONS_BYTES) in r.json()["message"]
