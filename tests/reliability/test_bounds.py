@@ -4,6 +4,7 @@ step name and error length, and the size of a build's options."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,3 +90,32 @@ def test_build_options_are_bounded(server: Server) -> None:
     r = rpc(server, "depot.cli.v1.BuildService/CreateBuild", {"projectId": project, "options": huge}, token)
     assert r.status_code == 429 and r.json()["code"] == "resource_exhausted", r.text
     assert str(builds.MAX_OPTIONS_BYTES) in r.json()["message"]
+
+
+def test_build_timeout_ends_a_build_server_side(tmp_path: Path) -> None:
+    srv = Server(data_dir=tmp_path / "data", database_url=None, extra_args=["--build-timeout", "2"]).start()
+    try:
+        _org, token = srv.new_organization()
+        project = rpc(srv, "depot.core.v1.ProjectService/CreateProject", {"name": "t"}, token).json()[
+            "project"
+        ]["projectId"]
+        build = rpc(srv, "depot.build.v1.BuildService/CreateBuild", {"projectId": project}, token).json()
+        deadline = time.monotonic() + 60
+        status = ""
+        while time.monotonic() < deadline:
+            got = rpc(srv, "depot.core.v1.BuildService/GetBuild", {"buildId": build["buildId"]}, token).json()
+            status = got["build"]["status"]
+            if status != "STATUS_RUNNING":
+                break
+            time.sleep(0.5)
+        assert status == "STATUS_ERROR", status
+        # Its token ended with it (after the grace for the CLI's last calls), and it holds no builder.
+        health = rpc(
+            srv,
+            "depot.cli.v1.BuildService/ReportBuildHealth",
+            {"buildId": build["buildId"]},
+            build["buildToken"],
+        )
+        assert health.status_code == 200, health.text
+    finally:
+        srv.stop()

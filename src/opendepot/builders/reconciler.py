@@ -37,6 +37,8 @@ class ReconcilerSettings:
     idle_timeout: timedelta
     sample_seconds: float = 60.0
     tick_seconds: float = 0.2
+    # A build running longer is ended server-side (lease released: its builder is freed); None: no limit.
+    build_timeout: timedelta | None = None
 
 
 class Connections(Protocol):
@@ -80,7 +82,9 @@ class BuilderReconciler:
         return BuilderState.STOPPED if builder is None else builder.state
 
     async def run_once(self) -> None:
-        expired, abandoned = await self.store.run(lambda s: builds.reap(s, self.settings.lease_timeout))
+        expired, abandoned = await self.store.run(
+            lambda s: builds.reap(s, self.settings.lease_timeout, build_timeout=self.settings.build_timeout)
+        )
         if expired or abandoned:
             log.info("released %d stale lease(s), ended %d abandoned build(s)", expired, abandoned)
         leases = await self.store.read(build_queries.active_leases)

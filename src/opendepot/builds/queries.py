@@ -61,6 +61,10 @@ def active_leases(session: Session) -> Sequence[Row[str, str, str]]:
     return session.execute(stmt).all()
 
 
+def running_since_before(session: Session, before: datetime) -> Sequence[Build]:
+    return session.scalars(select(Build).where(Build.status == "running", Build.created_at < before)).all()
+
+
 def running_with_leases(session: Session) -> Sequence[Build]:
     """Running builds that hold an unreleased lease on a builder."""
     held = select(Lease.build_id).where(Lease.build_id == Build.id, Lease.released_at.is_(None))

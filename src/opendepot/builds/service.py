@@ -259,9 +259,23 @@ def list_builds(
     return rows[: page.size], token
 
 
-def reap(session: Session, lease_timeout: timedelta, now: datetime | None = None) -> tuple[int, int]:
-    """Releases leases without heartbeats and ends builds that nobody holds. Returns (leases, builds)."""
+def reap(
+    session: Session,
+    lease_timeout: timedelta,
+    now: datetime | None = None,
+    build_timeout: timedelta | None = None,
+) -> tuple[int, int]:
+    """Releases leases without heartbeats and ends builds that nobody holds, and (with build_timeout) builds
+    that ran too long: those end with a reason and give their builder up. Returns (leases, builds)."""
     now = now or utcnow()
+    if build_timeout is not None:
+        for build in queries.running_since_before(session, now - build_timeout):
+            build.status, build.finished_at = ERROR, now
+            build.error = (
+                f"timed out: ran longer than {int(build_timeout.total_seconds())} s (--build-timeout)"
+            )
+            queries.release_leases(session, build.id, now)
+            tokens.expire_build_token(session, build.id, now)
     stale_before = now - lease_timeout
     expired = queries.expire_leases(session, stale_before, now)
     abandoned = queries.abandoned_builds(session, stale_before)

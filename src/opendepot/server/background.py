@@ -221,6 +221,9 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # 
         lease_timeout=timedelta(seconds=config.builders.lease_timeout),
         idle_timeout=timedelta(seconds=config.builders.idle_timeout),
         sample_seconds=config.builders.usage_sample_seconds,
+        build_timeout=timedelta(seconds=config.builders.build_timeout)
+        if config.builders.build_timeout > 0
+        else None,
     )
     reconciler = ReconcilerDuty(lambda: BuilderReconciler(store, backend, gateway, settings))
 

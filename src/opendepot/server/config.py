@@ -184,6 +184,12 @@ class BuilderSettings:
         metavar="SECONDS",
         name="builder_idle_timeout",
     )
+    build_timeout: float = setting(
+        "seconds a build may run before the server ends it and frees its builder (0: no limit)",
+        lambda: 0.0,
+        parse=float,
+        metavar="SECONDS",
+    )
     usage_sample_seconds: float = setting(
         "how often each running builder's cache size is sampled for usage figures",
         lambda: 60.0,
