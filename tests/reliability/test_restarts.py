@@ -141,8 +141,8 @@ def test_kill_9_of_the_supervisor_mid_build_leaves_nothing_and_the_next_start_re
     assert first.process is not None
     first.process.kill()  # kill -9 of the supervisor
     first.process.wait()
-    # The API workers and the registry die with it, by their parent-death signals. (Builders: their launch
-    # and cgroups are issue 13's; whatever of them is left, the next start reaps.)
+    # The API workers and the registry die with it, by their parent-death signals; the builders (issue 13's
+    # sandbox) by theirs or, whatever is left, by the next start.
     wait_for(
         lambda: not [p for p in processes_under(data_dir) if "buildkitd" not in p and "runc" not in p],
         30,
@@ -156,8 +156,7 @@ def test_kill_9_of_the_supervisor_mid_build_leaves_nothing_and_the_next_start_re
     second.start(timeout=120)
     try:
         unreaped = [line for line in leftovers if line.split(":", 1)[0] in alive_pids(leftovers)]
-        for line in unreaped:  # so that the rest of the recovery is still checked
-            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+        assert not unreaped, f"the next start did not reap what the killed supervisor left: {unreaped}"
         listed = rpc(second, "depot.core.v1.BuildService/ListBuilds", {"projectId": project}, token)
         builds = listed["builds"]
         assert isinstance(builds, list)
@@ -173,7 +172,7 @@ def test_kill_9_of_the_supervisor_mid_build_leaves_nothing_and_the_next_start_re
             "the interrupted build to end",
         )
         ended = rpc(second, "depot.core.v1.BuildService/GetBuild", {"buildId": interrupted["buildId"]}, token)
-        assert ended["build"]["status"] == "STATUS_ERROR", ended
+        assert ended["build"]["status"] in ("STATUS_ERROR", "STATUS_FAILED"), ended
         again = start_build(second, token, project, cached)
         output, _ = again.communicate(timeout=300)
         assert again.returncode == 0, output
@@ -182,6 +181,3 @@ def test_kill_9_of_the_supervisor_mid_build_leaves_nothing_and_the_next_start_re
         second.stop()
     wait_for(lambda: not processes_under(data_dir), 30, f"no process left: {processes_under(data_dir)}")
     print(json.dumps({"interrupted": interrupted}))
-    if unreaped:
-        # Reaping leftover builders at start (by cgroup) is issue 13's part; until it lands this is known.
-        pytest.xfail(f"the next start did not reap the builders left by the killed supervisor: {unreaped}")
