@@ -21,12 +21,19 @@ def tolerate_late_request_data() -> None:
         return
 
     async def handle_events(self: H2Protocol, events: list[h2.events.Event]) -> None:
-        # One at a time: a stream comes to exist while its RequestReceived, earlier in the batch, is handled.
+        # A stream opened earlier in the same batch exists only once its RequestReceived has been handled.
+        opening = {e.stream_id for e in events if isinstance(e, h2.events.RequestReceived)}
+        kept: list[h2.events.Event] = []
         for event in events:
-            if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
+            if (
+                isinstance(event, h2.events.DataReceived)
+                and event.stream_id not in self.streams
+                and event.stream_id not in opening
+            ):
                 self.connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 continue
-            await original(self, [event])
+            kept.append(event)
+        await original(self, kept)
 
     patched: Any = handle_events
     patched.opendepot_patched = True
