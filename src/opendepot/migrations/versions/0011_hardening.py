@@ -2,7 +2,7 @@
 build tokens of builds that already ended expire now.
 
 Revision ID: 0011
-Revises: 0010
+Revises: 0012
 """
 
 from datetime import UTC, datetime
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0010"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
