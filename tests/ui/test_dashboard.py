@@ -371,6 +371,7 @@ def test_depot_login_is_approved_in_the_dashboard(
         page = signed_in
         page.goto(login.url)
         page.screenshot(path=artifacts / "login-approval.png", full_page=True)
+        page.check("input[name='confirm']")  # the approver confirms the request's code, origin and time
         page.click("form[action^='/login/'] button")
         assert "Login approved" in page.locator("h1").inner_text()
         code, output = login.finish()

@@ -566,13 +566,16 @@ class Dashboard:
     # -- depot login approval ---------------------------------------------------------------------------
 
     async def login_approval(self, page: Page) -> Response:
+        # The URL names the request by its approval id (never the secret FinishLogin redeems).
         login_id = page.request.params["login"]
-        await self.d.store.read(lambda s: logins.pending(s, login_id))
-        return self._render(page, "login_approval.html", login_id=login_id, approved=False)
+        login = await self.d.store.read(lambda s: logins.awaiting_approval(s, login_id))
+        return self._render(page, "login_approval.html", login_id=login_id, login=login, approved=False)
 
     async def approve_login(self, page: Page) -> Response:
         who, login_id = self._who(page), page.request.params["login"]
-        await self.d.store.run(lambda s: logins.approve_with_token(s, login_id, who))
+        form: dict[str, str] = page.request.scope.get("dashboard.form") or {}
+        confirmed = form.get("confirm", "")
+        await self.d.store.run(lambda s: logins.approve_with_token(s, login_id, who, confirmed))
         return self._render(page, "login_approval.html", login_id=login_id, approved=True)
 
     # -- usage and tokens -------------------------------------------------------------------------------
