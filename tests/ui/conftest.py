@@ -34,7 +34,9 @@ def artifacts() -> Path:
     return directory
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API keeps its event loop marked running in this thread
+# while it is open, so tests collected after tests/ui that call asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     path = chromium_path()
     if path is None:
