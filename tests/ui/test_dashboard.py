@@ -380,8 +380,19 @@ def test_depot_login_is_approved_in_the_dashboard(
         if login.process.poll() is None:
             login.process.kill()
     # The CLI saved a user token of this organization: it works.
-    listed = depot(ui_server.url, login.saved_token(), "projects", "list")
+    user_token = login.saved_token()
+    listed = depot(ui_server.url, user_token, "projects", "list")
     assert listed.returncode == 0, listed.stderr
+    # The Tokens page lists it among the organization's tokens; revoking it there locks the CLI out at once.
+    page.goto(f"{ui_server.url}/tokens")
+    user_rows = page.locator("table[aria-labelledby='ot-h'] tbody tr", has_text="user")
+    assert user_rows.count() == 1
+    page.screenshot(path=artifacts / "tokens.png", full_page=True)
+    user_rows.locator("button").click()
+    page.wait_for_url(re.compile(r".*/tokens$"))
+    assert page.locator("table[aria-labelledby='ot-h'] tbody tr", has_text="user").count() == 0
+    refused = depot(ui_server.url, user_token, "projects", "list")
+    assert refused.returncode != 0 and "unauthenticated" in refused.stderr + refused.stdout
 
 
 def test_trust_policies_add_refuse_bad_input_and_remove(

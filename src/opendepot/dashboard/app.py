@@ -132,6 +132,7 @@ class Dashboard:
             ("GET", "/usage", self.usage, True),
             ("GET", "/usage.csv", self.usage_csv, True),
             ("GET", "/tokens", self.tokens_page, True),
+            ("POST", "/tokens/(?P<token>[^/]+)/delete", self.revoke_user_token, True),
             ("GET", r"/shared/(?P<secret>[A-Za-z0-9_-]{1,100})", self.shared, False),
             ("GET", r"/shared/(?P<secret>[A-Za-z0-9_-]{1,100})/log", self.shared_log, False),
             ("GET", r"/shared/(?P<secret>[A-Za-z0-9_-]{1,100})/search", self.shared_search, False),
@@ -672,11 +673,18 @@ class Dashboard:
     async def tokens_page(self, page: Page) -> Response:
         who = self._who(page)
 
-        def read(s: Any) -> list[tuple[Any, Any]]:
+        def read(s: Any) -> tuple[Any, Any]:
             rows, _ = projects.list_projects(s, who, page_request("projects", 1000, None), None)
-            return [(p, t) for p in rows for t in tokens.list_project_tokens(s, who, p.id)]
+            project_tokens = [(p, t) for p in rows for t in tokens.list_project_tokens(s, who, p.id)]
+            return project_tokens, tokens.list_organization_tokens(s, who.organization_id)
 
-        return self._render(page, "tokens.html", project_tokens=await self.d.store.read(read))
+        project_tokens, org_tokens = await self.d.store.read(read)
+        return self._render(page, "tokens.html", project_tokens=project_tokens, org_tokens=org_tokens)
+
+    async def revoke_user_token(self, page: Page) -> Response:
+        who, token_id = self._who(page), page.request.params["token"]
+        await self.d.store.run(lambda s: tokens.delete_token(s, who, token_id))
+        return redirect("/tokens")
 
     # -- static files -----------------------------------------------------------------------------------
 
