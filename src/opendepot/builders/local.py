@@ -189,6 +189,11 @@ class LocalBuildkitd:
     async def stop(self, project_id: str, platform: str) -> None:
         process = self._processes.pop((project_id, platform), None)
         if process is not None:
+            if process.poll() is not None:
+                # Exited on its own (killed, crashed): what it started in its process group (RUN steps)
+                # would outlive it. The group id cannot be reused while any member is left.
+                with contextlib.suppress(OSError):
+                    os.killpg(process.pid, signal.SIGKILL)
             await terminate(process)
         if self.sandbox is not None:
             await asyncio.to_thread(self.sandbox.finish, project_id, platform)

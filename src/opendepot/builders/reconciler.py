@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
@@ -26,7 +27,7 @@ from opendepot.usage import queries as usage_queries
 
 from . import queries, service
 from .backend import Backend, BuilderSpec, RecordedBuilder
-from .states import ACTIVE, Action, BuilderState, Observation, transition
+from .states import ACTIVE, Action, BuilderState, Observation, retry_delay, transition
 
 log = logging.getLogger("opendepot.machines")
 
@@ -55,6 +56,14 @@ class Builder:
     state: BuilderState
     last_used: float = 0.0
     sampled_at: float = 0.0
+    # Failures in a row (reset once it runs) and when the last one was seen: the retry backoff.
+    failures: int = 0
+    failed_at: float = 0.0
+
+    def retry_in(self, now: float) -> float:
+        if self.state != BuilderState.FAILED:
+            return 0.0
+        return max(0.0, self.failed_at + retry_delay(self.failures) - now)
 
 
 class BuilderReconciler:
@@ -70,8 +79,11 @@ class BuilderReconciler:
         self.backend = backend
         self.gateway = gateway
         self.settings = settings
-        # Builders whose process this reconciler started and has not seen stop; any other is STOPPED.
+        # Builders whose process this reconciler started and has not seen stop, and failed ones (their
+        # backoff); any other is STOPPED.
         self._builders: dict[tuple[str, str], Builder] = {}
+        # Seconds, monotonic: idle times, sampling and the retry backoff (tests turn it by hand).
+        self.clock: Callable[[], float] = time.monotonic
 
     @property
     def interval(self) -> float:
@@ -89,7 +101,7 @@ class BuilderReconciler:
             log.info("released %d stale lease(s), ended %d abandoned build(s)", expired, abandoned)
         leases = await self.store.read(build_queries.active_leases)
         machines = await self.store.read(queries.all_machines)
-        now = time.monotonic()
+        now = self.clock()
         needed = {(project, platform) for project, platform, _build in leases}
         self.gateway.keep_only({(build, platform) for _project, platform, build in leases})
         resets = {(m.project_id, m.platform) for m in machines if m.state == BuilderState.RESETTING}
@@ -109,6 +121,7 @@ class BuilderReconciler:
             answers=builder.state == BuilderState.STARTING and alive and await self.backend.ready(*key),
             idle_seconds=now - builder.last_used,
             idle_timeout=self.settings.idle_timeout.total_seconds(),
+            retry_in=builder.retry_in(now),
         )
         if (
             builder.state == BuilderState.RUNNING
@@ -120,13 +133,31 @@ class BuilderReconciler:
         if step.action == Action.START:
             await self._start(key, builder)
         elif step.action == Action.STOP:
-            await self._stop(key, builder, step.state, discard=reset)
-        elif step.state != builder.state:
-            if step.state == BuilderState.STOPPED:
+            error = None
+            if step.state == BuilderState.FAILED:
+                error = self._failed(key, builder, step.reason, now)
+            elif not reset and builder.state == BuilderState.RUNNING and not alive:
                 log.warning("builder %s/%s exited; it restarts on the next lease", *key)
-            await self._enter(
-                key, builder, step.state, error=step.reason if step.state == BuilderState.FAILED else None
-            )
+            await self._stop(key, builder, step.state, discard=reset, error=error)
+        elif step.state != builder.state:
+            if step.state == BuilderState.RUNNING:
+                builder.failures = 0
+            await self._enter(key, builder, step.state)
+
+    @staticmethod
+    def _failed(key: tuple[str, str], builder: Builder, reason: str, now: float) -> str:
+        """Counts the failure and says why, and when the builder is tried again, for the row's error (the
+        GetBuildKitConnection answer quotes it)."""
+        builder.failures += 1
+        builder.failed_at = now
+        delay = retry_delay(builder.failures)
+        retry_at = (utcnow() + timedelta(seconds=delay)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        error = (
+            f"{reason} (failed {builder.failures} time(s) in a row; "
+            f"retried on the next acquire after {retry_at}, in {delay:g} s)"
+        )
+        log.warning("builder %s/%s failed: %s", *key, error)
+        return error
 
     async def _enter(
         self,
@@ -139,7 +170,7 @@ class BuilderReconciler:
     ) -> None:
         """Records the builder's new state: in the store (API workers read it) and here."""
         builder.state = state
-        if state in ACTIVE:
+        if state in ACTIVE or state == BuilderState.FAILED:
             self._builders[key] = builder
         else:
             self._builders.pop(key, None)
@@ -162,13 +193,19 @@ class BuilderReconciler:
 
     async def _sample(self, key: tuple[str, str], builder: Builder) -> None:
         """Records the builder's cache size for usage figures."""
-        builder.sampled_at = time.monotonic()
+        builder.sampled_at = self.clock()
         size = await self.backend.disk_usage(*key)
         if size is not None:
             await self.store.run(lambda s: usage_queries.add_sample(s, key[0], key[1], utcnow(), size))
 
     async def _stop(
-        self, key: tuple[str, str], builder: Builder, state: BuilderState, *, discard: bool = False
+        self,
+        key: tuple[str, str],
+        builder: Builder,
+        state: BuilderState,
+        *,
+        discard: bool = False,
+        error: str | None = None,
     ) -> None:
         if builder.state == BuilderState.RUNNING and self.backend.alive(*key):
             await self._sample(key, builder)
@@ -177,7 +214,7 @@ class BuilderReconciler:
         if discard:
             # A reset or delete: what the backend keeps beyond the cache directory goes too (a volume).
             await self.backend.discard(*key)
-        await self._enter(key, builder, state)
+        await self._enter(key, builder, state, error=error)
         log.info("stopped builder %s/%s", *key)
 
     async def shutdown(self) -> None:

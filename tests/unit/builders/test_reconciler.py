@@ -153,16 +153,79 @@ def test_a_lease_starts_the_builder_and_it_runs_once_it_answers(world: World) ->
     assert len(world.backend.started) == 1
 
 
-def test_a_builder_that_dies_while_starting_fails_and_is_tried_again(world: World) -> None:
+def test_a_builder_that_dies_while_starting_fails_and_is_tried_again_after_a_backoff(world: World) -> None:
+    now = [1000.0]
+    world.reconciler.clock = lambda: now[0]
     world.lease()
     world.run()
     world.backend.alive_now.clear()
     world.run()
     state, error = world.row()
     assert state == "failed" and error is not None and "log" in error
+    assert "1 time(s) in a row" in error and "in 1 s" in error
+    # What it left behind is stopped with it.
+    assert world.backend.stopped == [world.key]
+    # Within the backoff, the lease still wanting it does not start it again: no tight loop.
+    for _ in range(5):
+        world.run()
+    assert world.row()[0] == "failed"
+    assert len(world.backend.started) == 1
+    now[0] += 1.1
     world.run()
     assert world.row()[0] == "starting"
     assert len(world.backend.started) == 2
+    # A second failure in a row doubles the wait.
+    world.backend.alive_now.clear()
+    world.run()
+    state, error = world.row()
+    assert state == "failed" and error is not None and "2 time(s) in a row" in error and "in 2 s" in error
+    now[0] += 1.5
+    world.run()
+    assert len(world.backend.started) == 2
+    now[0] += 1.0
+    world.run()
+    assert len(world.backend.started) == 3
+    # Once it runs, the count starts over.
+    world.backend.answering.add(world.key)
+    world.run()
+    assert world.row() == ("running", None)
+    world.backend.alive_now.clear()
+    world.run()
+    assert world.row()[0] == "stopped"
+    world.run()
+    assert world.row()[0] == "starting"
+    world.backend.answering.clear()
+    world.backend.alive_now.clear()
+    world.run()
+    error = world.row()[1]
+    assert error is not None and "1 time(s) in a row" in error
+
+
+def test_a_reset_clears_a_failed_builder_and_its_backoff(world: World) -> None:
+    now = [1000.0]
+    world.reconciler.clock = lambda: now[0]
+    world.lease()
+    for _ in range(3):
+        world.run()
+        world.backend.alive_now.clear()
+        world.run()
+        now[0] += 10
+    assert world.row()[0] == "failed"
+    assert world.reconciler.state_of(*world.key) is BuilderState.FAILED
+    with world.store.transaction() as session:
+        assert builder_service.request_reset(session, world.project_id) == 1
+    world.run()
+    assert world.row() == ("stopped", None)
+    assert world.reconciler.state_of(*world.key) is BuilderState.STOPPED
+    started = len(world.backend.started)
+    # No backoff left: the lease still wanting it starts it on the next run, and a failure counts from one.
+    world.run()
+    assert world.row()[0] == "starting"
+    assert len(world.backend.started) == started + 1
+    world.backend.alive_now.clear()
+    world.run()
+    error = world.row()[1]
+    assert error is not None and "1 time(s) in a row" in error
 
 
 def test_an_idle_builder_is_sampled_then_stopped(world: World) -> None:
@@ -207,7 +270,9 @@ def test_a_running_builder_whose_process_exits_is_marked_stopped(world: World) -
     world.backend.alive_now.clear()
     world.run()
     assert world.row()[0] == "stopped"
-    assert world.backend.stopped == []
+    # Stopped all the same: the backend kills what the dead process left (its RUN steps' processes).
+    assert world.backend.stopped == [world.key]
+    assert world.gateway.cut == [world.key]
 
 
 def test_shutdown_stops_every_builder(world: World) -> None:
