@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from opendepot.projects.policy import CacheSetting
 
@@ -28,6 +28,16 @@ class RecordedBuilder:
     project_id: str
     platform: str
     pid: int | None
+
+
+@runtime_checkable
+class WorkerProbe(Protocol):
+    """A backend that can tell a wedged builder (socket accepting, BuildKit not answering) from a live one;
+    the reconciler restarts wedged builders of such backends."""
+
+    async def responsive(self, project_id: str, platform: str, answer_within: float) -> bool:
+        """Whether BuildKit answers ListWorkers within answer_within seconds."""
+        ...
 
 
 class Backend(Protocol):

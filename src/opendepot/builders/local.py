@@ -231,6 +231,31 @@ class LocalBuildkitd:
             return None
         return total_size(out)
 
+    async def responsive(self, project_id: str, platform: str, answer_within: float) -> bool:
+        """Whether BuildKit answers ListWorkers (`buildctl debug workers`) within answer_within seconds: a
+        socket that accepts is not enough, a wedged buildkitd accepts and never answers."""
+        buildctl = Path(self.buildkitd).with_name("buildctl")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                str(buildctl) if buildctl.exists() else "buildctl",
+                "--addr",
+                f"unix://{self.socket_path(project_id, platform)}",
+                "debug",
+                "workers",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        except OSError:
+            return True  # no buildctl: it cannot tell, and a restart on a guess would cut builds
+        try:
+            await asyncio.wait_for(process.wait(), timeout=answer_within)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            return False
+        return process.returncode == 0
+
     async def reap_leftovers(self, recorded: Sequence[RecordedBuilder]) -> None:
         await asyncio.to_thread(self._kill_leftovers, recorded)
 

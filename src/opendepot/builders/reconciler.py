@@ -8,6 +8,7 @@ finished, released or expired builds are cut."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from opendepot.store import Store
 from opendepot.usage import queries as usage_queries
 
 from . import queries, service
-from .backend import Backend, BuilderSpec, RecordedBuilder
+from .backend import Backend, BuilderSpec, RecordedBuilder, WorkerProbe
 from .states import ACTIVE, Action, BuilderState, Observation, retry_delay, transition
 
 log = logging.getLogger("opendepot.machines")
@@ -40,6 +41,13 @@ class ReconcilerSettings:
     tick_seconds: float = 0.2
     # A build running longer is ended server-side (lease released: its builder is freed); None: no limit.
     build_timeout: timedelta | None = None
+    # A running builder is asked for its workers (BuildKit's ListWorkers) this often; unanswered within the
+    # timeout twice in a row, it is wedged and restarted.
+    probe_seconds: float = 15.0
+    probe_timeout: float = 10.0
+
+
+WEDGED_AFTER_UNANSWERED = 2
 
 
 class Connections(Protocol):
@@ -59,6 +67,10 @@ class Builder:
     # Failures in a row (reset once it runs) and when the last one was seen: the retry backoff.
     failures: int = 0
     failed_at: float = 0.0
+    # The ListWorkers probe in flight (it runs beside the reconciler: a wedged builder must not stall it).
+    probe: asyncio.Task[bool] | None = None
+    probed_at: float = 0.0
+    unanswered: int = 0
 
     def retry_in(self, now: float) -> float:
         if self.state != BuilderState.FAILED:
@@ -122,6 +134,7 @@ class BuilderReconciler:
             idle_seconds=now - builder.last_used,
             idle_timeout=self.settings.idle_timeout.total_seconds(),
             retry_in=builder.retry_in(now),
+            wedged=builder.state == BuilderState.RUNNING and alive and self._wedged(key, builder, now),
         )
         if (
             builder.state == BuilderState.RUNNING
@@ -138,11 +151,34 @@ class BuilderReconciler:
                 error = self._failed(key, builder, step.reason, now)
             elif not reset and builder.state == BuilderState.RUNNING and not alive:
                 log.warning("builder %s/%s exited; it restarts on the next lease", *key)
+            elif not reset and step.reason.startswith("wedged"):
+                log.warning("builder %s/%s %s; stopped, it restarts on the next lease", *key, step.reason)
             await self._stop(key, builder, step.state, discard=reset, error=error)
         elif step.state != builder.state:
             if step.state == BuilderState.RUNNING:
                 builder.failures = 0
+                builder.probed_at = now
             await self._enter(key, builder, step.state)
+
+    def _wedged(self, key: tuple[str, str], builder: Builder, now: float) -> bool:
+        """Collects the last ListWorkers probe and starts the next when due; True once BuildKit left
+        WEDGED_AFTER_UNANSWERED probes in a row unanswered."""
+        probe = builder.probe
+        if probe is not None and probe.done():
+            builder.probe = None
+            if not probe.cancelled():
+                answered = probe.exception() is None and probe.result()
+                builder.unanswered = 0 if answered else builder.unanswered + 1
+                if not answered:
+                    log.warning("builder %s/%s: BuildKit did not answer ListWorkers", *key)
+        if (
+            builder.probe is None
+            and isinstance(self.backend, WorkerProbe)
+            and now - builder.probed_at >= self.settings.probe_seconds
+        ):
+            builder.probed_at = now
+            builder.probe = asyncio.create_task(self.backend.responsive(*key, self.settings.probe_timeout))
+        return builder.unanswered >= WEDGED_AFTER_UNANSWERED
 
     @staticmethod
     def _failed(key: tuple[str, str], builder: Builder, reason: str, now: float) -> str:
@@ -207,6 +243,9 @@ class BuilderReconciler:
         discard: bool = False,
         error: str | None = None,
     ) -> None:
+        if builder.probe is not None:
+            builder.probe.cancel()
+            builder.probe = None
         if builder.state == BuilderState.RUNNING and self.backend.alive(*key):
             await self._sample(key, builder)
         self.gateway.cut_project(key[0], key[1])

@@ -8,6 +8,7 @@ the whole lifecycle is unit-tested as a table.
     FAILED --needed, backoff over--> STARTING   (backoff: 1 s, 2 s, 4 s ... 60 s after the last failure)
     STARTING --process gone--> FAILED          RUNNING --process gone--> STOPPED
     (a process gone is still stopped: what it left in its cgroup, such as RUN steps, is killed)
+    RUNNING --wedged (ListWorkers unanswered twice in a row)--> STOPPED (stopped first)
     any --reset requested (row RESETTING, written by an API worker)--> STOPPED (stopped first)"""
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Observation:
     idle_seconds: float = 0.0  # since a lease last wanted it
     idle_timeout: float = 0.0
     retry_in: float = 0.0  # seconds until a FAILED builder may be started again (its backoff)
+    wedged: bool = False  # RUNNING, but BuildKit did not answer ListWorkers in time, repeatedly
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,10 @@ def transition(state: BuilderState, seen: Observation) -> Transition:
             # RUNNING -> STOPPED: the process went away (killed, crashed); what it left in its cgroup (RUN
             # steps) is killed, and the next lease starts it again.
             return Transition(BuilderState.STOPPED, Action.STOP, "exited")
+        if seen.wedged:
+            # RUNNING -> STOPPED: the socket accepts but BuildKit does not answer; builds on it hang anyway.
+            # The next lease starts a fresh one on the same cache.
+            return Transition(BuilderState.STOPPED, Action.STOP, "wedged: BuildKit does not answer")
         if not seen.needed and seen.idle_seconds > seen.idle_timeout:
             # RUNNING -> STOPPED: idle for longer than the idle timeout; the cache stays.
             return Transition(BuilderState.STOPPED, Action.STOP, "idle")

@@ -4,7 +4,7 @@ leases in, builder processes and builder rows out."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,6 +35,8 @@ class FakeBackend:
         self.answering: set[tuple[str, str]] = set()
         self.reaped: list[RecordedBuilder] = []
         self.stopped_all = False
+        self.silent: set[tuple[str, str]] = set()  # wedged: never answer ListWorkers
+        self.probes = 0
 
     async def reap_leftovers(self, recorded: Sequence[RecordedBuilder]) -> None:
         self.reaped = list(recorded)
@@ -49,6 +51,10 @@ class FakeBackend:
 
     def alive(self, project_id: str, platform: str) -> bool:
         return (project_id, platform) in self.alive_now
+
+    async def responsive(self, project_id: str, platform: str, answer_within: float) -> bool:
+        self.probes += 1
+        return (project_id, platform) not in self.silent
 
     async def stop(self, project_id: str, platform: str) -> None:
         self.stopped.append((project_id, platform))
@@ -127,6 +133,18 @@ class World:
 
     def run(self) -> None:
         asyncio.run(self.reconciler.run_once())
+
+    def run_in_one_loop(self, times: int, advance: Callable[[], None]) -> None:
+        """Runs the reconciler `times` times in one event loop (its ListWorkers probes run beside it),
+        calling advance between runs."""
+
+        async def runs() -> None:
+            for _ in range(times):
+                await self.reconciler.run_once()
+                await asyncio.sleep(0)
+                advance()
+
+        asyncio.run(runs())
 
 
 @pytest.fixture
@@ -289,3 +307,36 @@ def test_leftovers_of_an_earlier_supervisor_are_reaped_and_marked_stopped(world:
     asyncio.run(reap_leftovers(world.store, world.backend))
     assert world.backend.reaped == [RecordedBuilder(world.project_id, PLATFORM, 99)]
     assert world.row()[0] == "stopped"
+
+
+def test_a_wedged_builder_is_restarted_and_a_slow_answer_once_is_not_enough(world: World) -> None:
+    now = [1000.0]
+    world.reconciler.clock = lambda: now[0]
+    world.lease()
+    world.backend.answering.add(world.key)
+    world.run()
+    world.run()
+    assert world.row()[0] == "running"
+
+    def tick() -> None:
+        now[0] += 16  # past probe_seconds: every run probes
+
+    # Answering: probed, kept.
+    world.run_in_one_loop(4, tick)
+    assert world.backend.probes >= 2
+    assert world.row()[0] == "running"
+    assert world.backend.stopped == []
+    # Silent once, then answering again: kept (a loaded machine may be slow once).
+    world.backend.silent.add(world.key)
+    world.run_in_one_loop(1, tick)
+    world.backend.silent.clear()
+    world.run_in_one_loop(3, tick)
+    assert world.row()[0] == "running"
+    assert world.backend.stopped == []
+    # Silent twice in a row: stopped (what it holds is cut), and the lease still wanting it starts a new one.
+    world.backend.silent.add(world.key)
+    world.run_in_one_loop(4, tick)
+    assert world.backend.stopped == [world.key]
+    assert world.gateway.cut == [world.key]
+    assert len(world.backend.started) == 2
+    assert world.row()[0] in ("starting", "running")

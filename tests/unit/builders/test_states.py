@@ -36,6 +36,8 @@ S = BuilderState
         (S.RUNNING, Observation(alive=True, idle_seconds=6, idle_timeout=5), S.STOPPED, Action.STOP),
         # A dead process (kill -9, crash) is stopped: what it left in its cgroup (RUN steps) is killed.
         (S.RUNNING, Observation(needed=True, alive=False), S.STOPPED, Action.STOP),
+        # A wedged builder (alive, socket accepting, BuildKit silent) is stopped, even while wanted.
+        (S.RUNNING, Observation(needed=True, alive=True, wedged=True), S.STOPPED, Action.STOP),
         # A reset stops the builder whatever it does, even while a lease wants it.
         (S.RUNNING, Observation(needed=True, alive=True, reset_requested=True), S.STOPPED, Action.STOP),
         (S.STARTING, Observation(alive=True, reset_requested=True), S.STOPPED, Action.STOP),
