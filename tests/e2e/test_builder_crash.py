@@ -133,3 +133,34 @@ def test_a_buildkitd_killed_mid_build_takes_its_run_steps_along_and_the_next_bui
     finally:
         server.stop()
         remove_builder_users(data_dir)
+
+
+def test_a_wedged_buildkitd_is_restarted_and_the_next_build_works(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    # Kept well past the test, so that only the wedge can stop the builder.
+    server = Server(data_dir=data_dir, database_url=None, extra_args=["--builder-idle-timeout", "600"])
+    server.start(timeout=180)
+    try:
+        _org, token = server.new_organization()
+        created = depot(server.url, token, "projects", "create", f"p-{uuid.uuid4().hex[:6]}")
+        assert created.returncode == 0, created.stderr
+        project = str(json.loads(created.stdout)["project_id"])
+        first = build(server, token, project, busybox_context(tmp_path / "first", "echo one"))
+        assert first.returncode == 0, first.stdout + first.stderr
+
+        sandbox = Sandbox(data_dir, "buildkitd")
+        key = f"{project}-amd64"
+        pids = sandbox.cgroups.pids(key)
+        buildkitd = next(p for p in pids if comm(p) == "buildkitd")
+        # Stopped, buildkitd still has its socket listening (the kernel accepts), but answers nothing.
+        os.kill(buildkitd, signal.SIGSTOP)
+        wedged = wait_until(lambda: "wedged: BuildKit does not answer" in server.log_text(), 90)
+        print("\n" + next((ln for ln in server.log_text().splitlines() if "wedged" in ln), "no wedge logged"))
+        assert wedged
+        assert wait_until(lambda: not set(pids) & set(sandbox.cgroups.pids(key)), 60)
+
+        again = build(server, token, project, busybox_context(tmp_path / "again", "echo two"))
+        assert again.returncode == 0, again.stdout + again.stderr
+    finally:
+        server.stop()
+        remove_builder_users(data_dir)
