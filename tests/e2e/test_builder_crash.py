@@ -155,7 +155,9 @@ def test_a_wedged_buildkitd_is_restarted_and_the_next_build_works(tmp_path: Path
         # Stopped, buildkitd still has its socket listening (the kernel accepts), but answers nothing.
         os.kill(buildkitd, signal.SIGSTOP)
         wedged = wait_until(lambda: "wedged: BuildKit does not answer" in server.log_text(), 90)
-        print("\n" + next((ln for ln in server.log_text().splitlines() if "wedged" in ln), "no wedge logged"))
+        print(
+            "\n" + next((ln for ln in server.log_text().splitlines() if "wedged:" in ln), "no wedge logged")
+        )
         assert wedged
         assert wait_until(lambda: not set(pids) & set(sandbox.cgroups.pids(key)), 60)
 

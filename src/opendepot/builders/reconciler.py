@@ -246,7 +246,8 @@ class BuilderReconciler:
         if builder.probe is not None:
             builder.probe.cancel()
             builder.probe = None
-        if builder.state == BuilderState.RUNNING and self.backend.alive(*key):
+        wedged = builder.unanswered >= WEDGED_AFTER_UNANSWERED
+        if builder.state == BuilderState.RUNNING and not wedged and self.backend.alive(*key):
             await self._sample(key, builder)
         self.gateway.cut_project(key[0], key[1])
         await self.backend.stop(*key)

@@ -37,6 +37,7 @@ class FakeBackend:
         self.stopped_all = False
         self.silent: set[tuple[str, str]] = set()  # wedged: never answer ListWorkers
         self.probes = 0
+        self.sampled = 0
 
     async def reap_leftovers(self, recorded: Sequence[RecordedBuilder]) -> None:
         self.reaped = list(recorded)
@@ -68,6 +69,7 @@ class FakeBackend:
         self.alive_now.clear()
 
     async def disk_usage(self, project_id: str, platform: str) -> int | None:
+        self.sampled += 1
         return 1234
 
     async def open(self, project_id: str, platform: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -334,9 +336,12 @@ def test_a_wedged_builder_is_restarted_and_a_slow_answer_once_is_not_enough(worl
     assert world.row()[0] == "running"
     assert world.backend.stopped == []
     # Silent twice in a row: stopped (what it holds is cut), and the lease still wanting it starts a new one.
+    # Its cache is not sampled on the way out: `buildctl du` would hang on it too.
+    sampled = world.backend.sampled
     world.backend.silent.add(world.key)
     world.run_in_one_loop(4, tick)
     assert world.backend.stopped == [world.key]
+    assert world.backend.sampled == sampled
     assert world.gateway.cut == [world.key]
     assert len(world.backend.started) == 2
     assert world.row()[0] in ("starting", "running")
