@@ -28,6 +28,7 @@ from urllib.parse import quote
 from opendepot.auth import Principal
 from opendepot.clock import utcnow
 from opendepot.errors import DomainError
+from opendepot.metrics import metrics
 
 from .errors import CODES
 from .http.asgi import Receive, Scope, Send
@@ -483,11 +484,15 @@ def _connect_error(refusal: Refused) -> Exception:
 
 
 def _log(path: str, refusal: Refused) -> None:
+    """One log line and the RPC counter, as the interceptor does for the calls it sees: a refused call never
+    reaches it. (Only known method paths come here, so the label set stays bounded.)"""
+    method = path.lstrip("/")
     record = {
         "ts": utcnow().isoformat(timespec="milliseconds"),
         "msg": "refused",
-        "method": path.lstrip("/"),
+        "method": method,
         "code": refusal.code,
         "error": refusal.message,
     }
-    log.info(json.dumps(record, separators=(",", ":")))
+    log.info("refused", extra={"fields": record})
+    metrics().rpc_requests.labels(method, refusal.code).inc()
