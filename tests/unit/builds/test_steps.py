@@ -2,47 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import pytest
-
-from opendepot.auth import Principal, TokenKind
 from opendepot.builds import queries, steps
 from opendepot.builds import service as builds
 from opendepot.builds.steps import LogChunk, VertexUpdate
-from opendepot.organizations import service as organizations
-from opendepot.projects import service as projects
 from opendepot.store import Store
-from opendepot.store.engine import sqlite_url
+from tests.support.domain import organization_with_project
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(sqlite_url(tmp_path), tmp_path)
-    try:
-        yield store
-    finally:
-        store.dispose()
-
-
 def new_build(store: Store) -> str:
     with store.transaction() as session:
-        org = organizations.create_organization(session, "acme")
-        admin = Principal(kind=TokenKind.ORGANIZATION, token_id="t", organization_id=org.id)
-        project = projects.create_project(
-            session,
-            admin,
-            projects.Settings(regions=("r",), default_region="r"),
-            name="web",
-            organization_id=None,
-            region_id="",
-            cache_policy=None,
-            hardware=None,
-        )
+        admin, project = organization_with_project(session)
         build, _secret = builds.create_build(session, admin, project.id, [])
         return build.id
 

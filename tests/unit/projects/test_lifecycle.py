@@ -4,19 +4,15 @@ projects domain's own interfaces (fakes here), against a real SQLite store."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from opendepot.auth import Principal, TokenKind
 from opendepot.errors import FailedPrecondition, PermissionDenied
-from opendepot.organizations import service as organizations
 from opendepot.projects import queries
-from opendepot.projects import service as projects
 from opendepot.projects.lifecycle import ProjectLifecycle
 from opendepot.store import Store
-from opendepot.store.engine import sqlite_url
+from tests.support.domain import organization_with_project
 
 
 class FakeBuilders:
@@ -41,29 +37,9 @@ class FakeAuthority:
         self.forgotten.append(project_id)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(sqlite_url(tmp_path), tmp_path)
-    try:
-        yield store
-    finally:
-        store.dispose()
-
-
 def make_project(store: Store) -> tuple[Principal, str]:
     with store.transaction() as session:
-        org = organizations.create_organization(session, "acme")
-        admin = Principal(kind=TokenKind.ORGANIZATION, token_id="t", organization_id=org.id)
-        project = projects.create_project(
-            session,
-            admin,
-            projects.Settings(regions=("r",), default_region="r"),
-            name="web",
-            organization_id=None,
-            region_id="",
-            cache_policy=None,
-            hardware=None,
-        )
+        admin, project = organization_with_project(session)
         return admin, project.id
 
 

@@ -4,50 +4,26 @@ time-weighted average)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from opendepot.auth import Principal, TokenKind
+from opendepot.auth import Principal
 from opendepot.builds.models import Build, Lease
 from opendepot.errors import InvalidArgument
-from opendepot.organizations import service as organizations
-from opendepot.projects import service as projects
 from opendepot.store import Store
-from opendepot.store.engine import sqlite_url
 from opendepot.usage import queries as usage_queries
 from opendepot.usage import service as usage
+from tests.support.domain import organization_with_project
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 END = START + timedelta(days=1)
 GIB = 1 << 30
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(sqlite_url(tmp_path), tmp_path)
-    try:
-        yield store
-    finally:
-        store.dispose()
-
-
 def setup(store: Store) -> tuple[Principal, str]:
     with store.transaction() as session:
-        org = organizations.create_organization(session, "acme")
-        admin = Principal(kind=TokenKind.ORGANIZATION, token_id="t", organization_id=org.id)
-        project = projects.create_project(
-            session,
-            admin,
-            projects.Settings(regions=("r",), default_region="r"),
-            name="web",
-            organization_id=None,
-            region_id="",
-            cache_policy=None,
-            hardware=None,
-        )
+        admin, project = organization_with_project(session)
         p = project.id
 
         def build(build_id: str, created: datetime, seconds: float) -> None:
@@ -55,7 +31,7 @@ def setup(store: Store) -> tuple[Principal, str]:
                 Build(
                     id=build_id,
                     project_id=p,
-                    organization_id=org.id,
+                    organization_id=admin.organization_id,
                     status="success",
                     options=[],
                     created_at=created,
