@@ -65,9 +65,11 @@ def running_since_before(session: Session, before: datetime) -> Sequence[Build]:
     return session.scalars(select(Build).where(Build.status == "running", Build.created_at < before)).all()
 
 
-def running_with_leases(session: Session) -> Sequence[Build]:
-    """Running builds that hold an unreleased lease on a builder."""
-    held = select(Lease.build_id).where(Lease.build_id == Build.id, Lease.released_at.is_(None))
+def running_with_leases(session: Session, acquired_before: datetime) -> Sequence[Build]:
+    """Running builds that hold an unreleased lease on a builder, taken before `acquired_before`."""
+    held = select(Lease.build_id).where(
+        Lease.build_id == Build.id, Lease.released_at.is_(None), Lease.acquired_at < acquired_before
+    )
     return session.scalars(select(Build).where(Build.status == "running", held.exists())).all()
 
 

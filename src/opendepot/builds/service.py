@@ -289,11 +289,13 @@ def reap(
 INTERRUPTED = "interrupted: the server restarted while this build ran on its builder; run it again"
 
 
-def interrupt_building(session: Session, now: datetime | None = None) -> int:
-    """At supervisor start: a build that held a builder lost it with the previous supervisor (its builders
-    are reaped), so it cannot finish; it ends now, with a reason, rather than at the lease timeout."""
+def interrupt_building(session: Session, node_started: datetime, now: datetime | None = None) -> int:
+    """At take-over: a build that held a builder lost it with the previous holder (its builders are reaped),
+    so it cannot finish; it ends now, with a reason, rather than at the lease timeout. Only leases taken
+    before this node started count: a build that arrived while this node waited for the duties (up to one
+    singular-lease term after a restart) never had a builder of the previous holder and goes on."""
     now = now or utcnow()
-    interrupted = queries.running_with_leases(session)
+    interrupted = queries.running_with_leases(session, node_started)
     for build in interrupted:
         build.status, build.finished_at, build.error = ERROR, now, INTERRUPTED
         queries.release_leases(session, build.id, now)

@@ -19,6 +19,7 @@ from opendepot.builders.reconciler import BuilderReconciler, ReconcilerSettings,
 from opendepot.builders.sandbox import Sandbox
 from opendepot.builds import queries as build_queries
 from opendepot.builds import service as build_service
+from opendepot.clock import utcnow
 from opendepot.gateway.listener import Gateway, MemoryWatcher
 from opendepot.gateway.recorder import MemoryWatch, StepRecorder
 from opendepot.pki.authority import Authority
@@ -227,11 +228,13 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # 
     )
     reconciler = ReconcilerDuty(lambda: BuilderReconciler(store, backend, gateway, settings))
 
+    node_started = utcnow()
+
     async def take_over() -> None:
         # What an earlier holder left running is stopped, then a fresh reconciler takes over from the rows.
         await reap_leftovers(store, backend)
         # Builds that held those builders cannot finish: they end now, with a reason.
-        interrupted = await store.run(build_service.interrupt_building)
+        interrupted = await store.run(lambda s: build_service.interrupt_building(s, node_started))
         if interrupted:
             log.warning("%d build(s) cut off by the previous holder's end marked failed", interrupted)
         reconciler.renew()
