@@ -34,28 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # Run as a script, this file's folder comes first on sys.path and its name would hide the kubernetes package.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
+from bench.build import create_project as new_project  # noqa: E402
 from bench.build import get_connection, new_build, percentile, timed, until_active  # noqa: E402
 from opendepot.gen.depot.cli.v1 import build_pb as cli  # noqa: E402
-from opendepot.gen.depot.core.v1 import project_pb  # noqa: E402
 from tests.support.builds import buildctl_via_gateway, builds_possible  # noqa: E402
 from tests.support.rpc import call  # noqa: E402
 from tests.support.server import Server  # noqa: E402
 
 BS = "depot.cli.v1.BuildService"
 IDLE_SECONDS = 1
-
-
-def new_project(http: httpx.Client, srv: Server, name: str) -> str:
-    r = call(
-        http,
-        srv.url,
-        "depot.core.v1.ProjectService/CreateProject",
-        project_pb.CreateProjectRequest(name=name),
-        srv.admin_token,
-    )
-    created = r.message(project_pb.CreateProjectResponse).project
-    assert created is not None
-    return created.project_id
 
 
 def finish(http: httpx.Client, srv: Server, build_id: str, token: str) -> None:

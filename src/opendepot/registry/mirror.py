@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import subprocess
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ import httpx
 
 from opendepot.datadir import DataDir
 from opendepot.files import write_private
-from opendepot.processes import terminate
+from opendepot.processes import parent_death_signal, terminate
 
 log = logging.getLogger("opendepot.registry")
 
@@ -93,6 +94,8 @@ class MirrorProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            # Like the project registry: it dies with its supervisor, even by SIGKILL.
+            preexec_fn=parent_death_signal(signal.SIGKILL),  # noqa: PLW1509 - prctl only, preloaded
         )
         out.close()
         for _ in range(200):
