@@ -54,8 +54,9 @@ class Gateway:
     def _project_context(self, project_id: str) -> ssl.SSLContext | None:
         context = self._contexts.get(project_id)
         if context is None:
-            directory = self.authority.project_dir(project_id)
-            if not (directory / "server.pem").exists():
+            # The project's CA from the store (once per project and process): any node's API may have made it.
+            directory = self.authority.existing_project(project_id)
+            if directory is None:
                 return None
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2

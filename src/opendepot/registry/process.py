@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
 import signal
 import subprocess
 from collections.abc import Callable
@@ -127,7 +126,10 @@ class RegistryProcess:
         self._process: subprocess.Popen[bytes] | None = None
 
     def write_config(self) -> None:
-        config = registry_config(self.settings, self.signer, secrets.token_urlsafe(24))
+        # One HTTP secret for every node's registry (from the store): an upload begun through one registry
+        # may continue through another behind the same address.
+        self.signer.write_cert()
+        config = registry_config(self.settings, self.signer, self.signer.http_secret)
         write_private(self.config_path, json.dumps(config, indent=2))
 
     def _reap_stale(self) -> None:

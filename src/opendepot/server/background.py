@@ -32,7 +32,7 @@ from .config import Config
 from .gauges import StoreGauges
 from .loops import Loops
 from .singular import Gated, SingularLease
-from .worker import open_registry
+from .worker import open_registry, open_vault
 
 log = logging.getLogger("opendepot.server")
 
@@ -62,7 +62,7 @@ def insecure_registries(config: Config) -> tuple[str, ...]:
     return ()
 
 
-def kubernetes_backend(config: Config) -> KubernetesBuildkitd:
+def kubernetes_backend(config: Config, authority: Authority) -> KubernetesBuildkitd:
     settings = config.kubernetes
     _host, colon, port = config.registry.host.rpartition(":")
     return KubernetesBuildkitd(
@@ -76,7 +76,7 @@ def kubernetes_backend(config: Config) -> KubernetesBuildkitd:
             registry_port=int(port) if colon and port.isdigit() else None,
             insecure_registries=insecure_registries(config),
         ),
-        Authority(config.paths.pki),
+        authority,
     )
 
 
@@ -188,12 +188,14 @@ def memory_watcher(store: Store, backend: Backend) -> MemoryWatcher:
 async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # noqa: PLR0915 - composition root
     """The singular parts of the server: the machine manager and the BuildKit gateway."""
     store = Store(config.store.database_url)
+    vault = open_vault(config, store)
+    authority = Authority(config.paths.pki, vault)
     mirror = mirror_settings(config)
     backend: Backend
     sandbox: Sandbox | None = None
     if config.kubernetes.backend == "kubernetes":
         # Pods are sandboxed by the cluster (builders/kubernetes.py), not by this host.
-        backend = kubernetes_backend(config)
+        backend = kubernetes_backend(config, authority)
     else:
         sandbox = await asyncio.to_thread(open_sandbox, config)
         backend = LocalBuildkitd(
@@ -210,7 +212,7 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # 
 
     recorder = StepRecorder(store, log_cap=config.gateway.build_log_limit_mib << 20)
     gateway = Gateway(
-        Authority(config.paths.pki),
+        authority,
         backend.open,
         lease_is_live,
         recorder if config.gateway.status_tap else None,
@@ -255,7 +257,7 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # 
     if sandbox is not None:
         loops.start(DeletedProjectsJanitor(sandbox, store, config))
     registry_process = None
-    if (registry := open_registry(config, store)) is not None:
+    if (registry := open_registry(config, store, vault)) is not None:
         registry_process = RegistryProcess(
             ProcessSettings(
                 binary=config.registry.binary,
