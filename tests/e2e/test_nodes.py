@@ -1,8 +1,10 @@
-"""Two `opendepot serve` nodes on one PostgreSQL (and one shared data dir, as a shared volume would be): any
-node's API and gateway serve any build; the singular duties run on one node and move when it dies."""
+"""Two `opendepot serve` nodes on one PostgreSQL: any node's API and gateway serve any build; the singular
+duties run on one node and move when it dies. Nodes with their own data dirs share what they must through
+the store (keys, sealed with the operator's --secret-key) and one S3 bucket (the registry's images)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,9 +17,12 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from bench.build import new_build, until_active
+from opendepot.sealed.box import new_key_text
 from tests.e2e.test_builds import build, new_project, step_states
+from tests.e2e.test_registry import images, pull_token, saved_build, skopeo, wait_for
 from tests.e2e.test_steps import run_steps, steps_of
 from tests.support.builds import buildctl_via_gateway, builds_possible, busybox_context
+from tests.support.s3 import moto_server, s3_bucket
 from tests.support.server import Server, create_postgres_database, drop_postgres_database, postgres_admin_url
 
 pytestmark = [
@@ -117,6 +122,99 @@ def test_two_nodes_share_builds_and_hand_over_the_singular_duties(database: str,
         assert code == 0, output
         assert "after-failover" in output
         assert set(step_states(output).values()) == {"DONE"}
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture
+def secret_key_file(tmp_path: Path) -> Path:
+    """The key the operator gives every node (here a file; OPENDEPOT_SECRET_KEY works as well)."""
+    path = tmp_path / "secret-key"
+    path.write_text(new_key_text() + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.skipif(moto_server() is None, reason="moto_server is not installed (./dev setup)")
+def test_nodes_with_their_own_data_dirs_share_keys_through_the_store_and_images_through_s3(
+    database: str, secret_key_file: Path, tmp_path: Path
+) -> None:
+    nodes: list[Server] = []
+    try:
+        with s3_bucket(tmp_path / "moto.log") as bucket:
+            common = ["--registry-storage", bucket.registry_storage(), "--workers", "1"]
+            given_key = ["--secret-key-file", str(secret_key_file)]
+            node_a = Server(tmp_path / "a", database, extra_args=[*common, *given_key])
+            nodes.append(node_a.start(timeout=120))
+            # A node started without the store's key refuses to start, and says why.
+            stray = Server(tmp_path / "stray", database, extra_args=common)
+            nodes.append(stray)
+            with pytest.raises(RuntimeError, match="same --secret-key"):
+                stray.start(timeout=120)
+            node_b = Server(tmp_path / "b", database, extra_args=[*common, *given_key])
+            nodes.append(node_b.start(timeout=120))
+
+            token = node_a.admin_token
+            project = new_project(node_a, token, "shared-images")
+            # Pushed by a build through node A, into node A's registry.
+            tag = saved_build(
+                node_a, token, project, busybox_context(tmp_path / "ctx", "echo on-a > /marker")
+            )
+            digest = wait_for(
+                lambda: next((i["digest"] for i in images(node_a, token, project) if i["tag"] == tag), None),
+                "the pushed image listed",
+            )
+
+            # Pulled through node B's registry (the same bucket) with a pull token node B's API made.
+            creds = f"x-token:{pull_token(node_b, token, project)}"
+            on_b = f"{node_b.registry_host}/{project}"
+            pulled = skopeo(
+                "copy", "--src-tls-verify=false", "--src-creds", creds,
+                f"docker://{on_b}:{tag}", f"oci:{tmp_path / 'pulled'}:{tag}",
+            )  # fmt: skip
+            assert pulled.returncode == 0, pulled.stderr
+
+            # A registry token signed by node A's API, presented to node B's registry: accepted for pull...
+            answer = httpx.get(
+                f"{node_a.url}/registry/token",
+                params={"service": "opendepot-registry", "scope": f"repository:{project}:pull,push"},
+                auth=("x-token", token),
+                timeout=30,
+            )
+            assert answer.status_code == 200, answer.text
+            signed_by_a = answer.json()["token"]
+            inspected = skopeo(
+                "inspect", "--tls-verify=false", "--registry-token", signed_by_a, f"docker://{on_b}:{tag}"
+            )
+            assert inspected.returncode == 0, inspected.stderr
+            assert json.loads(inspected.stdout)["Digest"] == digest
+            # ... and for push: the new tag goes through node B, node B's registry tells node B's API, and
+            # node A's API lists it (the store).
+            pushed = skopeo(
+                "copy", "--dest-tls-verify=false", "--dest-registry-token", signed_by_a,
+                f"oci:{tmp_path / 'pulled'}:{tag}", f"docker://{on_b}:pushed-through-b",
+            )  # fmt: skip
+            assert pushed.returncode == 0, pushed.stderr
+            wait_for(
+                lambda: "pushed-through-b" in {i["tag"] for i in images(node_a, token, project)},
+                "the tag pushed through node B listed by node A",
+            )
+            # A token node B never saw is no token at all for it.
+            forged = skopeo(
+                "inspect", "--tls-verify=false", "--registry-token", "e30.e30.e30", f"docker://{on_b}:{tag}"
+            )
+            assert forged.returncode != 0
+
+            # The images are in the bucket, not in either data dir; no data dir holds a private key of the
+            # registry's (the signing key is sealed in the store).
+            keys = bucket.object_keys()
+            assert any(f"/repositories/{project}/" in key for key in keys), keys[:20]
+            for node in (node_a, node_b):
+                assert not (node.data_dir / "registry" / "storage").exists()
+                assert not (node.data_dir / "registry" / "token-key.pem").exists()
+                assert (node.data_dir / "registry" / "token-cert.pem").exists()
+                assert not list(node.data_dir.rglob("ca-key.pem"))
     finally:
         for node in nodes:
             node.stop()
