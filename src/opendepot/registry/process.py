@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import logging
+import os
 import signal
 import subprocess
 from collections.abc import Callable, Mapping
@@ -70,7 +70,7 @@ def registry_environment(environ: Mapping[str, str], storage: str) -> dict[str, 
     bundle to the driver's own HTTP transport. The driver trusts the system's CAs; the variable is dropped."""
     env = dict(environ)
     if storage.startswith("s3://") and env.pop("AWS_CA_BUNDLE", None) is not None:
-        log.warning("AWS_CA_BUNDLE is not passed to the registry: its s3 driver cannot use it (system CAs apply)")
+        log.warning("AWS_CA_BUNDLE is not passed to the registry: its s3 driver cannot use it (system CAs)")
     return env
 
 
