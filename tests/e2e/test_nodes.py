@@ -16,12 +16,15 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from bench.build import new_build, until_active
+from bench.build import BS, new_build, until_active
+from opendepot.gen.depot.cli.v1 import build_pb as cli
 from opendepot.sealed.box import new_key_text
+from tests.e2e.test_build_lifecycle import SUCCESS
 from tests.e2e.test_builds import build, new_project, step_states
 from tests.e2e.test_registry import images, pull_token, saved_build, skopeo, wait_for
 from tests.e2e.test_steps import run_steps, steps_of
 from tests.support.builds import buildctl_via_gateway, builds_possible, busybox_context
+from tests.support.rpc import call
 from tests.support.s3 import moto_server, s3_bucket
 from tests.support.server import Server, create_postgres_database, drop_postgres_database, postgres_admin_url
 
@@ -104,6 +107,41 @@ def test_two_nodes_share_builds_and_hand_over_the_singular_duties(database: str,
         while len(run_steps(steps_of(node_a, token, project, build_id))) < 2:
             assert time.monotonic() < deadline, "node A never saw the steps recorded through node B"
             time.sleep(0.5)
+
+        # A build solving through node B's gateway whose lease ends through node A's API: B's gateway cuts
+        # its connection (the builder itself keeps running for --builder-idle-timeout, 120 s).
+        with httpx.Client(timeout=60) as http:
+            long_id, long_token = new_build(http, node_a, project)
+            details = until_active(http, node_a, long_id, long_token).connection.value  # type: ignore[union-attr]
+            command = buildctl_via_gateway(details, tmp_path / "certs-long")
+            command[command.index("--addr") + 1] = f"tcp://127.0.0.1:{node_b.buildkit_port}"
+            sleeper = busybox_context(tmp_path / "long", "sleep 300")
+            solve = ["build", "--frontend", "dockerfile.v0", "--progress", "plain"]
+            solve += ["--local", f"context={sleeper}", "--local", f"dockerfile={sleeper}"]
+            running = subprocess.Popen(
+                [*command, *solve], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
+            try:
+                deadline = time.monotonic() + 60
+                while not run_steps(steps_of(node_a, token, project, long_id)):
+                    assert running.poll() is None, running.communicate()[1]
+                    assert time.monotonic() < deadline, "the RUN step never started through node B"
+                    time.sleep(0.3)
+                call(
+                    http,
+                    node_a.url,
+                    f"{BS}/FinishBuild",
+                    cli.FinishBuildRequest(build_id=long_id, result=SUCCESS),
+                    long_token,
+                )
+                ended = time.monotonic()
+                _out, err = running.communicate(timeout=30)
+                cut_after = time.monotonic() - ended
+            finally:
+                running.kill()
+        assert running.returncode != 0, err
+        print(f"node B's gateway cut the build {cut_after:.1f} s after node A's API ended its lease")
+        assert cut_after < 5, cut_after
 
         # Node A's supervisor dies without a word: B takes the duties over, and builds through B work.
         os.kill(supervisor_pid(node_a), signal.SIGKILL)

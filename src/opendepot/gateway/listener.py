@@ -108,6 +108,15 @@ class Gateway:
         for key in [k for k in self._connections if k not in live]:
             self._cut(key, "lease ended")
 
+    def connected_builds(self) -> set[tuple[str, str]]:
+        """The (build, platform) pairs with a connection open through this gateway."""
+        return {key for key, writers in self._connections.items() if writers}
+
+    def cut_builds(self, ended: set[tuple[str, str]]) -> None:
+        """Cuts the connections of these builds only (a connection opened meanwhile for another stays)."""
+        for key in ended & set(self._connections):
+            self._cut(key, "lease ended")
+
     def cut_project(self, project_id: str, platform: str) -> None:
         for key in [k for k, p in self._projects.items() if p == project_id and k[1] == platform]:
             self._cut(key, "builder stopped")

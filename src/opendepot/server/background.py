@@ -166,6 +166,26 @@ class DeletedProjectsJanitor:
         )
 
 
+class GatewayLeaseWatch:
+    """Every node's gateway cuts the connections of builds whose lease ended, whichever node's API ended it:
+    the holder's reconciler cuts only its own gateway's (`keep_only`), so each node polls the store for the
+    builds connected through it, and only while some are."""
+
+    name = "gateway lease watch"
+    interval = 1.0
+
+    def __init__(self, store: Store, gateway: Gateway) -> None:
+        self.store = store
+        self.gateway = gateway
+
+    async def run_once(self) -> None:
+        connected = self.gateway.connected_builds()
+        if not connected:
+            return
+        live = await self.store.read(lambda s: build_queries.live_among(s, connected))
+        self.gateway.cut_builds(connected - live)
+
+
 def memory_watcher(store: Store, backend: Backend) -> MemoryWatcher:
     """How the gateway reads a local builder's memory cgroup for a build (pods: their cluster's business)."""
 
@@ -254,6 +274,7 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # 
     loops.start(Gated(reconciler, singular))
     loops.start(Gated(StoreGauges(store, config.kubernetes.backend), singular))
     loops.start(recorder)
+    loops.start(GatewayLeaseWatch(store, gateway))
     if sandbox is not None:
         loops.start(DeletedProjectsJanitor(sandbox, store, config))
     registry_process = None
