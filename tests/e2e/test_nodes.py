@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,8 @@ pytestmark = [
 ]
 # server/singular.py: TTL 10 s, renewed every 2 s.
 TAKEOVER_LIMIT_SECONDS = 15.0
+# The test cluster's pod bridge: the host (where every node's gateway runs) is 10.213.0.1 on it (scripts/k8s).
+KUBERNETES_GATEWAY_CIDR = "10.213.0.1/32"
 
 
 @pytest.fixture
@@ -256,3 +259,62 @@ def test_nodes_with_their_own_data_dirs_share_keys_through_the_store_and_images_
     finally:
         for node in nodes:
             node.stop()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("OPENDEPOT_TEST_KUBECONFIG"), reason="no test cluster: set OPENDEPOT_TEST_KUBECONFIG"
+)
+def test_nodes_with_their_own_data_dirs_reach_pod_builders_with_the_keys_from_the_store(
+    database: str, secret_key_file: Path, tmp_path: Path
+) -> None:
+    """Builders every node can reach (pods): a build made through node A's API runs in a pod node A started,
+    reached through node B's gateway, which presents the link certificate and checks the pod's against the
+    project CA — both made by node A, read by node B from the store."""
+    from kubernetes import client, config
+
+    kubeconfig = os.environ["OPENDEPOT_TEST_KUBECONFIG"]
+    core = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+    namespace = f"shared-nodes-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": namespace}})
+    pods = [
+        "--builders", "kubernetes", "--kubeconfig", kubeconfig, "--namespace", namespace,
+        "--storage-class", "opendepot-hostpath", "--gateway-cidrs", KUBERNETES_GATEWAY_CIDR,
+        "--registry", "off", "--secret-key-file", str(secret_key_file), "--workers", "1",
+    ]  # fmt: skip
+    nodes: list[Server] = []
+    try:
+        node_a = Server(tmp_path / "a", database, extra_args=pods)
+        nodes.append(node_a.start(timeout=180))
+        node_b = Server(tmp_path / "b", database, extra_args=pods)
+        nodes.append(node_b.start(timeout=180))
+        token = node_a.admin_token
+        project = new_project(node_a, token, "pods-two-nodes")
+        context = busybox_context(tmp_path / "ctx", "echo in-a-pod-through-node-b")
+        with httpx.Client(timeout=60) as http:
+            build_id, build_token = new_build(http, node_a, project)
+            details = until_active(http, node_a, build_id, build_token).connection.value  # type: ignore[union-attr]
+            command = buildctl_via_gateway(details, tmp_path / "certs")
+            command[command.index("--addr") + 1] = f"tcp://127.0.0.1:{node_b.buildkit_port}"
+            solve = ["build", "--frontend", "dockerfile.v0", "--progress", "plain"]
+            solve += ["--local", f"context={context}", "--local", f"dockerfile={context}"]
+            solved = subprocess.run(
+                [*command, *solve], capture_output=True, text=True, timeout=600, check=False
+            )
+            assert solved.returncode == 0, solved.stderr
+            assert "in-a-pod-through-node-b" in solved.stderr
+        assert [p.metadata.name for p in core.list_namespaced_pod(namespace).items]
+        # The depot CLI through node B's API and gateway, to the same pod.
+        code, output = build(
+            node_b, token, project, busybox_context(tmp_path / "again", "echo via-node-b-api")
+        )
+        assert code == 0, output
+        assert "via-node-b-api" in output
+        # Both gateways hold the same link certificate, written from the store; no CA key is on either disk.
+        link_a = (node_a.data_dir / "pki" / "_builder-links" / "client.pem").read_text()
+        assert link_a == (node_b.data_dir / "pki" / "_builder-links" / "client.pem").read_text()
+        for node in nodes:
+            assert not list(node.data_dir.rglob("ca-key.pem"))
+    finally:
+        for node in nodes:
+            node.stop()
+        core.delete_namespace(namespace)
