@@ -173,6 +173,7 @@ class Authority:
         target = self.root / "_placeholder"
         if not (target / "server.pem").exists():
             self._write_files(target, new_project_ca("placeholder"))
+        (target / LEGACY_CA_KEY).unlink(missing_ok=True)  # earlier versions kept its CA key: never needed
         return target
 
     def ensure_project(self, project_id: str) -> Path:
