@@ -179,6 +179,8 @@ class Authority:
     def ensure_project(self, project_id: str) -> Path:
         """The project's files, its CA made first if no node made it yet (safe against concurrent callers
         on every node: the first one stored wins)."""
+        if project_id in self._written and (self.project_dir(project_id) / "server.pem").exists():
+            return self.project_dir(project_id)
         secret = self._project_secret(project_id, create=True)
         assert secret is not None
         return self._materialize(project_id, secret)
