@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from typing import Protocol
 
 from sqlalchemy.orm import Session
 
@@ -166,6 +167,13 @@ class DeletedProjectsJanitor:
         )
 
 
+class ConnectedBuilds(Protocol):
+    """What the lease watch asks of a gateway (gateway/listener.py)."""
+
+    def connected_builds(self) -> set[tuple[str, str]]: ...
+    def cut_builds(self, ended: set[tuple[str, str]]) -> None: ...
+
+
 class GatewayLeaseWatch:
     """Every node's gateway cuts the connections of builds whose lease ended, whichever node's API ended it:
     the holder's reconciler cuts only its own gateway's (`keep_only`), so each node polls the store for the
@@ -174,7 +182,7 @@ class GatewayLeaseWatch:
     name = "gateway lease watch"
     interval = 1.0
 
-    def __init__(self, store: Store, gateway: Gateway) -> None:
+    def __init__(self, store: Store, gateway: ConnectedBuilds) -> None:
         self.store = store
         self.gateway = gateway
 
