@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,9 @@ SERVER_NAME_SUFFIX = "buildkit.opendepot.internal"
 CA_LIFETIME = dt.timedelta(days=3650)
 SERVER_LIFETIME = dt.timedelta(days=825)
 LEGACY_CA_KEY = "ca-key.pem"
+# How long a project no node made a CA for is remembered as such (a CA made meanwhile is seen after it).
+ABSENT_SECONDS = 2.0
+MAX_ABSENT = 10_000
 _IDENTITY = re.compile(r"^spiffe://opendepot/project/([^/]+)/build/([^/]+)/platform/(amd64|arm64)$")
 
 
@@ -161,6 +165,7 @@ class Authority:
         self.vault = vault
         self._cas: dict[str, LoadedCA] = {}
         self._written: set[str] = set()
+        self._absent: dict[str, float] = {}
 
     def project_dir(self, project_id: str) -> Path:
         if not looks_like_id(project_id):
@@ -189,8 +194,17 @@ class Authority:
         """The project's files if some node made its CA; None for a name nobody made a CA for."""
         if project_id in self._written:
             return self.project_dir(project_id)
+        # A name asked for again soon is answered from memory: the gateway's handshakes ask on the event loop.
+        now = time.monotonic()
+        if self._absent.get(project_id, 0.0) > now:
+            return None
         secret = self._project_secret(project_id, create=False)
-        return None if secret is None else self._materialize(project_id, secret)
+        if secret is None:
+            if len(self._absent) > MAX_ABSENT:
+                self._absent = {k: v for k, v in self._absent.items() if v > now}
+            self._absent[project_id] = now + ABSENT_SECONDS
+            return None
+        return self._materialize(project_id, secret)
 
     @staticmethod
     def _secret_name(project_id: str) -> str:
