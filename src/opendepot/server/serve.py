@@ -21,12 +21,12 @@ from .worker import open_vault, opendepot_app
 def _prepare(config: Config) -> None:
     store = Store.open(config.store.database_url, config.data_dir)
     try:
-        bootstrap(store, config.paths)
         try:
             vault = open_vault(config, store, create_key=True)
             vault.check_key()
         except (OSError, ValueError, WrongSecretKey) as exc:
             raise SystemExit(f"opendepot: {exc}") from None
+        bootstrap(store, config.paths)
         if config.registry.binary:
             # Made once among all nodes (or imported from this data dir's files of an older version).
             TokenSigner(vault, config.paths.registry).write_cert()
