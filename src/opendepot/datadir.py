@@ -32,6 +32,11 @@ class DataDir:
         return self.root / ADMIN_TOKEN_FILE
 
     @property
+    def secret_key(self) -> Path:
+        """The key sealing the store's secrets when the operator gives none (a single node)."""
+        return self.root / "secret-key"
+
+    @property
     def pki(self) -> Path:
         """The project CAs (one directory per project, kept by pki/authority.py)."""
         return self.root / "pki"

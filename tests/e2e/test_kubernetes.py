@@ -20,6 +20,7 @@ import yaml
 
 from opendepot.builders.kubernetes import userns_base
 from tests.e2e.test_builds import build, builds_of, new_project, step_states
+from tests.e2e.test_sandbox import HostListener, connect_banner, probe_context, probes
 from tests.support.builds import builds_possible, busybox_context
 from tests.support.clients import depot
 from tests.support.server import Server
@@ -183,6 +184,69 @@ def test_two_projects_get_two_pods_and_two_volumes_and_share_no_cache(
         assert len(claims_of(core, namespace, project)) == 1
     volumes = {claims_of(core, namespace, p)[0].spec.volume_name for p in (first, second)}
     assert len(volumes) == 2
+
+
+def test_a_run_step_in_a_pod_reaches_nothing_of_the_host_nor_another_project_s_pod(
+    k8s_server: Server, token: str, core: Any, namespace: str, tmp_path: Path
+) -> None:
+    """The sandbox probes of the builder-sandbox tests (test_sandbox.py, network), from a RUN step in a pod:
+    a listener on every address of the host, the server's ports and PostgreSQL's on the host's pod-bridge
+    address, another project's pod (its buildkitd and a RUN step listening in it) are all out of reach. A
+    listener of the step's own proves the probe can succeed. (That the step can reach the registry needs the
+    test cluster started with the registry's port allowed: OPENDEPOT_K8S_ALLOW_HOST_PORTS, scripts/k8s.)"""
+    prober, target = new_project(k8s_server, token, "prober"), new_project(k8s_server, token, "target")
+    other_port = 7777
+    listening = probe_context(
+        tmp_path / "listener",
+        f"nc -ll -p {other_port} -e echo OTHER-BUILDER </dev/null >/dev/null 2>&1 &\nsleep 45; kill $!\n",
+    )
+    other_build = threading.Thread(target=build, args=(k8s_server, token, target, listening), daemon=True)
+    other_build.start()
+    host_side = HostListener()
+    try:
+        wait_for(
+            "the other project's pod", lambda: any(p.status.pod_ip for p in pods_of(core, namespace, target))
+        )
+        [other_pod] = pods_of(core, namespace, target)
+        other_ip = other_pod.status.pod_ip
+        # Its RUN step listens (the host, outside the pods' firewall, gets the banner): a live target.
+        deadline = time.monotonic() + 60
+        while connect_banner(other_ip, other_port) != "OTHER-BUILDER":
+            assert time.monotonic() < deadline, "the other project's RUN step never listened"
+            time.sleep(0.5)
+        host = GATEWAY_CIDR.partition("/")[0]
+        targets = [
+            (host, host_side.port, "host-listener"),
+            (host, k8s_server.port, "api"),
+            (host, k8s_server.buildkit_port, "gateway"),
+            (host, k8s_server.registry_port, "registry"),
+            (host, 5432, "postgres"),
+            (other_ip, other_port, "other-run-step"),
+            (other_ip, 1234, "other-buildkitd"),
+        ]
+        # Without a PID namespace in the pod (--oci-worker-no-process-sandbox), a step ends only when every
+        # process it started has: the listeners are killed at the end.
+        script = "nc -ll -p 7000 -e echo SELF </dev/null >/dev/null 2>&1 &\nown=$!\nsleep 1\n"
+        script += "probe 127.0.0.1 7000 own-listener\n"
+        script += "\n".join(f"probe {address} {port} {label}" for address, port, label in targets)
+        script += "\nkill $own\n"
+        code, output = build(
+            k8s_server, token, prober, probe_context(tmp_path / "probe", script), "--no-cache"
+        )
+        assert code == 0, output
+        seen = probes(output)
+        for key, value in sorted(seen.items()):
+            print(f"[pod] PROBE {key} {value}")
+        assert seen["own-listener 127.0.0.1:7000"].startswith("REACHED"), output
+        reached = {
+            k: v for k, v in seen.items() if not k.startswith("own-listener") and v.startswith("REACHED")
+        }
+        assert len(seen) == len(targets) + 1, output
+        assert not reached, reached
+        assert host_side.accepted == 0
+    finally:
+        host_side.close()
+        other_build.join(timeout=90)
 
 
 def test_a_build_whose_pod_is_killed_fails_and_the_next_build_works(

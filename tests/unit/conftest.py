@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from opendepot.sealed.box import SecretKey, new_key_text
+from opendepot.sealed.vault import Vault
 from opendepot.store import Store
 from opendepot.store.engine import sqlite_url
 
@@ -18,3 +20,8 @@ def store(tmp_path: Path) -> Iterator[Store]:
         yield store
     finally:
         store.dispose()
+
+
+@pytest.fixture
+def vault(store: Store) -> Vault:
+    return Vault(store, SecretKey(new_key_text()))

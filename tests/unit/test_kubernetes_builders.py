@@ -21,12 +21,17 @@ from opendepot.ids import new_id
 from opendepot.pki.authority import Authority
 from opendepot.pki.links import BuilderLinks, builder_server_name
 from opendepot.projects.policy import GIB, CacheSetting
+from opendepot.sealed.box import SecretKey, new_key_text
+from opendepot.sealed.vault import Vault
+from opendepot.store import Store
 
 
-def backend(tmp_path: Path, **settings: object) -> KubernetesBuildkitd:
+def backend(tmp_path: Path, vault: Vault | None = None, **settings: object) -> KubernetesBuildkitd:
+    # Pod specs need no certificate: a vault over an empty in-memory store is never asked.
+    vault = vault or Vault(Store("sqlite://"), SecretKey(new_key_text()))
     base = KubernetesSettings(kubeconfig=None, namespace="builders", image="example/buildkitd:1")
     fields = {**{f: getattr(base, f) for f in base.__dataclass_fields__}, **settings}
-    return KubernetesBuildkitd(KubernetesSettings(**fields), Authority(tmp_path / "pki"))
+    return KubernetesBuildkitd(KubernetesSettings(**fields), Authority(tmp_path / "pki", vault))
 
 
 def spec(hardware: str = "4x8", keep_gb: int = 40) -> BuilderSpec:
@@ -96,12 +101,14 @@ def test_buildkitd_config_serves_only_mtls_with_the_cache_policy() -> None:
     assert config["registry"]["registry.example:5000"]["http"] is True
 
 
-def test_builder_certificate_is_from_the_project_ca_and_clients_from_the_link_ca(tmp_path: Path) -> None:
-    authority = Authority(tmp_path / "pki")
+def test_builder_certificate_is_from_the_project_ca_and_clients_from_the_link_ca(
+    tmp_path: Path, vault: Vault
+) -> None:
+    authority = Authority(tmp_path / "pki", vault)
     links = BuilderLinks(authority)
     project = new_id()
     server = links.issue_builder_server(project, "amd64")
-    assert server.ca_pem == (authority.project_dir(project) / "ca.pem").read_text()
+    assert server.ca_pem == (authority.ensure_project(project) / "ca.pem").read_text()
     cert = x509.load_pem_x509_certificate(server.cert_pem.encode())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == [builder_server_name(project, "amd64")]
@@ -114,7 +121,7 @@ def test_builder_certificate_is_from_the_project_ca_and_clients_from_the_link_ca
     assert client.issuer != project_ca.subject
     assert not (directory / "ca-key.pem").exists()
     # And a TLS client context for the pod loads from those files.
-    context = backend(tmp_path)._client_context(project)
+    context = backend(tmp_path, vault)._client_context(project)
     assert context.verify_mode == ssl.CERT_REQUIRED
 
 

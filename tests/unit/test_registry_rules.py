@@ -10,7 +10,7 @@ import pytest
 from opendepot.errors import InvalidArgument
 from opendepot.registry.keys import Access
 from opendepot.registry.operations import parse_scopes
-from opendepot.registry.process import storage_config
+from opendepot.registry.process import registry_environment, storage_config
 from opendepot.registry.service import save_for_load, save_tags, tag_of, uses_registry
 
 
@@ -70,3 +70,11 @@ def test_storage_configuration(tmp_path: Path) -> None:
     }
     with pytest.raises(ValueError, match="unsupported"):
         storage_config("gs://bucket", tmp_path)
+
+
+def test_the_s3_driver_is_started_without_aws_ca_bundle() -> None:
+    environ = {"AWS_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt", "PATH": "/usr/bin"}
+    assert registry_environment(environ, "s3://bucket/prefix?regionendpoint=http://127.0.0.1:9000") == {
+        "PATH": "/usr/bin"
+    }
+    assert registry_environment(environ, "") == environ

@@ -100,6 +100,22 @@ def lease_is_live(session: Session, project_id: str, build_id: str, platform: st
     return session.execute(stmt).first() is not None
 
 
+def live_among(session: Session, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these (build, platform) pairs still hold a live lease (as `lease_is_live`)."""
+    if not keys:
+        return set()
+    stmt = (
+        select(Lease.build_id, Lease.platform)
+        .join(Build, Build.id == Lease.build_id)
+        .where(
+            Lease.build_id.in_({build for build, _platform in keys}),
+            Lease.released_at.is_(None),
+            Build.status == BuildStatus.RUNNING,
+        )
+    )
+    return {(row.build_id, row.platform) for row in session.execute(stmt)} & keys
+
+
 def status_bytes(session: Session, build_id: str) -> int:
     stmt = select(func.coalesce(func.sum(func.length(StatusReport.payload)), 0)).where(
         StatusReport.build_id == build_id

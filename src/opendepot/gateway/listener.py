@@ -54,8 +54,9 @@ class Gateway:
     def _project_context(self, project_id: str) -> ssl.SSLContext | None:
         context = self._contexts.get(project_id)
         if context is None:
-            directory = self.authority.project_dir(project_id)
-            if not (directory / "server.pem").exists():
+            # The project's CA from the store (once per project and process): any node's API may have made it.
+            directory = self.authority.existing_project(project_id)
+            if directory is None:
                 return None
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -105,6 +106,15 @@ class Gateway:
     def keep_only(self, live: set[tuple[str, str]]) -> None:
         """Cuts every connection whose (build, platform) lease is no longer live."""
         for key in [k for k in self._connections if k not in live]:
+            self._cut(key, "lease ended")
+
+    def connected_builds(self) -> set[tuple[str, str]]:
+        """The (build, platform) pairs with a connection open through this gateway."""
+        return {key for key, writers in self._connections.items() if writers}
+
+    def cut_builds(self, ended: set[tuple[str, str]]) -> None:
+        """Cuts the connections of these builds only (a connection opened meanwhile for another stays)."""
+        for key in ended & set(self._connections):
             self._cut(key, "lease ended")
 
     def cut_project(self, project_id: str, platform: str) -> None:

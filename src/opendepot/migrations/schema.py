@@ -9,6 +9,7 @@ from opendepot.oidc.models import TokenUse
 from opendepot.organizations.models import Organization
 from opendepot.projects.models import Project, TrustPolicy
 from opendepot.registry.models import Image, Maintenance
+from opendepot.sealed.models import SealedSecret
 from opendepot.store.base import Base
 from opendepot.tokens.models import Token
 from opendepot.usage.models import CacheSample
@@ -26,6 +27,7 @@ __all__ = [
     "Maintenance",
     "Organization",
     "Project",
+    "SealedSecret",
     "SingularLease",
     "StatusReport",
     "Token",

@@ -5,7 +5,8 @@ certificate signed by that CA, and accepts only client certificates signed by it
 gets a short-lived client certificate whose URI SAN names it:
 `spiffe://opendepot/project/<project>/build/<build>/platform/<platform>`.
 
-Files live under `<data-dir>/pki/<project>/`, keys mode 0600; API workers and the supervisor share them."""
+The CA lives in the store (every node issues and checks the same certificates); each node keeps under
+`<data-dir>/pki/<project>/` only the files TLS needs, keys mode 0600."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +25,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from opendepot.ids import looks_like_id
+from opendepot.sealed.vault import Secret, Vault
 
 SERVER_NAME_SUFFIX = "buildkit.opendepot.internal"
 CA_LIFETIME = dt.timedelta(days=3650)
 SERVER_LIFETIME = dt.timedelta(days=825)
+LEGACY_CA_KEY = "ca-key.pem"
+# How long a project no node made a CA for is remembered as such (a CA made meanwhile is seen after it).
+ABSENT_SECONDS = 2.0
+MAX_ABSENT = 10_000
 _IDENTITY = re.compile(r"^spiffe://opendepot/project/([^/]+)/build/([^/]+)/platform/(amd64|arm64)$")
 
 
@@ -88,20 +95,77 @@ def certificate_builder(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _LoadedCA:
-    """A project's CA as parsed once; `stamp` (inode, mtime) tells whether the file was replaced since."""
+def new_project_ca(project_id: str) -> Secret:
+    """A project's CA and the gateway's server certificate for the project's name, signed by it."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name(f"opendepot project {project_id} CA")
+    ca = (
+        certificate_builder(ca_name, ca_name, ca_key, CA_LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = server_name(project_id)
+    server = (
+        certificate_builder(_name(name), ca_name, key, SERVER_LIFETIME)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return Secret(
+        public={"ca": _cert_pem(ca), "server": _cert_pem(server) + _cert_pem(ca)},
+        private={"ca_key": _key_pem(ca_key), "server_key": _key_pem(key)},
+    )
 
-    stamp: tuple[int, int]
+
+@dataclass(frozen=True, slots=True)
+class LoadedCA:
+    """A project's CA as parsed once per process (a project's CA never changes while the project lives)."""
+
     pem: str
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey
 
 
+def write_if_changed(path: Path, text: str, mode: int) -> None:
+    """Atomically (a reader sees the old file or the new one), and only when the content differs."""
+    try:
+        if path.read_text() == text:
+            return
+    except FileNotFoundError:
+        pass
+    fd, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(staging, mode)
+    os.replace(staging, path)
+
+
 class Authority:
-    def __init__(self, root: Path) -> None:
+    """Project CAs live in the store (`project-ca/<project>`, keys sealed: sealed/vault.py), so every node
+    issues and checks the same certificates. `root` is this node's copy of what TLS needs as files (the
+    gateway's server certificate and key, the CA certificate), written from the store; CA keys never."""
+
+    def __init__(self, root: Path, vault: Vault) -> None:
         self.root = root
-        self._cas: dict[str, _LoadedCA] = {}
+        self.vault = vault
+        self._cas: dict[str, LoadedCA] = {}
+        self._written: set[str] = set()
+        self._absent: dict[str, float] = {}
 
     def project_dir(self, project_id: str) -> Path:
         if not looks_like_id(project_id):
@@ -109,90 +173,105 @@ class Authority:
         return self.root / project_id
 
     def ensure_placeholder(self) -> Path:
-        """A certificate for the gateway's listener before SNI picks a project's; it verifies no one."""
-        return self._ensure(self.root / "_placeholder", "placeholder")
-
-    def ensure_project(self, project_id: str) -> Path:
-        """Creates the project's CA and gateway certificate once; safe against concurrent callers."""
-        return self._ensure(self.project_dir(project_id), project_id)
-
-    def _ensure(self, target: Path, project_id: str) -> Path:
-        if (target / "server.pem").exists():
-            return target
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{project_id}-", dir=self.root))
-        try:
-            self._write_project(project_id, staging)
-            try:
-                os.rename(staging, target)
-            except OSError:
-                if not (target / "server.pem").exists():
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        """A certificate for the gateway's listener before SNI picks a project's; it verifies no one. Local
+        to each node: no store needed."""
+        target = self.root / "_placeholder"
+        if not (target / "server.pem").exists():
+            self._write_files(target, new_project_ca("placeholder"))
+        (target / LEGACY_CA_KEY).unlink(missing_ok=True)  # earlier versions kept its CA key: never needed
         return target
 
-    def _write_project(self, project_id: str, directory: Path) -> None:
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = _name(f"opendepot project {project_id} CA")
-        ca = (
-            certificate_builder(ca_name, ca_name, ca_key, CA_LIFETIME)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = server_name(project_id)
-        server = (
-            certificate_builder(_name(name), ca_name, key, SERVER_LIFETIME)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        os.chmod(directory, 0o700)
-        self._write(directory / "ca.pem", _cert_pem(ca), 0o644)
-        self._write(directory / "ca-key.pem", _key_pem(ca_key), 0o600)
-        self._write(directory / "server-key.pem", _key_pem(key), 0o600)
-        # Written last: its presence means the directory is complete.
-        self._write(directory / "server.pem", _cert_pem(server) + _cert_pem(ca), 0o644)
+    def ensure_project(self, project_id: str) -> Path:
+        """The project's files, its CA made first if no node made it yet (safe against concurrent callers
+        on every node: the first one stored wins)."""
+        if project_id in self._written and (self.project_dir(project_id) / "server.pem").exists():
+            return self.project_dir(project_id)
+        secret = self._project_secret(project_id, create=True)
+        assert secret is not None
+        return self._materialize(project_id, secret)
+
+    def existing_project(self, project_id: str) -> Path | None:
+        """The project's files if some node made its CA; None for a name nobody made a CA for."""
+        if project_id in self._written:
+            return self.project_dir(project_id)
+        # A name asked for again soon is answered from memory: the gateway's handshakes ask on the event loop.
+        now = time.monotonic()
+        if self._absent.get(project_id, 0.0) > now:
+            return None
+        secret = self._project_secret(project_id, create=False)
+        if secret is None:
+            if len(self._absent) > MAX_ABSENT:
+                self._absent = {k: v for k, v in self._absent.items() if v > now}
+            self._absent[project_id] = now + ABSENT_SECONDS
+            return None
+        return self._materialize(project_id, secret)
 
     @staticmethod
-    def _write(path: Path, text: str, mode: int) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+    def _secret_name(project_id: str) -> str:
+        return f"project-ca/{project_id}"
 
-    def _ca(self, project_id: str) -> _LoadedCA:
-        """The project's CA, read and parsed from disk only when it is new or was replaced (a stat per call
-        instead of two reads and a key parse: issuing is on every build's connection path)."""
-        directory = self.ensure_project(project_id)
-        info = os.stat(directory / "ca-key.pem")
-        stamp = (info.st_ino, info.st_mtime_ns)
+    def _project_secret(self, project_id: str, create: bool) -> Secret | None:
+        name = self._secret_name(project_id)
+        secret = self.vault.get(name)
+        if secret is not None:
+            return secret
+        legacy = self._legacy_files(project_id)
+        if legacy is None and not create:
+            return None
+        return self.vault.get_or_create(name, lambda: legacy or new_project_ca(project_id))
+
+    def _legacy_files(self, project_id: str) -> Secret | None:
+        """A CA a single node made in its data dir before CAs lived in the store: imported as it is, so the
+        certificates it issued keep verifying."""
+        directory = self.project_dir(project_id)
+        try:
+            return Secret(
+                public={
+                    "ca": (directory / "ca.pem").read_text(),
+                    "server": (directory / "server.pem").read_text(),
+                },
+                private={
+                    "ca_key": (directory / LEGACY_CA_KEY).read_text(),
+                    "server_key": (directory / "server-key.pem").read_text(),
+                },
+            )
+        except FileNotFoundError:
+            return None
+
+    def _materialize(self, project_id: str, secret: Secret) -> Path:
+        directory = self.project_dir(project_id)
+        if project_id not in self._written or not (directory / "server.pem").exists():
+            self._write_files(directory, secret)
+            self._written.add(project_id)
+        return directory
+
+    @staticmethod
+    def _write_files(directory: Path, secret: Secret) -> None:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_if_changed(directory / "ca.pem", secret.public["ca"], 0o644)
+        write_if_changed(directory / "server-key.pem", secret.private["server_key"], 0o600)
+        # Written last: its presence means the directory is complete.
+        write_if_changed(directory / "server.pem", secret.public["server"], 0o644)
+        # Imported into the store: the CA key is not kept in clear on disk any longer.
+        (directory / LEGACY_CA_KEY).unlink(missing_ok=True)
+
+    def ca(self, project_id: str) -> LoadedCA:
+        """The project's CA, read from the store and parsed once per process: issuing is on every build's
+        connection path."""
         loaded = self._cas.get(project_id)
-        if loaded is not None and loaded.stamp == stamp:
+        if loaded is not None:
             return loaded
-        pem = (directory / "ca.pem").read_text()
-        key = serialization.load_pem_private_key((directory / "ca-key.pem").read_bytes(), password=None)
+        secret = self._project_secret(project_id, create=True)
+        assert secret is not None
+        pem = secret.public["ca"]
+        key = serialization.load_pem_private_key(secret.private["ca_key"].encode(), password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
-        loaded = _LoadedCA(stamp, pem, x509.load_pem_x509_certificate(pem.encode()), key)
+        loaded = LoadedCA(pem, x509.load_pem_x509_certificate(pem.encode()), key)
         self._cas[project_id] = loaded
         return loaded
 
     def issue_client(self, identity: ClientIdentity, lifetime: dt.timedelta) -> IssuedCertificate:
-        authority = self._ca(identity.project_id)
+        authority = self.ca(identity.project_id)
         ca_pem, ca, ca_key = authority.pem, authority.cert, authority.key
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
@@ -209,6 +288,8 @@ class Authority:
 
     def forget(self, project_id: str) -> None:
         self._cas.pop(project_id, None)
+        self._written.discard(project_id)
+        self.vault.delete(self._secret_name(project_id))
         shutil.rmtree(self.project_dir(project_id), ignore_errors=True)
 
 

@@ -4,6 +4,8 @@ never a row-less builder or cache."""
 
 from __future__ import annotations
 
+import asyncio
+
 from opendepot.auth import Principal
 from opendepot.store import Store
 
@@ -25,7 +27,8 @@ class ProjectLifecycle:
         project = await self.store.read(lambda s: service.check_delete_allowed(s, principal, project_id))
         await self.builders.stop_and_wipe(project.id)
         deleted = await self.store.run(lambda s: service.delete_project(s, principal, project.id))
-        self.authority.forget(deleted.id)
+        # A store write (the sealed CA) and a directory removal: off the event loop.
+        await asyncio.to_thread(self.authority.forget, deleted.id)
         return deleted
 
     async def reset_cache(self, principal: Principal, project_id: str) -> ResetTarget:

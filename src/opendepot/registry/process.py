@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
+import os
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -63,6 +63,15 @@ def storage_config(storage: str, data_dir: Path) -> dict[str, Any]:
     if parts.scheme in ("", "file"):
         return {"filesystem": {"rootdirectory": parts.path}}
     raise ValueError(f"--registry-storage: unsupported storage {storage!r} (use a directory or s3://…)")
+
+
+def registry_environment(environ: Mapping[str, str], storage: str) -> dict[str, str]:
+    """distribution's s3 driver (2.8) panics at start when AWS_CA_BUNDLE is set: the AWS SDK cannot add a CA
+    bundle to the driver's own HTTP transport. The driver trusts the system's CAs; the variable is dropped."""
+    env = dict(environ)
+    if storage.startswith("s3://") and env.pop("AWS_CA_BUNDLE", None) is not None:
+        log.warning("AWS_CA_BUNDLE is not passed to the registry: its s3 driver cannot use it (system CAs)")
+    return env
 
 
 def registry_config(settings: ProcessSettings, signer: TokenSigner, http_secret: str) -> dict[str, Any]:
@@ -127,7 +136,10 @@ class RegistryProcess:
         self._process: subprocess.Popen[bytes] | None = None
 
     def write_config(self) -> None:
-        config = registry_config(self.settings, self.signer, secrets.token_urlsafe(24))
+        # One HTTP secret for every node's registry (from the store): an upload begun through one registry
+        # may continue through another behind the same address.
+        self.signer.write_cert()
+        config = registry_config(self.settings, self.signer, self.signer.http_secret)
         write_private(self.config_path, json.dumps(config, indent=2))
 
     def _reap_stale(self) -> None:
@@ -144,6 +156,7 @@ class RegistryProcess:
         out = self.settings.paths.registry_log.open("ab")
         self._process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
             [self.settings.binary, "serve", str(self.config_path)],
+            env=registry_environment(os.environ, self.settings.storage),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

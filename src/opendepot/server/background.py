@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from typing import Protocol
 
 from sqlalchemy.orm import Session
 
@@ -32,7 +33,7 @@ from .config import Config
 from .gauges import StoreGauges
 from .loops import Loops
 from .singular import Gated, SingularLease
-from .worker import open_registry
+from .worker import open_registry, open_vault
 
 log = logging.getLogger("opendepot.server")
 
@@ -62,7 +63,7 @@ def insecure_registries(config: Config) -> tuple[str, ...]:
     return ()
 
 
-def kubernetes_backend(config: Config) -> KubernetesBuildkitd:
+def kubernetes_backend(config: Config, authority: Authority) -> KubernetesBuildkitd:
     settings = config.kubernetes
     _host, colon, port = config.registry.host.rpartition(":")
     return KubernetesBuildkitd(
@@ -76,7 +77,7 @@ def kubernetes_backend(config: Config) -> KubernetesBuildkitd:
             registry_port=int(port) if colon and port.isdigit() else None,
             insecure_registries=insecure_registries(config),
         ),
-        Authority(config.paths.pki),
+        authority,
     )
 
 
@@ -166,6 +167,33 @@ class DeletedProjectsJanitor:
         )
 
 
+class ConnectedBuilds(Protocol):
+    """What the lease watch asks of a gateway (gateway/listener.py)."""
+
+    def connected_builds(self) -> set[tuple[str, str]]: ...
+    def cut_builds(self, ended: set[tuple[str, str]]) -> None: ...
+
+
+class GatewayLeaseWatch:
+    """Every node's gateway cuts the connections of builds whose lease ended, whichever node's API ended it:
+    the holder's reconciler cuts only its own gateway's (`keep_only`), so each node polls the store for the
+    builds connected through it, and only while some are."""
+
+    name = "gateway lease watch"
+    interval = 1.0
+
+    def __init__(self, store: Store, gateway: ConnectedBuilds) -> None:
+        self.store = store
+        self.gateway = gateway
+
+    async def run_once(self) -> None:
+        connected = self.gateway.connected_builds()
+        if not connected:
+            return
+        live = await self.store.read(lambda s: build_queries.live_among(s, connected))
+        self.gateway.cut_builds(connected - live)
+
+
 def memory_watcher(store: Store, backend: Backend) -> MemoryWatcher:
     """How the gateway reads a local builder's memory cgroup for a build (pods: their cluster's business)."""
 
@@ -188,12 +216,14 @@ def memory_watcher(store: Store, backend: Backend) -> MemoryWatcher:
 async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # noqa: PLR0915 - composition root
     """The singular parts of the server: the machine manager and the BuildKit gateway."""
     store = Store(config.store.database_url)
+    vault = open_vault(config, store)
+    authority = Authority(config.paths.pki, vault)
     mirror = mirror_settings(config)
     backend: Backend
     sandbox: Sandbox | None = None
     if config.kubernetes.backend == "kubernetes":
         # Pods are sandboxed by the cluster (builders/kubernetes.py), not by this host.
-        backend = kubernetes_backend(config)
+        backend = kubernetes_backend(config, authority)
     else:
         sandbox = await asyncio.to_thread(open_sandbox, config)
         backend = LocalBuildkitd(
@@ -210,7 +240,7 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # 
 
     recorder = StepRecorder(store, log_cap=config.gateway.build_log_limit_mib << 20)
     gateway = Gateway(
-        Authority(config.paths.pki),
+        authority,
         backend.open,
         lease_is_live,
         recorder if config.gateway.status_tap else None,
@@ -252,10 +282,11 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # 
     loops.start(Gated(reconciler, singular))
     loops.start(Gated(StoreGauges(store, config.kubernetes.backend), singular))
     loops.start(recorder)
+    loops.start(GatewayLeaseWatch(store, gateway))
     if sandbox is not None:
         loops.start(DeletedProjectsJanitor(sandbox, store, config))
     registry_process = None
-    if (registry := open_registry(config, store)) is not None:
+    if (registry := open_registry(config, store, vault)) is not None:
         registry_process = RegistryProcess(
             ProcessSettings(
                 binary=config.registry.binary,

@@ -148,6 +148,18 @@ class StoreSettings:
         metavar="URL",
     )
 
+    secret_key: str = setting(
+        "key sealing the secrets kept in the store (CA and signing keys): at least 32 random characters, the "
+        "same on every node sharing the store (prefer the variable or --secret-key-file to a flag)",
+        lambda: "",
+        metavar="KEY",
+    )
+    secret_key_file: Path = setting(
+        "file holding --secret-key (default: secret-key in the data dir, made on the first start)",
+        lambda: None,
+        metavar="FILE",
+    )
+
 
 @dataclass(frozen=True)
 class ProjectSettings:
@@ -552,6 +564,7 @@ def _derive(values: dict[str, Any], sources: dict[str, str]) -> None:
     values["tls_cert"] = Path(values["tls_cert"]) if values["tls_cert"] else None
     values["tls_key"] = Path(values["tls_key"]) if values["tls_key"] else None
     values["database_url"] = values["database_url"] or sqlite_url(data_dir)
+    values["secret_key_file"] = Path(values["secret_key_file"] or DataDir(data_dir).secret_key).expanduser()
     values["log_level"] = str(values["log_level"]).upper()
     public_url = (values["public_url"] or _url_of(values["listen"], bool(values["tls_cert"]))).rstrip("/")
     values["public_url"] = public_url

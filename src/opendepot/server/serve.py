@@ -8,23 +8,30 @@ import sys
 from opendepot import metrics
 from opendepot.files import private_from_now_on
 from opendepot.logs import configure_logging
-from opendepot.registry.keys import ensure_keys
+from opendepot.registry.keys import TokenSigner
+from opendepot.sealed.box import WrongSecretKey
 from opendepot.store import Store
 
 from .bootstrap import bootstrap
 from .config import Config
 from .supervisor import serve_workers
-from .worker import opendepot_app
+from .worker import open_vault, opendepot_app
 
 
 def _prepare(config: Config) -> None:
     store = Store.open(config.store.database_url, config.data_dir)
     try:
+        try:
+            vault = open_vault(config, store, create_key=True)
+            vault.check_key()
+        except (OSError, ValueError, WrongSecretKey) as exc:
+            raise SystemExit(f"opendepot: {exc}") from None
         bootstrap(store, config.paths)
+        if config.registry.binary:
+            # Made once among all nodes (or imported from this data dir's files of an older version).
+            TokenSigner(vault, config.paths.registry).write_cert()
     finally:
         store.dispose()
-    if config.registry.binary:
-        ensure_keys(config.paths.registry)
 
 
 def serve(config: Config) -> None:

@@ -33,6 +33,8 @@ from opendepot.projects.service import Settings as ProjectSettings
 from opendepot.registry.keys import TokenSigner
 from opendepot.registry.operations import Registry
 from opendepot.registry.operations import RegistrySettings as RegistryClientSettings
+from opendepot.sealed.box import load_key
+from opendepot.sealed.vault import Vault
 from opendepot.store import Store
 
 from .config import Config
@@ -49,8 +51,9 @@ async def metrics_endpoint(_scope: Scope, _receive: Receive, send: Send) -> None
 
 
 def build_app(config: Config, store: Store) -> HttpHandler:
-    authority = Authority(config.paths.pki)
-    registry = open_registry(config, store)
+    vault = open_vault(config, store)
+    authority = Authority(config.paths.pki, vault)
+    registry = open_registry(config, store, vault)
     deps = Deps(
         store=store,
         authn=Authenticator(
@@ -90,11 +93,18 @@ def build_app(config: Config, store: Store) -> HttpHandler:
     return DrainBeforeAnswering(Dashboard(deps, api))
 
 
-def open_registry(config: Config, store: Store) -> Registry | None:
+def open_vault(config: Config, store: Store, *, create_key: bool = False) -> Vault:
+    """The store's sealed secrets, with this node's secret key. Only `serve` makes the key, and only at its
+    default place in the data dir (a single node): a key the operator names must exist."""
+    create = create_key and config.sources.get("secret_key_file", "default") == "default"
+    return Vault(store, load_key(config.store.secret_key, config.store.secret_key_file, create=create))
+
+
+def open_registry(config: Config, store: Store, vault: Vault) -> Registry | None:
     if not config.registry.binary:
         return None
     settings = RegistryClientSettings(host=config.registry.host, url=config.registry.url)
-    return Registry(store, settings, TokenSigner(config.paths.registry))
+    return Registry(store, settings, TokenSigner(vault, config.paths.registry))
 
 
 def opendepot_app(config: Config) -> tuple[Any, Callable[[], None]]:

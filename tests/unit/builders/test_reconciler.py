@@ -19,6 +19,7 @@ from opendepot.builders.states import BuilderState
 from opendepot.builds import service as builds
 from opendepot.organizations import service as organizations
 from opendepot.projects import service as projects
+from opendepot.server.background import GatewayLeaseWatch
 from opendepot.store import Store
 from opendepot.store.engine import sqlite_url
 from opendepot.usage.models import CacheSample
@@ -345,3 +346,27 @@ def test_a_wedged_builder_is_restarted_and_a_slow_answer_once_is_not_enough(worl
     assert world.gateway.cut == [world.key]
     assert len(world.backend.started) == 2
     assert world.row()[0] in ("starting", "running")
+
+
+class FakeConnectedBuilds:
+    def __init__(self, connected: set[tuple[str, str]]) -> None:
+        self.connected = connected
+        self.cut: set[tuple[str, str]] = set()
+
+    def connected_builds(self) -> set[tuple[str, str]]:
+        return set(self.connected)
+
+    def cut_builds(self, ended: set[tuple[str, str]]) -> None:
+        self.cut |= ended
+
+
+def test_every_node_cuts_its_connections_of_builds_whose_lease_ended(world: World) -> None:
+    live, ended = world.lease(), world.lease()
+    world.release(ended)
+    gateway = FakeConnectedBuilds({(live, PLATFORM), (ended, PLATFORM), ("bcdfghjklm", PLATFORM)})
+    asyncio.run(GatewayLeaseWatch(world.store, gateway).run_once())
+    assert gateway.cut == {(ended, PLATFORM), ("bcdfghjklm", PLATFORM)}
+    # Nothing connected: the store is not even asked.
+    idle = FakeConnectedBuilds(set())
+    asyncio.run(GatewayLeaseWatch(world.store, idle).run_once())
+    assert idle.cut == set()
