@@ -8,8 +8,9 @@ from sqlalchemy import Row, and_, case, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from opendepot.pagination import Cursor
+from opendepot.store.dialect import insert_ignore
 
-from .models import Build, Lease, LogLine, StatusReport, Step
+from .models import Build, Lease, LogLine, LogVolume, StatusReport, Step
 from .status import BuildStatus
 
 
@@ -141,6 +142,44 @@ def step_count(session: Session, build_id: str) -> int:
 
 def step(session: Session, build_id: str, digest: str) -> Step | None:
     return session.scalars(select(Step).where(Step.build_id == build_id, Step.digest == digest)).first()
+
+
+def steps_by_digest(session: Session, build_id: str, digests: Sequence[str]) -> dict[str, Step]:
+    """The build's existing steps among digests, in one query."""
+    if not digests:
+        return {}
+    stmt = select(Step).where(Step.build_id == build_id, Step.digest.in_(digests))
+    return {s.digest: s for s in session.scalars(stmt)}
+
+
+def add_step(session: Session, build_id: str, digest: str, project_id: str, first_seen: datetime) -> Step:
+    """The build's step for digest, inserted unless another transaction (the gateway's recorder and the
+    CLI's status stream report the same vertices) inserted it first: then that one is returned."""
+    values = {
+        "build_id": build_id,
+        "digest": digest,
+        "project_id": project_id,
+        "name": "",
+        "cached": False,
+        "has_logs": False,
+        "started_at": first_seen,
+        "started_known": False,
+    }
+    insert_ignore(session, Step, values, ("build_id", "digest"))
+    found = step(session, build_id, digest)
+    assert found is not None  # inserted here, or committed by the transaction this insert waited for
+    return found
+
+
+def log_volume(session: Session, build_id: str) -> LogVolume:
+    """The build's log byte count, created at zero unless a concurrent writer created it first."""
+    volume = session.get(LogVolume, build_id)
+    if volume is None:
+        values = {"build_id": build_id, "bytes": 0, "truncated": False}
+        insert_ignore(session, LogVolume, values, ("build_id",))
+        volume = session.get(LogVolume, build_id)
+    assert volume is not None
+    return volume
 
 
 def log_page(session: Session, build_id: str, digest: str, *, limit: int, after_id: int) -> Sequence[LogLine]:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from opendepot.clock import utcnow
 
 from . import queries
-from .models import Build, LogLine, LogVolume, Step
+from .models import Build, LogLine, Step
 
 DEFAULT_LOG_CAP = 10 * 1024 * 1024
 TRUNCATED = "[opendepot] log truncated: this build printed more than {cap} bytes; the rest was not kept"
@@ -63,21 +63,11 @@ class LogChunk:
 
 
 def _step(session: Session, steps: dict[str, Step], build_id: str, digest: str, project_id: str = "") -> Step:
+    """The build's step for digest: known already, or added. Adding is idempotent: a concurrent writer of
+    the same build may add the same step between this transaction's read and its insert."""
     step = steps.get(digest)
     if step is None:
-        step = queries.step(session, build_id, digest)
-        if step is None:
-            step = Step(
-                build_id=build_id,
-                digest=digest,
-                name="",
-                cached=False,
-                has_logs=False,
-                started_at=utcnow(),
-                started_known=False,
-                project_id=project_id,
-            )
-            session.add(step)
+        step = queries.add_step(session, build_id, digest, project_id, utcnow())
         steps[digest] = step
     return step
 
@@ -89,18 +79,21 @@ def apply(
     logs: Sequence[LogChunk],
     cap: int = DEFAULT_LOG_CAP,
 ) -> None:
-    steps: dict[str, Step] = {}
     build = session.get(Build, build_id)
     project_id = build.project_id if build is not None else ""
     out_of_memory = ""
+    digests = [v.digest for v in vertices] + [chunk.digest for chunk in logs]
+    reported = {d for d in digests if d and len(d) <= MAX_DIGEST}
+    # Every step these updates touch that exists already, in one query.
+    steps = queries.steps_by_digest(session, build_id, sorted(reported))
     room = MAX_STEPS - queries.step_count(session, build_id)
 
     def admit(digest: str) -> bool:
         """Whether an update for digest is kept: its step exists, or there is room for one more."""
         nonlocal room
-        if not digest or len(digest) > MAX_DIGEST:
+        if digest not in reported:
             return False
-        if digest in steps or queries.step(session, build_id, digest) is not None:
+        if digest in steps:
             return True
         if room > 0:
             room -= 1
@@ -158,10 +151,7 @@ def note_out_of_memory(build: Build, step_error: str) -> None:
 def _append_logs(
     session: Session, steps: dict[str, Step], build_id: str, logs: Sequence[LogChunk], cap: int
 ) -> None:
-    volume = session.get(LogVolume, build_id)
-    if volume is None:
-        volume = LogVolume(build_id=build_id, bytes=0, truncated=False)
-        session.add(volume)
+    volume = queries.log_volume(session, build_id)
     for chunk in logs:
         if volume.truncated:
             return
