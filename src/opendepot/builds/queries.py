@@ -4,10 +4,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, case, func, or_, select, tuple_, update
+from sqlalchemy import Row, and_, bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from opendepot.pagination import Cursor
+from opendepot.projects.models import Project
 from opendepot.store.dialect import insert_ignore
 
 from .models import Build, Lease, LogLine, LogVolume, StatusReport, Step
@@ -27,6 +28,26 @@ def newest_first(
     if after is not None:
         stmt = stmt.where(tuple_(Build.created_at, Build.id) < tuple_(after.created_at, after.id))
     return session.scalars(stmt.order_by(Build.created_at.desc(), Build.id.desc()).limit(limit)).all()
+
+
+# Built once: constructing this select costs more than running it, and it is on every connection's path.
+_BUILD_WITH_LEASE = (
+    select(Build, Lease, Project.hardware)
+    .outerjoin(Lease, and_(Lease.build_id == Build.id, Lease.platform == bindparam("platform")))
+    .outerjoin(Project, Project.id == Build.project_id)
+    .where(Build.id == bindparam("build_id"))
+)
+
+
+def build_with_lease(
+    session: Session, build_id: str, platform: str
+) -> tuple[Build, Lease | None, str | None] | None:
+    """The build, its lease on platform (if any) and its project's hardware, in one query."""
+    row = session.execute(_BUILD_WITH_LEASE, {"build_id": build_id, "platform": platform}).first()
+    if row is None:
+        return None
+    build, lease, hardware = row
+    return build, lease, hardware
 
 
 def lease(session: Session, build_id: str, platform: str) -> Lease | None:
