@@ -173,32 +173,42 @@ def steps_by_digest(session: Session, build_id: str, digests: Sequence[str]) -> 
     return {s.digest: s for s in session.scalars(stmt)}
 
 
+def add_steps(
+    session: Session, build_id: str, project_id: str, digests: Sequence[str], first_seen: datetime
+) -> dict[str, Step]:
+    """The build's steps for digests, each inserted unless another transaction (the gateway's recorder and
+    the CLI's status stream report the same vertices) inserted it first: then that one is returned."""
+    if not digests:
+        return {}
+    for digest in digests:
+        values = {
+            "build_id": build_id,
+            "digest": digest,
+            "project_id": project_id,
+            "name": "",
+            "cached": False,
+            "has_logs": False,
+            "started_at": first_seen,
+            "started_known": False,
+        }
+        insert_ignore(session, Step, values, ("build_id", "digest"))
+    # Inserted here, or committed by the transaction an insert waited for.
+    return steps_by_digest(session, build_id, digests)
+
+
 def add_step(session: Session, build_id: str, digest: str, project_id: str, first_seen: datetime) -> Step:
-    """The build's step for digest, inserted unless another transaction (the gateway's recorder and the
-    CLI's status stream report the same vertices) inserted it first: then that one is returned."""
-    values = {
-        "build_id": build_id,
-        "digest": digest,
-        "project_id": project_id,
-        "name": "",
-        "cached": False,
-        "has_logs": False,
-        "started_at": first_seen,
-        "started_known": False,
-    }
-    insert_ignore(session, Step, values, ("build_id", "digest"))
-    found = step(session, build_id, digest)
-    assert found is not None  # inserted here, or committed by the transaction this insert waited for
-    return found
+    return add_steps(session, build_id, project_id, [digest], first_seen)[digest]
 
 
-def log_volume(session: Session, build_id: str) -> LogVolume:
+def log_volume(session: Session, build_id: str) -> LogVolume | None:
+    return session.get(LogVolume, build_id)
+
+
+def add_log_volume(session: Session, build_id: str) -> LogVolume:
     """The build's log byte count, created at zero unless a concurrent writer created it first."""
+    values = {"build_id": build_id, "bytes": 0, "truncated": False}
+    insert_ignore(session, LogVolume, values, ("build_id",))
     volume = session.get(LogVolume, build_id)
-    if volume is None:
-        values = {"build_id": build_id, "bytes": 0, "truncated": False}
-        insert_ignore(session, LogVolume, values, ("build_id",))
-        volume = session.get(LogVolume, build_id)
     assert volume is not None
     return volume
 

@@ -141,6 +141,7 @@ def test_two_writers_adding_the_same_step_at_once_both_succeed(
         [step] = queries.steps_page(session, build_id, limit=10, after=None)
         lines = queries.log_page(session, build_id, "sha256:launch", limit=10, after_id=0)
         volume = queries.log_volume(session, build_id)
+        assert volume is not None
         # Whichever came second merged into the row the first added: nothing of either report is lost.
         assert step.name == "[depot] launching"
         assert step.started_at == T0 and step.started_known
