@@ -55,11 +55,19 @@ def lease(session: Session, build_id: str, platform: str) -> Lease | None:
     return session.scalars(stmt).first()
 
 
+# Built once, like the other statements on a build's path: constructing one costs more than running it.
+_RELEASE_LEASES = (
+    update(Lease)
+    .where(Lease.build_id == bindparam("lease_build"), Lease.released_at.is_(None))
+    .values(released_at=bindparam("released"))
+)
+
+
 def release_leases(session: Session, build_id: str, now: datetime, platform: str | None = None) -> None:
-    stmt = update(Lease).where(Lease.build_id == build_id, Lease.released_at.is_(None))
+    stmt = _RELEASE_LEASES
     if platform is not None:
         stmt = stmt.where(Lease.platform == platform)
-    session.execute(stmt.values(released_at=now))
+    session.execute(stmt, {"lease_build": build_id, "released": now})
 
 
 def expire_leases(session: Session, stale_before: datetime, now: datetime) -> int:
@@ -223,9 +231,18 @@ def log_page(session: Session, build_id: str, digest: str, *, limit: int, after_
     return session.scalars(stmt).all()
 
 
+_ERROR_CONTAINING: dict[str, Any] = {}
+
+
 def step_error_containing(session: Session, build_id: str, text: str) -> str | None:
-    stmt = select(Step.error).where(Step.build_id == build_id, Step.error.contains(text, autoescape=True))
-    return session.scalars(stmt.limit(1)).first()
+    stmt = _ERROR_CONTAINING.get(text)
+    if stmt is None:  # one statement per text (the callers pass constants), built once
+        stmt = _ERROR_CONTAINING[text] = (
+            select(Step.error)
+            .where(Step.build_id == bindparam("step_build"), Step.error.contains(text, autoescape=True))
+            .limit(1)
+        )
+    return session.scalars(stmt, {"step_build": build_id}).first()
 
 
 def step_counts(session: Session, build_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
