@@ -191,8 +191,9 @@ def record_status(
     """Keeps what the client reported (bounded per build) and merges its vertices (`[depot] …`) into the
     build's steps. Returns False once the bound is reached."""
     build = load_build(session, principal, build_id)
-    steps.apply(session, build.id, vertices, logs)
+    # Read before steps.apply writes: on SQLite a write holds the database's one write lock until commit.
     used = queries.status_bytes(session, build.id)
+    steps.apply(session, build.id, vertices, logs)
     now = utcnow()
     for payload in payloads:
         if used + len(payload) > MAX_STATUS_BYTES_PER_BUILD:
