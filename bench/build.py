@@ -9,7 +9,10 @@
     - a no-change rebuild of a small busybox Dockerfile,
     - the realistic app of bench/ci.py after a one-line source change.
     Ratio of medians depot / buildx, with the range over paired runs.     target: <= 1.05
-    `buildctl` straight at the builder's unix socket is shown as the floor.
+    `buildctl` straight at the builder's unix socket is shown as the floor. Where the depot CLI's time goes
+    is shown from the server's own log: the CLI's start until CreateBuild arrives, the server's time on the
+    round trips the CLI waits for (CreateBuild, GetBuildKitConnection, FinishBuild), the BuildKit session
+    through the gateway (GetBuildKitConnection answered until FinishBuild sent), FinishBuild until exit.
 (c) A 200 MB build context: buildctl through the gateway (mTLS, issued certificate) vs buildctl straight at
     the builder's socket; a fresh random file each run so that all of it crosses; ratio of throughputs.
     - one build,
@@ -19,7 +22,12 @@
     registry, pull into the engine) and vs `docker build` (the engine's own builder, cached) of the same
     Dockerfile; `depot pull` vs `docker pull` of a saved build from the registry (image removed first).
 
+With --baseline-src DIR (the src/ of another checkout, e.g. `git archive main src | tar -x -C /tmp/base`),
+(a) and the no-change rebuild also run a second server from that code, alternately with this one: before and
+after in one run.
+
     .venv/bin/python bench/build.py [--runs N] [--context-mb M] [--only api,rebuild,realistic,context]
+                                    [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -272,6 +280,11 @@ def main() -> None:
     parser.add_argument(
         "--only", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}"
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="src/ of another opendepot checkout: (a) and the no-change rebuild run it too, alternately",
+    )
     args = parser.parse_args()
     only = set(args.only.split(","))
     if (why := builds_possible()) is not None:
@@ -281,7 +294,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="opendepot-bench-build-") as tmp:
         work = Path(tmp)
         srv = Server(data_dir=work / "data", database_url=None).start(timeout=120)
+        stack = ExitStack()
         try:
+            before = stack.enter_context(baseline(work, args.baseline_src)) if args.baseline_src else None
             with httpx.Client(timeout=60) as http:
                 project = create_project(http, srv, "bench")
                 build_id, token = new_build(http, srv, project)
@@ -295,24 +310,10 @@ def main() -> None:
                 )
 
                 if "api" in only:
-                    creates, connects = [], []
-                    for _ in range(args.calls):
-                        start = time.perf_counter()
-                        b, t = new_build(http, srv, project)
-                        creates.append((time.perf_counter() - start) * 1000)
-                        start = time.perf_counter()
-                        response = get_connection(http, srv, b, t)
-                        connects.append((time.perf_counter() - start) * 1000)
-                        assert response.connection is not None and response.connection.field == "active"
-                    for name, values in (
-                        ("CreateBuild", creates),
-                        ("GetBuildKitConnection (warm)", connects),
-                    ):
-                        p50, p95 = percentile(values, 50), percentile(values, 95)
-                        report.append(
-                            f"    {name} over {len(values)} calls: p50 {p50:.1f} ms, p95 {p95:.1f} ms, "
-                            f"max {max(values):.1f} ms  [target p95 <= 5 ms: {verdict(p95 <= 5)}]"
-                        )
+                    servers = [("", srv, project)]
+                    if before is not None:
+                        servers.append((" @baseline", before, create_project(http, before, "bench")))
+                    report += api_rows(http, servers, args.calls)
 
                 docker_dir = app.docker_config(work / "docker", srv.registry_host, srv.admin_token)
                 env = app.depot_env(srv.url, srv.admin_token, docker_dir)
@@ -334,18 +335,25 @@ def main() -> None:
                                 "--local",
                                 f"dockerfile={small}",
                             ]
-                            app.timed(app.depot_build(project, small), env)
+                            depot = TimedCli(app.depot_build(project, small), env)
+                            depot(0)
                             app.timed([*buildx, str(small)], buildx_env)
-                            times = measure(
-                                "no-change rebuild",
-                                args.runs,
-                                [
-                                    ("depot", lambda _i: app.timed(app.depot_build(project, small), env)),
-                                    ("buildx", lambda _i: app.timed([*buildx, str(small)], buildx_env)),
-                                    ("buildctl", lambda _i: app.timed(direct)),
-                                ],
-                            )
+                            sides: list[tuple[str, Callable[[int], float]]] = [
+                                ("depot", depot),
+                                ("buildx", lambda _i: app.timed([*buildx, str(small)], buildx_env)),
+                                ("buildctl", lambda _i: app.timed(direct)),
+                            ]
+                            if before is not None:
+                                before_env = app.depot_env(before.url, before.admin_token, docker_dir)
+                                before_project = create_project(http, before, "bench")
+                                earlier = TimedCli(app.depot_build(before_project, small), before_env)
+                                earlier(0)
+                                sides.append(("@baseline", earlier))
+                            times = measure("no-change rebuild", args.runs, sides)
                             report += rebuild_rows("no-change rebuild", times)
+                            report += depot_breakdown(srv, depot.spans[1:])
+                            if before is not None:
+                                report += depot_breakdown(before, earlier.spans[1:], "@baseline")
                         if "realistic" in only:
                             base = app.seed_base(srv.url, srv.admin_token, project, srv.registry_host)
                             ours = app.write_app(work / "app-depot", base, args.modules)
@@ -375,6 +383,7 @@ def main() -> None:
                 if "context" in only:
                     report += context_rows(http, srv, work, project, socket, args)
         finally:
+            stack.close()
             srv.stop()
     print(f"\nbench/build.py: {app.machine_note()}")
     print("\n".join(report))
@@ -383,13 +392,133 @@ def main() -> None:
 def rebuild_rows(label: str, times: dict[str, list[float]]) -> list[str]:
     rows = [f"(b) {label}, {len(times['depot'])} runs, min / median / max:"]
     for name, values in times.items():
-        rows.append(f"      {name:<9}{app.spread(values)}")
+        rows.append(f"      {name:<10}{app.spread(values)}")
     ratio = statistics.median(times["depot"]) / statistics.median(times["buildx"])
     rows.append(
         f"    depot / buildx remote: {app.ratio_spread(times['depot'], times['buildx'])}"
         f"  [target <= 1.05: {verdict(ratio <= 1.05)}]"
     )
+    if "@baseline" in times:
+        rows.append(
+            f"    depot / depot@baseline: {app.ratio_spread(times['depot'], times['@baseline'])};"
+            f" depot@baseline / buildx remote: {app.ratio_spread(times['@baseline'], times['buildx'])}"
+        )
     return rows
+
+
+@contextmanager
+def baseline(work: Path, src: Path) -> Iterator[Server]:
+    """A second server running the code under src (before a change), beside this checkout's."""
+    if not (src / "opendepot" / "__init__.py").exists():
+        sys.exit(f"bench/build.py: --baseline-src {src} holds no opendepot package")
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(src.resolve())
+    try:
+        server = Server(data_dir=work / "baseline-data", database_url=None).start(timeout=120)
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = before
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def api_rows(http: httpx.Client, servers: list[tuple[str, Server, str]], calls: int) -> list[str]:
+    """CreateBuild, then GetBuildKitConnection of that build on its project's warm builder; servers take
+    turns in blocks of 20 pairs."""
+    creates: dict[str, list[float]] = {label: [] for label, _s, _p in servers}
+    connects: dict[str, list[float]] = {label: [] for label, _s, _p in servers}
+    for _label, server, project in servers:  # each project's builder up and warm
+        active_details(until_active(http, server, *new_build(http, server, project)))
+    done = 0
+    while done < calls:
+        block = min(20, calls - done)
+        for label, server, project in servers:
+            for _ in range(block):
+                start = time.perf_counter()
+                b, t = new_build(http, server, project)
+                creates[label].append((time.perf_counter() - start) * 1000)
+                start = time.perf_counter()
+                response = get_connection(http, server, b, t)
+                connects[label].append((time.perf_counter() - start) * 1000)
+                assert response.connection is not None and response.connection.field == "active"
+        done += block
+    rows = []
+    for label, _s, _p in servers:
+        for name, values in (
+            (f"CreateBuild{label}", creates[label]),
+            (f"GetBuildKitConnection (warm){label}", connects[label]),
+        ):
+            p50, p95 = percentile(values, 50), percentile(values, 95)
+            rows.append(
+                f"    {name} over {len(values)} calls: p50 {p50:.1f} ms, p95 {p95:.1f} ms, "
+                f"max {max(values):.1f} ms  [target p95 <= 5 ms: {verdict(p95 <= 5)}]"
+            )
+    return rows
+
+
+class TimedCli:
+    """Runs a CLI command as a measured side, remembering when each run started and ended (wall clock)."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.command, self.env = command, env
+        self.spans: list[tuple[float, float]] = []
+
+    def __call__(self, _i: int) -> float:
+        started = time.time()
+        elapsed = app.timed(self.command, self.env)
+        self.spans.append((started, started + elapsed))
+        return elapsed
+
+
+CRITICAL_RPCS = ("CreateBuild", "GetBuildKitConnection", "FinishBuild")
+
+
+def depot_breakdown(srv: Server, spans: list[tuple[float, float]], label: str = "depot") -> list[str]:
+    """Where the depot CLI's time went, run by run, from the server's RPC log lines (each has its end time
+    and duration): medians over the runs, in ms."""
+    calls: list[tuple[float, str, float]] = []  # (start, method, duration), wall clock
+    for line in srv.log_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("msg") != "rpc" or "duration_ms" not in record:
+            continue
+        end = dt.datetime.fromisoformat(record["ts"]).timestamp()
+        duration = float(record["duration_ms"]) / 1000
+        calls.append((end - duration, str(record["method"]).rsplit("/", 1)[-1], duration))
+    parts: dict[str, list[float]] = {}
+    for started, ended in spans:
+        mine = [c for c in calls if started - 0.002 <= c[0] <= ended + 0.002]
+        first = {m: (s, d) for s, m, d in reversed(mine)}  # each method's first call in this run
+        if not all(m in first for m in CRITICAL_RPCS):
+            continue
+        create, connect, finish = (first[m] for m in CRITICAL_RPCS)
+        rows = {
+            "start until CreateBuild": create[0] - started,
+            "server: CreateBuild": create[1],
+            "CreateBuild until GetBuildKitConnection": connect[0] - (create[0] + create[1]),
+            "server: GetBuildKitConnection": connect[1],
+            "BuildKit session via the gateway": finish[0] - (connect[0] + connect[1]),
+            "server: FinishBuild": finish[1],
+            "FinishBuild until exit": ended - (finish[0] + finish[1]),
+        }
+        for name, seconds in rows.items():
+            parts.setdefault(name, []).append(seconds * 1000)
+    if not parts:
+        return [f"    {label}: no run could be matched with the server's log"]
+    runs = len(next(iter(parts.values())))
+    out = [f"    where {label}'s time went, medians over {runs} runs (the server logs in 1 ms steps):"]
+    for name, values in parts.items():
+        median, low, high = statistics.median(values), min(values), max(values)
+        out.append(f"      {name:<42}{median:7.1f} ms   (min {low:.1f}, max {high:.1f})")
+    return out
 
 
 def load_rows(srv: Server, project: str, work: Path, env: dict[str, str], runs: int) -> list[str]:

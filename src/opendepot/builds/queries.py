@@ -4,12 +4,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, case, func, or_, select, tuple_, update
+from sqlalchemy import Row, and_, bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from opendepot.pagination import Cursor
+from opendepot.projects.models import Project
+from opendepot.store.dialect import insert_ignore
 
-from .models import Build, Lease, LogLine, StatusReport, Step
+from .models import Build, Lease, LogLine, LogVolume, StatusReport, Step
 from .status import BuildStatus
 
 
@@ -28,16 +30,44 @@ def newest_first(
     return session.scalars(stmt.order_by(Build.created_at.desc(), Build.id.desc()).limit(limit)).all()
 
 
+# Built once: constructing this select costs more than running it, and it is on every connection's path.
+_BUILD_WITH_LEASE = (
+    select(Build, Lease, Project.hardware)
+    .outerjoin(Lease, and_(Lease.build_id == Build.id, Lease.platform == bindparam("platform")))
+    .outerjoin(Project, Project.id == Build.project_id)
+    .where(Build.id == bindparam("build_id"))
+)
+
+
+def build_with_lease(
+    session: Session, build_id: str, platform: str
+) -> tuple[Build, Lease | None, str | None] | None:
+    """The build, its lease on platform (if any) and its project's hardware, in one query."""
+    row = session.execute(_BUILD_WITH_LEASE, {"build_id": build_id, "platform": platform}).first()
+    if row is None:
+        return None
+    build, lease, hardware = row
+    return build, lease, hardware
+
+
 def lease(session: Session, build_id: str, platform: str) -> Lease | None:
     stmt = select(Lease).where(Lease.build_id == build_id, Lease.platform == platform)
     return session.scalars(stmt).first()
 
 
+# Built once, like the other statements on a build's path: constructing one costs more than running it.
+_RELEASE_LEASES = (
+    update(Lease)
+    .where(Lease.build_id == bindparam("lease_build"), Lease.released_at.is_(None))
+    .values(released_at=bindparam("released"))
+)
+
+
 def release_leases(session: Session, build_id: str, now: datetime, platform: str | None = None) -> None:
-    stmt = update(Lease).where(Lease.build_id == build_id, Lease.released_at.is_(None))
+    stmt = _RELEASE_LEASES
     if platform is not None:
         stmt = stmt.where(Lease.platform == platform)
-    session.execute(stmt.values(released_at=now))
+    session.execute(stmt, {"lease_build": build_id, "released": now})
 
 
 def expire_leases(session: Session, stale_before: datetime, now: datetime) -> int:
@@ -143,6 +173,54 @@ def step(session: Session, build_id: str, digest: str) -> Step | None:
     return session.scalars(select(Step).where(Step.build_id == build_id, Step.digest == digest)).first()
 
 
+def steps_by_digest(session: Session, build_id: str, digests: Sequence[str]) -> dict[str, Step]:
+    """The build's existing steps among digests, in one query."""
+    if not digests:
+        return {}
+    stmt = select(Step).where(Step.build_id == build_id, Step.digest.in_(digests))
+    return {s.digest: s for s in session.scalars(stmt)}
+
+
+def add_steps(
+    session: Session, build_id: str, project_id: str, digests: Sequence[str], first_seen: datetime
+) -> dict[str, Step]:
+    """The build's steps for digests, each inserted unless another transaction (the gateway's recorder and
+    the CLI's status stream report the same vertices) inserted it first: then that one is returned."""
+    if not digests:
+        return {}
+    for digest in digests:
+        values = {
+            "build_id": build_id,
+            "digest": digest,
+            "project_id": project_id,
+            "name": "",
+            "cached": False,
+            "has_logs": False,
+            "started_at": first_seen,
+            "started_known": False,
+        }
+        insert_ignore(session, Step, values, ("build_id", "digest"))
+    # Inserted here, or committed by the transaction an insert waited for.
+    return steps_by_digest(session, build_id, digests)
+
+
+def add_step(session: Session, build_id: str, digest: str, project_id: str, first_seen: datetime) -> Step:
+    return add_steps(session, build_id, project_id, [digest], first_seen)[digest]
+
+
+def log_volume(session: Session, build_id: str) -> LogVolume | None:
+    return session.get(LogVolume, build_id)
+
+
+def add_log_volume(session: Session, build_id: str) -> LogVolume:
+    """The build's log byte count, created at zero unless a concurrent writer created it first."""
+    values = {"build_id": build_id, "bytes": 0, "truncated": False}
+    insert_ignore(session, LogVolume, values, ("build_id",))
+    volume = session.get(LogVolume, build_id)
+    assert volume is not None
+    return volume
+
+
 def log_page(session: Session, build_id: str, digest: str, *, limit: int, after_id: int) -> Sequence[LogLine]:
     stmt = (
         select(LogLine)
@@ -153,9 +231,18 @@ def log_page(session: Session, build_id: str, digest: str, *, limit: int, after_
     return session.scalars(stmt).all()
 
 
+_ERROR_CONTAINING: dict[str, Any] = {}
+
+
 def step_error_containing(session: Session, build_id: str, text: str) -> str | None:
-    stmt = select(Step.error).where(Step.build_id == build_id, Step.error.contains(text, autoescape=True))
-    return session.scalars(stmt.limit(1)).first()
+    stmt = _ERROR_CONTAINING.get(text)
+    if stmt is None:  # one statement per text (the callers pass constants), built once
+        stmt = _ERROR_CONTAINING[text] = (
+            select(Step.error)
+            .where(Step.build_id == bindparam("step_build"), Step.error.contains(text, autoescape=True))
+            .limit(1)
+        )
+    return session.scalars(stmt, {"step_build": build_id}).first()
 
 
 def step_counts(session: Session, build_ids: Sequence[str]) -> dict[str, tuple[int, int]]:

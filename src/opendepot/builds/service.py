@@ -90,7 +90,7 @@ def create_build(
         started_by=f"{principal.kind}:{principal.token_id}"[:200],
     )
     session.add(build)
-    session.flush()
+    # One flush writes both rows (the build first: the token refers to it).
     secret = tokens.create_build_token(session, project.organization_id, project.id, build.id)
     return build, secret
 
@@ -133,20 +133,23 @@ def check_platform(platform: str | None, supported: Sequence[str]) -> str:
 
 
 def acquire(session: Session, principal: Principal, build_id: str, platform: str) -> Lease:
-    """Takes or renews the build's lease on its project's builder."""
-    build = load_build(session, principal, build_id)
+    """Takes or renews the build's lease on its project's builder. The build, its lease on this platform and
+    its project's hardware come in one query: this is on every connection's path."""
+    found = queries.build_with_lease(session, require_id("build_id", build_id), platform)
+    if found is None:
+        raise NotFound(f"build {build_id!r} not found")
+    build, lease, hardware = found
+    principal.require_build_access(build.organization_id, build.project_id, build.id)
     if build.status in FINISHED:
         raise FailedPrecondition(f"build {build.id} is {build.status}; start a new build")
     now = utcnow()
-    lease = queries.lease(session, build.id, platform)
     if lease is None:
-        project = project_queries.get(session, build.project_id)
         lease = Lease(
             id=new_id(),
             build_id=build.id,
             project_id=build.project_id,
             platform=platform,
-            hardware=project.hardware if project is not None else "16x32",
+            hardware=hardware or "16x32",
             acquired_at=now,
             heartbeat_at=now,
         )
@@ -188,8 +191,9 @@ def record_status(
     """Keeps what the client reported (bounded per build) and merges its vertices (`[depot] …`) into the
     build's steps. Returns False once the bound is reached."""
     build = load_build(session, principal, build_id)
-    steps.apply(session, build.id, vertices, logs)
+    # Read before steps.apply writes: on SQLite a write holds the database's one write lock until commit.
     used = queries.status_bytes(session, build.id)
+    steps.apply(session, build.id, vertices, logs)
     now = utcnow()
     for payload in payloads:
         if used + len(payload) > MAX_STATUS_BYTES_PER_BUILD:

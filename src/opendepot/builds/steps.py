@@ -63,21 +63,11 @@ class LogChunk:
 
 
 def _step(session: Session, steps: dict[str, Step], build_id: str, digest: str, project_id: str = "") -> Step:
+    """The build's step for digest: known already, or added. Adding is idempotent: a concurrent writer of
+    the same build may add the same step between this transaction's read and its insert."""
     step = steps.get(digest)
     if step is None:
-        step = queries.step(session, build_id, digest)
-        if step is None:
-            step = Step(
-                build_id=build_id,
-                digest=digest,
-                name="",
-                cached=False,
-                has_logs=False,
-                started_at=utcnow(),
-                started_known=False,
-                project_id=project_id,
-            )
-            session.add(step)
+        step = queries.add_step(session, build_id, digest, project_id, utcnow())
         steps[digest] = step
     return step
 
@@ -89,31 +79,44 @@ def apply(
     logs: Sequence[LogChunk],
     cap: int = DEFAULT_LOG_CAP,
 ) -> None:
-    steps: dict[str, Step] = {}
+    """Reads everything first and writes last: on SQLite the first write takes the database's one write
+    lock, which every other writer (a build's FinishBuild among them) then waits for until this commits."""
     build = session.get(Build, build_id)
     project_id = build.project_id if build is not None else ""
     out_of_memory = ""
+    digests = [v.digest for v in vertices] + [chunk.digest for chunk in logs]
+    reported = {d for d in digests if d and len(d) <= MAX_DIGEST}
+    # Every step these updates touch that exists already, in one query.
+    steps = queries.steps_by_digest(session, build_id, sorted(reported))
     room = MAX_STEPS - queries.step_count(session, build_id)
+    new: list[str] = []
 
     def admit(digest: str) -> bool:
         """Whether an update for digest is kept: its step exists, or there is room for one more."""
         nonlocal room
-        if not digest or len(digest) > MAX_DIGEST:
+        if digest not in reported:
             return False
-        if digest in steps or queries.step(session, build_id, digest) is not None:
+        if digest in steps or digest in new:
             return True
         if room > 0:
             room -= 1
+            new.append(digest)
             return True
         if room == 0:  # one marker step says that the rest was dropped
-            marker = _step(session, steps, build_id, STEPS_TRUNCATED_DIGEST, project_id)
-            marker.name = STEPS_TRUNCATED.format(cap=MAX_STEPS)
+            new.append(STEPS_TRUNCATED_DIGEST)
             room -= 1
         return False
 
+    vertices = [v for v in vertices if admit(v.digest)]
+    logs = [chunk for chunk in logs if admit(chunk.digest)]
+    savings = _earlier_runs(session, project_id, build_id, steps, vertices)
+    volume = queries.log_volume(session, build_id) if logs else None
+
+    # Writes from here on.
+    steps.update(queries.add_steps(session, build_id, project_id, new, utcnow()))
+    if STEPS_TRUNCATED_DIGEST in new:
+        steps[STEPS_TRUNCATED_DIGEST].name = STEPS_TRUNCATED.format(cap=MAX_STEPS)
     for v in vertices:
-        if not admit(v.digest):
-            continue
         step = _step(session, steps, build_id, v.digest, project_id)
         step.name = (v.name[:MAX_STEP_NAME] if v.name else "") or step.name
         if v.started is not None and (
@@ -128,24 +131,47 @@ def apply(
             step.error = v.error[:MAX_STEP_ERROR]
             if OUT_OF_MEMORY in v.error:
                 out_of_memory = v.error
-    logs = [chunk for chunk in logs if admit(chunk.digest)]
     if logs:
-        _append_logs(session, steps, build_id, logs, cap)
+        _append_logs(session, steps, build_id, logs, cap, volume)
+    # Meter what each new cache hit saved, once: the duration of the step's last real run in the project.
+    # Matched by name, since stock BuildKit gives a cached vertex another digest than the run it reuses.
+    for step in steps.values():
+        if step.cached and step.saved_seconds is None and step.name:
+            if step.name not in savings:  # named by a concurrent writer: looked up now
+                savings[step.name] = _seconds(queries.last_real_run(session, project_id, step.name, build_id))
+            step.saved_seconds = savings[step.name]
     session.flush()
     if out_of_memory and build is not None:
         # Read again, locked, after this transaction's writes: finish_build may have set the error since, and
         # one of the two must see the other's write (SQLite: the write lock is held by now).
         session.refresh(build, with_for_update=True)
         note_out_of_memory(build, out_of_memory)
-    # Meter what each new cache hit saved, once: the duration of the step's last real run in the project.
-    # Matched by name, since stock BuildKit gives a cached vertex another digest than the run it reuses.
-    for step in steps.values():
-        if step.cached and step.saved_seconds is None and step.name:
-            earlier = queries.last_real_run(session, project_id, step.name, build_id)
-            if earlier is not None and earlier.started_at and earlier.completed_at:
-                step.saved_seconds = max(0.0, (earlier.completed_at - earlier.started_at).total_seconds())
-            else:
-                step.saved_seconds = 0.0
+
+
+def _seconds(earlier: Step | None) -> float:
+    if earlier is not None and earlier.started_at and earlier.completed_at:
+        return max(0.0, (earlier.completed_at - earlier.started_at).total_seconds())
+    return 0.0
+
+
+def _earlier_runs(
+    session: Session,
+    project_id: str,
+    build_id: str,
+    steps: dict[str, Step],
+    vertices: Sequence[VertexUpdate],
+) -> dict[str, float]:
+    """step name -> what its last real run in the project took, for each step these updates leave cached
+    and not yet metered: read before this transaction writes anything."""
+    names: dict[str, str] = {d: s.name for d, s in steps.items()}
+    cached = {d for d, s in steps.items() if s.cached and s.saved_seconds is None}
+    for v in vertices:
+        if v.name:
+            names[v.digest] = v.name[:MAX_STEP_NAME]
+        if v.cached and (v.digest not in steps or steps[v.digest].saved_seconds is None):
+            cached.add(v.digest)
+    wanted = {names[d] for d in cached if names.get(d)}
+    return {name: _seconds(queries.last_real_run(session, project_id, name, build_id)) for name in wanted}
 
 
 def note_out_of_memory(build: Build, step_error: str) -> None:
@@ -156,12 +182,15 @@ def note_out_of_memory(build: Build, step_error: str) -> None:
 
 
 def _append_logs(
-    session: Session, steps: dict[str, Step], build_id: str, logs: Sequence[LogChunk], cap: int
+    session: Session,
+    steps: dict[str, Step],
+    build_id: str,
+    logs: Sequence[LogChunk],
+    cap: int,
+    volume: LogVolume | None,
 ) -> None:
-    volume = session.get(LogVolume, build_id)
     if volume is None:
-        volume = LogVolume(build_id=build_id, bytes=0, truncated=False)
-        session.add(volume)
+        volume = queries.add_log_volume(session, build_id)
     for chunk in logs:
         if volume.truncated:
             return

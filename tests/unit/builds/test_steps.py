@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session
 
 from opendepot.builds import queries, steps
 from opendepot.builds import service as builds
 from opendepot.builds.steps import LogChunk, VertexUpdate
 from opendepot.store import Store
+from opendepot.store.engine import sqlite_url
 from tests.support.domain import organization_with_project
+from tests.support.server import create_postgres_database, drop_postgres_database, postgres_admin_url
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -70,3 +79,73 @@ def test_logs_become_lines_and_stop_at_the_cap(store: Store) -> None:
     assert len(texts) == 4 and "30" in texts[3]
     assert [line.stream for line in lines[:3]] == [1, 1, 2]
     assert step.has_logs
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def either_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        store = Store.open(sqlite_url(tmp_path), tmp_path)
+        yield store
+        store.dispose()
+        return
+    admin_url = postgres_admin_url()
+    if admin_url is None:
+        pytest.skip("OPENDEPOT_TEST_POSTGRES_URL is not set (./dev test sets it up)")
+    url, name = create_postgres_database(admin_url)
+    store = Store.open(url, tmp_path)
+    try:
+        yield store
+    finally:
+        store.dispose()
+        drop_postgres_database(admin_url, name)
+
+
+def test_two_writers_adding_the_same_step_at_once_both_succeed(
+    either_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's recorder and the CLI's status stream report the same vertex (`[depot] launching`) at
+    the same moment: both transactions see no step yet, both add it. The second waits for the first, then
+    merges into its row instead of failing on the unique constraint (build_id, digest)."""
+    store = either_store
+    build_id = new_build(store)
+    both_looked = threading.Barrier(2, timeout=20)
+    count = queries.step_count
+
+    def step_count_then_wait(session: Session, build: str) -> int:
+        # Both transactions have read the build's steps (none yet) before either adds one.
+        counted = count(session, build)
+        both_looked.wait()
+        return counted
+
+    monkeypatch.setattr(queries, "step_count", step_count_then_wait)
+    reports = [
+        (
+            [vertex(digest="sha256:launch", name="[depot] launching", started=T0)],
+            [LogChunk(digest="sha256:launch", stream=1, at=T0, data=b"from the CLI\n")],
+        ),
+        (
+            [vertex(digest="sha256:launch", completed=T0 + timedelta(seconds=2), cached=True)],
+            [LogChunk(digest="sha256:launch", stream=1, at=T0, data=b"from the gateway\n")],
+        ),
+    ]
+
+    def record(report: tuple[list[VertexUpdate], list[LogChunk]]) -> None:
+        with store.transaction() as session:
+            steps.apply(session, build_id, *report)
+
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(record, report) for report in reports]:
+            done.result()  # neither raised
+
+    with store.transaction() as session:
+        [step] = queries.steps_page(session, build_id, limit=10, after=None)
+        lines = queries.log_page(session, build_id, "sha256:launch", limit=10, after_id=0)
+        volume = queries.log_volume(session, build_id)
+        assert volume is not None
+        # Whichever came second merged into the row the first added: nothing of either report is lost.
+        assert step.name == "[depot] launching"
+        assert step.started_at == T0 and step.started_known
+        assert step.completed_at == T0 + timedelta(seconds=2)
+        assert step.cached and step.has_logs
+        assert sorted(line.text for line in lines) == ["from the CLI", "from the gateway"]
+        assert volume.bytes == len(b"from the CLI\n") + len(b"from the gateway\n")
