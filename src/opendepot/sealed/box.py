@@ -56,11 +56,16 @@ def load_key(text: str, path: Path, create: bool) -> SecretKey:
     if not path.exists():
         if not create:
             raise FileNotFoundError(f"no secret key file {path}")
+        # Written aside, then linked into place: a process of this node that loses the race reads the
+        # winner's whole key, never a file still being written.
+        draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(new_key_text() + "\n")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.link(draft, path)
         except FileExistsError:
             pass  # another process of this node made it first
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(new_key_text() + "\n")
+        finally:
+            draft.unlink()
     return SecretKey(path.read_text())
