@@ -17,6 +17,8 @@
     the builder's socket; a fresh random file each run so that all of it crosses; ratio of throughputs.
     - one build,
     - 4 concurrent builds in 4 projects (aggregate throughput).          target: >= 0.9
+    One warm-up run per side first; per side, the median CPU seconds of the client, the gateway's process
+    and the builder(s) per run (on 2 cores the CPU the gateway takes is what the builds lose).
 (d) The image in the local Docker engine (needs one: `./dev test` starts Debian's dockerd), a small busybox
     image, cache warm: `depot build --load` vs `depot build` (the difference is the load: push to the project
     registry, pull into the engine) and vs `docker build` (the engine's own builder, cached) of the same
