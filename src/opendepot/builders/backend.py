@@ -58,7 +58,7 @@ class Backend(Protocol):
         ...
 
     async def connect(
-        self, project_id: str, platform: str, protocol: Callable[[], asyncio.Protocol]
+        self, project_id: str, platform: str, protocol: Callable[[], asyncio.BaseProtocol]
     ) -> asyncio.Transport:
         """A connection to the builder's BuildKit API driven by protocol (as loop.create_connection)."""
         ...

@@ -265,7 +265,7 @@ class KubernetesBuildkitd:
         return len(gone)
 
     async def connect(
-        self, project_id: str, platform: str, protocol: Callable[[], asyncio.Protocol]
+        self, project_id: str, platform: str, protocol: Callable[[], asyncio.BaseProtocol]
     ) -> asyncio.Transport:
         state = self._pods.get((project_id, platform))
         if state is None:

@@ -283,7 +283,7 @@ class LocalBuildkitd:
         await asyncio.gather(*(self.stop(p, pl) for p, pl in list(self._processes)))
 
     async def connect(
-        self, project_id: str, platform: str, protocol: Callable[[], asyncio.Protocol]
+        self, project_id: str, platform: str, protocol: Callable[[], asyncio.BaseProtocol]
     ) -> asyncio.Transport:
         path = str(self.socket_path(project_id, platform))
         transport, _ = await asyncio.get_running_loop().create_unix_connection(protocol, path)

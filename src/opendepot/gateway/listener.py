@@ -25,12 +25,16 @@ from .tap import StatusTap
 log = logging.getLogger("opendepot.gateway")
 
 # (project, platform, protocol factory) -> a transport to the builder's BuildKit API driven by that protocol.
-Connector = Callable[[str, str, Callable[[], asyncio.Protocol]], Awaitable[asyncio.Transport]]
+Connector = Callable[[str, str, Callable[[], asyncio.BaseProtocol]], Awaitable[asyncio.Transport]]
 LeaseCheck = Callable[[str, str, str], Awaitable[bool]]
 # (project, build, platform) -> the builder's memory cgroup as the build sees it, or None.
 MemoryWatcher = Callable[[str, str, str], Awaitable[MemoryWatch | None]]
 # The byte counters are shared between processes (a file write per update): counted in batches.
 COUNT_EVERY = 4 << 20
+# Each end reads into a buffer of its own: the TLS layer decrypts straight into it, and the other end's
+# transport is given a view of it (no copy), so a read takes all that is ready up to this size.
+READ_BUFFER = 128 << 10
+Observer = Callable[[bytes | memoryview], None]
 
 
 class Gateway:
@@ -185,8 +189,8 @@ class Gateway:
         current_build.set(identity.build_id)  # this connection's callbacks run in this context: logs name it
         measured = metrics()
         # The tap reads the Status stream on its way to the client; the bytes pass unchanged.
-        up: Callable[[bytes], None] = _ignore
-        down: Callable[[bytes], None] = _ignore
+        up: Observer = _ignore
+        down: Observer = _ignore
         if self.recorder is not None:
             build_id, recorder = identity.build_id, self.recorder
             await self._watch_memory(recorder, identity.project_id, build_id, identity.platform)
@@ -217,11 +221,11 @@ class Gateway:
         client.relay_to(builder, up, measured.gateway_bytes.labels("to_builder"), context, ended)
 
 
-def _ignore(_data: bytes) -> None:
+def _ignore(_data: bytes | memoryview) -> None:
     return None
 
 
-class _Side(asyncio.Protocol):
+class _Side(asyncio.BufferedProtocol):
     """One end of a relayed connection. What it receives is written to the other end's transport as it
     came (and shown to the tap); when the other end's write buffer is full, this end stops reading until it
     has drained, so a slow reader never makes the gateway buffer more than the transports' limits. Either
@@ -231,9 +235,10 @@ class _Side(asyncio.Protocol):
         self._on_connected = on_connected
         self.transport: asyncio.Transport | None = None
         self._peer: _Side | None = None
+        self._buffer = memoryview(bytearray(READ_BUFFER))
         self._early: list[bytes] = []  # received before the peer was connected
         self._early_eof = False
-        self._observe: Callable[[bytes], None] = _ignore
+        self._observe: Observer = _ignore
         self._counted: Any = None
         self._uncounted = 0
         self._context: contextvars.Context | None = None
@@ -250,7 +255,7 @@ class _Side(asyncio.Protocol):
     def relay_to(
         self,
         peer: _Side,
-        observe: Callable[[bytes], None],
+        observe: Observer,
         counted: Any,
         context: contextvars.Context,
         on_lost: Callable[[], None] | None,
@@ -259,7 +264,7 @@ class _Side(asyncio.Protocol):
         self._on_lost = on_lost
         early, self._early = self._early, []
         for data in early:
-            self.data_received(data)
+            self._relay(data)
         if self._early_eof:
             self.eof_received()
         if self._lost:
@@ -267,15 +272,26 @@ class _Side(asyncio.Protocol):
         elif self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._peer is None:
+            self._early.append(bytes(self._buffer[:nbytes]))
+        else:
+            self._relay(self._buffer[:nbytes])
+
+    def _relay(self, data: bytes | memoryview) -> None:
         peer = self._peer
-        if peer is None:
-            self._early.append(data)
-            return
+        assert peer is not None and self._context is not None
+        kept = False
         if peer.transport is not None:
             peer.transport.write(data)
-        assert self._context is not None
+            # What the transport could not send at once it may hold as a view of our buffer: a fresh one.
+            kept = peer.transport.get_write_buffer_size() > 0
         self._context.run(self._observe, data)
+        if kept:
+            self._buffer = memoryview(bytearray(READ_BUFFER))
         self._uncounted += len(data)
         if self._uncounted >= COUNT_EVERY:
             self._count()

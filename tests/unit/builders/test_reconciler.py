@@ -74,7 +74,7 @@ class FakeBackend:
         return 1234
 
     async def connect(
-        self, project_id: str, platform: str, protocol: Callable[[], asyncio.Protocol]
+        self, project_id: str, platform: str, protocol: Callable[[], asyncio.BaseProtocol]
     ) -> asyncio.Transport:
         raise NotImplementedError
 
