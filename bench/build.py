@@ -679,6 +679,15 @@ class CpuMeter:
                 + ", ".join(f"{part} {value:.2f}" for part, value in medians.items())
                 + f", total {sum(medians.values()):.2f}"
             )
+        totals = {}
+        for side, parts in self.seconds.items():
+            per_run = [sum(run) for run in zip(*parts.values(), strict=True)]
+            totals[side] = statistics.median(per_run)
+        if totals.get("gateway") and "socket" in totals:
+            rows.append(
+                f"    socket / gateway CPU per run: {totals['socket'] / totals['gateway']:.2f}x"
+                " (what the throughput ratio tends to when the cores are the limit)"
+            )
         return rows
 
 

@@ -109,7 +109,7 @@ class Gateway:
         return _Side(self._start_admit)
 
     def _start_admit(self, client: _Side) -> None:
-        task = asyncio.get_running_loop().create_task(self._admit(client))
+        task = asyncio.get_running_loop().create_task(self._admitted_or_closed(client))
         self._admitting.add(task)
         task.add_done_callback(self._admitting.discard)
 
@@ -165,6 +165,16 @@ class Gateway:
             if watch is not None:
                 recorder.watch_memory(build_id, platform, watch)
 
+    async def _admitted_or_closed(self, client: _Side) -> None:
+        try:
+            await self._admit(client)
+        except Exception:
+            log.exception("gateway connection failed before it was relayed")
+            client.close()
+        except BaseException:
+            client.close()  # the gateway is closing: no connection is left open and paused
+            raise
+
     async def _admit(self, client: _Side) -> None:
         transport = client.transport
         assert transport is not None
@@ -216,9 +226,10 @@ class Gateway:
             measured.gateway_open.dec()
             self._connections.get(key, set()).discard(transport)
 
-        context = contextvars.copy_context()
-        builder.relay_to(client, down, measured.gateway_bytes.labels("to_client"), context, None)
-        client.relay_to(builder, up, measured.gateway_bytes.labels("to_builder"), context, ended)
+        # A context each (a context cannot be entered twice at once), both naming the build.
+        to_client, to_builder = contextvars.copy_context(), contextvars.copy_context()
+        builder.relay_to(client, down, measured.gateway_bytes.labels("to_client"), to_client, None)
+        client.relay_to(builder, up, measured.gateway_bytes.labels("to_builder"), to_builder, ended)
 
 
 def _ignore(_data: bytes | memoryview) -> None:
