@@ -17,6 +17,8 @@
     the builder's socket; a fresh random file each run so that all of it crosses; ratio of throughputs.
     - one build,
     - 4 concurrent builds in 4 projects (aggregate throughput).          target: >= 0.9
+    One warm-up run per side first; per side, the median CPU seconds of the client, the gateway's process
+    and the builder(s) per run (on 2 cores the CPU the gateway takes is what the builds lose).
 (d) The image in the local Docker engine (needs one: `./dev test` starts Debian's dockerd), a small busybox
     image, cache warm: `depot build --load` vs `depot build` (the difference is the load: push to the project
     registry, pull into the engine) and vs `docker build` (the engine's own builder, cached) of the same
@@ -37,6 +39,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -616,6 +619,85 @@ def load_rows(srv: Server, project: str, work: Path, env: dict[str, str], runs: 
     return rows
 
 
+def _cpu_seconds(pid: int) -> float:
+    """user + system CPU of one process (all its threads) so far; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Where a run's CPU went, on a machine where the client, the gateway and the builders share the cores:
+    the clients (buildctl, reaped children of this process), the server process that hosts the gateway (with
+    its gateway worker processes, if any) and the projects' buildkitd processes. Summed per side."""
+
+    def __init__(self, srv: Server, projects: Sequence[str]) -> None:
+        self.srv = srv
+        self.projects = projects
+        self.seconds: dict[str, dict[str, list[float]]] = {}
+
+    def _pids(self) -> dict[str, list[int]]:
+        pids: dict[str, list[int]] = {"gateway": [], "builder": []}
+        assert self.srv.process is not None
+        server = self.srv.process.pid
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            gateway_worker = parent == server and "opendepot" in command and "gateway" in command
+            if int(entry.name) == server or gateway_worker:
+                pids["gateway"].append(int(entry.name))
+            elif "buildkitd" in command and any(f"{p}-amd64.toml" in command for p in self.projects):
+                pids["builder"].append(int(entry.name))
+        return pids
+
+    @contextmanager
+    def measure(self, side: str) -> Iterator[None]:
+        pids = self._pids()
+        before = {part: sum(_cpu_seconds(p) for p in found) for part, found in pids.items()}
+        clients = resource.getrusage(resource.RUSAGE_CHILDREN)
+        yield
+        after = {part: sum(_cpu_seconds(p) for p in found) for part, found in pids.items()}
+        now = resource.getrusage(resource.RUSAGE_CHILDREN)
+        spent = self.seconds.setdefault(side, {"client": [], "gateway": [], "builder": []})
+        spent["client"].append(now.ru_utime + now.ru_stime - clients.ru_utime - clients.ru_stime)
+        for part in ("gateway", "builder"):
+            spent[part].append(after[part] - before[part])
+
+    def rows(self) -> list[str]:
+        rows = ["    CPU seconds per run (median; client = buildctl, gateway = the process(es) hosting it):"]
+        for side, parts in self.seconds.items():
+            medians = {part: statistics.median(values) for part, values in parts.items()}
+            rows.append(
+                f"      {side:<9}"
+                + ", ".join(f"{part} {value:.2f}" for part, value in medians.items())
+                + f", total {sum(medians.values()):.2f}"
+            )
+        totals = {}
+        for side, parts in self.seconds.items():
+            per_run = [sum(run) for run in zip(*parts.values(), strict=True)]
+            totals[side] = statistics.median(per_run)
+        if totals.get("gateway") and "socket" in totals:
+            rows.append(
+                f"    socket / gateway CPU per run: {totals['socket'] / totals['gateway']:.2f}x"
+                " (what the throughput ratio tends to when the cores are the limit)"
+            )
+        return rows
+
+
+def warm_up(sides: Sequence[tuple[str, Callable[[int], float]]], cpu: CpuMeter) -> None:
+    """One unmeasured run of each side: the first build on a builder pays for its snapshotter and cache."""
+    for name, run in sides:
+        print(f"  warm-up {name}: {run(-1):.2f} s", flush=True)
+    cpu.seconds.clear()
+
+
 def context_rows(
     http: httpx.Client,
     srv: Server,
@@ -658,24 +740,26 @@ def context_rows(
         for held in leases:
             get_connection(http, srv, *held)
 
-    def fresh(command: list[str], directory: Path) -> Callable[[int], float]:
+    cpu = CpuMeter(srv, [project])
+
+    def fresh(name: str, command: list[str], directory: Path) -> Callable[[int], float]:
         def run(_i: int) -> float:
             (directory / "payload").write_bytes(os.urandom(mb << 20))
             renew()
-            return app.timed(command)
+            with cpu.measure(name):
+                return app.timed(command)
 
         return run
 
-    times = measure(
-        f"{mb} MB context",
-        args.runs,
-        [("gateway", fresh(through_gateway, one)), ("socket", fresh(straight, one))],
-    )
+    sides = [("gateway", fresh("gateway", through_gateway, one)), ("socket", fresh("socket", straight, one))]
+    warm_up(sides, cpu)
+    times = measure(f"{mb} MB context", args.runs, sides)
     rows = [f"(c) {mb} MB context, one build, min / median / max:"]
     for name, values in times.items():
         rows.append(
             f"      {name:<9}{app.spread(values)}  (median {mb / statistics.median(values):.0f} MB/s)"
         )
+    rows += cpu.rows()
     ratio = statistics.median(times["socket"]) / statistics.median(times["gateway"])
     rows.append(
         f"    gateway / socket throughput: {app.ratio_spread(times['socket'], times['gateway'])}"
@@ -684,9 +768,10 @@ def context_rows(
 
     # N projects, each with its own warm builder, N builds at once: aggregate throughput.
     n = args.concurrent
-    gateways, sockets, dirs = [], [], []
+    gateways, sockets, dirs, projects = [], [], [], []
     for k in range(n):
         project = create_project(http, srv, f"concurrent-{k}")
+        projects.append(project)
         build_id, token = new_build(http, srv, project)
         connection = active_details(until_active(http, srv, build_id, token))
         leases.append((build_id, token))
@@ -702,28 +787,30 @@ def context_rows(
             ]
         )
 
-    def together(commands: list[list[str]]) -> Callable[[int], float]:
+    cpu = CpuMeter(srv, projects)
+
+    def together(name: str, commands: list[list[str]]) -> Callable[[int], float]:
         def run(_i: int) -> float:
             for directory in dirs:
                 (directory / "payload").write_bytes(os.urandom(mb << 20))
             renew()
-            start = time.perf_counter()
-            with ThreadPoolExecutor(n) as pool:
-                list(pool.map(app.timed, commands))
-            return time.perf_counter() - start
+            with cpu.measure(name):
+                start = time.perf_counter()
+                with ThreadPoolExecutor(n) as pool:
+                    list(pool.map(app.timed, commands))
+                return time.perf_counter() - start
 
         return run
 
-    times = measure(
-        f"{n} x {mb} MB concurrent",
-        args.runs,
-        [("gateway", together(gateways)), ("socket", together(sockets))],
-    )
+    sides = [("gateway", together("gateway", gateways)), ("socket", together("socket", sockets))]
+    warm_up(sides, cpu)
+    times = measure(f"{n} x {mb} MB concurrent", args.runs, sides)
     rows.append(f"(c) {n} concurrent builds in {n} projects, {mb} MB each, min / median / max (all done):")
     for name, values in times.items():
         rows.append(
             f"      {name:<9}{app.spread(values)}  (aggregate {n * mb / statistics.median(values):.0f} MB/s)"
         )
+    rows += cpu.rows()
     ratio = statistics.median(times["socket"]) / statistics.median(times["gateway"])
     rows.append(
         f"    gateway / socket aggregate throughput: {app.ratio_spread(times['socket'], times['gateway'])}"

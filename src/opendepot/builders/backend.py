@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -57,6 +57,8 @@ class Backend(Protocol):
         project's cache directory (a cache volume)."""
         ...
 
-    async def open(
-        self, project_id: str, platform: str
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
+    async def connect(
+        self, project_id: str, platform: str, protocol: Callable[[], asyncio.BaseProtocol]
+    ) -> asyncio.Transport:
+        """A connection to the builder's BuildKit API driven by protocol (as loop.create_connection)."""
+        ...

@@ -19,7 +19,6 @@ for `alive()` (called every manager tick) and `open()`."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -226,12 +225,11 @@ class KubernetesBuildkitd:
         if state is None or state.phase != "Running" or not state.ip or state.deleting:
             return False
         try:
-            _reader, writer = await asyncio.wait_for(self.open(project_id, platform), timeout=2)
+            connecting = self.connect(project_id, platform, asyncio.Protocol)
+            transport = await asyncio.wait_for(connecting, timeout=2)
         except (OSError, TimeoutError, ssl.SSLError):
             return False
-        writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await writer.wait_closed()
+        transport.close()
         return True
 
     def alive(self, project_id: str, platform: str) -> bool:
@@ -266,7 +264,9 @@ class KubernetesBuildkitd:
             await asyncio.to_thread(self._delete_all, f"{PROJECT_LABEL}={project_id}")
         return len(gone)
 
-    async def open(self, project_id: str, platform: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def connect(
+        self, project_id: str, platform: str, protocol: Callable[[], asyncio.BaseProtocol]
+    ) -> asyncio.Transport:
         state = self._pods.get((project_id, platform))
         if state is None:
             # Another node may run this builder (several opendepot nodes): ask the cluster, and keep watching.
@@ -274,12 +274,14 @@ class KubernetesBuildkitd:
             state = await asyncio.to_thread(self._read_state, object_name(project_id, platform))
         if state is None or not state.ip or not state.usable:
             raise ConnectionRefusedError(f"builder {project_id}/{platform} has no running pod")
-        return await asyncio.open_connection(
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            protocol,
             state.ip,
             BUILDKIT_PORT,
             ssl=self._client_context(project_id),
             server_hostname=builder_server_name(project_id, platform),
         )
+        return transport
 
     async def disk_usage(self, project_id: str, platform: str) -> int | None:
         """The cache size as the pod's buildkitd reports it (`buildctl du` over the same mTLS link)."""

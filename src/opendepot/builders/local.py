@@ -282,5 +282,9 @@ class LocalBuildkitd:
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(p, pl) for p, pl in list(self._processes)))
 
-    async def open(self, project_id: str, platform: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_unix_connection(str(self.socket_path(project_id, platform)))
+    async def connect(
+        self, project_id: str, platform: str, protocol: Callable[[], asyncio.BaseProtocol]
+    ) -> asyncio.Transport:
+        path = str(self.socket_path(project_id, platform))
+        transport, _ = await asyncio.get_running_loop().create_unix_connection(protocol, path)
+        return transport

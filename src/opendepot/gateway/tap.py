@@ -35,7 +35,7 @@ class _Frames:
         self._payload = bytearray()
         self._current = (0, 0, 0)
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes | memoryview) -> list[Frame]:
         frames: list[Frame] = []
         i, n = 0, len(data)
         while i < n:
@@ -98,22 +98,22 @@ class StatusTap:
             0, lambda kind, stream: kind in (DATA, HEADERS) and stream in self._status_streams
         )
 
-    def from_client(self, data: bytes) -> None:
+    def from_client(self, data: bytes | memoryview) -> None:
         if self.enabled:
             self._guard(self._client_frames, data)
 
-    def from_server(self, data: bytes) -> None:
+    def from_server(self, data: bytes | memoryview) -> None:
         if self.enabled:
             self._guard(self._server_frames, data)
 
-    def _guard(self, handler: Callable[[bytes], None], data: bytes) -> None:
+    def _guard(self, handler: Callable[[bytes | memoryview], None], data: bytes | memoryview) -> None:
         try:
             handler(data)
         except Exception:
             self.enabled = False
             log.warning("status tap turned off for a connection after an unexpected frame", exc_info=True)
 
-    def _client_frames(self, data: bytes) -> None:
+    def _client_frames(self, data: bytes | memoryview) -> None:
         for kind, flags, stream, payload in self._client.feed(data):
             if kind == HEADERS:
                 fragment = _unpad(flags, payload)
@@ -128,7 +128,7 @@ class StatusTap:
                     self._status_streams.add(self._block_stream)
                 self._block = bytearray()
 
-    def _server_frames(self, data: bytes) -> None:
+    def _server_frames(self, data: bytes | memoryview) -> None:
         for kind, flags, stream, payload in self._server.feed(data):
             if kind == HEADERS:
                 if flags & END_STREAM:

@@ -73,7 +73,9 @@ class FakeBackend:
         self.sampled += 1
         return 1234
 
-    async def open(self, project_id: str, platform: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def connect(
+        self, project_id: str, platform: str, protocol: Callable[[], asyncio.BaseProtocol]
+    ) -> asyncio.Transport:
         raise NotImplementedError
 
 

@@ -124,3 +124,20 @@ def test_a_surprise_turns_the_tap_off_without_raising() -> None:
     assert not tap.enabled
     tap.from_server(server)
     assert seen == []
+
+
+def test_the_tap_keeps_nothing_of_the_relays_reused_buffer() -> None:
+    """The gateway shows the tap views of a read buffer it fills again right after: what the tap keeps
+    across calls must be its own copy."""
+    seen: list[bytes] = []
+    tap = StatusTap(seen.append)
+    client, server = recorded()
+    buffer = bytearray(5)
+    for data, sink in ((client, tap.from_client), (server, tap.from_server)):
+        for i in range(0, len(data), len(buffer)):
+            piece = data[i : i + len(buffer)]
+            buffer[: len(piece)] = piece
+            sink(memoryview(buffer)[: len(piece)])
+            buffer[:] = b"\xff" * len(buffer)  # the next read overwrites it
+    assert seen == [FIRST, SECOND, THIRD]
+    assert tap.enabled
