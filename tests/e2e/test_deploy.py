@@ -1,11 +1,12 @@
 """opendepot deployed into the test cluster by its own Helm chart, from the image it built of itself.
 
-1. `scripts/image/build.sh opendepot` (`./dev image`): the official `depot build --push` through an
+1. `scripts/image/build.sh all` (`./dev image`): the official `depot build --push` through an
    `opendepot serve` on the host builds deploy/image/Dockerfile FROM the project's seeded Debian base and
-   pushes `<registry>/<project>/opendepot:<version>` into that server's registry.
-2. The cluster's containerd pulls it from there (`ctr images pull`, with the project's token; the kubelet
-   itself could only with a registry configuration the shared cluster was not started with, so the pod
-   runs it with `imagePullPolicy: Never`).
+   the buildkitd image of the builder pods, and pushes `<registry>/<project>/opendepot:<version>` and
+   `<registry>/<project>/buildkitd:<version>` into that server's registry.
+2. The cluster's containerd pulls both from there (`ctr images pull`, with the project's token; the kubelet
+   itself could only with a registry configuration the shared cluster was not started with, so the pods
+   find them present: `imagePullPolicy: Never` for opendepot, IfNotPresent for builders).
 3. `helm install deploy/helm/opendepot`: SQLite on the data volume (one replica), builders in their own
    namespace, the pod Ready.
 4. `depot build` with RUN steps from the host against the pod's API (its IP on the odk8s0 bridge): the
@@ -40,7 +41,6 @@ REPO = Path(__file__).resolve().parents[2]
 KUBECONFIG = os.environ.get("OPENDEPOT_TEST_KUBECONFIG", "")
 # The host's address on the test cluster's pod bridge (scripts/k8s/cluster.sh).
 HOST_IP = "10.213.0.1"
-BUILDKITD_IMAGE = "opendepot.local/buildkitd:v0.34.2"  # imported by `./dev k8s up`
 
 pytestmark = [
     pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible())),
@@ -70,11 +70,19 @@ def apiserver_port() -> int:
     return port
 
 
+def ctr(*args: str) -> subprocess.CompletedProcess[str]:
+    """Debian's ctr on the cluster's containerd, in the kubelet's namespace."""
+    command = ["ctr", "--address", str(containerd_socket()), "-n", "k8s.io", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
+
+
 @pytest.fixture(scope="module")
-def built_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """(reference, pull token): opendepot's image, built and pushed by opendepot on the host."""
+def built_images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """{"opendepot": reference, "buildkitd": reference}: both images, built by opendepot on the host with
+    `./dev image all`, pushed to its registry, and pulled from there by the cluster's containerd."""
     server = Server(data_dir=tmp_path_factory.mktemp("image-builder") / "data", database_url=None)
     server.start(timeout=120)
+    pulled: list[str] = []
     try:
         _org, token = server.new_organization()
         project = new_project(server, token, "opendepot-image")
@@ -83,7 +91,7 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         result = subprocess.run(
             [
                 str(REPO / "scripts/image/build.sh"),
-                *("opendepot", "--project", project, "--registry", server.registry_host, "--insecure"),
+                *("all", "--project", project, "--registry", server.registry_host, "--insecure"),
             ],
             capture_output=True,
             text=True,
@@ -92,41 +100,40 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
             timeout=1500,
         )
         assert result.returncode == 0, result.stderr[-6000:]
-        print(f"\nopendepot image built and pushed in {time.monotonic() - started:.0f} s")
-        reference = result.stdout.strip().splitlines()[-1]
-        assert reference == f"{server.registry_host}/{project}/opendepot:0.1.0", result.stdout
-        # What the push left in opendepot's registry, as the API lists it.
+        print(f"\nopendepot and buildkitd images built and pushed in {time.monotonic() - started:.0f} s")
+        references = result.stdout.strip().splitlines()[-2:]
+        assert references == [
+            f"{server.registry_host}/{project}/opendepot:0.1.0",
+            f"{server.registry_host}/{project}/buildkitd:v0.34.2",
+        ], result.stdout
+        # Two `depot build --push` runs of the project, both finished.
         listed = depot(server.url, token, "list", "builds", "--project", project, "--output", "json")
-        assert listed.returncode == 0 and json.loads(listed.stdout)[0]["status"] == "finished", listed.stdout
-        pulled = subprocess.run(
-            [
-                *("ctr", "--address", str(containerd_socket()), "-n", "k8s.io", "images", "pull"),
-                *("--plain-http", "--user", f"x-token:{token}", reference),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=600,
-        )
-        assert pulled.returncode == 0, pulled.stderr + pulled.stdout
-        yield reference, token
+        assert listed.returncode == 0, listed.stderr
+        assert [b["status"] for b in json.loads(listed.stdout)] == ["finished", "finished"], listed.stdout
+        for reference in references:
+            fetched = ctr("images", "pull", "--plain-http", "--user", f"x-token:{token}", reference)
+            assert fetched.returncode == 0, fetched.stderr + fetched.stdout
+            pulled.append(reference)
+        assert set(references) <= set(ctr("images", "ls", "-q").stdout.split())
+        yield {"opendepot": references[0], "buildkitd": references[1]}
     finally:
         server.stop()
+        if pulled:
+            ctr("images", "rm", *pulled)
 
 
 @pytest.fixture(scope="module")
 def release(
-    built_image: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+    built_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, str]]:
-    reference, _token = built_image
-    repository, tag = reference.rsplit(":", 1)
+    repository, tag = built_images["opendepot"].rsplit(":", 1)
     name = f"image-deploy-{uuid.uuid4().hex[:6]}"
     builders = f"{name}-builders"
     values = {
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
         "builders": {
             "namespace": builders,
-            "image": BUILDKITD_IMAGE,
+            "image": built_images["buildkitd"],
             "storageClass": "opendepot-hostpath",
             "idleTimeout": "60",
         },
@@ -153,7 +160,12 @@ def release(
     )  # fmt: skip
     try:
         assert installed.returncode == 0, installed.stderr + describe(name)
-        yield {"name": name, "namespace": name, "builders": builders}
+        yield {
+            "name": name,
+            "namespace": name,
+            "builders": builders,
+            "builder_image": built_images["buildkitd"],
+        }
     finally:
         helm(
             "uninstall", name, "--kubeconfig", KUBECONFIG, "--namespace", name, "--wait", "--timeout", "120s"
@@ -218,6 +230,8 @@ def test_the_chart_installs_the_self_built_image_and_builds_through_it(
     [builder_pod] = json.loads(builder.stdout)["items"]
     assert builder_pod["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "opendepot"
     assert builder_pod["metadata"]["name"] == f"buildkitd-{project}-amd64"
+    # ... running the buildkitd image opendepot built of itself and pulled from its own registry.
+    assert builder_pod["spec"]["containers"][0]["image"] == release["builder_image"]
 
 
 def test_the_service_account_may_act_only_in_the_builder_namespace(release: dict[str, str]) -> None:
