@@ -233,6 +233,48 @@ def test_the_chart_installs_the_self_built_image_and_builds_through_it(
     # ... running the buildkitd image opendepot built of itself and pulled from its own registry.
     assert builder_pod["spec"]["containers"][0]["image"] == release["builder_image"]
 
+    # The builder's buildkitd port admits the opendepot pod (the gateway) and no other pod.
+    target = builder_pod["status"]["podIP"]
+    gateway = kubectl(
+        "exec", "-n", release["namespace"], pod["metadata"]["name"], "-c", "opendepot",
+        "--", "python3", "-c", DIAL, target,
+    )  # fmt: skip
+    assert gateway.stdout.strip() == "connected", gateway.stdout + gateway.stderr
+    assert dial_from_another_pod(release, main["image"], target) == "dropped"
+
+
+# Connects to port 1234 of the address given: "connected", or "dropped" when nothing answers.
+DIAL = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], 1234), timeout=3).close()
+    print("connected")
+except TimeoutError:
+    print("dropped")
+except OSError as error:
+    print(f"refused: {error}")
+"""
+
+
+def dial_from_another_pod(release: dict[str, str], image: str, target: str) -> str:
+    """DIAL from a pod of the same image and namespace without opendepot's label."""
+    name = "dial-probe"
+    started = kubectl(
+        "run", name, "-n", release["namespace"], f"--image={image}", "--image-pull-policy=Never",
+        "--restart=Never", "--labels=app.kubernetes.io/name=probe",
+        "--command", "--", "python3", "-c", DIAL, target,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    try:
+        done = kubectl(
+            "wait", "-n", release["namespace"], f"pod/{name}", "--for=jsonpath={.status.phase}=Succeeded",
+            "--timeout=120s",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr + describe(release["namespace"])
+        return kubectl("logs", "-n", release["namespace"], name).stdout.strip()
+    finally:
+        kubectl("delete", "pod", "-n", release["namespace"], name, "--wait=false")
+
 
 def test_the_service_account_may_act_only_in_the_builder_namespace(release: dict[str, str]) -> None:
     account = f"system:serviceaccount:{release['namespace']}:{release['name']}-opendepot"
