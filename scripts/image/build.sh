@@ -53,6 +53,12 @@ debian_base() {
   # <registry>/<project>/debian:bookworm-slim, seeded from a Debian root filesystem made once per suite
   # (mmdebstrap, from Debian's packages) and cached.
   local base=$registry/$project/debian:$SUITE-slim rootfs=$CACHE/debian-$SUITE.tar
+  # Seeded once per project: a new seed is a new base digest, which would rebuild every layer.
+  local tls=(--tls-verify=true)
+  [ ${#insecure[@]} -eq 0 ] || tls=(--tls-verify=false)
+  if skopeo inspect "${tls[@]}" --creds "x-token:$DEPOT_TOKEN" "docker://$base" >/dev/null 2>&1; then
+    echo "$base"; return 0
+  fi
   if [ ! -f "$rootfs" ]; then
     command -v mmdebstrap >/dev/null || { echo "mmdebstrap is not installed (apt-get install mmdebstrap)" >&2; exit 1; }
     say "making a Debian $SUITE root filesystem with mmdebstrap (once, cached in $CACHE)"

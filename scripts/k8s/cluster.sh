@@ -7,6 +7,7 @@
 #   cluster.sh down   stop everything by PID, unmount, remove the bridge, nftables table, cgroups; restore sysctls
 #   cluster.sh down --purge   also delete the cluster's state (etcd, containerd, volumes)
 #   cluster.sh kubectl ARGS   the built kubectl, on this cluster
+#   cluster.sh firewall       re-apply the nftables tables and the pod-address sync on a running cluster
 #
 # State lives in $OPENDEPOT_K8S_DIR (default: <repo>/.k8s); the built binaries and images in
 # $OPENDEPOT_K8S_CACHE (default: ~/.cache/opendepot/k8s), keyed by version, so that re-runs skip the build.
@@ -444,5 +445,5 @@ case "${1:-}" in
   # Re-applies the nftables tables (and starts the pod-address sync) on a running cluster, no restart.
   firewall) mkdir -p "$RUN/pids" "$LOGS"; firewall; daemon policy-sync "$0" policy-sync; say "firewall applied" ;;
   policy-sync) policy_sync ;;
-  *) echo "usage: $0 up | down [--purge] | kubeconfig" >&2; exit 2 ;;
+  *) echo "usage: $0 up | down [--purge] | kubeconfig | kubectl ARGS | firewall" >&2; exit 2 ;;
 esac

@@ -69,7 +69,7 @@ def test_defaults_render_one_sqlite_replica_with_rbac_only_in_the_builder_namesp
     assert "--builders=kubernetes" in main["args"] and "--namespace=opendepot-builders" in main["args"]
     env = env_of(main)
     # No database secret: SQLite in the data dir on the volume.
-    assert "OPENDEPOT_DATABASE_URL" not in env
+    assert "OPENDEPOT_DATABASE_URL" not in env and "OPENDEPOT_SECRET_KEY" not in env
     assert env["OPENDEPOT_BUILDKIT_HOST"] == "$(POD_IP)"
     services = {d["metadata"]["name"]: d["spec"]["ports"][0] for d in by_kind(documents, "Service")}
     assert services["opendepot-gateway"]["targetPort"] == "gateway"
@@ -86,6 +86,7 @@ def test_defaults_render_one_sqlite_replica_with_rbac_only_in_the_builder_namesp
 def test_values_reach_the_server_postgresql_from_a_secret() -> None:
     documents = render(
         "database.existingSecret=opendepot-db",
+        "secretKey.existingSecret=opendepot-key",
         "replicaCount=3",
         "builders.namespace=ci-builders",
         "builders.createNamespace=false",
@@ -116,12 +117,16 @@ def test_values_reach_the_server_postgresql_from_a_secret() -> None:
         assert arg in main["args"]
     env = env_of(main)
     assert env["OPENDEPOT_DATABASE_URL"] == {"secretKeyRef": {"name": "opendepot-db", "key": "url"}}
+    assert env["OPENDEPOT_SECRET_KEY"] == {"secretKeyRef": {"name": "opendepot-key", "key": "key"}}
     assert env["OPENDEPOT_BUILDKIT_HOST"] == "buildkit.example.com"
     [claim] = by_kind(documents, "PersistentVolumeClaim")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
-def test_several_replicas_without_postgresql_are_refused() -> None:
+def test_several_replicas_without_postgresql_or_a_shared_secret_key_are_refused() -> None:
     result = helm("template", "x", str(CHART), "--set", "replicaCount=2")
     assert result.returncode != 0
     assert "replicaCount > 1 needs database.existingSecret" in result.stderr
+    result = helm("template", "x", str(CHART), "--set", "replicaCount=2", "--set", "database.existingSecret=db")
+    assert result.returncode != 0
+    assert "replicaCount > 1 needs secretKey.existingSecret" in result.stderr
