@@ -127,6 +127,6 @@ def test_several_replicas_without_postgresql_or_a_shared_secret_key_are_refused(
     result = helm("template", "x", str(CHART), "--set", "replicaCount=2")
     assert result.returncode != 0
     assert "replicaCount > 1 needs database.existingSecret" in result.stderr
-    result = helm("template", "x", str(CHART), "--set", "replicaCount=2", "--set", "database.existingSecret=db")
+    result = helm("template", "x", str(CHART), "--set", "replicaCount=2,database.existingSecret=db")
     assert result.returncode != 0
     assert "replicaCount > 1 needs secretKey.existingSecret" in result.stderr
