@@ -7,6 +7,7 @@
 #   cluster.sh down   stop everything by PID, unmount, remove the bridge, nftables table, cgroups; restore sysctls
 #   cluster.sh down --purge   also delete the cluster's state (etcd, containerd, volumes)
 #   cluster.sh kubectl ARGS   the built kubectl, on this cluster
+#   cluster.sh firewall       re-apply the nftables tables and the pod-address sync on a running cluster
 #
 # State lives in $OPENDEPOT_K8S_DIR (default: <repo>/.k8s); the built binaries and images in
 # $OPENDEPOT_K8S_CACHE (default: ~/.cache/opendepot/k8s), keyed by version, so that re-runs skip the build.
@@ -215,31 +216,80 @@ EOF
 firewall() {
   # What a NetworkPolicy would say, enforced where this bridge CNI can: pods may not reach each other, nor
   # the host (where other servers listen), except ALLOW_HOST_PORTS; connections the host opens (the
-  # gateway's) are answered. One table of our own, deleted on down.
+  # gateway's, when it runs on the host) are answered. opendepot running as a pod (deploy/helm/opendepot)
+  # is the one exception, as the chart's NetworkPolicy says: pods labelled app.kubernetes.io/name=opendepot
+  # (the set gateway_pods, kept by policy_sync) may open buildkitd's port 1234 on builder pods, builder
+  # pods may reach their registry port 8081, and they reach the API server (in a real cluster through the
+  # `kubernetes` Service; here, with no kube-proxy, at HOST_IP:APISERVER_PORT, DNATed to its loopback
+  # listener). Our own tables, deleted on down; re-applied on a running cluster by `cluster.sh firewall`.
   local allow=""
   [ -n "$ALLOW_HOST_PORTS" ] && allow="iifname \"$BRIDGE\" tcp dport { ${ALLOW_HOST_PORTS// /, } } accept"
   nft delete table inet $NFT_TABLE 2>/dev/null || true
   nft delete table bridge $NFT_TABLE 2>/dev/null || true
+  # Pod-to-pod packets meet the bridge table always and the inet forward chain too where br_netfilter is on;
+  # bridge-layer conntrack is missing on some kernels, so the bridge table is stateless: answers (from port
+  # 1234 or 8081, never a bare SYN) pass back; a builder can open no connection to the opendepot pod but 8081.
+  # The DNATed API server connections arrive at 127.0.0.1 from the bridge: allowed on this bridge only.
+  sysctl -qw "net.ipv4.conf.$BRIDGE.route_localnet=1"
   nft -f - <<EOF
 table inet $NFT_TABLE {
+  set gateway_pods { type ipv4_addr; }
+  chain prerouting {
+    type nat hook prerouting priority -110; policy accept;
+    iifname "$BRIDGE" ip saddr @gateway_pods ip daddr $HOST_IP tcp dport $APISERVER_PORT dnat ip to 127.0.0.1:$APISERVER_PORT
+  }
   chain input {
     type filter hook input priority -10; policy accept;
     iifname "$BRIDGE" ct state established,related accept
     $allow
+    iifname "$BRIDGE" ip saddr @gateway_pods ip daddr 127.0.0.1 tcp dport $APISERVER_PORT accept
     iifname "$BRIDGE" counter drop
   }
   chain forward {
     type filter hook forward priority -10; policy accept;
+    # Pod to pod through the bridge, where br_netfilter (bridge-nf-call-iptables) brings bridged packets here.
+    iifname "$BRIDGE" oifname "$BRIDGE" ct state established,related accept
+    iifname "$BRIDGE" oifname "$BRIDGE" ip saddr @gateway_pods ip daddr $POD_SUBNET tcp dport 1234 accept
+    iifname "$BRIDGE" oifname "$BRIDGE" ip daddr @gateway_pods tcp dport 8081 accept
     iifname "$BRIDGE" counter drop
   }
 }
 table bridge $NFT_TABLE {
+  set gateway_pods { type ipv4_addr; }
   chain forward {
     type filter hook forward priority -10; policy accept;
+    ip saddr @gateway_pods ip daddr $POD_SUBNET tcp dport 1234 accept
+    ip saddr $POD_SUBNET ip daddr @gateway_pods tcp dport 8081 accept
+    ip saddr $POD_SUBNET ip daddr @gateway_pods tcp sport 1234 tcp flags & (syn | ack) != syn accept
+    ip saddr @gateway_pods ip daddr $POD_SUBNET tcp sport 8081 tcp flags & (syn | ack) != syn accept
     ip saddr $POD_SUBNET ip daddr $POD_SUBNET counter drop
   }
 }
 EOF
+  # A fresh table has empty sets: the sync loop fills them again at its next round.
+  rm -f "$RUN/gateway-pods"
+}
+
+policy_sync() {
+  # Keeps gateway_pods equal to the addresses of the running opendepot pods (what a NetworkPolicy-enforcing
+  # CNI does for the chart's podSelector), every second, changing the sets only when the list changes.
+  local known="" now element family
+  while running kube-apiserver; do
+    if now=$(kubectl get pods --all-namespaces -l app.kubernetes.io/name=opendepot \
+               --field-selector=status.phase=Running -o jsonpath='{.items[*].status.podIP}' 2>/dev/null); then
+      now=$(tr ' ' '\n' <<<"$now" | grep -E '^[0-9.]+$' | sort | tr '\n' ' ' || true)
+      if [ "$now" != "$known" ] || [ ! -f "$RUN/gateway-pods" ]; then
+        element=${now% }
+        {
+          for family in inet bridge; do
+            echo "flush set $family $NFT_TABLE gateway_pods"
+            [ -z "$element" ] || echo "add element $family $NFT_TABLE gateway_pods { ${element// /, } }"
+          done
+        } | nft -f - && { known=$now; echo "$now" >"$RUN/gateway-pods"; }
+      fi
+    fi
+    sleep 1
+  done
 }
 
 cluster_up() {
@@ -304,6 +354,7 @@ provisioner: kubernetes.io/host-path
 reclaimPolicy: Delete
 volumeBindingMode: Immediate
 EOF
+  daemon policy-sync "$0" policy-sync
   say "node $NODE Ready; pods on $BRIDGE ($POD_SUBNET); StorageClass opendepot-hostpath"
   echo "$KUBECONFIG"
 }
@@ -345,6 +396,7 @@ cluster_down() {
       kill -KILL "${proc#/proc/}" 2>/dev/null || true
     fi
   done
+  stop_daemon policy-sync
   stop_daemon kube-scheduler; stop_daemon kube-controller-manager; stop_daemon kube-apiserver; stop_daemon etcd
   unmount_under "$STATE"
   if [ -f "$RUN/netns.before" ]; then
@@ -390,5 +442,8 @@ case "${1:-}" in
   kubeconfig) echo "$KUBECONFIG" ;;
   kubectl) shift; exec "$K8S_BIN/kubectl" "$@" ;;
   images) build_images ;;
-  *) echo "usage: $0 up | down [--purge] | kubeconfig" >&2; exit 2 ;;
+  # Re-applies the nftables tables (and starts the pod-address sync) on a running cluster, no restart.
+  firewall) mkdir -p "$RUN/pids" "$LOGS"; firewall; daemon policy-sync "$0" policy-sync; say "firewall applied" ;;
+  policy-sync) policy_sync ;;
+  *) echo "usage: $0 up | down [--purge] | kubeconfig | kubectl ARGS | firewall" >&2; exit 2 ;;
 esac

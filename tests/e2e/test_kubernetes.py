@@ -7,7 +7,6 @@ it, and without OPENDEPOT_TEST_KUBECONFIG nobody started one."""
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import time
 import uuid
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from opendepot.builders.kubernetes import userns_base
 from tests.e2e.test_builds import build, builds_of, new_project, step_states
@@ -25,7 +23,6 @@ from tests.support.builds import builds_possible, busybox_context
 from tests.support.clients import depot
 from tests.support.server import Server
 
-REPO = Path(__file__).resolve().parents[2]
 KUBECONFIG = os.environ.get("OPENDEPOT_TEST_KUBECONFIG", "")
 IDLE_SECONDS = 3
 # The test cluster's pod bridge: the host (where the gateway runs) is 10.213.0.1 on it (scripts/k8s).
@@ -319,41 +316,3 @@ def test_deleted_project_leaves_nothing_in_the_namespace(
     selector = f"opendepot.dev/project={project}"
     assert claims_of(core, namespace, project) == []
     assert core.list_namespaced_secret(namespace, label_selector=selector).items == []
-
-
-def test_deploy_manifests_render_and_pass_the_api_servers_dry_run() -> None:
-    """deploy/kubernetes (kustomize): rendered by kubectl and validated by the cluster's API server
-    (server-side dry run, which runs admission and schema validation), RBAC limited to the builder
-    namespace."""
-    kubectl = [str(REPO / "scripts/k8s/cluster.sh"), "kubectl", "--kubeconfig", KUBECONFIG]
-    rendered = subprocess.run(
-        [*kubectl, "kustomize", str(REPO / "deploy/kubernetes")], capture_output=True, text=True, check=False
-    )
-    assert rendered.returncode == 0, rendered.stderr
-    documents = [d for d in yaml.safe_load_all(rendered.stdout) if d]
-    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in documents)
-    assert "Deployment/opendepot" in kinds and "Role/opendepot-builders" in kinds
-    assert not any(d["kind"] in ("ClusterRole", "ClusterRoleBinding") for d in documents)
-    [role] = [d for d in documents if d["kind"] == "Role"]
-    assert role["metadata"]["namespace"] == "opendepot-builders"
-    # Namespaced objects are dry-run into namespaces that exist: made here, removed after.
-    created = []
-    for name in ("opendepot", "opendepot-builders"):
-        made = subprocess.run(
-            [*kubectl, "create", "namespace", name], capture_output=True, text=True, check=False
-        )
-        if made.returncode == 0:
-            created.append(name)
-    try:
-        applied = subprocess.run(
-            [*kubectl, "apply", "--dry-run=server", "-f", "-"],
-            input=rendered.stdout,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert applied.returncode == 0, applied.stderr
-        assert "deployment.apps/opendepot created (server dry run)" in applied.stdout
-    finally:
-        for name in created:
-            subprocess.run([*kubectl, "delete", "namespace", name, "--wait=false"], check=False)
