@@ -141,8 +141,9 @@ class LoadedCA:
     key: ec.EllipticCurvePrivateKey
 
 
-def write_if_changed(path: Path, text: str, mode: int) -> None:
-    """Atomically (a reader sees the old file or the new one), and only when the content differs."""
+def write_if_changed(path: Path, text: str) -> None:
+    """Atomically (a reader sees the old file or the new one), and only when the content differs; readable by
+    its owner only, like everything in the data dir (certificates too: no one else needs them)."""
     try:
         if path.read_text() == text:
             return
@@ -151,7 +152,7 @@ def write_if_changed(path: Path, text: str, mode: int) -> None:
     fd, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    os.chmod(staging, mode)
+    os.chmod(staging, 0o600)
     os.replace(staging, path)
 
 
@@ -248,10 +249,10 @@ class Authority:
     @staticmethod
     def _write_files(directory: Path, secret: Secret) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_if_changed(directory / "ca.pem", secret.public["ca"], 0o644)
-        write_if_changed(directory / "server-key.pem", secret.private["server_key"], 0o600)
+        write_if_changed(directory / "ca.pem", secret.public["ca"])
+        write_if_changed(directory / "server-key.pem", secret.private["server_key"])
         # Written last: its presence means the directory is complete.
-        write_if_changed(directory / "server.pem", secret.public["server"], 0o644)
+        write_if_changed(directory / "server.pem", secret.public["server"])
         # Imported into the store: the CA key is not kept in clear on disk any longer.
         (directory / LEGACY_CA_KEY).unlink(missing_ok=True)
 

@@ -51,10 +51,10 @@ class BuilderLinks:
             return self.directory
         secret = self.authority.vault.get_or_create(SECRET_NAME, lambda: self._legacy_files() or _new_link())
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_if_changed(self.directory / "ca.pem", secret.public["ca"], 0o644)
-        write_if_changed(self.directory / "client-key.pem", secret.private["client_key"], 0o600)
+        write_if_changed(self.directory / "ca.pem", secret.public["ca"])
+        write_if_changed(self.directory / "client-key.pem", secret.private["client_key"])
         # Written last: its presence means the directory is complete.
-        write_if_changed(self.directory / "client.pem", secret.public["client"], 0o644)
+        write_if_changed(self.directory / "client.pem", secret.public["client"])
         self._written = True
         return self.directory
 

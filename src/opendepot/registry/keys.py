@@ -114,7 +114,7 @@ class TokenSigner:
         """The certificate the registry process reads (`rootcertbundle`); the private files of a data dir
         from before the store kept them are removed once imported."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_if_changed(self.cert_path, self.cert_pem, 0o644)
+        write_if_changed(self.cert_path, self.cert_pem)
         for legacy in (KEY_FILE, EVENTS_SECRET_FILE):
             (self.directory / legacy).unlink(missing_ok=True)
 
