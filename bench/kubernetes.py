@@ -36,6 +36,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 from bench.build import create_project as new_project  # noqa: E402
 from bench.build import get_connection, new_build, percentile, timed, until_active  # noqa: E402
+from bench.realistic_app import machine_note  # noqa: E402
 from opendepot.gen.depot.cli.v1 import build_pb as cli  # noqa: E402
 from tests.support.builds import buildctl_via_gateway, builds_possible  # noqa: E402
 from tests.support.rpc import call  # noqa: E402
@@ -169,7 +170,7 @@ def main() -> None:
             core.delete_namespace(namespace)
 
     cold_p95 = percentile(cold, 95)
-    print(f"\nshared 2-core machine; {args.runs} runs each")
+    print(f"\n{machine_note()}; {args.runs} runs each")
     print(f"(a) first start of a project (volume provisioned too): {first:.0f} ms")
     print(
         f"    pod cold start, no pod -> active: {stats(cold)}"

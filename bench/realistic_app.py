@@ -174,9 +174,11 @@ def alternate(runs: int, first: Callable[[int], None], second: Callable[[int], N
 
 
 def machine_note() -> str:
+    """What the figures were taken on: the core count and the load (other work on the machine skews them)."""
+    one, five, _ = os.getloadavg()
     return (
-        f"{os.cpu_count()} cores; the machine was shared with other engineers' work while measuring, "
-        "so figures are noisy: runs alternate and min/median/max are given"
+        f"{os.cpu_count()} cores, load average {one:.2f} (1 min) / {five:.2f} (5 min) at the end; runs "
+        "alternate and min/median/max are given"
     )
 
 

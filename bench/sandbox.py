@@ -29,6 +29,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.build import new_build, until_active  # noqa: E402
+from bench.realistic_app import machine_note  # noqa: E402
 from opendepot.builders.sandbox import Sandbox  # noqa: E402
 from tests.support.builds import BUSYBOX, builds_possible  # noqa: E402
 from tests.support.clients import depot  # noqa: E402
@@ -112,9 +113,7 @@ def main() -> None:
             return str(json.loads(created.stdout)["project_id"])
 
         projects = {mode: project(mode) for mode in MODES}
-        print(
-            f"bench/sandbox.py: {args.runs} runs each, alternating; shared 2-core machine, figures are noisy"
-        )
+        print(f"bench/sandbox.py: {args.runs} runs each; {machine_note()}")
 
         run_heavy = context(
             work / "run-heavy",
