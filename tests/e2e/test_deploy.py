@@ -34,21 +34,16 @@ import yaml
 from tests.e2e.test_builds import new_project, step_states
 from tests.support.builds import builds_possible, busybox_context
 from tests.support.clients import depot
+from tests.support.cluster import HOST_ON_POD_BRIDGE, KUBECONFIG, needs_cluster
 from tests.support.helm import CHART, helm, helm_binary
 from tests.support.server import Server
 
 REPO = Path(__file__).resolve().parents[2]
-KUBECONFIG = os.environ.get("OPENDEPOT_TEST_KUBECONFIG", "")
-# The host's address on the test cluster's pod bridge (scripts/k8s/cluster.sh).
-HOST_IP = "10.213.0.1"
+HOST_IP = HOST_ON_POD_BRIDGE
 
 pytestmark = [
     pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible())),
-    pytest.mark.skipif(
-        not KUBECONFIG,
-        reason=os.environ.get("OPENDEPOT_TEST_KUBERNETES_SKIP")
-        or "no test cluster: set OPENDEPOT_TEST_KUBECONFIG (./dev test runs ./dev k8s up)",
-    ),
+    needs_cluster,
     pytest.mark.skipif(helm_binary() is None, reason="no helm: ./dev test builds it once"),
 ]
 

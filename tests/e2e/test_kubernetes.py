@@ -6,7 +6,6 @@ it, and without OPENDEPOT_TEST_KUBECONFIG nobody started one."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -21,20 +20,15 @@ from tests.e2e.test_builds import build, builds_of, new_project, step_states
 from tests.e2e.test_sandbox import HostListener, connect_banner, probe_context, probes
 from tests.support.builds import builds_possible, busybox_context
 from tests.support.clients import depot
+from tests.support.cluster import HOST_ON_POD_BRIDGE, KUBECONFIG, needs_cluster
 from tests.support.server import Server
 
-KUBECONFIG = os.environ.get("OPENDEPOT_TEST_KUBECONFIG", "")
 IDLE_SECONDS = 3
-# The test cluster's pod bridge: the host (where the gateway runs) is 10.213.0.1 on it (scripts/k8s).
-GATEWAY_CIDR = "10.213.0.1/32"
+GATEWAY_CIDR = f"{HOST_ON_POD_BRIDGE}/32"  # the gateway runs on the host
 
 pytestmark = [
     pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible())),
-    pytest.mark.skipif(
-        not KUBECONFIG,
-        reason=os.environ.get("OPENDEPOT_TEST_KUBERNETES_SKIP")
-        or "no test cluster: set OPENDEPOT_TEST_KUBECONFIG (./dev test runs ./dev k8s up)",
-    ),
+    needs_cluster,
 ]
 
 

@@ -25,6 +25,7 @@ from tests.e2e.test_builds import build, new_project, step_states
 from tests.e2e.test_registry import images, pull_token, saved_build, skopeo, wait_for
 from tests.e2e.test_steps import run_steps, steps_of
 from tests.support.builds import buildctl_via_gateway, builds_possible, busybox_context
+from tests.support.cluster import HOST_ON_POD_BRIDGE, KUBECONFIG, needs_cluster
 from tests.support.rpc import call
 from tests.support.s3 import moto_server, s3_bucket
 from tests.support.server import Server, create_postgres_database, drop_postgres_database, postgres_admin_url
@@ -35,8 +36,7 @@ pytestmark = [
 ]
 # server/singular.py: TTL 10 s, renewed every 2 s.
 TAKEOVER_LIMIT_SECONDS = 15.0
-# The test cluster's pod bridge: the host (where every node's gateway runs) is 10.213.0.1 on it (scripts/k8s).
-KUBERNETES_GATEWAY_CIDR = "10.213.0.1/32"
+KUBERNETES_GATEWAY_CIDR = f"{HOST_ON_POD_BRIDGE}/32"  # every node's gateway runs on the host
 
 
 @pytest.fixture
@@ -261,9 +261,7 @@ def test_nodes_with_their_own_data_dirs_share_keys_through_the_store_and_images_
             node.stop()
 
 
-@pytest.mark.skipif(
-    not os.environ.get("OPENDEPOT_TEST_KUBECONFIG"), reason="no test cluster: set OPENDEPOT_TEST_KUBECONFIG"
-)
+@needs_cluster
 def test_nodes_with_their_own_data_dirs_reach_pod_builders_with_the_keys_from_the_store(
     database: str, secret_key_file: Path, tmp_path: Path
 ) -> None:
@@ -272,12 +270,11 @@ def test_nodes_with_their_own_data_dirs_reach_pod_builders_with_the_keys_from_th
     project CA — both made by node A, read by node B from the store."""
     from kubernetes import client, config
 
-    kubeconfig = os.environ["OPENDEPOT_TEST_KUBECONFIG"]
-    core = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+    core = client.CoreV1Api(config.new_client_from_config(config_file=KUBECONFIG))
     namespace = f"shared-nodes-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": namespace}})
     pods = [
-        "--builders", "kubernetes", "--kubeconfig", kubeconfig, "--namespace", namespace,
+        "--builders", "kubernetes", "--kubeconfig", KUBECONFIG, "--namespace", namespace,
         "--storage-class", "opendepot-hostpath", "--gateway-cidrs", KUBERNETES_GATEWAY_CIDR,
         "--registry", "off", "--secret-key-file", str(secret_key_file), "--workers", "1",
     ]  # fmt: skip
