@@ -8,11 +8,9 @@ pushes (distribution refuses them in proxy mode), no upstream credentials."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import signal
 import subprocess
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +20,8 @@ import httpx
 
 from opendepot.datadir import DataDir
 from opendepot.files import write_private
-from opendepot.processes import parent_death_signal, terminate
+from opendepot.processes import terminate
+from opendepot.registry.process import spawn_registry, until_answering
 
 log = logging.getLogger("opendepot.registry")
 
@@ -86,26 +85,9 @@ class MirrorProcess:
     async def start(self) -> None:
         write_private(self.config_path, json.dumps(mirror_config(self.settings), indent=2))
         log_path = self.settings.paths.registry_mirror_log
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        out = log_path.open("ab")
-        self._process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-            [self.settings.binary, "serve", str(self.config_path)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            # Like the project registry: it dies with its supervisor, even by SIGKILL.
-            preexec_fn=parent_death_signal(signal.SIGKILL),  # noqa: PLW1509 - prctl only, preloaded
-        )
-        out.close()
-        for _ in range(200):
-            if await self._answers():
-                log.info("pull-through cache of %s on %s", self.settings.upstream, self.settings.listen)
-                return
-            if self._process.poll() is not None:
-                break
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"the registry mirror did not start; see {log_path}")
+        self._process = spawn_registry(self.settings.binary, self.config_path, log_path)
+        await until_answering(self._process, self._answers, "the registry mirror", log_path)
+        log.info("pull-through cache of %s on %s", self.settings.upstream, self.settings.listen)
 
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -34,6 +34,38 @@ from .client import RegistryClient
 from .keys import ISSUER, SERVICE, TokenSigner
 
 log = logging.getLogger("opendepot.registry")
+
+
+def spawn_registry(
+    binary: str, config_path: Path, log_path: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`registry serve CONFIG` (the project registry or the mirror), its output appended to LOG, in a session
+    of its own; it dies with its supervisor by SIGKILL: nothing a registry holds must outlive it, and SIGKILL
+    cannot be blocked."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        return subprocess.Popen(
+            [binary, "serve", str(config_path)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=parent_death_signal(signal.SIGKILL),  # noqa: PLW1509 - prctl only, preloaded
+        )
+
+
+async def until_answering(
+    process: subprocess.Popen[bytes], answers: Callable[[], Awaitable[bool]], what: str, log_path: Path
+) -> None:
+    """Waits (10 s at most) for a registry just spawned to answer; fails at once if it exited."""
+    for _ in range(200):
+        if await answers():
+            return
+        if process.poll() is not None:
+            break
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{what} did not start; see {log_path}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,28 +184,16 @@ class RegistryProcess:
     async def start(self) -> None:
         self.write_config()
         self._reap_stale()
-        self.settings.paths.logs.mkdir(parents=True, exist_ok=True)
-        out = self.settings.paths.registry_log.open("ab")
-        self._process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-            [self.settings.binary, "serve", str(self.config_path)],
-            env=registry_environment(os.environ, self.settings.storage),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            # SIGKILL: nothing the registry holds must outlive its supervisor, and SIGKILL cannot be blocked.
-            preexec_fn=parent_death_signal(signal.SIGKILL),  # noqa: PLW1509 - prctl only, preloaded
+        log_path = self.settings.paths.registry_log
+        self._process = spawn_registry(
+            self.settings.binary,
+            self.config_path,
+            log_path,
+            registry_environment(os.environ, self.settings.storage),
         )
-        out.close()
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)
         self.pid_path.write_text(str(self._process.pid))
-        for _ in range(200):
-            if await self.client.ping():
-                return
-            if self._process.poll() is not None:
-                break
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"the registry did not start; see {self.settings.paths.registry_log}")
+        await until_answering(self._process, self.client.ping, "the registry", log_path)
 
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
