@@ -221,12 +221,7 @@ def diy_buildkitd(work: Path, registry: str) -> Iterator[tuple[str, dict[str, Pa
     try:
         yield address, certs
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        app.stop(process)
         log.close()
 
 

@@ -76,12 +76,7 @@ def fresh_buildkitd(work: Path, registry: str) -> Iterator[tuple[str, float]]:
             time.sleep(0.05)
         yield address, time.perf_counter() - start
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        app.stop(process)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
 
