@@ -4,6 +4,9 @@ them in worker threads through `Store.run`, one transaction each, so that a fail
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +36,54 @@ def _tune_sqlite(engine: Engine) -> None:
         cursor.close()
 
 
+class WriteLock:
+    """Serialises the write transactions of every process on one SQLite file. Without it a writer that
+    finds the database locked sleeps in SQLite's busy handler (1, 2, 5, 10, … ms steps) and notices the
+    lock's release only at its next poll; a blocked flock wakes the moment the holder lets go. Threads of
+    one process queue on a lock of their own first (flock is per open file, not per thread); reentrant, so
+    a transaction opened inside another on the same thread does not wait for itself."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._threads = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+        self._pid = 0
+
+    def _file(self) -> int:
+        if self._fd is None or self._pid != os.getpid():  # a forked child opens its own
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._threads:
+            if self._depth == 0:
+                fcntl.flock(self._file(), fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._file(), fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+
+def sqlite_write_lock(engine: Engine) -> WriteLock | None:
+    """A lock file beside a file-backed SQLite database; none for PostgreSQL (row locks wake waiters at
+    once) or an in-memory database."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    return WriteLock(Path(f"{database}-writelock"))
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -45,10 +96,17 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             _tune_sqlite(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.write_lock = sqlite_write_lock(self.engine)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        with self._sessions() as session, session.begin():
+        """A read-write unit of work, committed on return. On SQLite it holds the write lock from before
+        its first statement until after its commit."""
+        if self.write_lock is None:
+            with self._sessions() as session, session.begin():
+                yield session
+            return
+        with self.write_lock.held(), self._sessions() as session, session.begin():
             yield session
 
     def call(self, fn: Callable[[Session], T]) -> T:
@@ -105,3 +163,5 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.write_lock is not None:
+            self.write_lock.close()
