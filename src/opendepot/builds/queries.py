@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from opendepot.pagination import Cursor
 from opendepot.projects.models import Project
-from opendepot.store.dialect import insert_ignore
+from opendepot.store.dialect import insert_ignore, insert_ignore_many
 
 from .models import Build, Lease, LogLine, LogVolume, StatusReport, Step
 from .status import BuildStatus
@@ -188,8 +188,8 @@ def add_steps(
     the CLI's status stream report the same vertices) inserted it first: then that one is returned."""
     if not digests:
         return {}
-    for digest in digests:
-        values = {
+    rows = [
+        {
             "build_id": build_id,
             "digest": digest,
             "project_id": project_id,
@@ -199,7 +199,9 @@ def add_steps(
             "started_at": first_seen,
             "started_known": False,
         }
-        insert_ignore(session, Step, values, ("build_id", "digest"))
+        for digest in digests
+    ]
+    insert_ignore_many(session, Step, rows, ("build_id", "digest"))
     # Inserted here, or committed by the transaction an insert waited for.
     return steps_by_digest(session, build_id, digests)
 
@@ -252,7 +254,7 @@ def step_counts(session: Session, build_ids: Sequence[str]) -> dict[str, tuple[i
         .where(Step.build_id.in_(build_ids))
         .group_by(Step.build_id)
     )
-    return {b: (int(c or 0), int(t)) for b, c, t in session.execute(stmt).tuples()}
+    return {b: (int(c or 0), int(t)) for b, c, t in session.execute(stmt)}
 
 
 def saved_seconds(session: Session, build: Build) -> float:
@@ -261,22 +263,34 @@ def saved_seconds(session: Session, build: Build) -> float:
     return float(session.scalar(stmt) or 0.0)
 
 
-def last_real_run(session: Session, project_id: str, name: str, build_id: str) -> Step | None:
-    """The latest run of a step of this name in the project that executed (was not cached)."""
-    stmt = (
-        select(Step)
+def last_real_runs(
+    session: Session, project_id: str, names: Collection[str], build_id: str
+) -> dict[str, tuple[datetime, datetime]]:
+    """step name -> (started, completed) of the latest run of a step of that name in the project, outside
+    build_id, that executed (was not cached): one query for every name."""
+    if not names:
+        return {}
+    latest = (
+        select(
+            Step.name,
+            Step.started_at,
+            Step.completed_at,
+            func.row_number()
+            .over(partition_by=Step.name, order_by=(Step.started_at.desc(), Step.id.desc()))
+            .label("rank"),
+        )
         .where(
             Step.project_id == project_id,
-            Step.name == name,
+            Step.name.in_(sorted(names)),
             Step.build_id != build_id,
             Step.cached.is_(False),
             Step.started_known.is_(True),
             Step.completed_at.is_not(None),
         )
-        .order_by(Step.started_at.desc())
-        .limit(1)
+        .subquery()
     )
-    return session.scalars(stmt).first()
+    stmt = select(latest.c.name, latest.c.started_at, latest.c.completed_at).where(latest.c.rank == 1)
+    return {name: (started, completed) for name, started, completed in session.execute(stmt)}
 
 
 def shared_build(session: Session, share_hash: str) -> Build | None:
