@@ -60,6 +60,8 @@ _RELEASE_LEASES = (
     update(Lease)
     .where(Lease.build_id == bindparam("lease_build"), Lease.released_at.is_(None))
     .values(released_at=bindparam("released"))
+    # No caller holds Lease objects in the session it releases from: nothing to evaluate in memory.
+    .execution_options(synchronize_session=False)
 )
 
 

@@ -70,6 +70,8 @@ _EXPIRE_BUILD_TOKENS = (
         or_(Token.expires_at.is_(None), Token.expires_at > bindparam("expiry")),
     )
     .values(expires_at=bindparam("expiry"))
+    # Tokens are read on a bare connection (auth), never held in a session: nothing to evaluate in memory.
+    .execution_options(synchronize_session=False)
 )
 
 
