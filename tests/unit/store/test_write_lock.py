@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
@@ -71,7 +72,9 @@ def test_two_processes_appending_at_once_lose_nothing(tmp_path: Path) -> None:
     store.dispose()
 
 
-def hold_a_write(data_dir: str, build_id: str, holding: Event, release: Event, committing: object) -> None:
+def hold_a_write(
+    data_dir: str, build_id: str, holding: Event, release: Event, committing: Synchronized[float]
+) -> None:
     """Writes inside a transaction, tells the test it holds the write lock, commits when told to."""
     store = Store(sqlite_url(Path(data_dir)))
     with store.transaction() as session:
@@ -104,7 +107,7 @@ def behind_a_holder(store: Store, data_dir: Path, build_id: str, fn: Callable[[S
     waiter.join(30)
     holder.join(30)
     assert holder.exitcode == 0 and began
-    return began[0] - committing.value  # type: ignore[attr-defined,no-any-return]
+    return began[0] - float(committing.value)
 
 
 def test_a_writer_behind_another_process_goes_on_when_it_commits(tmp_path: Path) -> None:
