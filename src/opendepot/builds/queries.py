@@ -148,11 +148,16 @@ def live_among(session: Session, keys: set[tuple[str, str]]) -> set[tuple[str, s
     return {(row.build_id, row.platform) for row in session.execute(stmt)} & keys
 
 
-def status_bytes(session: Session, build_id: str) -> int:
-    stmt = select(func.coalesce(func.sum(func.length(StatusReport.payload)), 0)).where(
-        StatusReport.build_id == build_id
-    )
+def status_bytes_locked(session: Session, build_id: str) -> int:
+    """The build's running total of status bytes, its row locked until commit (PostgreSQL; on SQLite the
+    store's write lock already runs one writer at a time)."""
+    stmt = select(Build.status_bytes).where(Build.id == build_id).with_for_update()
     return int(session.scalar(stmt) or 0)
+
+
+def add_status_bytes(session: Session, build_id: str, added: int) -> None:
+    stmt = update(Build).where(Build.id == build_id).values(status_bytes=Build.status_bytes + added)
+    session.execute(stmt.execution_options(synchronize_session=False))
 
 
 def status_reports(session: Session, build_id: str) -> Sequence[StatusReport]:

@@ -191,16 +191,19 @@ def record_status(
     """Keeps what the client reported (bounded per build) and merges its vertices (`[depot] …`) into the
     build's steps. Returns False once the bound is reached."""
     build = load_build(session, principal, build_id)
-    # Read before steps.apply writes: on SQLite a write holds the database's one write lock until commit.
-    used = queries.status_bytes(session, build.id)
+    used = queries.status_bytes_locked(session, build.id)
     steps.apply(session, build.id, vertices, logs)
     now = utcnow()
+    added, kept = 0, True
     for payload in payloads:
-        if used + len(payload) > MAX_STATUS_BYTES_PER_BUILD:
-            return False
+        if used + added + len(payload) > MAX_STATUS_BYTES_PER_BUILD:
+            kept = False
+            break
         session.add(StatusReport(build_id=build.id, received_at=now, payload=payload))
-        used += len(payload)
-    return True
+        added += len(payload)
+    if added:
+        queries.add_status_bytes(session, build.id, added)
+    return kept
 
 
 STEPS_LIST, LOGS_LIST = "steps", "logs"
