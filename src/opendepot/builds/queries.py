@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Row, and_, bindparam, case, func, or_, select, tuple_, update
+from sqlalchemy import Row, Table, and_, bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from opendepot.pagination import Cursor
@@ -56,6 +56,8 @@ def lease(session: Session, build_id: str, platform: str) -> Lease | None:
 
 
 # Built once, like the other statements on a build's path: constructing one costs more than running it.
+_BUILDS = cast(Table, Build.__table__)
+
 _RELEASE_LEASES = (
     update(Lease)
     .where(Lease.build_id == bindparam("lease_build"), Lease.released_at.is_(None))
@@ -146,6 +148,13 @@ def live_among(session: Session, keys: set[tuple[str, str]]) -> set[tuple[str, s
         )
     )
     return {(row.build_id, row.platform) for row in session.execute(stmt)} & keys
+
+
+def insert_build(session: Session, build: Build) -> None:
+    """A new build, written at once with a Core INSERT (CreateBuild's path: the session's unit of work
+    costs more than the statement). The object stays outside the session."""
+    values = {column.key: getattr(build, column.key) for column in _BUILDS.columns}
+    session.connection().execute(_BUILDS.insert(), values)
 
 
 def status_bytes_locked(session: Session, build_id: str) -> int:

@@ -88,9 +88,10 @@ def create_build(
         created_at=now,
         started_at=now,
         started_by=f"{principal.kind}:{principal.token_id}"[:200],
+        share_hash=None,
+        status_bytes=0,
     )
-    session.add(build)
-    # One flush writes both rows (the build first: the token refers to it).
+    queries.insert_build(session, build)  # before the token, which refers to it
     secret = tokens.create_build_token(session, project.organization_id, project.id, build.id)
     return build, secret
 
