@@ -57,6 +57,7 @@ def lease(session: Session, build_id: str, platform: str) -> Lease | None:
 
 # Built once, like the other statements on a build's path: constructing one costs more than running it.
 _BUILDS = cast(Table, Build.__table__)
+_LEASES = cast(Table, Lease.__table__)
 
 _RELEASE_LEASES = (
     update(Lease)
@@ -155,6 +156,12 @@ def insert_build(session: Session, build: Build) -> None:
     costs more than the statement). The object stays outside the session."""
     values = {column.key: getattr(build, column.key) for column in _BUILDS.columns}
     session.connection().execute(_BUILDS.insert(), values)
+
+
+def insert_lease(session: Session, lease: Lease) -> None:
+    """A new lease, written at once with a Core INSERT (GetBuildKitConnection's path, like insert_build)."""
+    values = {column.key: getattr(lease, column.key) for column in _LEASES.columns}
+    session.connection().execute(_LEASES.insert(), values)
 
 
 def status_bytes_locked(session: Session, build_id: str) -> int:

@@ -153,11 +153,12 @@ def acquire(session: Session, principal: Principal, build_id: str, platform: str
             hardware=hardware or "16x32",
             acquired_at=now,
             heartbeat_at=now,
+            released_at=None,
         )
-        session.add(lease)
+        queries.insert_lease(session, lease)
     else:
         lease.heartbeat_at, lease.released_at = now, None
-    session.flush()
+        session.flush()
     return lease
 
 
