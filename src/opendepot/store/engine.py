@@ -105,7 +105,7 @@ def sqlite_write_lock(engine: Engine) -> WriteLock | None:
 
 class Store:
     def __init__(self, url: str, inline_writes: bool = False) -> None:
-        """inline_writes: `run` may run a unit of work on the event loop's own thread (see there). For an API
+        """inline_writes: `run_short` may run a unit of work on the event loop's own thread. For an API
         worker, whose loop only answers RPCs; not for the supervisor, whose loop also relays the gateway's
         bytes while the recorder writes."""
         self.url = url
@@ -137,10 +137,14 @@ class Store:
             return fn(session)
 
     async def run(self, fn: Callable[[Session], T]) -> T:
-        """A read-write unit of work. In a worker thread when it may wait: for PostgreSQL, or for SQLite's
-        write lock held elsewhere. With inline_writes, a free SQLite lock is taken here and the unit runs on
-        the loop's thread: it would hold the GIL for most of its millisecond anyway, and the hop to a thread
-        and back (two wake-ups) costs about as much again."""
+        """A read-write unit of work, in a worker thread: SQLite may wait for its write lock."""
+        return await asyncio.to_thread(self.call, fn)
+
+    async def run_short(self, fn: Callable[[Session], T]) -> T:
+        """A unit of work of a few statements on one row or two (the build's own RPCs). With inline_writes
+        and SQLite's write lock free at once, it runs on the loop's thread: it would hold the GIL for most
+        of its millisecond anyway, and the hop to a thread and back (two wake-ups) costs about as much
+        again. Otherwise, or for PostgreSQL, as `run`. Never for a unit that may take long: the loop waits."""
         lock = self.write_lock
         if self.inline_writes and lock is not None and lock.acquire_now():
             try:

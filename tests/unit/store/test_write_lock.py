@@ -144,8 +144,8 @@ def test_finish_build_answers_right_after_a_recorder_flush_and_is_durable(tmp_pa
 
 
 def test_an_inline_unit_of_work_waits_in_a_thread_when_the_lock_is_taken(tmp_path: Path) -> None:
-    """With inline_writes, `run` works on the loop's thread only when the write lock is free at once;
-    otherwise it waits in a worker thread and the loop goes on."""
+    """With inline_writes, `run_short` works on the loop's thread only when the write lock is free at
+    once; otherwise it waits in a worker thread and the loop goes on. `run` always uses a thread."""
     store = Store.open(sqlite_url(tmp_path), tmp_path)
     inline = Store(sqlite_url(tmp_path), inline_writes=True)
     threads: list[str] = []
@@ -154,15 +154,17 @@ def test_an_inline_unit_of_work_waits_in_a_thread_when_the_lock_is_taken(tmp_pat
         threads.append(threading.current_thread().name)
 
     async def twice() -> None:
-        await inline.run(which_thread)  # the lock is free
+        await inline.run_short(which_thread)  # the lock is free
         with store.transaction():  # another Store (another open file) holds it
-            waiting = asyncio.ensure_future(inline.run(which_thread))
+            waiting = asyncio.ensure_future(inline.run_short(which_thread))
             await asyncio.sleep(0.05)
             assert not waiting.done()  # the loop is not blocked: this line runs
         await waiting
 
     asyncio.run(twice())
+    asyncio.run(inline.run(which_thread))
     assert threads[0] == threading.main_thread().name
     assert threads[1] != threading.main_thread().name
+    assert threads[2] != threading.main_thread().name
     inline.dispose()
     store.dispose()
