@@ -20,9 +20,10 @@ def insert_ignore(
 def insert_ignore_many(
     session: Session, model: type[Any], rows: Sequence[Mapping[str, Any]], conflict_on: Sequence[str]
 ) -> None:
-    """insert_ignore for several rows in one statement."""
+    """insert_ignore for several rows in one execution. The rows go as parameters (executemany) of a Core
+    statement without values: it compiles once and is then found in the statement cache."""
     if not rows:
         return
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = insert(model).values([dict(row) for row in rows])
-    session.execute(statement.on_conflict_do_nothing(index_elements=list(conflict_on)))
+    statement = insert(model.__table__).on_conflict_do_nothing(index_elements=list(conflict_on))
+    session.connection().execute(statement, [dict(row) for row in rows])
