@@ -78,7 +78,9 @@ class BuilderAccess:
     async def acquire(self, principal: Principal, build_id: str, platform: str) -> Connection | None:
         """None while the builder is starting (answer pending); the connection once it runs."""
         builds.check_platform(platform, self.platforms)
-        lease, machine = await self.store.run(lambda s: service.acquire(s, principal, build_id, platform))
+        lease, machine = await self.store.run_short(
+            lambda s: service.acquire(s, principal, build_id, platform)
+        )
         if machine is not None and machine.state == BuilderState.FAILED:
             raise FailedPrecondition(f"the {platform} builder failed to start: {machine.error}")
         if machine is None or machine.state != BuilderState.RUNNING:

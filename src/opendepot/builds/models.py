@@ -3,7 +3,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from opendepot.store.base import Base, UTCDateTime
@@ -30,6 +40,8 @@ class Build(Base):
     started_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # Set while the build is shared: the SHA-256 of the secret in its share link.
     share_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    # What its status reports (the CLI's status stream) hold, in bytes: the per-build bound's running total.
+    status_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Lease(Base):

@@ -1,15 +1,15 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Row, and_, bindparam, case, func, or_, select, tuple_, update
+from sqlalchemy import Row, Table, and_, bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from opendepot.pagination import Cursor
 from opendepot.projects.models import Project
-from opendepot.store.dialect import insert_ignore
+from opendepot.store.dialect import insert_ignore, insert_ignore_many
 
 from .models import Build, Lease, LogLine, LogVolume, StatusReport, Step
 from .status import BuildStatus
@@ -56,10 +56,15 @@ def lease(session: Session, build_id: str, platform: str) -> Lease | None:
 
 
 # Built once, like the other statements on a build's path: constructing one costs more than running it.
+_BUILDS = cast(Table, Build.__table__)
+_LEASES = cast(Table, Lease.__table__)
+
 _RELEASE_LEASES = (
     update(Lease)
     .where(Lease.build_id == bindparam("lease_build"), Lease.released_at.is_(None))
     .values(released_at=bindparam("released"))
+    # No caller holds Lease objects in the session it releases from: nothing to evaluate in memory.
+    .execution_options(synchronize_session=False)
 )
 
 
@@ -146,11 +151,29 @@ def live_among(session: Session, keys: set[tuple[str, str]]) -> set[tuple[str, s
     return {(row.build_id, row.platform) for row in session.execute(stmt)} & keys
 
 
-def status_bytes(session: Session, build_id: str) -> int:
-    stmt = select(func.coalesce(func.sum(func.length(StatusReport.payload)), 0)).where(
-        StatusReport.build_id == build_id
-    )
+def insert_build(session: Session, build: Build) -> None:
+    """A new build, written at once with a Core INSERT (CreateBuild's path: the session's unit of work
+    costs more than the statement). The object stays outside the session."""
+    values = {column.key: getattr(build, column.key) for column in _BUILDS.columns}
+    session.connection().execute(_BUILDS.insert(), values)
+
+
+def insert_lease(session: Session, lease: Lease) -> None:
+    """A new lease, written at once with a Core INSERT (GetBuildKitConnection's path, like insert_build)."""
+    values = {column.key: getattr(lease, column.key) for column in _LEASES.columns}
+    session.connection().execute(_LEASES.insert(), values)
+
+
+def status_bytes_locked(session: Session, build_id: str) -> int:
+    """The build's running total of status bytes, its row locked until commit (PostgreSQL; on SQLite the
+    store's write lock already runs one writer at a time)."""
+    stmt = select(Build.status_bytes).where(Build.id == build_id).with_for_update()
     return int(session.scalar(stmt) or 0)
+
+
+def add_status_bytes(session: Session, build_id: str, added: int) -> None:
+    stmt = update(Build).where(Build.id == build_id).values(status_bytes=Build.status_bytes + added)
+    session.execute(stmt.execution_options(synchronize_session=False))
 
 
 def status_reports(session: Session, build_id: str) -> Sequence[StatusReport]:
@@ -188,8 +211,8 @@ def add_steps(
     the CLI's status stream report the same vertices) inserted it first: then that one is returned."""
     if not digests:
         return {}
-    for digest in digests:
-        values = {
+    rows = [
+        {
             "build_id": build_id,
             "digest": digest,
             "project_id": project_id,
@@ -199,7 +222,9 @@ def add_steps(
             "started_at": first_seen,
             "started_known": False,
         }
-        insert_ignore(session, Step, values, ("build_id", "digest"))
+        for digest in digests
+    ]
+    insert_ignore_many(session, Step, rows, ("build_id", "digest"))
     # Inserted here, or committed by the transaction an insert waited for.
     return steps_by_digest(session, build_id, digests)
 
@@ -252,7 +277,7 @@ def step_counts(session: Session, build_ids: Sequence[str]) -> dict[str, tuple[i
         .where(Step.build_id.in_(build_ids))
         .group_by(Step.build_id)
     )
-    return {b: (int(c or 0), int(t)) for b, c, t in session.execute(stmt).tuples()}
+    return {b: (int(c or 0), int(t)) for b, c, t in session.execute(stmt)}
 
 
 def saved_seconds(session: Session, build: Build) -> float:
@@ -261,22 +286,34 @@ def saved_seconds(session: Session, build: Build) -> float:
     return float(session.scalar(stmt) or 0.0)
 
 
-def last_real_run(session: Session, project_id: str, name: str, build_id: str) -> Step | None:
-    """The latest run of a step of this name in the project that executed (was not cached)."""
-    stmt = (
-        select(Step)
+def last_real_runs(
+    session: Session, project_id: str, names: Collection[str], build_id: str
+) -> dict[str, tuple[datetime, datetime]]:
+    """step name -> (started, completed) of the latest run of a step of that name in the project, outside
+    build_id, that executed (was not cached): one query for every name."""
+    if not names:
+        return {}
+    latest = (
+        select(
+            Step.name,
+            Step.started_at,
+            Step.completed_at,
+            func.row_number()
+            .over(partition_by=Step.name, order_by=(Step.started_at.desc(), Step.id.desc()))
+            .label("rank"),
+        )
         .where(
             Step.project_id == project_id,
-            Step.name == name,
+            Step.name.in_(sorted(names)),
             Step.build_id != build_id,
             Step.cached.is_(False),
             Step.started_known.is_(True),
             Step.completed_at.is_not(None),
         )
-        .order_by(Step.started_at.desc())
-        .limit(1)
+        .subquery()
     )
-    return session.scalars(stmt).first()
+    stmt = select(latest.c.name, latest.c.started_at, latest.c.completed_at).where(latest.c.rank == 1)
+    return {name: (started, completed) for name, started, completed in session.execute(stmt)}
 
 
 def shared_build(session: Session, share_hash: str) -> Build | None:

@@ -88,9 +88,10 @@ def create_build(
         created_at=now,
         started_at=now,
         started_by=f"{principal.kind}:{principal.token_id}"[:200],
+        share_hash=None,
+        status_bytes=0,
     )
-    session.add(build)
-    # One flush writes both rows (the build first: the token refers to it).
+    queries.insert_build(session, build)  # before the token, which refers to it
     secret = tokens.create_build_token(session, project.organization_id, project.id, build.id)
     return build, secret
 
@@ -152,11 +153,12 @@ def acquire(session: Session, principal: Principal, build_id: str, platform: str
             hardware=hardware or "16x32",
             acquired_at=now,
             heartbeat_at=now,
+            released_at=None,
         )
-        session.add(lease)
+        queries.insert_lease(session, lease)
     else:
         lease.heartbeat_at, lease.released_at = now, None
-    session.flush()
+        session.flush()
     return lease
 
 
@@ -191,16 +193,19 @@ def record_status(
     """Keeps what the client reported (bounded per build) and merges its vertices (`[depot] …`) into the
     build's steps. Returns False once the bound is reached."""
     build = load_build(session, principal, build_id)
-    # Read before steps.apply writes: on SQLite a write holds the database's one write lock until commit.
-    used = queries.status_bytes(session, build.id)
+    used = queries.status_bytes_locked(session, build.id)
     steps.apply(session, build.id, vertices, logs)
     now = utcnow()
+    added, kept = 0, True
     for payload in payloads:
-        if used + len(payload) > MAX_STATUS_BYTES_PER_BUILD:
-            return False
+        if used + added + len(payload) > MAX_STATUS_BYTES_PER_BUILD:
+            kept = False
+            break
         session.add(StatusReport(build_id=build.id, received_at=now, payload=payload))
-        used += len(payload)
-    return True
+        added += len(payload)
+    if added:
+        queries.add_status_bytes(session, build.id, added)
+    return kept
 
 
 STEPS_LIST, LOGS_LIST = "steps", "logs"

@@ -135,11 +135,11 @@ def apply(
         _append_logs(session, steps, build_id, logs, cap, volume)
     # Meter what each new cache hit saved, once: the duration of the step's last real run in the project.
     # Matched by name, since stock BuildKit gives a cached vertex another digest than the run it reuses.
-    for step in steps.values():
-        if step.cached and step.saved_seconds is None and step.name:
-            if step.name not in savings:  # named by a concurrent writer: looked up now
-                savings[step.name] = _seconds(queries.last_real_run(session, project_id, step.name, build_id))
-            step.saved_seconds = savings[step.name]
+    unmetered = [s for s in steps.values() if s.cached and s.saved_seconds is None and s.name]
+    # Named by a concurrent writer: looked up now.
+    savings |= _durations(session, project_id, build_id, {s.name for s in unmetered} - savings.keys())
+    for step in unmetered:
+        step.saved_seconds = savings[step.name]
     session.flush()
     if out_of_memory and build is not None:
         # Read again, locked, after this transaction's writes: finish_build may have set the error since, and
@@ -148,10 +148,13 @@ def apply(
         note_out_of_memory(build, out_of_memory)
 
 
-def _seconds(earlier: Step | None) -> float:
-    if earlier is not None and earlier.started_at and earlier.completed_at:
-        return max(0.0, (earlier.completed_at - earlier.started_at).total_seconds())
-    return 0.0
+def _durations(session: Session, project_id: str, build_id: str, names: set[str]) -> dict[str, float]:
+    """step name -> seconds its last real run in the project took (0 when it never ran)."""
+    runs = queries.last_real_runs(session, project_id, names, build_id)
+    seconds = {
+        name: max(0.0, (completed - started).total_seconds()) for name, (started, completed) in runs.items()
+    }
+    return {name: seconds.get(name, 0.0) for name in names}
 
 
 def _earlier_runs(
@@ -170,8 +173,7 @@ def _earlier_runs(
             names[v.digest] = v.name[:MAX_STEP_NAME]
         if v.cached and (v.digest not in steps or steps[v.digest].saved_seconds is None):
             cached.add(v.digest)
-    wanted = {names[d] for d in cached if names.get(d)}
-    return {name: _seconds(queries.last_real_run(session, project_id, name, build_id)) for name in wanted}
+    return _durations(session, project_id, build_id, {names[d] for d in cached if names.get(d)})
 
 
 def note_out_of_memory(build: Build, step_error: str) -> None:

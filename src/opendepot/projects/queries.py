@@ -58,7 +58,7 @@ def with_organizations(
     )
     if only_project_id is not None:
         stmt = stmt.where(Project.id == only_project_id)
-    return [(p, o) for p, o in session.execute(stmt).tuples()]
+    return [(p, o) for p, o in session.execute(stmt)]
 
 
 def all_ids(session: Session) -> list[str]:

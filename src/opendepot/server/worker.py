@@ -109,5 +109,5 @@ def open_registry(config: Config, store: Store, vault: Vault) -> Registry | None
 
 def opendepot_app(config: Config) -> tuple[Any, Callable[[], None]]:
     """The app factory `serve` runs in each worker process."""
-    store = Store(config.store.database_url)
+    store = Store(config.store.database_url, inline_writes=True)
     return build_app(config, store), store.dispose

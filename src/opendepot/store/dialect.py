@@ -14,5 +14,16 @@ def insert_ignore(
     session: Session, model: type[Any], values: Mapping[str, Any], conflict_on: Sequence[str]
 ) -> None:
     """INSERT … ON CONFLICT DO NOTHING: a row another transaction inserted first is left as it is."""
+    insert_ignore_many(session, model, [values], conflict_on)
+
+
+def insert_ignore_many(
+    session: Session, model: type[Any], rows: Sequence[Mapping[str, Any]], conflict_on: Sequence[str]
+) -> None:
+    """insert_ignore for several rows in one execution. The rows go as parameters (executemany) of a Core
+    statement without values: it compiles once and is then found in the statement cache."""
+    if not rows:
+        return
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    session.execute(insert(model).values(**values).on_conflict_do_nothing(index_elements=list(conflict_on)))
+    statement = insert(model.__table__).on_conflict_do_nothing(index_elements=list(conflict_on))
+    session.connection().execute(statement, [dict(row) for row in rows])

@@ -2,17 +2,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import Connection, Row, bindparam, delete, func, or_, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from .models import Token
 
+_TOKENS = cast(Table, Token.__table__)
 _t = Token.__table__.c
 # Built once: constructing a select costs more than running it. Every RPC runs this one.
 _PRINCIPAL = select(
     _t.id, _t.kind, _t.organization_id, _t.project_id, _t.build_id, _t.secret_hash, _t.expires_at
 ).where(_t.secret_hash == bindparam("secret_hash"))
+
+
+def insert(session: Session, token: Token) -> None:
+    """A new token, written at once with a Core INSERT (every CreateBuild issues one: the session's unit of
+    work costs more than the statement). The object stays outside the session."""
+    values = {column.key: getattr(token, column.key) for column in _TOKENS.columns}
+    session.connection().execute(_TOKENS.insert(), values)
 
 
 def principal_row(
@@ -70,6 +79,8 @@ _EXPIRE_BUILD_TOKENS = (
         or_(Token.expires_at.is_(None), Token.expires_at > bindparam("expiry")),
     )
     .values(expires_at=bindparam("expiry"))
+    # Tokens are read on a bare connection (auth), never held in a session: nothing to evaluate in memory.
+    .execution_options(synchronize_session=False)
 )
 
 

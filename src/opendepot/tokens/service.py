@@ -45,8 +45,7 @@ def _issue(
         created_at=utcnow(),
         expires_at=expires_at,
     )
-    session.add(token)
-    session.flush()
+    queries.insert(session, token)
     return token, secret
 
 

@@ -90,4 +90,4 @@ def saved_seconds_by_build(
         .where(Build.project_id == project_id, Build.created_at >= start, Build.created_at < end)
         .group_by(Step.build_id)
     )
-    return {build_id: float(saved or 0.0) for build_id, saved in session.execute(stmt).tuples()}
+    return {build_id: float(saved or 0.0) for build_id, saved in session.execute(stmt)}

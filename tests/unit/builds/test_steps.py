@@ -105,16 +105,19 @@ def test_two_writers_adding_the_same_step_at_once_both_succeed(
 ) -> None:
     """The gateway's recorder and the CLI's status stream report the same vertex (`[depot] launching`) at
     the same moment: both transactions see no step yet, both add it. The second waits for the first, then
-    merges into its row instead of failing on the unique constraint (build_id, digest)."""
+    merges into its row instead of failing on the unique constraint (build_id, digest). On SQLite the
+    store's write lock runs one transaction after the other, so the second finds the first's step."""
     store = either_store
     build_id = new_build(store)
+    serialised = store.write_lock is not None
     both_looked = threading.Barrier(2, timeout=20)
     count = queries.step_count
 
     def step_count_then_wait(session: Session, build: str) -> int:
         # Both transactions have read the build's steps (none yet) before either adds one.
         counted = count(session, build)
-        both_looked.wait()
+        if not serialised:
+            both_looked.wait()
         return counted
 
     monkeypatch.setattr(queries, "step_count", step_count_then_wait)
@@ -149,3 +152,40 @@ def test_two_writers_adding_the_same_step_at_once_both_succeed(
         assert step.cached and step.has_logs
         assert sorted(line.text for line in lines) == ["from the CLI", "from the gateway"]
         assert volume.bytes == len(b"from the CLI\n") + len(b"from the gateway\n")
+
+
+def test_a_cached_step_is_metered_with_its_latest_real_run_in_the_project(store: Store) -> None:
+    """Several cached steps are metered from one query: per name, the latest run that executed, in another
+    build of the same project; a name that never ran saves nothing."""
+    with store.transaction() as session:
+        admin, project = organization_with_project(session)
+        earlier, later, cached_run, now = (
+            builds.create_build(session, admin, project.id, [])[0].id for _ in range(4)
+        )
+    runs = [
+        (earlier, "RUN make", T0, 10),
+        (earlier, "COPY . .", T0, 2),
+        (later, "RUN make", T0 + timedelta(hours=1), 30),  # the latest real run of RUN make
+    ]
+    with store.transaction() as session:
+        for i, (build_id, name, start, seconds) in enumerate(runs):
+            done = start + timedelta(seconds=seconds)
+            steps.apply(
+                session,
+                build_id,
+                [vertex(digest=f"sha256:{i}", name=name, started=start, completed=done)],
+                [],
+            )
+        # A cached run after both does not count: it executed nothing.
+        at = T0 + timedelta(hours=2)
+        steps.apply(session, cached_run, [vertex(name="RUN make", started=at, completed=at, cached=True)], [])
+    reported = [
+        vertex(digest="sha256:a", name="RUN make", started=T0, completed=T0, cached=True),
+        vertex(digest="sha256:b", name="COPY . .", started=T0, completed=T0, cached=True),
+        vertex(digest="sha256:c", name="RUN never-ran", started=T0, completed=T0, cached=True),
+    ]
+    with store.transaction() as session:
+        steps.apply(session, now, reported, [])
+    with store.transaction() as session:
+        saved = {s.name: s.saved_seconds for s in queries.steps_page(session, now, limit=10, after=None)}
+    assert saved == {"RUN make": 30.0, "COPY . .": 2.0, "RUN never-ran": 0.0}

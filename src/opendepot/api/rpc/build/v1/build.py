@@ -23,7 +23,9 @@ class BuildService(build_connect.BuildService):
 
     async def create_build(self, request: pb.CreateBuildRequest, ctx: Ctx) -> pb.CreateBuildResponse:
         who = caller()
-        build, token = await self.d.store.run(lambda s: builds.create_build(s, who, request.project_id, []))
+        build, token = await self.d.store.run_short(
+            lambda s: builds.create_build(s, who, request.project_id, [])
+        )
         return pb.CreateBuildResponse(build_id=build.id, build_token=token)
 
     async def finish_build(self, request: pb.FinishBuildRequest, ctx: Ctx) -> pb.FinishBuildResponse:
@@ -36,7 +38,7 @@ class BuildService(build_connect.BuildService):
                 if result.field == "success"
                 else builds.Outcome.failed(result.value.error)
             )
-        await self.d.store.run(lambda s: builds.finish_build(s, who, request.build_id, outcome))
+        await self.d.store.run_short(lambda s: builds.finish_build(s, who, request.build_id, outcome))
         return pb.FinishBuildResponse()
 
     async def get_build_steps(self, request: pb.GetBuildStepsRequest, ctx: Ctx) -> pb.GetBuildStepsResponse:

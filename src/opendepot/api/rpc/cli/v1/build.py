@@ -86,7 +86,7 @@ class BuildService(build_connect.BuildService):
         saves = self.d.registry is not None and registry.uses_registry(options)
         if saves:
             registry.save_tags(options)  # refuses a bad --save-tag before anything is written
-        build, token = await self.d.store.run(
+        build, token = await self.d.store.run_short(
             lambda s: builds.create_build(s, who, request.project_id or None, options)
         )
         response = pb.CreateBuildResponse(
@@ -139,7 +139,7 @@ class BuildService(build_connect.BuildService):
     async def finish_build(self, request: pb.FinishBuildRequest, ctx: Ctx) -> pb.FinishBuildResponse:
         who = caller()
         outcome = finish_outcome(request.result)
-        await self.d.store.run(lambda s: builds.finish_build(s, who, request.build_id, outcome))
+        await self.d.store.run_short(lambda s: builds.finish_build(s, who, request.build_id, outcome))
         return pb.FinishBuildResponse()
 
     async def get_build_kit_connection(
@@ -167,7 +167,7 @@ class BuildService(build_connect.BuildService):
     ) -> pb.ReportBuildHealthResponse:
         who = caller()
         platform = platform_in(request.platform) if request.platform else None
-        await self.d.store.run(lambda s: builds.heartbeat(s, who, request.build_id, platform))
+        await self.d.store.run_short(lambda s: builds.heartbeat(s, who, request.build_id, platform))
         # cancels_at stays unset: an empty Timestamp would cancel the build at once (spec §6.5).
         return pb.ReportBuildHealthResponse()
 
