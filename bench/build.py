@@ -446,6 +446,38 @@ def h2load_times(url: str, body: bytes, token: str, requests: int, work: Path) -
     return times
 
 
+def floor_row(calls: int, work: Path) -> str:
+    """The stack's floor: a trivial ASGI app (bench/trivial_app.py: opendepot's supervisor, workers, event
+    loop and Hypercorn settings) answering one request per new h2c connection, as GetBuildKitConnection is
+    timed below."""
+    port = free_port()
+    trivial = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "trivial_app.py"), f"127.0.0.1:{port}", str(os.cpu_count())],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/floor"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.post(url, content=b"")
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        times = [t for _ in range(calls) for t in h2load_times(url, b"\n\x01x", "none", 1, work)]
+    finally:
+        trivial.terminate()
+        trivial.wait(timeout=30)
+    return (
+        f"    the floor: a trivial ASGI app on the same Hypercorn, one request per new h2c connection, "
+        f"{calls} calls: p50 {percentile(times, 50):.1f} ms, p95 {percentile(times, 95):.1f} ms"
+    )
+
+
 def api_rows(servers: list[tuple[str, Server, str]], calls: int, work: Path) -> list[str]:
     """CreateBuild, and the first GetBuildKitConnection of a new build on its project's warm builder (what
     the CLI does next), timed by h2load over h2c; servers take turns in blocks of 20."""
@@ -472,7 +504,7 @@ def api_rows(servers: list[tuple[str, Server, str]], calls: int, work: Path) -> 
                 response = get_connection(http, server, build_id, token)
                 assert response.connection is not None and response.connection.field == "active"
             done += block
-    rows = []
+    rows = [floor_row(calls, work / "floor")]
     for label, server, _p in servers:
         # The server's own time for the same calls (its RPC log): what the client's Python adds is not in it.
         served: dict[str, list[float]] = {"CreateBuild": [], "GetBuildKitConnection": []}
