@@ -78,18 +78,18 @@ class BuilderAccess:
     async def acquire(self, principal: Principal, build_id: str, platform: str) -> Connection | None:
         """None while the builder is starting (answer pending); the connection once it runs."""
         builds.check_platform(platform, self.platforms)
-        lease, machine = await self.store.run_short(
+        project_id, machine = await self.store.run_short(
             lambda s: service.acquire(s, principal, build_id, platform)
         )
         if machine is not None and machine.state == BuilderState.FAILED:
             raise FailedPrecondition(f"the {platform} builder failed to start: {machine.error}")
         if machine is None or machine.state != BuilderState.RUNNING:
             return None
-        identity = ClientIdentity(project_id=lease.project_id, build_id=lease.build_id, platform=platform)
+        identity = ClientIdentity(project_id=project_id, build_id=build_id, platform=platform)
         issued = self._certificate(identity)
         return Connection(
             endpoint=self.endpoint,
-            server_name=server_name(lease.project_id),
+            server_name=server_name(project_id),
             cert_pem=issued.cert_pem,
             key_pem=issued.key_pem,
             ca_pem=issued.ca_pem,

@@ -6,7 +6,6 @@ from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal
 from opendepot.builds import service as builds
-from opendepot.builds.models import Lease
 from opendepot.clock import utcnow
 
 from . import queries
@@ -53,7 +52,8 @@ def resetting(session: Session, project_id: str) -> bool:
 
 def acquire(
     session: Session, principal: Principal, build_id: str, platform: str
-) -> tuple[Lease, Machine | None]:
-    """Takes or renews the build's lease and reads the project's builder row: is the builder up?"""
-    lease = builds.acquire(session, principal, build_id, platform)
-    return lease, queries.get(session, lease.project_id, platform)
+) -> tuple[str, queries.MachineState | None]:
+    """Takes or renews the build's lease; returns the build's project and its builder's (state, error):
+    is the builder up?"""
+    project_id = builds.acquire(session, principal, build_id, platform)
+    return project_id, queries.state(session, project_id, platform)

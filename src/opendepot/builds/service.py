@@ -133,33 +133,32 @@ def check_platform(platform: str | None, supported: Sequence[str]) -> str:
     return platform
 
 
-def acquire(session: Session, principal: Principal, build_id: str, platform: str) -> Lease:
-    """Takes or renews the build's lease on its project's builder. The build, its lease on this platform and
-    its project's hardware come in one query: this is on every connection's path."""
+def acquire(session: Session, principal: Principal, build_id: str, platform: str) -> str:
+    """Takes or renews the build's lease on its project's builder; returns the build's project. The build,
+    its lease on this platform and its project's hardware come in one query: this is on every connection's
+    path."""
     found = queries.build_with_lease(session, require_id("build_id", build_id), platform)
     if found is None:
         raise NotFound(f"build {build_id!r} not found")
-    build, lease, hardware = found
-    principal.require_build_access(build.organization_id, build.project_id, build.id)
-    if build.status in FINISHED:
-        raise FailedPrecondition(f"build {build.id} is {build.status}; start a new build")
+    principal.require_build_access(found.organization_id, found.project_id, build_id)
+    if found.status in FINISHED:
+        raise FailedPrecondition(f"build {build_id} is {found.status}; start a new build")
     now = utcnow()
-    if lease is None:
+    if found.lease_id is None:
         lease = Lease(
             id=new_id(),
-            build_id=build.id,
-            project_id=build.project_id,
+            build_id=build_id,
+            project_id=found.project_id,
             platform=platform,
-            hardware=hardware or "16x32",
+            hardware=found.hardware or "16x32",
             acquired_at=now,
             heartbeat_at=now,
             released_at=None,
         )
         queries.insert_lease(session, lease)
     else:
-        lease.heartbeat_at, lease.released_at = now, None
-        session.flush()
-    return lease
+        queries.renew_lease(session, found.lease_id, now)
+    return found.project_id
 
 
 def heartbeat(session: Session, principal: Principal, build_id: str, platform: str | None) -> None:
