@@ -6,8 +6,8 @@ connection is accepted only while that build holds a live lease on that platform
 byte for byte to the project's builder. Connections are cut when the lease ends.
 
 Accepting, the handshake (a non-blocking `ssl.SSLSocket` driven by the loop, bounded in time) and the
-admission run on the event loop and hold no thread; an admitted connection is relayed by a thread of its own
-(relay.py), at most `max_relays` at once."""
+admission run on the event loop; admitted connections, at most `max_relays` at once, are relayed by one
+thread beside the loop (relay.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from opendepot.metrics import metrics
 from opendepot.pki.authority import Authority, identity_of, project_of_server_name
 
 from .recorder import MemoryWatch, StepRecorder
-from .relay import Observer, Relay
+from .relay import Observer, Relay, RelayHub
 from .tap import StatusTap
 
 log = logging.getLogger("opendepot.gateway")
@@ -34,7 +34,7 @@ LeaseCheck = Callable[[str, str, str], Awaitable[bool]]
 # (project, build, platform) -> the builder's memory cgroup as the build sees it, or None.
 MemoryWatcher = Callable[[str, str, str], Awaitable[MemoryWatch | None]]
 HANDSHAKE_TIMEOUT = 10.0  # seconds a client has to finish its TLS handshake
-# Relayed connections at once (a thread each); past it a connection is refused with a log line.
+# Relayed connections at once; past it a connection is refused with a log line.
 MAX_RELAYS = 512
 BACKLOG = 512
 
@@ -63,6 +63,7 @@ class Gateway:
         self._accepting: asyncio.Task[None] | None = None
         self._admitting: set[asyncio.Task[None]] = set()
         self._relays: set[Relay] = set()
+        self._hub = RelayHub()
         self._base: ssl.SSLContext | None = None
 
     def _project_context(self, project_id: str) -> ssl.SSLContext | None:
@@ -139,6 +140,7 @@ class Gateway:
         ending = [relay.ended for relay in relays if relay.ended is not None]
         if ending:
             await asyncio.wait(ending, timeout=5)
+        await asyncio.to_thread(self._hub.stop)
 
     def keep_only(self, live: set[tuple[str, str]]) -> None:
         """Cuts every connection whose (build, platform) lease is no longer live."""
@@ -231,11 +233,13 @@ class Gateway:
             )
             return False
         key = (identity.build_id, identity.platform)
-        current_build.set(identity.build_id)  # the relay thread and its end run in this context: logs name it
+        current_build.set(
+            identity.build_id
+        )  # the relay's passes and its end run in this context: logs name it
         measured = metrics()
         loop = asyncio.get_running_loop()
         # The tap reads the Status stream on its way to the client; the bytes pass unchanged. It runs in the
-        # relay's thread and hands what it read to the loop, where the recorder lives.
+        # relay thread and hands what it read to the loop, where the recorder lives.
         up: Observer = _ignore
         down: Observer = _ignore
         if self.recorder is not None:
@@ -279,7 +283,8 @@ class Gateway:
             self._relays.discard(relay)
             self._connections.get(key, set()).discard(relay)
 
-        relay.start(loop, ended)
+        relay.prepare(loop, ended)
+        self._hub.add(relay)
         return True
 
 

@@ -1,14 +1,14 @@
-"""The gateway's data path: one admitted connection relayed by a thread of its own.
+"""The gateway's data path: admitted connections relayed by one thread beside the event loop.
 
-Both ends are non-blocking sockets (the client's an `ssl.SSLSocket`, OpenSSL reading the kernel socket itself;
-the builder's a unix socket, or an `ssl.SSLSocket` to a pod) polled by one thread, so one TLS object is only
-ever used by one thread. Each direction reads what is ready into its own buffer (several TLS records at
-once), shows it to its observer (the status tap) and sends it on as one write; it reads again only once that
-write is done, so a peer that stops reading stops the other end at one buffer's worth — the gateway never
-holds more. The GIL is released while OpenSSL decrypts and while the kernel copies.
+Both ends of a connection are non-blocking sockets (the client's an `ssl.SSLSocket`, OpenSSL reading the
+kernel socket itself; the builder's a unix socket, or an `ssl.SSLSocket` to a pod), all polled by the hub's
+thread, so a TLS object is only ever used by that thread. Each direction reads what is ready into its own
+buffer (several TLS records at once), shows it to its observer (the status tap) and sends it on as one write;
+it reads again only once that write is done, so a peer that stops reading stops the other end at one buffer's
+worth — the gateway never holds more. The GIL is released while OpenSSL decrypts and the kernel copies.
 
-The loop side only starts a relay and cuts it: `cut()` shuts both sockets down, which wakes the thread, and
-the thread closes them and reports its end through `loop.call_soon_threadsafe`."""
+The loop side only hands a relay to the hub and cuts it: `cut()` shuts both sockets down, which wakes the
+hub, and the hub closes them and reports the end through `loop.call_soon_threadsafe`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import os
 import select
 import socket
 import ssl
@@ -28,6 +29,12 @@ log = logging.getLogger("opendepot.gateway")
 
 # Per direction: what one pass may read before it is sent on (several 16 KiB TLS records, few writes).
 BUFFER = 256 << 10
+# While a bulk upload flows (a pass read at least BULK), the client's socket wakes the relay only once LOWAT
+# bytes are queued, or after BULK_WAIT seconds: fewer, larger passes (each pass costs a wake-up, a poll and a
+# write that wakes the builder), at most BULK_WAIT more latency where a transfer ends.
+BULK = 64 << 10
+LOWAT = 192 << 10
+BULK_WAIT = 0.002
 # The byte counters are shared between processes (a file write per update): counted in batches.
 COUNT_EVERY = 4 << 20
 Observer = Callable[[memoryview], None]
@@ -47,6 +54,7 @@ class _Flow:
         self.uncounted = 0
         self.total = 0
         self.passes = 0
+        self.last = 0  # bytes the last pass read
         self.buffer = memoryview(bytearray(BUFFER))
         self.pending: memoryview | None = None
         self.eof = False
@@ -62,7 +70,7 @@ class _Flow:
         if self.eof:
             self.ended = True
             return False
-        filled = self._read()
+        filled = self.last = self._read()
         if filled:
             data = self.buffer[:filled]
             # Seen before it is sent: the builder cannot answer a request the tap has not read yet.
@@ -124,7 +132,7 @@ class _Flow:
 
 
 class Relay:
-    """One client connection relayed to its builder until either end closes or `cut()`."""
+    """One client connection relayed to its builder until either end closes or `cut()`; pumped by a hub."""
 
     def __init__(
         self,
@@ -139,13 +147,24 @@ class Relay:
         self.client, self.builder = client, builder
         self._up = _Flow(client, builder, *up)
         self._down = _Flow(builder, client, *down)
-        self._lock = threading.Lock()  # cut() against the thread's close: never shut down a reused fd
+        self._flows = (self._up, self._down)
+        self.fds = (client.fileno(), builder.fileno())
+        self._lock = threading.Lock()  # cut() against the hub's close: never shut down a reused fd
         self._closed = False
-        self._thread: threading.Thread | None = None
         self.ended: asyncio.Future[None] | None = None
+        self._finished: Callable[[], None] = lambda: None
+        # The hub's bookkeeping: which flows may make progress now, what each fd is polled for, fds that hung
+        # up (no longer polled: they would wake every poll), and the client's SO_RCVLOWAT with its deadline.
+        self.ready = [True, True]
+        self.masks = {fd: 0 for fd in self.fds}
+        self.hung: set[int] = set()
+        self._tcp_client = client.family in (socket.AF_INET, socket.AF_INET6)
+        self.lowat = 1
+        self.bulk_deadline: float | None = None
+        self.context = contextvars.copy_context()
 
-    def start(self, loop: asyncio.AbstractEventLoop, on_end: Callable[[], None] = lambda: None) -> None:
-        """Starts the thread; on_end runs on loop (in the caller's context) once the connection is over."""
+    def prepare(self, loop: asyncio.AbstractEventLoop, on_end: Callable[[], None]) -> None:
+        """On the loop: on_end runs there (in the caller's context) once the connection is over."""
         self.ended = loop.create_future()
         context = contextvars.copy_context()
 
@@ -155,77 +174,188 @@ class Relay:
                 self.ended.set_result(None)
             on_end()
 
-        def run() -> None:
-            try:
-                context.run(self._run)
-            finally:
-                self._close()
-                with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-                    loop.call_soon_threadsafe(finished, context=context)
+        def report() -> None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+                loop.call_soon_threadsafe(finished, context=context)
 
-        self._thread = threading.Thread(target=run, name=f"gateway {self.name}", daemon=True)
-        self._thread.start()
+        self._finished = report
+        self.context = context
 
     def cut(self) -> None:
-        """Ends the relay from any thread: both sockets shut down, the thread sees it and closes them."""
+        """Ends the relay from any thread: both sockets shut down, the hub sees it and closes them."""
         with self._lock:
             if self._closed:
                 return
             for sock in (self.client, self.builder):
-                # The plain socket's shutdown: SSLSocket's own would drop its TLS state under the thread.
+                # The plain socket's shutdown: SSLSocket's own would drop its TLS state under the hub.
                 with contextlib.suppress(OSError):
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
-    def _close(self) -> None:
+    def pump(self, now: float) -> dict[int, int] | None:
+        """Moves what it can; returns the poll mask each of its (live) fds needs, or None once it is over."""
+        wanted = dict.fromkeys(self.fds, 0)
+        for i, flow in enumerate(self._flows):
+            if not self.ready[i] and flow.wants is not None and flow.wants[0].fileno() in self.hung:
+                self.ready[i] = True
+            if self.ready[i]:
+                self.ready[i] = flow.step()
+            if flow.ended:
+                return None
+            if flow.wants is not None:
+                wanted[flow.wants[0].fileno()] |= flow.wants[1]
+        if self._tcp_client and self.lowat != (bulk := LOWAT if self._up.last >= BULK else 1):
+            self.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, bulk)
+            self.lowat = bulk
+        waiting = self.lowat > 1 and not self.ready[0] and self._up.wants == (self.client, select.POLLIN)
+        self.bulk_deadline = now + BULK_WAIT if waiting else None
+        return {fd: mask for fd, mask in wanted.items() if fd not in self.hung}
+
+    def woken(self, fd: int, event: int) -> bool:
+        """A poll event on one of its fds; True if that fd hung up (the hub stops polling it)."""
+        for i, flow in enumerate(self._flows):
+            if flow.wants is not None and flow.wants[0].fileno() == fd:
+                self.ready[i] = True
+        if event & (select.POLLHUP | select.POLLERR | select.POLLNVAL) and fd not in self.hung:
+            self.hung.add(fd)
+            return True
+        return False
+
+    def bulk_timed_out(self) -> None:
+        """The end of a transfer, short of LOWAT: read what there is."""
+        self.ready[0] = True
+        self.bulk_deadline = None
+
+    def close(self) -> None:
+        """In the hub, once over: counts, closes both ends, reports to the loop."""
+        for flow in self._flows:
+            flow.count()
         with self._lock:
             self._closed = True
             self.client.close()
             self.builder.close()
+        log.debug(
+            "relay %s ended: %d bytes up, %d down in %d passes",
+            self.name,
+            self._up.total,
+            self._down.total,
+            self._up.passes + self._down.passes,
+        )
+        self._finished()
+
+
+class RelayHub:
+    """The thread that relays every admitted connection: one poll over all their sockets. One thread, not one
+    per connection: relays never take the GIL from each other mid-pass, and each TLS object is only ever used
+    by this thread. OpenSSL and the kernel copies run with the GIL released, beside the event loop."""
+
+    def __init__(self) -> None:
+        self._poller = select.poll()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._poller.register(self._wake_read, select.POLLIN)
+        self._lock = threading.Lock()
+        self._arriving: list[Relay] = []
+        self._stopping = False
+        self._relays: dict[int, Relay] = {}  # by each of its fds
+        self._thread: threading.Thread | None = None
+
+    def add(self, relay: Relay) -> None:
+        """From the loop: the hub starts relaying (its thread starts with the first relay)."""
+        with self._lock:
+            self._arriving.append(relay)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="gateway relay", daemon=True)
+                self._thread.start()
+        self._wake()
+
+    def stop(self) -> None:
+        """Ends the thread (relays still open are closed); blocking: call it off the loop."""
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+        self._wake()
+        if thread is not None:
+            thread.join(10)
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_write, b"x")
 
     def _run(self) -> None:
-        flows = (self._up, self._down)
-        poller = select.poll()
-        fds = (self.client.fileno(), self.builder.fileno())
-        masks = {fd: 0 for fd in fds}
-        for fd in fds:
-            poller.register(fd, 0)
-        # Sockets the kernel reported hung up or failed: no longer polled (they would wake every poll); the
-        # flows waiting on them are retried, and their next read or write sees the end.
-        hung: set[int] = set()
-        ready = [True, True]
+        ready: set[Relay] = set()
         try:
             while True:
-                wanted = dict.fromkeys(fds, 0)
-                for i, flow in enumerate(flows):
-                    if not ready[i] and flow.wants is not None and flow.wants[0].fileno() in hung:
-                        ready[i] = True
-                    if ready[i]:
-                        ready[i] = flow.step()
-                    if flow.ended:
-                        return
-                    if flow.wants is not None:
-                        wanted[flow.wants[0].fileno()] |= flow.wants[1]
-                for fd, mask in wanted.items():
-                    if mask != masks[fd] and fd not in hung:
-                        poller.modify(fd, mask)
-                        masks[fd] = mask
-                for fd, event in poller.poll(0 if ready[0] or ready[1] else None):
-                    if event & (select.POLLHUP | select.POLLERR | select.POLLNVAL) and fd not in hung:
-                        hung.add(fd)
-                        poller.unregister(fd)
-                    for i, flow in enumerate(flows):
-                        if flow.wants is not None and flow.wants[0].fileno() == fd:
-                            ready[i] = True
+                now = time.monotonic()
+                for relay in list(ready):
+                    self._pump(relay, now)
+                ready = {relay for relay in self._relays.values() if relay.ready[0] or relay.ready[1]}
+                deadlines = [r.bulk_deadline for r in self._relays.values() if r.bulk_deadline is not None]
+                if ready:
+                    timeout: float | None = 0
+                elif deadlines:
+                    timeout = max(0.0, (min(deadlines) - now) * 1000)
+                else:
+                    timeout = None
+                events = self._poller.poll(timeout)
+                for fd, event in events:
+                    if fd == self._wake_read:
+                        if self._arrived():
+                            return
+                        ready.update(r for r in self._relays.values() if r.ready[0] or r.ready[1])
+                        continue
+                    woken = self._relays.get(fd)
+                    if woken is None:
+                        continue
+                    if woken.woken(fd, event):
+                        self._poller.unregister(fd)
+                    ready.add(woken)
+                now = time.monotonic()
+                for relay in set(self._relays.values()):
+                    if relay.bulk_deadline is not None and relay.bulk_deadline <= now and relay not in ready:
+                        relay.bulk_timed_out()
+                        ready.add(relay)
         except Exception:
-            log.exception("gateway relay %s failed", self.name)
+            log.exception("the gateway's relay thread failed; its connections are closed")
         finally:
-            for flow in flows:
-                flow.count()
-            log.debug(
-                "relay %s ended: %d bytes up, %d down in %d passes, %.3f s CPU",
-                self.name,
-                self._up.total,
-                self._down.total,
-                self._up.passes + self._down.passes,
-                time.thread_time(),
-            )
+            for relay in set(self._relays.values()):
+                self._finish(relay)
+
+    def _arrived(self) -> bool:
+        """Takes in new relays; True when the hub is stopping."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_read, 4096)
+        with self._lock:
+            arriving, self._arriving = self._arriving, []
+            stopping = self._stopping
+        for relay in arriving:
+            for fd in relay.fds:
+                self._relays[fd] = relay
+                self._poller.register(fd, 0)
+        return stopping
+
+    def _pump(self, relay: Relay, now: float) -> None:
+        try:
+            masks = relay.context.run(relay.pump, now)  # the tap's and the relay's log lines name the build
+        except Exception:
+            log.exception("gateway relay %s failed", relay.name)
+            masks = None
+        if masks is None:
+            self._finish(relay)
+            return
+        for fd, mask in masks.items():
+            if relay.masks[fd] != mask:
+                self._poller.modify(fd, mask)
+                relay.masks[fd] = mask
+
+    def _finish(self, relay: Relay) -> None:
+        for fd in relay.fds:
+            if self._relays.pop(fd, None) is not None and fd not in relay.hung:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._poller.unregister(fd)
+        relay.close()

@@ -1,4 +1,4 @@
-"""The gateway's data path: a relay thread per admitted connection, and the listener that admits them.
+"""The gateway's data path: the relay thread for admitted connections, and the listener that admits them.
 
 Relays are driven over socket pairs; the listener over real TLS with certificates the project's CA issued,
 its builder a socket pair end this test holds."""
@@ -22,7 +22,7 @@ import pytest
 
 from opendepot.gateway import listener
 from opendepot.gateway.listener import Gateway
-from opendepot.gateway.relay import BUFFER, Relay
+from opendepot.gateway.relay import BUFFER, Relay, RelayHub
 from opendepot.pki.authority import Authority, ClientIdentity, server_name
 from opendepot.sealed.vault import Vault
 
@@ -48,7 +48,7 @@ def test_bytes_pass_both_ways_unchanged_and_the_observers_see_them() -> None:
             up=(lambda data: seen_up.append(bytes(data)), None),
             down=(lambda data: seen_down.append(bytes(data)), None),
         )
-        relay.start(asyncio.get_running_loop())
+        hub = started(relay)
         payload = os.urandom(3 * BUFFER + 12345)
 
         def exchange() -> bytes:
@@ -68,27 +68,46 @@ def test_bytes_pass_both_ways_unchanged_and_the_observers_see_them() -> None:
         assert await asyncio.to_thread(builder_far.recv, 10) == b""
         assert relay.ended is not None
         await asyncio.wait_for(relay.ended, 5)
+        await asyncio.to_thread(hub.stop)
 
     asyncio.run(scenario())
 
 
-def test_a_cut_relay_ends_its_thread_and_closes_both_ends() -> None:
+def started(*relays: Relay, on_end: Callable[[], None] = lambda: None) -> RelayHub:
+    hub = RelayHub()
+    for relay in relays:
+        relay.prepare(asyncio.get_running_loop(), on_end)
+        hub.add(relay)
+    return hub
+
+
+def test_a_cut_relay_is_closed_and_the_others_go_on_until_the_hub_stops() -> None:
     async def scenario() -> None:
         client_near, client_far = pair()
         builder_near, builder_far = pair()
+        other_client, other_client_far = pair()
+        other_builder, other_builder_far = pair()
         relay = Relay("b/amd64", client_near, builder_near)
+        other = Relay("c/amd64", other_client, other_builder)
         ended: list[bool] = []
-        relay.start(asyncio.get_running_loop(), lambda: ended.append(True))
-        assert relay._thread is not None and relay._thread.is_alive()
+        hub = started(relay, other, on_end=lambda: ended.append(True))
+        assert hub.alive()
         relay.cut()
         assert relay.ended is not None
         await asyncio.wait_for(relay.ended, 5)
         assert ended == [True]
-        relay._thread.join(5)
-        assert not relay._thread.is_alive()
         assert client_near.fileno() == -1 and builder_near.fileno() == -1
         assert client_far.recv(10) == b"" and builder_far.recv(10) == b""
         relay.cut()  # again, after the end: nothing to do, no error
+        other_client_far.sendall(b"still")
+        assert await asyncio.to_thread(other_builder_far.recv, 10) == b"still"
+        await asyncio.to_thread(
+            hub.stop
+        )  # the gateway closing: what is still open is closed, the thread ends
+        assert not hub.alive()
+        assert other.ended is not None
+        await asyncio.wait_for(other.ended, 5)
+        assert other_client_far.recv(10) == b"" and other_builder_far.recv(10) == b""
 
     asyncio.run(scenario())
 
@@ -103,7 +122,7 @@ def test_a_client_that_stops_reading_holds_the_builder_back() -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
         relay = Relay("b/amd64", client_near, builder_near)
-        relay.start(asyncio.get_running_loop())
+        hub = started(relay)
         builder_far.setblocking(False)
         chunk = b"x" * (64 << 10)
 
@@ -134,6 +153,7 @@ def test_a_client_that_stops_reading_holds_the_builder_back() -> None:
         relay.cut()
         assert relay.ended is not None
         await asyncio.wait_for(relay.ended, 5)
+        await asyncio.to_thread(hub.stop)
 
     asyncio.run(scenario())
 
