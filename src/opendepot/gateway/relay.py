@@ -21,7 +21,6 @@ import select
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,12 +28,6 @@ log = logging.getLogger("opendepot.gateway")
 
 # Per direction: what one pass may read before it is sent on (several 16 KiB TLS records, few writes).
 BUFFER = 256 << 10
-# While a bulk upload flows (a pass read at least BULK), the client's socket wakes the relay only once LOWAT
-# bytes are queued, or after BULK_WAIT seconds: fewer, larger passes (each pass costs a wake-up, a poll and a
-# write that wakes the builder), at most BULK_WAIT more latency where a transfer ends.
-BULK = 64 << 10
-LOWAT = 192 << 10
-BULK_WAIT = 0.002
 # The byte counters are shared between processes (a file write per update): counted in batches.
 COUNT_EVERY = 4 << 20
 Observer = Callable[[memoryview], None]
@@ -54,7 +47,6 @@ class _Flow:
         self.uncounted = 0
         self.total = 0
         self.passes = 0
-        self.last = 0  # bytes the last pass read
         self.buffer = memoryview(bytearray(BUFFER))
         self.pending: memoryview | None = None
         self.eof = False
@@ -70,7 +62,7 @@ class _Flow:
         if self.eof:
             self.ended = True
             return False
-        filled = self.last = self._read()
+        filled = self._read()
         if filled:
             data = self.buffer[:filled]
             # Seen before it is sent: the builder cannot answer a request the tap has not read yet.
@@ -154,13 +146,10 @@ class Relay:
         self.ended: asyncio.Future[None] | None = None
         self._finished: Callable[[], None] = lambda: None
         # The hub's bookkeeping: which flows may make progress now, what each fd is polled for, fds that hung
-        # up (no longer polled: they would wake every poll), and the client's SO_RCVLOWAT with its deadline.
+        # up (no longer polled: they would wake every poll).
         self.ready = [True, True]
         self.masks = {fd: 0 for fd in self.fds}
         self.hung: set[int] = set()
-        self._tcp_client = client.family in (socket.AF_INET, socket.AF_INET6)
-        self.lowat = 1
-        self.bulk_deadline: float | None = None
         self.context = contextvars.copy_context()
 
     def prepare(self, loop: asyncio.AbstractEventLoop, on_end: Callable[[], None]) -> None:
@@ -191,7 +180,7 @@ class Relay:
                 with contextlib.suppress(OSError):
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
-    def pump(self, now: float) -> dict[int, int] | None:
+    def pump(self) -> dict[int, int] | None:
         """Moves what it can; returns the poll mask each of its (live) fds needs, or None once it is over."""
         wanted = dict.fromkeys(self.fds, 0)
         for i, flow in enumerate(self._flows):
@@ -203,11 +192,6 @@ class Relay:
                 return None
             if flow.wants is not None:
                 wanted[flow.wants[0].fileno()] |= flow.wants[1]
-        if self._tcp_client and self.lowat != (bulk := LOWAT if self._up.last >= BULK else 1):
-            self.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, bulk)
-            self.lowat = bulk
-        waiting = self.lowat > 1 and not self.ready[0] and self._up.wants == (self.client, select.POLLIN)
-        self.bulk_deadline = now + BULK_WAIT if waiting else None
         return {fd: mask for fd, mask in wanted.items() if fd not in self.hung}
 
     def woken(self, fd: int, event: int) -> bool:
@@ -219,11 +203,6 @@ class Relay:
             self.hung.add(fd)
             return True
         return False
-
-    def bulk_timed_out(self) -> None:
-        """The end of a transfer, short of LOWAT: read what there is."""
-        self.ready[0] = True
-        self.bulk_deadline = None
 
     def close(self) -> None:
         """In the hub, once over: counts, closes both ends, reports to the loop."""
@@ -291,18 +270,10 @@ class RelayHub:
         ready: set[Relay] = set()
         try:
             while True:
-                now = time.monotonic()
                 for relay in list(ready):
-                    self._pump(relay, now)
+                    self._pump(relay)
                 ready = {relay for relay in self._relays.values() if relay.ready[0] or relay.ready[1]}
-                deadlines = [r.bulk_deadline for r in self._relays.values() if r.bulk_deadline is not None]
-                if ready:
-                    timeout: float | None = 0
-                elif deadlines:
-                    timeout = max(0.0, (min(deadlines) - now) * 1000)
-                else:
-                    timeout = None
-                events = self._poller.poll(timeout)
+                events = self._poller.poll(0 if ready else None)
                 for fd, event in events:
                     if fd == self._wake_read:
                         if self._arrived():
@@ -315,11 +286,6 @@ class RelayHub:
                     if woken.woken(fd, event):
                         self._poller.unregister(fd)
                     ready.add(woken)
-                now = time.monotonic()
-                for relay in set(self._relays.values()):
-                    if relay.bulk_deadline is not None and relay.bulk_deadline <= now and relay not in ready:
-                        relay.bulk_timed_out()
-                        ready.add(relay)
         except Exception:
             log.exception("the gateway's relay thread failed; its connections are closed")
         finally:
@@ -339,9 +305,9 @@ class RelayHub:
                 self._poller.register(fd, 0)
         return stopping
 
-    def _pump(self, relay: Relay, now: float) -> None:
+    def _pump(self, relay: Relay) -> None:
         try:
-            masks = relay.context.run(relay.pump, now)  # the tap's and the relay's log lines name the build
+            masks = relay.context.run(relay.pump)  # the tap's and the relay's log lines name the build
         except Exception:
             log.exception("gateway relay %s failed", relay.name)
             masks = None
