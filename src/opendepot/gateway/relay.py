@@ -242,8 +242,11 @@ class RelayHub:
     def add(self, relay: Relay) -> None:
         """From the loop: the hub starts relaying (its thread starts with the first relay)."""
         with self._lock:
+            if self._stopping:
+                relay.close()
+                return
             self._arriving.append(relay)
-            if self._thread is None:
+            if self._thread is None:  # the first relay, or the thread failed: a fresh one
                 self._thread = threading.Thread(target=self._run, name="gateway relay", daemon=True)
                 self._thread.start()
         self._wake()
@@ -291,6 +294,11 @@ class RelayHub:
         finally:
             for relay in set(self._relays.values()):
                 self._finish(relay)
+            with self._lock:
+                orphans, self._arriving = self._arriving, []
+                self._thread = None  # the next add starts a fresh thread
+            for relay in orphans:
+                relay.close()
 
     def _arrived(self) -> bool:
         """Takes in new relays; True when the hub is stopping."""

@@ -112,6 +112,52 @@ def test_a_cut_relay_is_closed_and_the_others_go_on_until_the_hub_stops() -> Non
     asyncio.run(scenario())
 
 
+class FailingOnce:
+    """The hub's poll, failing the first time it is called (a bug in the hub's loop)."""
+
+    def __init__(self, poller: Any) -> None:
+        self.poller = poller
+        self.failed = False
+
+    def poll(self, timeout: float | None) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a bug")
+        return self.poller.poll(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.poller, name)
+
+
+def test_a_failed_hub_closes_its_connections_and_the_next_one_gets_a_fresh_thread(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        client_near, client_far = pair()
+        builder_near, builder_far = pair()
+        hub = RelayHub()
+        hub._poller = FailingOnce(hub._poller)  # type: ignore[assignment]
+        relay = Relay("b/amd64", client_near, builder_near)
+        with caplog.at_level(logging.ERROR, logger="opendepot.gateway"):
+            relay.prepare(asyncio.get_running_loop(), lambda: None)
+            hub.add(relay)
+            assert relay.ended is not None
+            await asyncio.wait_for(relay.ended, 5)
+        assert "relay thread failed" in caplog.text
+        assert client_far.recv(10) == b"" and builder_far.recv(10) == b""
+        client_near, client_far = pair()
+        builder_near, builder_far = pair()
+        again = Relay("c/amd64", client_near, builder_near)
+        again.prepare(asyncio.get_running_loop(), lambda: None)
+        hub.add(again)
+        client_far.sendall(b"works")
+        assert await asyncio.to_thread(builder_far.recv, 10) == b"works"
+        await asyncio.to_thread(hub.stop)
+        assert not hub.alive()
+
+    asyncio.run(scenario())
+
+
 def test_a_client_that_stops_reading_holds_the_builder_back() -> None:
     """The gateway reads from the builder only what it could pass on: one buffer beyond the sockets' own."""
 
