@@ -25,8 +25,8 @@
     Dockerfile; `depot pull` vs `docker pull` of a saved build from the registry (image removed first).
 
 With --baseline-src DIR (the src/ of another checkout, e.g. `git archive main src | tar -x -C /tmp/base`),
-(a) and the no-change rebuild also run a second server from that code, alternately with this one: before and
-after in one run.
+(a), the no-change rebuild and (c) also run a second server from that code, alternately with this one: before
+and after in one run ((c) adds its gateway as a third side, `@baseline`).
 
     .venv/bin/python bench/build.py [--runs N] [--context-mb M] [--only api,rebuild,realistic,context]
                                     [--baseline-src DIR]
@@ -379,7 +379,7 @@ def main() -> None:
                 if "load" in only:
                     report += load_rows(srv, project, work, env, args.runs)
                 if "context" in only:
-                    report += context_rows(http, srv, work, project, socket, args)
+                    report += context_rows(http, srv, work, project, socket, args, before)
         finally:
             stack.close()
             srv.stop()
@@ -743,32 +743,35 @@ class CpuMeter:
         for part in ("gateway", "builder"):
             spent[part].append(after[part] - before[part])
 
-    def rows(self) -> list[str]:
-        rows = ["    CPU seconds per run (median; client = buildctl, gateway = the process(es) hosting it):"]
-        for side, parts in self.seconds.items():
-            medians = {part: statistics.median(values) for part, values in parts.items()}
-            rows.append(
-                f"      {side:<9}"
-                + ", ".join(f"{part} {value:.2f}" for part, value in medians.items())
-                + f", total {sum(medians.values()):.2f}"
-            )
-        totals = {}
-        for side, parts in self.seconds.items():
-            per_run = [sum(run) for run in zip(*parts.values(), strict=True)]
-            totals[side] = statistics.median(per_run)
-        if totals.get("gateway") and "socket" in totals:
-            rows.append(
-                f"    socket / gateway CPU per run: {totals['socket'] / totals['gateway']:.2f}x"
-                " (what the throughput ratio tends to when the cores are the limit)"
-            )
-        return rows
+
+def cpu_rows(seconds: dict[str, dict[str, list[float]]], mb: int) -> list[str]:
+    rows = ["    CPU seconds per run (median; client = buildctl, gateway = the process(es) hosting it):"]
+    for side, parts in seconds.items():
+        medians = {part: statistics.median(values) for part, values in parts.items()}
+        per_mb = f"  ({medians['gateway'] * 1000 / mb:.2f} ms/MB in the gateway)" if side != "socket" else ""
+        rows.append(
+            f"      {side:<10}"
+            + ", ".join(f"{part} {value:.2f}" for part, value in medians.items())
+            + f", total {sum(medians.values()):.2f}{per_mb}"
+        )
+    totals = {}
+    for side, parts in seconds.items():
+        per_run = [sum(run) for run in zip(*parts.values(), strict=True)]
+        totals[side] = statistics.median(per_run)
+    if totals.get("gateway") and "socket" in totals:
+        rows.append(
+            f"    socket / gateway CPU per run: {totals['socket'] / totals['gateway']:.2f}x"
+            " (what the throughput ratio tends to when the cores are the limit)"
+        )
+    return rows
 
 
-def warm_up(sides: Sequence[tuple[str, Callable[[int], float]]], cpu: CpuMeter) -> None:
+def warm_up(sides: Sequence[tuple[str, Callable[[int], float]]], *meters: CpuMeter) -> None:
     """One unmeasured run of each side: the first build on a builder pays for its snapshotter and cache."""
     for name, run in sides:
         print(f"  warm-up {name}: {run(-1):.2f} s", flush=True)
-    cpu.seconds.clear()
+    for meter in meters:
+        meter.seconds.clear()
 
 
 def context_rows(
@@ -778,7 +781,10 @@ def context_rows(
     project: str,
     socket: Path,
     args: argparse.Namespace,
+    before: Server | None = None,
 ) -> list[str]:
+    """(c): this server's gateway vs the builder's socket, and with --baseline-src the baseline server's
+    gateway (`@baseline`) as a third side, all alternating."""
     buildctl = str(VENV_BIN / "buildctl")
     mb = args.context_mb
 
@@ -798,76 +804,78 @@ def context_rows(
         (directory / "Dockerfile").write_text("FROM scratch\nCOPY payload /payload\n")
         return directory
 
-    one = big_context(work / "big")
-    # A build of its own: the first build's lease may have run out while the other sections ran.
-    build_id, token = new_build(http, srv, project)
-    details = active_details(until_active(http, srv, build_id, token))
-    through_gateway = [*buildctl_via_gateway(details, work / "certs"), *solve(one)]
-    straight = [buildctl, "--addr", f"unix://{socket}", *solve(one)]
-
-    leases = [(build_id, token)]
+    leases: list[tuple[Server, str, str]] = []
 
     def renew() -> None:
         """GetBuildKitConnection renews the builds' leases, which would otherwise run out mid-bench (the bench
         sends no ReportHealth heartbeats) and have the gateway cut the connections."""
-        for held in leases:
-            get_connection(http, srv, *held)
+        for server, *held in leases:
+            get_connection(http, server, *held)
 
-    cpu = CpuMeter(srv, [project])
+    def via_gateway(server: Server, project_id: str, directory: Path, certs: Path) -> list[str]:
+        # A build of its own: the first build's lease may have run out while the other sections ran.
+        build_id, token = new_build(http, server, project_id)
+        details = active_details(until_active(http, server, build_id, token))
+        leases.append((server, build_id, token))
+        return [*buildctl_via_gateway(details, certs), *solve(directory)]
+
+    def at_socket(server: Server, project_id: str, directory: Path) -> list[str]:
+        path = server.data_dir / "run" / f"{project_id}-amd64.sock"
+        return [buildctl, "--addr", f"unix://{path}", *solve(directory)]
+
+    one = big_context(work / "big")
+    commands = {
+        "gateway": via_gateway(srv, project, one, work / "certs"),
+        "socket": at_socket(srv, project, one),
+    }
+    meters = {"": CpuMeter(srv, [project])}
+    if before is not None:
+        before_project = create_project(http, before, "bench-context")
+        commands["@baseline"] = via_gateway(before, before_project, one, work / "certs-baseline")
+        meters["@baseline"] = CpuMeter(before, [before_project])
+
+    def meter(side: str) -> CpuMeter:
+        return meters["@baseline"] if side == "@baseline" else meters[""]
 
     def fresh(name: str, command: list[str], directory: Path) -> Callable[[int], float]:
         def run(_i: int) -> float:
             (directory / "payload").write_bytes(os.urandom(mb << 20))
             renew()
-            with cpu.measure(name):
+            with meter(name).measure(name):
                 return app.timed(command)
 
         return run
 
-    sides = [("gateway", fresh("gateway", through_gateway, one)), ("socket", fresh("socket", straight, one))]
-    warm_up(sides, cpu)
+    sides = [(name, fresh(name, command, one)) for name, command in commands.items()]
+    warm_up(sides, *meters.values())
     times = measure(f"{mb} MB context", args.runs, sides)
     rows = [f"(c) {mb} MB context, one build, min / median / max:"]
-    for name, values in times.items():
-        rows.append(
-            f"      {name:<9}{app.spread(values)}  (median {mb / statistics.median(values):.0f} MB/s)"
-        )
-    rows += cpu.rows()
-    ratio = statistics.median(times["socket"]) / statistics.median(times["gateway"])
-    rows.append(
-        f"    gateway / socket throughput: {app.ratio_spread(times['socket'], times['gateway'])}"
-        f"  [target >= 0.9: {verdict(ratio >= 0.9)}]"
-    )
+    rows += throughput_rows(times, mb, 1, meters, before is not None)
 
     # N projects, each with its own warm builder, N builds at once: aggregate throughput.
     n = args.concurrent
-    gateways, sockets, dirs, projects = [], [], [], []
-    for k in range(n):
-        project = create_project(http, srv, f"concurrent-{k}")
-        projects.append(project)
-        build_id, token = new_build(http, srv, project)
-        connection = active_details(until_active(http, srv, build_id, token))
-        leases.append((build_id, token))
-        directory = big_context(work / f"big-{k}")
-        dirs.append(directory)
-        gateways.append([*buildctl_via_gateway(connection, work / f"certs-{k}"), *solve(directory)])
-        sockets.append(
-            [
-                buildctl,
-                "--addr",
-                f"unix://{srv.data_dir / 'run' / f'{project}-amd64.sock'}",
-                *solve(directory),
-            ]
-        )
-
-    cpu = CpuMeter(srv, projects)
+    dirs = [big_context(work / f"big-{k}") for k in range(n)]
+    projects = [create_project(http, srv, f"concurrent-{k}") for k in range(n)]
+    pairs = list(zip(projects, dirs, strict=True))
+    together_commands = {
+        "gateway": [via_gateway(srv, p, d, work / f"certs-{k}") for k, (p, d) in enumerate(pairs)],
+        "socket": [at_socket(srv, p, d) for p, d in pairs],
+    }
+    meters = {"": CpuMeter(srv, projects)}
+    if before is not None:
+        theirs = [create_project(http, before, f"concurrent-{k}") for k in range(n)]
+        together_commands["@baseline"] = [
+            via_gateway(before, p, d, work / f"certs-baseline-{k}")
+            for k, (p, d) in enumerate(zip(theirs, dirs, strict=True))
+        ]
+        meters["@baseline"] = CpuMeter(before, theirs)
 
     def together(name: str, commands: list[list[str]]) -> Callable[[int], float]:
         def run(_i: int) -> float:
             for directory in dirs:
                 (directory / "payload").write_bytes(os.urandom(mb << 20))
             renew()
-            with cpu.measure(name):
+            with meter(name).measure(name):
                 start = time.perf_counter()
                 with ThreadPoolExecutor(n) as pool:
                     list(pool.map(app.timed, commands))
@@ -875,20 +883,36 @@ def context_rows(
 
         return run
 
-    sides = [("gateway", together("gateway", gateways)), ("socket", together("socket", sockets))]
-    warm_up(sides, cpu)
+    sides = [(name, together(name, together_commands[name])) for name in commands]
+    warm_up(sides, *meters.values())
     times = measure(f"{n} x {mb} MB concurrent", args.runs, sides)
     rows.append(f"(c) {n} concurrent builds in {n} projects, {mb} MB each, min / median / max (all done):")
-    for name, values in times.items():
-        rows.append(
-            f"      {name:<9}{app.spread(values)}  (aggregate {n * mb / statistics.median(values):.0f} MB/s)"
-        )
-    rows += cpu.rows()
+    rows += throughput_rows(times, mb, n, meters, before is not None)
+    return rows
+
+
+def throughput_rows(
+    times: dict[str, list[float]], mb: int, n: int, meters: dict[str, CpuMeter], baseline: bool
+) -> list[str]:
+    what = "aggregate" if n > 1 else "median"
+    rows = [
+        f"      {name:<10}{app.spread(values)}  ({what} {n * mb / statistics.median(values):.0f} MB/s)"
+        for name, values in times.items()
+    ]
+    seconds = {side: parts for meter in meters.values() for side, parts in meter.seconds.items()}
+    rows += cpu_rows(seconds, n * mb)
+    label = "gateway / socket" + (" aggregate" if n > 1 else "")
     ratio = statistics.median(times["socket"]) / statistics.median(times["gateway"])
     rows.append(
-        f"    gateway / socket aggregate throughput: {app.ratio_spread(times['socket'], times['gateway'])}"
+        f"    {label} throughput: {app.ratio_spread(times['socket'], times['gateway'])}"
         f"  [target >= 0.9: {verdict(ratio >= 0.9)}]"
     )
+    if baseline:
+        rows.append(
+            f"    @baseline's gateway / socket: {app.ratio_spread(times['socket'], times['@baseline'])};"
+            f" gateway / @baseline: {app.ratio_spread(times['@baseline'], times['gateway'])}"
+            " (throughput; above 1: faster)"
+        )
     return rows
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -61,4 +62,9 @@ class Backend(Protocol):
         self, project_id: str, platform: str, protocol: Callable[[], asyncio.BaseProtocol]
     ) -> asyncio.Transport:
         """A connection to the builder's BuildKit API driven by protocol (as loop.create_connection)."""
+        ...
+
+    async def connect_socket(self, project_id: str, platform: str) -> socket.socket:
+        """A connected, non-blocking socket to the builder's BuildKit API (TLS already established where the
+        link needs it), for the gateway's relay threads."""
         ...

@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import math
+import socket
 import ssl
 import threading
 import time
@@ -39,6 +40,7 @@ from opendepot.projects.policy import GIB
 log = logging.getLogger("opendepot.builders.kubernetes")
 
 BUILDKIT_PORT = 1234
+POD_CONNECT_TIMEOUT = 10.0  # seconds for the TCP connect and the TLS handshake to a builder pod
 MANAGED_BY = "app.kubernetes.io/managed-by"
 PROJECT_LABEL = "opendepot.dev/project"
 PLATFORM_LABEL = "opendepot.dev/platform"
@@ -264,9 +266,8 @@ class KubernetesBuildkitd:
             await asyncio.to_thread(self._delete_all, f"{PROJECT_LABEL}={project_id}")
         return len(gone)
 
-    async def connect(
-        self, project_id: str, platform: str, protocol: Callable[[], asyncio.BaseProtocol]
-    ) -> asyncio.Transport:
+    async def _pod_ip(self, project_id: str, platform: str) -> str:
+        """The address of the builder's running pod, or ConnectionRefusedError."""
         state = self._pods.get((project_id, platform))
         if state is None:
             # Another node may run this builder (several opendepot nodes): ask the cluster, and keep watching.
@@ -274,14 +275,39 @@ class KubernetesBuildkitd:
             state = await asyncio.to_thread(self._read_state, object_name(project_id, platform))
         if state is None or not state.ip or not state.usable:
             raise ConnectionRefusedError(f"builder {project_id}/{platform} has no running pod")
+        return state.ip
+
+    async def connect(
+        self, project_id: str, platform: str, protocol: Callable[[], asyncio.BaseProtocol]
+    ) -> asyncio.Transport:
+        ip = await self._pod_ip(project_id, platform)
         transport, _ = await asyncio.get_running_loop().create_connection(
             protocol,
-            state.ip,
+            ip,
             BUILDKIT_PORT,
             ssl=self._client_context(project_id),
             server_hostname=builder_server_name(project_id, platform),
         )
         return transport
+
+    async def connect_socket(self, project_id: str, platform: str) -> socket.socket:
+        ip = await self._pod_ip(project_id, platform)
+        context = self._client_context(project_id)
+        server_name = builder_server_name(project_id, platform)
+
+        def connected() -> socket.socket:
+            # Our own pod on the cluster network: a blocking connect and handshake in a thread, bounded.
+            raw = socket.create_connection((ip, BUILDKIT_PORT), timeout=POD_CONNECT_TIMEOUT)
+            try:
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                tls = context.wrap_socket(raw, server_hostname=server_name)
+            except BaseException:
+                raw.close()
+                raise
+            tls.setblocking(False)
+            return tls
+
+        return await asyncio.to_thread(connected)
 
     async def disk_usage(self, project_id: str, platform: str) -> int | None:
         """The cache size as the pod's buildkitd reports it (`buildctl du` over the same mTLS link)."""

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -288,3 +289,13 @@ class LocalBuildkitd:
         path = str(self.socket_path(project_id, platform))
         transport, _ = await asyncio.get_running_loop().create_unix_connection(protocol, path)
         return transport
+
+    async def connect_socket(self, project_id: str, platform: str) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, str(self.socket_path(project_id, platform)))
+        except BaseException:
+            sock.close()
+            raise
+        return sock

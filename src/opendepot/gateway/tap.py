@@ -52,24 +52,31 @@ class _Frames:
                 if not self._collect:
                     frames.append((*self._current, bytes(self._payload)))
             else:
-                take = min(9 - len(self._header), n - i)
-                self._header += data[i : i + take]
-                i += take
-                if len(self._header) == 9:
-                    h = self._header
-                    length, kind, flags = int.from_bytes(h[0:3], "big"), h[3], h[4]
-                    stream = int.from_bytes(h[5:9], "big") & 0x7FFFFFFF
+                if self._header or n - i < 9:  # a frame header split between reads
+                    take = min(9 - len(self._header), n - i)
+                    self._header += data[i : i + take]
+                    i += take
+                    if len(self._header) < 9:
+                        continue
+                    h: bytes | memoryview = bytes(self._header)
                     self._header = bytearray()
-                    if not self._wanted(kind, stream):
-                        self._skip = length
-                    elif length == 0:
-                        frames.append((kind, flags, stream, b""))
-                    else:
-                        self._current, self._collect, self._payload = (
-                            (kind, flags, stream),
-                            length,
-                            bytearray(),
-                        )
+                else:  # the common case, read in place
+                    h = data[i : i + 9]
+                    i += 9
+                length, kind, flags = int.from_bytes(h[0:3], "big"), h[3], h[4]
+                stream = int.from_bytes(h[5:9], "big") & 0x7FFFFFFF
+                if not self._wanted(kind, stream):
+                    # Skipped without another turn of the loop when the payload is all here.
+                    take = min(length, n - i)
+                    i, self._skip = i + take, length - take
+                elif length == 0:
+                    frames.append((kind, flags, stream, b""))
+                else:
+                    self._current, self._collect, self._payload = (
+                        (kind, flags, stream),
+                        length,
+                        bytearray(),
+                    )
         return frames
 
 

@@ -241,7 +241,7 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # 
     recorder = StepRecorder(store, log_cap=config.gateway.build_log_limit_mib << 20)
     gateway = Gateway(
         authority,
-        backend.connect,
+        backend.connect_socket,
         lease_is_live,
         recorder if config.gateway.status_tap else None,
         memory_watcher(store, backend),

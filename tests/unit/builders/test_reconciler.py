@@ -4,6 +4,7 @@ leases in, builder processes and builder rows out."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -76,6 +77,9 @@ class FakeBackend:
     async def connect(
         self, project_id: str, platform: str, protocol: Callable[[], asyncio.BaseProtocol]
     ) -> asyncio.Transport:
+        raise NotImplementedError
+
+    async def connect_socket(self, project_id: str, platform: str) -> socket.socket:
         raise NotImplementedError
 
 

@@ -1,0 +1,379 @@
+"""The gateway's data path: the relay thread for admitted connections, and the listener that admits them.
+
+Relays are driven over socket pairs; the listener over real TLS with certificates the project's CA issued,
+its builder a socket pair end this test holds."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from opendepot.gateway import listener
+from opendepot.gateway.listener import Gateway
+from opendepot.gateway.relay import BUFFER, Relay, RelayHub
+from opendepot.pki.authority import Authority, ClientIdentity, server_name
+from opendepot.sealed.vault import Vault
+
+PROJECT = "bcdfghjklm"
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    return a, b
+
+
+def test_bytes_pass_both_ways_unchanged_and_the_observers_see_them() -> None:
+    async def scenario() -> None:
+        client_near, client_far = pair()
+        builder_near, builder_far = pair()
+        seen_up: list[bytes] = []
+        seen_down: list[bytes] = []
+        relay = Relay(
+            "b/amd64",
+            client_near,
+            builder_near,
+            up=(lambda data: seen_up.append(bytes(data)), None),
+            down=(lambda data: seen_down.append(bytes(data)), None),
+        )
+        hub = started(relay)
+        payload = os.urandom(3 * BUFFER + 12345)
+
+        def exchange() -> bytes:
+            sender = threading.Thread(target=client_far.sendall, args=(payload,))
+            sender.start()
+            received = bytearray()
+            while len(received) < len(payload):
+                received += builder_far.recv(1 << 20)
+            sender.join()
+            builder_far.sendall(b"answer")
+            assert client_far.recv(100) == b"answer"
+            return bytes(received)
+
+        assert await asyncio.to_thread(exchange) == payload
+        assert b"".join(seen_up) == payload and b"".join(seen_down) == b"answer"
+        client_far.close()  # the client goes: the builder's end is closed too
+        assert await asyncio.to_thread(builder_far.recv, 10) == b""
+        assert relay.ended is not None
+        await asyncio.wait_for(relay.ended, 5)
+        await asyncio.to_thread(hub.stop)
+
+    asyncio.run(scenario())
+
+
+def started(*relays: Relay, on_end: Callable[[], None] = lambda: None) -> RelayHub:
+    hub = RelayHub()
+    for relay in relays:
+        relay.prepare(asyncio.get_running_loop(), on_end)
+        hub.add(relay)
+    return hub
+
+
+def test_a_cut_relay_is_closed_and_the_others_go_on_until_the_hub_stops() -> None:
+    async def scenario() -> None:
+        client_near, client_far = pair()
+        builder_near, builder_far = pair()
+        other_client, other_client_far = pair()
+        other_builder, other_builder_far = pair()
+        relay = Relay("b/amd64", client_near, builder_near)
+        other = Relay("c/amd64", other_client, other_builder)
+        ended: list[bool] = []
+        hub = started(relay, other, on_end=lambda: ended.append(True))
+        assert hub.alive()
+        relay.cut()
+        assert relay.ended is not None
+        await asyncio.wait_for(relay.ended, 5)
+        assert ended == [True]
+        assert client_near.fileno() == -1 and builder_near.fileno() == -1
+        assert client_far.recv(10) == b"" and builder_far.recv(10) == b""
+        relay.cut()  # again, after the end: nothing to do, no error
+        other_client_far.sendall(b"still")
+        assert await asyncio.to_thread(other_builder_far.recv, 10) == b"still"
+        await asyncio.to_thread(
+            hub.stop
+        )  # the gateway closing: what is still open is closed, the thread ends
+        assert not hub.alive()
+        assert other.ended is not None
+        await asyncio.wait_for(other.ended, 5)
+        assert other_client_far.recv(10) == b"" and other_builder_far.recv(10) == b""
+
+    asyncio.run(scenario())
+
+
+class FailingOnce:
+    """The hub's poll, failing the first time it is called (a bug in the hub's loop)."""
+
+    def __init__(self, poller: Any) -> None:
+        self.poller = poller
+        self.failed = False
+
+    def poll(self, timeout: float | None) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a bug")
+        return self.poller.poll(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.poller, name)
+
+
+def test_a_failed_hub_closes_its_connections_and_the_next_one_gets_a_fresh_thread(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        client_near, client_far = pair()
+        builder_near, builder_far = pair()
+        hub = RelayHub()
+        hub._poller = FailingOnce(hub._poller)  # type: ignore[assignment]
+        relay = Relay("b/amd64", client_near, builder_near)
+        with caplog.at_level(logging.ERROR, logger="opendepot.gateway"):
+            relay.prepare(asyncio.get_running_loop(), lambda: None)
+            hub.add(relay)
+            assert relay.ended is not None
+            await asyncio.wait_for(relay.ended, 5)
+        assert "relay thread failed" in caplog.text
+        assert client_far.recv(10) == b"" and builder_far.recv(10) == b""
+        client_near, client_far = pair()
+        builder_near, builder_far = pair()
+        again = Relay("c/amd64", client_near, builder_near)
+        again.prepare(asyncio.get_running_loop(), lambda: None)
+        hub.add(again)
+        client_far.sendall(b"works")
+        assert await asyncio.to_thread(builder_far.recv, 10) == b"works"
+        await asyncio.to_thread(hub.stop)
+        assert not hub.alive()
+
+    asyncio.run(scenario())
+
+
+def test_a_client_that_stops_reading_holds_the_builder_back() -> None:
+    """The gateway reads from the builder only what it could pass on: one buffer beyond the sockets' own."""
+
+    async def scenario() -> None:
+        client_near, client_far = pair()
+        builder_near, builder_far = pair()
+        for sock in (client_near, client_far, builder_near, builder_far):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        relay = Relay("b/amd64", client_near, builder_near)
+        hub = started(relay)
+        builder_far.setblocking(False)
+        chunk = b"x" * (64 << 10)
+
+        def flood() -> int:
+            """Writes until the gateway has taken nothing for half a second (or 64 MiB: unbounded)."""
+            written, idle_since = 0, time.monotonic()
+            while written < 64 << 20 and time.monotonic() - idle_since < 0.5:
+                try:
+                    written += builder_far.send(chunk)
+                    idle_since = time.monotonic()
+                except BlockingIOError:
+                    time.sleep(0.01)
+            return written
+
+        written = await asyncio.to_thread(flood)
+        # Socket buffers (the kernel may double what was asked, per end) and one relay buffer.
+        assert written <= 4 * (128 << 10) * 2 + BUFFER
+        # The client reads again: everything arrives and the gateway takes more from the builder.
+        client_far.setblocking(False)
+        received = 0
+        deadline = time.monotonic() + 5
+        while received < written and time.monotonic() < deadline:
+            try:
+                received += len(client_far.recv(1 << 20))
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+        assert received == written
+        relay.cut()
+        assert relay.ended is not None
+        await asyncio.wait_for(relay.ended, 5)
+        await asyncio.to_thread(hub.stop)
+
+    asyncio.run(scenario())
+
+
+class Harness:
+    """A gateway on 127.0.0.1 whose builders are socket pair ends held here."""
+
+    def __init__(self, tmp_path: Path, vault: Vault, max_relays: int = 8) -> None:
+        self.authority = Authority(tmp_path / "pki", vault)
+        self.authority.ensure_project(PROJECT)
+        self.tmp_path = tmp_path
+        self.live = True
+        self.builders: list[socket.socket] = []
+        self.gateway = Gateway(self.authority, self.connect, self.lease, None, max_relays=max_relays)
+        self.port = 0
+
+    async def connect(self, project_id: str, platform: str) -> socket.socket:
+        near, far = pair()
+        self.builders.append(far)
+        return near
+
+    async def lease(self, project_id: str, build_id: str, platform: str) -> bool:
+        return self.live
+
+    def client_context(self, build_id: str) -> ssl.SSLContext:
+        issued = self.authority.issue_client(
+            ClientIdentity(PROJECT, build_id, "amd64"), dt.timedelta(hours=1)
+        )
+        directory = self.tmp_path / f"client-{build_id}"
+        directory.mkdir(exist_ok=True)
+        (directory / "cert.pem").write_text(issued.cert_pem)
+        (directory / "key.pem").write_text(issued.key_pem)
+        context = ssl.create_default_context(cadata=issued.ca_pem)
+        context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+        return context
+
+    def dial(self, build_id: str) -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        return self.client_context(build_id).wrap_socket(raw, server_hostname=server_name(PROJECT))
+
+
+OnLoop = Callable[..., Any]
+
+
+def run_with_gateway(harness: Harness, body: Callable[[OnLoop], None]) -> None:
+    """Runs body in a thread while the gateway serves; body calls the gateway through on_loop(fn, *args)."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_loop(fn: Callable[..., Any], *args: Any) -> Any:
+            async def call() -> Any:
+                return fn(*args)
+
+            return asyncio.run_coroutine_threadsafe(call(), loop).result(10)
+
+        harness.port = await harness.gateway.start("127.0.0.1", 0)
+        try:
+            await asyncio.to_thread(body, on_loop)
+        finally:
+            await harness.gateway.close()
+
+    asyncio.run(scenario())
+
+
+def closed(sock: socket.socket) -> bool:
+    """Whether the other side has closed the connection (an end of stream, or a reset)."""
+    try:
+        return sock.recv(10) == b""
+    except OSError:
+        return True
+
+
+def until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_an_admitted_build_is_relayed_over_tls_and_cut_when_its_lease_ends(
+    tmp_path: Path, vault: Vault
+) -> None:
+    harness = Harness(tmp_path, vault)
+
+    def body(on_loop: OnLoop) -> None:
+        client = harness.dial("bcdfghjkl0")
+        payload = os.urandom(5 << 20)
+        sender = threading.Thread(target=client.sendall, args=(payload,))
+        sender.start()
+        until(lambda: bool(harness.builders))
+        builder = harness.builders[0]
+        received = bytearray()
+        while len(received) < len(payload):
+            received += builder.recv(1 << 20)
+        sender.join()
+        assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+        builder.sendall(b"status")
+        assert client.recv(100) == b"status"
+        assert on_loop(harness.gateway.connected_builds) == {("bcdfghjkl0", "amd64")}
+        on_loop(harness.gateway.cut_builds, {("bcdfghjkl0", "amd64")})
+        assert closed(builder) and closed(client)
+        until(lambda: not on_loop(harness.gateway.connected_builds) and not harness.gateway._relays)
+
+    run_with_gateway(harness, body)
+
+
+def test_no_live_lease_or_a_foreign_certificate_is_refused(tmp_path: Path, vault: Vault) -> None:
+    harness = Harness(tmp_path, vault)
+
+    def body(on_loop: OnLoop) -> None:
+        harness.live = False
+        assert closed(harness.dial("bcdfghjkl0"))
+        harness.live = True
+        # A certificate from another project's CA, presented under this project's name: no handshake.
+        other = Harness(tmp_path / "other", vault)
+        other.authority.ensure_project("bcdfghjkln")
+        issued = other.authority.issue_client(
+            ClientIdentity("bcdfghjkln", "bcdfghjkl1", "amd64"), dt.timedelta(hours=1)
+        )
+        (tmp_path / "foreign.pem").write_text(issued.cert_pem + issued.key_pem)
+        context = harness.client_context("bcdfghjkl1")
+        context.load_cert_chain(tmp_path / "foreign.pem")
+        raw = socket.create_connection(("127.0.0.1", harness.port), timeout=10)
+        with pytest.raises((ssl.SSLError, OSError)):
+            tls = context.wrap_socket(raw, server_hostname=server_name(PROJECT))
+            tls.recv(10)  # TLS 1.3: the server's verdict on the certificate arrives after the handshake
+        assert harness.builders == []
+
+    run_with_gateway(harness, body)
+
+
+def test_a_stalled_handshake_holds_no_thread_and_is_dropped(
+    tmp_path: Path, vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(listener, "HANDSHAKE_TIMEOUT", 1.0)
+    harness = Harness(tmp_path, vault)
+
+    def body(on_loop: OnLoop) -> None:
+        threads = threading.active_count()
+        stalled = [socket.create_connection(("127.0.0.1", harness.port), timeout=10) for _ in range(20)]
+        stalled[0].sendall(b"\x16\x03\x01\x00")  # the start of a ClientHello, and nothing more
+        time.sleep(0.2)
+        assert threading.active_count() == threads
+        # Meanwhile a real client is served.
+        client = harness.dial("bcdfghjkl0")
+        until(lambda: bool(harness.builders))
+        client.sendall(b"hello")
+        assert harness.builders[0].recv(10) == b"hello"
+        started = time.monotonic()
+        assert all(closed(sock) for sock in stalled)
+        assert time.monotonic() - started < 5
+
+    run_with_gateway(harness, body)
+
+
+def test_connections_past_the_limit_are_refused_with_a_log_line(
+    tmp_path: Path, vault: Vault, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness = Harness(tmp_path, vault, max_relays=2)
+
+    def body(on_loop: OnLoop) -> None:
+        first, second = harness.dial("bcdfghjkl0"), harness.dial("bcdfghjkl1")
+        until(lambda: len(harness.builders) == 2)
+        with caplog.at_level(logging.WARNING, logger="opendepot.gateway"):
+            assert closed(harness.dial("bcdfghjkl2"))
+        assert "relays 2 connections already, its limit" in caplog.text
+        assert len(harness.builders) == 2
+        first.close()  # one ends: a place is free again
+        until(lambda: len(harness.gateway._relays) == 1)
+        third = harness.dial("bcdfghjkl3")
+        until(lambda: len(harness.builders) == 3)
+        third.sendall(b"in")
+        assert harness.builders[2].recv(10) == b"in"
+        second.close()
+
+    run_with_gateway(harness, body)
