@@ -36,6 +36,9 @@ MemoryWatcher = Callable[[str, str, str], Awaitable[MemoryWatch | None]]
 HANDSHAKE_TIMEOUT = 10.0  # seconds a client has to finish its TLS handshake
 # Relayed connections at once; past it a connection is refused with a log line.
 MAX_RELAYS = 512
+# Of those, one project's: a tenant holding many connections open cannot take every place from the others
+# (a build opens a few per platform; this leaves room for dozens of concurrent builds in one project).
+MAX_RELAYS_PER_PROJECT = 128
 BACKLOG = 512
 
 
@@ -48,8 +51,10 @@ class Gateway:
         recorder: StepRecorder | None,
         memory_watch: MemoryWatcher | None = None,
         max_relays: int = MAX_RELAYS,
+        max_relays_per_project: int = MAX_RELAYS_PER_PROJECT,
     ) -> None:
         self.max_relays = max_relays
+        self.max_relays_per_project = max_relays_per_project
         self.recorder = recorder
         self.memory_watch = memory_watch
         self.authority = authority
@@ -229,6 +234,20 @@ class Gateway:
                 identity.build_id,
                 identity.platform,
                 len(self._relays),
+                extra={"build_id": identity.build_id},
+            )
+            return False
+        projects_relays = sum(
+            len(relays)
+            for key, relays in self._connections.items()
+            if self._projects.get(key) == identity.project_id
+        )
+        if projects_relays >= self.max_relays_per_project:
+            log.warning(
+                "refused build %s/%s: its project relays %d connections already, the limit per project",
+                identity.build_id,
+                identity.platform,
+                projects_relays,
                 extra={"build_id": identity.build_id},
             )
             return False

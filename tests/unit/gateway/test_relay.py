@@ -27,6 +27,7 @@ from opendepot.pki.authority import Authority, ClientIdentity, server_name
 from opendepot.sealed.vault import Vault
 
 PROJECT = "bcdfghjklm"
+OTHER_PROJECT = "bcdfghjkln"
 
 
 def pair() -> tuple[socket.socket, socket.socket]:
@@ -207,13 +208,23 @@ def test_a_client_that_stops_reading_holds_the_builder_back() -> None:
 class Harness:
     """A gateway on 127.0.0.1 whose builders are socket pair ends held here."""
 
-    def __init__(self, tmp_path: Path, vault: Vault, max_relays: int = 8) -> None:
+    def __init__(
+        self, tmp_path: Path, vault: Vault, max_relays: int = 8, max_relays_per_project: int = 8
+    ) -> None:
         self.authority = Authority(tmp_path / "pki", vault)
         self.authority.ensure_project(PROJECT)
+        self.authority.ensure_project(OTHER_PROJECT)
         self.tmp_path = tmp_path
         self.live = True
         self.builders: list[socket.socket] = []
-        self.gateway = Gateway(self.authority, self.connect, self.lease, None, max_relays=max_relays)
+        self.gateway = Gateway(
+            self.authority,
+            self.connect,
+            self.lease,
+            None,
+            max_relays=max_relays,
+            max_relays_per_project=max_relays_per_project,
+        )
         self.port = 0
 
     async def connect(self, project_id: str, platform: str) -> socket.socket:
@@ -224,9 +235,9 @@ class Harness:
     async def lease(self, project_id: str, build_id: str, platform: str) -> bool:
         return self.live
 
-    def client_context(self, build_id: str) -> ssl.SSLContext:
+    def client_context(self, build_id: str, project: str = PROJECT) -> ssl.SSLContext:
         issued = self.authority.issue_client(
-            ClientIdentity(PROJECT, build_id, "amd64"), dt.timedelta(hours=1)
+            ClientIdentity(project, build_id, "amd64"), dt.timedelta(hours=1)
         )
         directory = self.tmp_path / f"client-{build_id}"
         directory.mkdir(exist_ok=True)
@@ -236,9 +247,10 @@ class Harness:
         context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
         return context
 
-    def dial(self, build_id: str) -> ssl.SSLSocket:
+    def dial(self, build_id: str, project: str = PROJECT) -> ssl.SSLSocket:
         raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        return self.client_context(build_id).wrap_socket(raw, server_hostname=server_name(PROJECT))
+        context = self.client_context(build_id, project)
+        return context.wrap_socket(raw, server_hostname=server_name(project))
 
 
 OnLoop = Callable[..., Any]
@@ -375,5 +387,26 @@ def test_connections_past_the_limit_are_refused_with_a_log_line(
         third.sendall(b"in")
         assert harness.builders[2].recv(10) == b"in"
         second.close()
+
+    run_with_gateway(harness, body)
+
+
+def test_one_project_cannot_take_every_place(
+    tmp_path: Path, vault: Vault, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness = Harness(tmp_path, vault, max_relays=8, max_relays_per_project=2)
+
+    def body(on_loop: OnLoop) -> None:
+        held = [harness.dial("bcdfghjkl0"), harness.dial("bcdfghjkl1")]
+        until(lambda: len(harness.builders) == 2)
+        with caplog.at_level(logging.WARNING, logger="opendepot.gateway"):
+            assert closed(harness.dial("bcdfghjkl2"))
+        assert "its project relays 2 connections already, the limit per project" in caplog.text
+        other = harness.dial("bcdfghjkl3", OTHER_PROJECT)  # another tenant still gets in
+        until(lambda: len(harness.builders) == 3)
+        other.sendall(b"in")
+        assert harness.builders[2].recv(10) == b"in"
+        for sock in [*held, other]:
+            sock.close()
 
     run_with_gateway(harness, body)
