@@ -62,6 +62,7 @@ from bench import realistic_app as app  # noqa: E402
 from opendepot.gen.depot.cli.v1 import build_pb as cli  # noqa: E402
 from opendepot.gen.depot.core.v1 import project_pb  # noqa: E402
 from tests.support.builds import VENV_BIN, buildctl_via_gateway, builds_possible, busybox_context  # noqa: E402
+from tests.support.processes import stop  # noqa: E402
 from tests.support.rpc import call  # noqa: E402
 from tests.support.server import Server, free_port  # noqa: E402
 
@@ -221,7 +222,7 @@ def diy_buildkitd(work: Path, registry: str) -> Iterator[tuple[str, dict[str, Pa
     try:
         yield address, certs
     finally:
-        app.stop(process)
+        stop(process)
         log.close()
 
 

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from bench import realistic_app as app  # noqa: E402
 from opendepot.gen.depot.core.v1 import project_pb  # noqa: E402
 from tests.support.builds import builds_possible  # noqa: E402
+from tests.support.processes import stop  # noqa: E402
 from tests.support.rpc import call  # noqa: E402
 from tests.support.server import Server  # noqa: E402
 
@@ -76,7 +77,7 @@ def fresh_buildkitd(work: Path, registry: str) -> Iterator[tuple[str, float]]:
             time.sleep(0.05)
         yield address, time.perf_counter() - start
     finally:
-        app.stop(process)
+        stop(process)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
 

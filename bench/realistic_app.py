@@ -173,16 +173,6 @@ def alternate(runs: int, first: Callable[[int], None], second: Callable[[int], N
             step(i)
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """A daemon the bench started: asked to stop, killed after 30 s."""
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def machine_note() -> str:
     """What the figures were taken on: the core count and the load (other work on the machine skews them)."""
     one, five, _ = os.getloadavg()

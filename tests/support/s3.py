@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from .processes import stop
 from .server import REPO, free_port
 
 ACCESS_KEY = "opendepot-test"
@@ -65,9 +66,4 @@ def s3_bucket(log: Path, name: str = "opendepot-images") -> Iterator[Bucket]:
                 time.sleep(0.2)
         yield Bucket(endpoint, name)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, grace_seconds=10)

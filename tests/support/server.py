@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from .processes import stop
+
 REPO = Path(__file__).resolve().parents[2]
 OPENDEPOT = [sys.executable, "-m", "opendepot.cli"]
 
@@ -103,13 +105,8 @@ class Server:
         raise RuntimeError(f"opendepot serve did not become healthy:\n{self.log_path.read_text()}")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            stop(self.process, grace_seconds=10)
 
     def admin(self, *args: str) -> str:
         """Runs an `opendepot` admin command against this server's store."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from opendepot.logs import current_build
 from opendepot.metrics import metrics
-from opendepot.pki.authority import Authority, identity_of, project_of_server_name
+from opendepot.pki.authority import Authority, ClientIdentity, identity_of, project_of_server_name
 
 from .recorder import MemoryWatch, StepRecorder
 from .relay import Observer, Relay, RelayHub
@@ -221,20 +221,13 @@ class Gateway:
         if identity is None or identity.project_id != sni_project:
             return False
         if not await self.lease_is_live(identity.project_id, identity.build_id, identity.platform):
-            log.info(
-                "refused build %s/%s: no live lease",
-                identity.build_id,
-                identity.platform,
-                extra={"build_id": identity.build_id},
-            )
+            _refused(logging.INFO, identity, "no live lease")
             return False
         if len(self._relays) >= self.max_relays:
-            log.warning(
-                "refused build %s/%s: the gateway relays %d connections already, its limit",
-                identity.build_id,
-                identity.platform,
-                len(self._relays),
-                extra={"build_id": identity.build_id},
+            _refused(
+                logging.WARNING,
+                identity,
+                f"the gateway relays {len(self._relays)} connections already, its limit",
             )
             return False
         projects_relays = sum(
@@ -243,13 +236,8 @@ class Gateway:
             if self._projects.get(key) == identity.project_id
         )
         if projects_relays >= self.max_relays_per_project:
-            log.warning(
-                "refused build %s/%s: its project relays %d connections already, the limit per project",
-                identity.build_id,
-                identity.platform,
-                projects_relays,
-                extra={"build_id": identity.build_id},
-            )
+            why = f"its project relays {projects_relays} connections already, the limit per project"
+            _refused(logging.WARNING, identity, why)
             return False
         key = (identity.build_id, identity.platform)
         current_build.set(
@@ -276,13 +264,7 @@ class Gateway:
         try:
             builder = await self.connect_builder(identity.project_id, identity.platform)
         except OSError as error:
-            log.info(
-                "build %s/%s: cannot reach its builder: %s",
-                identity.build_id,
-                identity.platform,
-                error,
-                extra={"build_id": identity.build_id},
-            )
+            _refused(logging.INFO, identity, f"cannot reach its builder: {error}")
             return False
         relay = Relay(
             f"{identity.build_id}/{identity.platform}",
@@ -305,6 +287,17 @@ class Gateway:
         relay.prepare(loop, ended)
         self._hub.add(relay)
         return True
+
+
+def _refused(level: int, identity: ClientIdentity, why: str) -> None:
+    log.log(
+        level,
+        "refused build %s/%s: %s",
+        identity.build_id,
+        identity.platform,
+        why,
+        extra={"build_id": identity.build_id},
+    )
 
 
 def _ignore(_data: memoryview) -> None:
