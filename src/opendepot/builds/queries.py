@@ -4,7 +4,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Row, Table, and_, bindparam, case, func, or_, select, tuple_, update
+from sqlalchemy import Connection, Row, Table, and_, bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from opendepot.pagination import Cursor
@@ -143,23 +143,32 @@ def abandoned_builds(session: Session, stale_before: datetime) -> Sequence[Build
     return session.scalars(stmt).all()
 
 
-def lease_is_live(session: Session, project_id: str, build_id: str, platform: str) -> bool:
-    stmt = (
-        select(Lease.id)
-        .join(Build, Build.id == Lease.build_id)
-        .where(
-            Lease.build_id == build_id,
-            Lease.platform == platform,
-            Lease.project_id == project_id,
-            Lease.released_at.is_(None),
-            Build.status == BuildStatus.RUNNING,
-        )
+# The gateway's admission of every new connection: built once, Core, one row.
+_LIVE_LEASE_HARDWARE = (
+    select(_LEASES.c.hardware)
+    .join(_BUILDS, _BUILDS.c.id == _LEASES.c.build_id)
+    .where(
+        _LEASES.c.build_id == bindparam("build_id"),
+        _LEASES.c.platform == bindparam("platform"),
+        _LEASES.c.project_id == bindparam("project_id"),
+        _LEASES.c.released_at.is_(None),
+        _BUILDS.c.status == BuildStatus.RUNNING,
     )
-    return session.execute(stmt).first() is not None
+)
+
+
+def live_lease_hardware(
+    connection: Connection | Session, project_id: str, build_id: str, platform: str
+) -> str | None:
+    """The hardware of the build's live lease on platform in project, or None when it holds none (not
+    taken, released, or the build no longer running)."""
+    params = {"project_id": project_id, "build_id": build_id, "platform": platform}
+    row = connection.execute(_LIVE_LEASE_HARDWARE, params).first()
+    return None if row is None else str(row[0])
 
 
 def live_among(session: Session, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which of these (build, platform) pairs still hold a live lease (as `lease_is_live`)."""
+    """Which of these (build, platform) pairs still hold a live lease (as `live_lease_hardware`)."""
     if not keys:
         return set()
     stmt = (

@@ -10,8 +10,6 @@ from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Protocol
 
-from sqlalchemy.orm import Session
-
 from opendepot.builders.backend import Backend
 from opendepot.builders.kubernetes import KubernetesBuildkitd, PruneDeletedProjects
 from opendepot.builders.kubernetes import KubernetesSettings as PodSettings
@@ -194,20 +192,15 @@ class GatewayLeaseWatch:
         self.gateway.cut_builds(connected - live)
 
 
-def memory_watcher(store: Store, backend: Backend) -> MemoryWatcher:
+def memory_watcher(backend: Backend) -> MemoryWatcher:
     """How the gateway reads a local builder's memory cgroup for a build (pods: their cluster's business)."""
 
-    async def watch(project_id: str, build_id: str, platform: str) -> MemoryWatch | None:
+    async def watch(project_id: str, build_id: str, platform: str, hardware: str) -> MemoryWatch | None:
         cgroup = backend.memory_watch(project_id, platform) if isinstance(backend, LocalBuildkitd) else None
         if cgroup is None:
             return None
-
-        def hardware(session: Session) -> str:
-            lease = build_queries.lease(session, build_id, platform)
-            return lease.hardware if lease is not None else ""
-
         oom_kills, limit = cgroup
-        return MemoryWatch(oom_kills, limit, await store.read(hardware))
+        return MemoryWatch(oom_kills, limit, hardware)
 
     return watch
 
@@ -235,16 +228,18 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # 
             memory_cap_bytes=config.builders.memory_limit_mib << 20 or None,
         )
 
-    async def lease_is_live(project_id: str, build_id: str, platform: str) -> bool:
-        return await store.read(lambda s: build_queries.lease_is_live(s, project_id, build_id, platform))
+    async def live_lease(project_id: str, build_id: str, platform: str) -> str | None:
+        return await store.read_lookup(
+            lambda c: build_queries.live_lease_hardware(c, project_id, build_id, platform)
+        )
 
     recorder = StepRecorder(store, log_cap=config.gateway.build_log_limit_mib << 20)
     gateway = Gateway(
         authority,
         backend.connect_socket,
-        lease_is_live,
+        live_lease,
         recorder if config.gateway.status_tap else None,
-        memory_watcher(store, backend),
+        memory_watcher(backend),
     )
     host, port = config.gateway.host_port
     await gateway.start(host, port)

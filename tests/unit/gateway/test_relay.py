@@ -232,8 +232,8 @@ class Harness:
         self.builders.append(far)
         return near
 
-    async def lease(self, project_id: str, build_id: str, platform: str) -> bool:
-        return self.live
+    async def lease(self, project_id: str, build_id: str, platform: str) -> str | None:
+        return "4x8" if self.live else None
 
     def client_context(self, build_id: str, project: str = PROJECT) -> ssl.SSLContext:
         issued = self.authority.issue_client(
