@@ -13,6 +13,9 @@
     is shown from the server's own log: the CLI's start until CreateBuild arrives, the server's time on the
     round trips the CLI waits for (CreateBuild, GetBuildKitConnection, FinishBuild), the BuildKit session
     through the gateway (GetBuildKitConnection answered until FinishBuild sent), FinishBuild until exit.
+    And the gateway's share of the session, beside the DIY buildkitd's own mTLS listener: a new connection
+    (TCP, TLS with client certificate, admission, HTTP/2 preface and SETTINGS answered by BuildKit) and the
+    time one HTTP/2 round trip (SETTINGS, acknowledged by BuildKit) takes once connected.
 (c) A 200 MB build context: buildctl through the gateway (mTLS, issued certificate) vs buildctl straight at
     the builder's socket; a fresh random file each run so that all of it crosses; ratio of throughputs.
     - one build,
@@ -40,6 +43,8 @@ import ipaddress
 import json
 import os
 import resource
+import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -50,6 +55,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import h2.connection
+import h2.events
+import h2.settings
 import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -353,6 +361,13 @@ def main() -> None:
                             report += depot_breakdown(srv, depot.spans[1:])
                             if before is not None:
                                 report += depot_breakdown(before, earlier.spans[1:], "@baseline")
+                            dials = {"gateway": gateway_dial(http, srv, project, work / "dial")}
+                            if before is not None:
+                                dials["@baseline"] = gateway_dial(
+                                    http, before, before_project, work / "dial-baseline"
+                                )
+                            dials["diy mTLS"] = diy_dial(address, certs)
+                            report += connection_rows(dials, args.runs * 6)
                         if "realistic" in only:
                             base = app.seed_base(srv.url, srv.admin_token, project, srv.registry_host)
                             ours = app.write_app(work / "app-depot", base, args.modules)
@@ -386,6 +401,102 @@ def main() -> None:
             srv.stop()
     print(f"\nbench/build.py: {app.machine_note()}")
     print("\n".join(report))
+
+
+Dial = Callable[[], socket.socket]
+
+
+def tls_dial(address: str, server_name: str, ca: Path, cert: Path, key: Path) -> Dial:
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(ca))
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["h2"])
+
+    def dial() -> socket.socket:
+        raw = socket.create_connection((host, int(port)), timeout=10)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as Go's clients
+        return context.wrap_socket(raw, server_hostname=server_name)
+
+    return dial
+
+
+def gateway_dial(http: httpx.Client, srv: Server, project: str, directory: Path) -> Dial:
+    """Dials the gateway as a build's client: a new build, its lease and issued certificate."""
+    build_id, token = new_build(http, srv, project)
+    details = active_details(until_active(http, srv, build_id, token))
+    buildctl_via_gateway(details, directory)  # writes the issued certificate, key and CA
+    return tls_dial(
+        details.endpoint,
+        details.server_name,
+        directory / "ca.pem",
+        directory / "cert.pem",
+        directory / "key.pem",
+    )
+
+
+def diy_dial(address: str, certs: dict[str, Path]) -> Dial:
+    dial = tls_dial(address, "127.0.0.1", certs["ca"], certs["client"], certs["client-key"])
+    deadline = time.monotonic() + 30
+    while True:  # the DIY buildkitd may still be starting its listener
+        try:
+            dial().close()
+            return dial
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def h2_exchange(dial: Dial, round_trips: int) -> tuple[float, list[float]]:
+    """A new connection until BuildKit's HTTP/2 SETTINGS arrived and ours were acknowledged; then the
+    time of each further SETTINGS round trip (BuildKit acknowledges each; PINGs it refuses as abuse)."""
+
+    def until(connection: h2.connection.H2Connection, sock: socket.socket, kind: type) -> None:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise RuntimeError("BuildKit closed the connection")
+            events = connection.receive_data(data)
+            sock.sendall(connection.data_to_send())
+            if any(isinstance(e, kind) for e in events):
+                return
+
+    start = time.perf_counter()
+    sock = dial()
+    connection = h2.connection.H2Connection()
+    connection.initiate_connection()
+    sock.sendall(connection.data_to_send())
+    until(connection, sock, h2.events.SettingsAcknowledged)
+    setup = time.perf_counter() - start
+    times = []
+    try:
+        for _ in range(round_trips):
+            began = time.perf_counter()
+            connection.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100})
+            sock.sendall(connection.data_to_send())
+            until(connection, sock, h2.events.SettingsAcknowledged)
+            times.append(time.perf_counter() - began)
+    finally:
+        sock.close()
+    return setup, times
+
+
+def connection_rows(dials: dict[str, Dial], connections: int) -> list[str]:
+    setups: dict[str, list[float]] = {name: [] for name in dials}
+    trips: dict[str, list[float]] = {name: [] for name in dials}
+    for _ in range(connections):
+        for name, dial in dials.items():  # alternately
+            setup, times = h2_exchange(dial, 20)
+            setups[name].append(setup * 1000)
+            trips[name] += [t * 1000 for t in times]
+    rows = [f"    a BuildKit connection, {connections} new connections per side (20 round trips each):"]
+    for name in dials:
+        new, trip = setups[name], trips[name]
+        rows.append(
+            f"      {name:<10} setup p50 {percentile(new, 50):5.2f} / p95 {percentile(new, 95):5.2f} ms"
+            f"   one HTTP/2 round trip p50 {percentile(trip, 50):.3f} / p95 {percentile(trip, 95):.3f} ms"
+        )
+    return rows
 
 
 def rebuild_rows(label: str, times: dict[str, list[float]]) -> list[str]:
