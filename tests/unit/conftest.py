@@ -11,6 +11,7 @@ from opendepot.sealed.box import SecretKey, new_key_text
 from opendepot.sealed.vault import Vault
 from opendepot.store import Store
 from opendepot.store.engine import sqlite_url
+from tests.support.server import create_postgres_database, drop_postgres_database, postgres_admin_url
 
 
 @pytest.fixture
@@ -20,6 +21,26 @@ def store(tmp_path: Path) -> Iterator[Store]:
         yield store
     finally:
         store.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def either_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The store on SQLite, and on a fresh PostgreSQL database when OPENDEPOT_TEST_POSTGRES_URL is set."""
+    if request.param == "sqlite":
+        store = Store.open(sqlite_url(tmp_path), tmp_path)
+        yield store
+        store.dispose()
+        return
+    admin_url = postgres_admin_url()
+    if admin_url is None:
+        pytest.skip("OPENDEPOT_TEST_POSTGRES_URL is not set (./dev test sets it up)")
+    url, name = create_postgres_database(admin_url)
+    store = Store.open(url, tmp_path)
+    try:
+        yield store
+    finally:
+        store.dispose()
+        drop_postgres_database(admin_url, name)
 
 
 @pytest.fixture

@@ -109,6 +109,41 @@ def expire_leases(session: Session, stale_before: datetime, now: datetime) -> in
     return len(stale)
 
 
+# What the reconciler asks several times a second: does `reap` have anything to do? Read without the
+# write lock, so an idle tick never makes a build's own writes wait. Built once, Core.
+_STALE_LEASE = select(_LEASES.c.id).where(
+    _LEASES.c.released_at.is_(None), _LEASES.c.heartbeat_at < bindparam("stale_before")
+)
+_ABANDONED_BUILD = select(_BUILDS.c.id).where(
+    _BUILDS.c.status == BuildStatus.RUNNING,
+    _BUILDS.c.created_at < bindparam("stale_before"),
+    ~select(_LEASES.c.id)
+    .where(
+        _LEASES.c.build_id == _BUILDS.c.id,
+        or_(_LEASES.c.released_at.is_(None), _LEASES.c.heartbeat_at >= bindparam("stale_before")),
+    )
+    .exists(),
+)
+_RAN_TOO_LONG = select(_BUILDS.c.id).where(
+    _BUILDS.c.status == BuildStatus.RUNNING, _BUILDS.c.created_at < bindparam("started_before")
+)
+_REAPING_DUE = select(or_(_STALE_LEASE.exists(), _ABANDONED_BUILD.exists()))
+_REAPING_DUE_WITH_TIMEOUT = select(
+    or_(_STALE_LEASE.exists(), _ABANDONED_BUILD.exists(), _RAN_TOO_LONG.exists())
+)
+
+
+def reaping_due(
+    connection: Connection | Session, stale_before: datetime, started_before: datetime | None
+) -> bool:
+    """Whether a lease's heartbeats stopped before stale_before, a running build holds no live lease since
+    then, or (with started_before) a build still runs that started before it: what `reap` would change."""
+    if started_before is None:
+        return bool(connection.execute(_REAPING_DUE, {"stale_before": stale_before}).scalar())
+    params = {"stale_before": stale_before, "started_before": started_before}
+    return bool(connection.execute(_REAPING_DUE_WITH_TIMEOUT, params).scalar())
+
+
 def active_leases(session: Session) -> Sequence[Row[str, str, str]]:
     """(project, platform, build) of every unreleased lease of a running build."""
     stmt = (

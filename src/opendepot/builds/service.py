@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal, TokenKind
@@ -265,6 +266,18 @@ def list_builds(
     rows = queries.newest_first(session, project.id, limit=page.size + 1, after=page.after)
     token = next_token(BUILDS_LIST, [Cursor(b.created_at, b.id) for b in rows], page.size)
     return rows[: page.size], token
+
+
+def reaping_due(
+    connection: Connection | Session,
+    lease_timeout: timedelta,
+    now: datetime | None = None,
+    build_timeout: timedelta | None = None,
+) -> bool:
+    """Whether `reap` with the same settings would change anything (a read: no write lock)."""
+    now = now or utcnow()
+    started_before = now - build_timeout if build_timeout is not None else None
+    return queries.reaping_due(connection, now - lease_timeout, started_before)
 
 
 def reap(

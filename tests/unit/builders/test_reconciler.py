@@ -4,6 +4,7 @@ leases in, builder processes and builder rows out."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
@@ -17,12 +18,13 @@ from opendepot.builders import service as builder_service
 from opendepot.builders.backend import BuilderSpec, RecordedBuilder
 from opendepot.builders.reconciler import BuilderReconciler, ReconcilerSettings, reap_leftovers
 from opendepot.builders.states import BuilderState
+from opendepot.builds import queries as build_queries
 from opendepot.builds import service as builds
 from opendepot.organizations import service as organizations
 from opendepot.projects import service as projects
 from opendepot.server.background import GatewayLeaseWatch
 from opendepot.store import Store
-from opendepot.store.engine import sqlite_url
+from opendepot.store.engine import WriteLock, sqlite_url
 from opendepot.usage.models import CacheSample
 
 PLATFORM = "amd64"
@@ -376,3 +378,44 @@ def test_every_node_cuts_its_connections_of_builds_whose_lease_ended(world: Worl
     idle = FakeConnectedBuilds(set())
     asyncio.run(GatewayLeaseWatch(world.store, idle).run_once())
     assert idle.cut == set()
+
+
+def test_an_idle_tick_does_not_wait_for_the_write_lock_and_a_due_one_does(world: World) -> None:
+    """Another process's write transaction (its flock on the SQLite file) does not hold up a tick with
+    nothing to reap; a tick that has a build to end waits for it, then ends the build."""
+    assert world.store.write_lock is not None
+    with world.store.transaction() as session:  # a build that has not taken its lease yet: not due
+        build, _secret = builds.create_build(session, world.admin, world.project_id, [])
+    other_process = WriteLock(world.store.write_lock.path)  # its own open file: flock conflicts
+    assert other_process.acquire_now()
+    held = True
+    try:
+
+        async def ticks() -> bool:
+            nonlocal held
+            try:
+                await asyncio.wait_for(world.reconciler.run_once(), 2)  # idle: done without the lock
+            except TimeoutError:
+                other_process.release()  # lets the stuck tick's thread finish before the loop closes
+                held = False
+                raise AssertionError("an idle tick waited for another process's write lock") from None
+            # Now the build, held by nobody since the (zero) lease timeout, is due to end.
+            world.reconciler.settings = dataclasses.replace(
+                world.reconciler.settings, lease_timeout=timedelta(0)
+            )
+            tick = asyncio.ensure_future(world.reconciler.run_once())
+            await asyncio.sleep(0.3)
+            waited = not tick.done()
+            other_process.release()
+            held = False
+            await asyncio.wait_for(tick, 5)
+            return waited
+
+        assert asyncio.run(ticks())
+    finally:
+        if held:
+            other_process.release()
+        other_process.close()
+    with world.store.transaction() as session:
+        ended = build_queries.get(session, build.id)
+        assert ended is not None and ended.status == "error" and "abandoned" in (ended.error or "")

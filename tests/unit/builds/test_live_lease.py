@@ -15,7 +15,8 @@ def live(store: Store, project_id: str, build_id: str, platform: str = "amd64") 
     return store.lookup(lambda c: queries.live_lease_hardware(c, project_id, build_id, platform))
 
 
-def test_only_a_running_build_with_an_unreleased_lease_in_its_project_is_live(store: Store) -> None:
+def test_only_a_running_build_with_an_unreleased_lease_in_its_project_is_live(either_store: Store) -> None:
+    store = either_store
     with store.transaction() as session:
         admin, project = organization_with_project(session)
         other_project = projects.create_project(

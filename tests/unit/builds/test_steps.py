@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session
@@ -15,9 +13,7 @@ from opendepot.builds import queries, steps
 from opendepot.builds import service as builds
 from opendepot.builds.steps import LogChunk, VertexUpdate
 from opendepot.store import Store
-from opendepot.store.engine import sqlite_url
 from tests.support.domain import organization_with_project
-from tests.support.server import create_postgres_database, drop_postgres_database, postgres_admin_url
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -79,25 +75,6 @@ def test_logs_become_lines_and_stop_at_the_cap(store: Store) -> None:
     assert len(texts) == 4 and "30" in texts[3]
     assert [line.stream for line in lines[:3]] == [1, 1, 2]
     assert step.has_logs
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def either_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        store = Store.open(sqlite_url(tmp_path), tmp_path)
-        yield store
-        store.dispose()
-        return
-    admin_url = postgres_admin_url()
-    if admin_url is None:
-        pytest.skip("OPENDEPOT_TEST_POSTGRES_URL is not set (./dev test sets it up)")
-    url, name = create_postgres_database(admin_url)
-    store = Store.open(url, tmp_path)
-    try:
-        yield store
-    finally:
-        store.dispose()
-        drop_postgres_database(admin_url, name)
 
 
 def test_two_writers_adding_the_same_step_at_once_both_succeed(

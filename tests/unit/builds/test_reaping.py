@@ -1,0 +1,78 @@
+"""`reaping_due` (a read, several times a second) says yes exactly when `reap` (a write) has something to do:
+a lease whose heartbeats stopped, a running build nobody holds, a build past the build timeout."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import update
+
+from opendepot.auth import Principal
+from opendepot.builds import service as builds
+from opendepot.builds.models import Lease
+from opendepot.clock import utcnow
+from opendepot.store import Store
+from tests.support.domain import organization_with_project
+
+LEASE_TIMEOUT = timedelta(seconds=30)
+BUILD_TIMEOUT = timedelta(hours=1)
+
+
+def due(store: Store, now: datetime, build_timeout: timedelta | None = None) -> bool:
+    return store.lookup(lambda c: builds.reaping_due(c, LEASE_TIMEOUT, now, build_timeout))
+
+
+def reap(store: Store, now: datetime, build_timeout: timedelta | None = None) -> tuple[int, int]:
+    with store.transaction() as session:
+        return builds.reap(session, LEASE_TIMEOUT, now, build_timeout)
+
+
+def new_build(store: Store, acquired: bool) -> tuple[Principal, str]:
+    with store.transaction() as session:
+        admin, project = organization_with_project(session)
+        build, _ = builds.create_build(session, admin, project.id, [])
+        if acquired:
+            builds.acquire(session, admin, build.id, "amd64")
+        return admin, build.id
+
+
+def test_nothing_is_due_while_leases_beat_and_builds_are_young(either_store: Store) -> None:
+    store = either_store
+    new_build(store, acquired=True)
+    now = utcnow()
+    assert not due(store, now)
+    assert not due(store, now, BUILD_TIMEOUT)
+    assert reap(store, now, BUILD_TIMEOUT) == (0, 0)
+
+
+def test_a_lease_whose_heartbeats_stopped_is_due_until_reaped(either_store: Store) -> None:
+    store = either_store
+    new_build(store, acquired=True)
+    later = utcnow() + LEASE_TIMEOUT + timedelta(seconds=1)
+    assert due(store, later)
+    assert reap(store, later) == (1, 1)  # the lease released, and its build, held by nobody, ended
+    assert not due(store, later)
+
+
+def test_a_build_that_never_took_a_lease_is_due_once_the_lease_timeout_passed(either_store: Store) -> None:
+    store = either_store
+    new_build(store, acquired=False)
+    assert not due(store, utcnow())
+    later = utcnow() + LEASE_TIMEOUT + timedelta(seconds=1)
+    assert due(store, later)
+    assert reap(store, later) == (0, 1)
+    assert not due(store, later)
+
+
+def test_a_build_past_the_build_timeout_is_due_only_with_one(either_store: Store) -> None:
+    store = either_store
+    admin, build_id = new_build(store, acquired=True)
+    later = utcnow() + BUILD_TIMEOUT + timedelta(seconds=1)
+    with store.transaction() as session:  # its lease still beats, an hour on
+        session.execute(update(Lease).values(heartbeat_at=later))
+    assert not due(store, later)
+    assert due(store, later, BUILD_TIMEOUT)
+    assert reap(store, later, BUILD_TIMEOUT) == (0, 0)  # ended as timed out, not as abandoned
+    with store.transaction() as session:
+        assert builds.load_build(session, admin, build_id).status == "error"
+    assert not due(store, later, BUILD_TIMEOUT)
