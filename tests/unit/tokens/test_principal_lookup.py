@@ -1,17 +1,15 @@
 """The per-RPC token read (`tokens.principal_lookup` run by `Store.read_row`): on file-backed SQLite it
-reads on a DB-API connection of its own; revocation and expiry must show on the very next read, whoever
-wrote them."""
+reads on a DB-API connection of its own, elsewhere through the engine; either way revocation and expiry must
+show on the very next read, whoever wrote them."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from pathlib import Path
 
 from opendepot.auth import TokenKind
 from opendepot.clock import utcnow
 from opendepot.store import Store
-from opendepot.store.engine import sqlite_url
 from opendepot.tokens import service as tokens
 from tests.support.domain import organization_with_project
 
@@ -20,7 +18,9 @@ def read(store: Store, secret: str) -> object:
     return asyncio.run(store.read_row(tokens.principal_lookup(secret)))
 
 
-def test_same_principal_as_the_session_path(store: Store) -> None:
+def test_same_principal_as_the_session_path(either_store: Store) -> None:
+    store = either_store
+
     def issue(session):  # type: ignore[no-untyped-def]
         admin, _project = organization_with_project(session)
         return tokens.create_organization_token(session, admin.organization_id, "ci")
@@ -33,14 +33,16 @@ def test_same_principal_as_the_session_path(store: Store) -> None:
     assert read(store, "") is None
 
 
-def test_revocation_by_another_process_shows_on_the_next_read(store: Store, tmp_path: Path) -> None:
+def test_revocation_by_another_process_shows_on_the_next_read(either_store: Store) -> None:
+    store = either_store
+
     def issue(session):  # type: ignore[no-untyped-def]
         admin, _project = organization_with_project(session)
         return tokens.create_organization_token(session, admin.organization_id, "ci")
 
     token, secret = store.call(issue)
     assert read(store, secret) is not None  # the reader's connection is open now
-    other = Store(sqlite_url(tmp_path))  # the admin CLI, another worker: its own connections
+    other = Store(store.url)  # the admin CLI, another worker: its own connections
     try:
         other.call(lambda s: tokens.revoke_organization_token(s, token.organization_id, token.id))
     finally:
@@ -48,7 +50,9 @@ def test_revocation_by_another_process_shows_on_the_next_read(store: Store, tmp_
     assert read(store, secret) is None
 
 
-def test_expiry_is_read_as_an_aware_datetime_and_enforced(store: Store) -> None:
+def test_expiry_is_read_as_an_aware_datetime_and_enforced(either_store: Store) -> None:
+    store = either_store
+
     def issue(session):  # type: ignore[no-untyped-def]
         admin, _project = organization_with_project(session)
         soon = utcnow() + timedelta(seconds=3600)
