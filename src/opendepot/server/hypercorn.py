@@ -59,7 +59,11 @@ def h2_prior_knowledge_at_once() -> None:
         return
 
     async def handle(self: ProtocolWrapper, event: Event) -> None:
-        fresh = isinstance(self.protocol, H11Protocol) and self.protocol.connection.their_state is h11.IDLE
+        fresh = (
+            isinstance(self.protocol, H11Protocol)
+            and self.protocol.connection.their_state is h11.IDLE
+            and not self.protocol.connection.trailing_data[0]  # nothing half-read before these bytes
+        )
         if fresh and isinstance(event, RawData) and event.data.startswith(H2_PREFACE) and not self.ssl:
             self.protocol = H2Protocol(
                 self.app,
