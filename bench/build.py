@@ -538,15 +538,19 @@ def baseline(work: Path, src: Path) -> Iterator[Server]:
 
 def h2load_times(url: str, body: bytes, token: str, requests: int, work: Path) -> list[float]:
     """Each request's time in ms as h2load (a C client: it adds next to nothing) sees it: one h2c
-    connection, one stream at a time, like the depot CLI's; connecting is not counted."""
+    connection, one stream at a time; connecting is not counted. The depot CLI opens a new connection for
+    each RPC: requests=1 per call is what it does."""
     work.mkdir(parents=True, exist_ok=True)
     body_file, log = work / "body", work / "h2load.log"
     body_file.write_bytes(body)
     log.unlink(missing_ok=True)  # h2load appends
+    # The headers the depot CLI sends (connect-go): it accepts gzip, so the server may compress the answer.
     headers = {
         "content-type": "application/proto",
         "connect-protocol-version": "1",
         "authorization": f"Bearer {token}",
+        "accept-encoding": "gzip",
+        "user-agent": "depot-cli/2.102.12/linux/amd64/terminal",
     }
     args = ["h2load", "-c", "1", "-m", "1", "-n", str(requests), "-d", str(body_file), "--log-file", str(log)]
     for name, value in headers.items():
@@ -592,7 +596,8 @@ def floor_row(calls: int, work: Path) -> str:
 
 def api_rows(servers: list[tuple[str, Server, str]], calls: int, work: Path) -> list[str]:
     """CreateBuild, and the first GetBuildKitConnection of a new build on its project's warm builder (what
-    the CLI does next), timed by h2load over h2c; servers take turns in blocks of 20."""
+    the CLI does next), timed by h2load over h2c, each on a new connection with the CLI's headers; servers
+    take turns in blocks of 20. With a baseline, the ratios of its percentiles to this checkout's."""
     creates: dict[str, list[float]] = {label: [] for label, _s, _p in servers}
     connects: dict[str, list[float]] = {label: [] for label, _s, _p in servers}
     with httpx.Client(timeout=60) as http:
@@ -605,7 +610,8 @@ def api_rows(servers: list[tuple[str, Server, str]], calls: int, work: Path) -> 
             for label, server, project in servers:
                 create = cli.CreateBuildRequest(project_id=project).to_binary()
                 url = f"{server.url}/{BS}/CreateBuild"
-                creates[label] += h2load_times(url, create, server.admin_token, block, work / "h2load")
+                for _ in range(block):  # a new connection each, as the CLI makes it
+                    creates[label] += h2load_times(url, create, server.admin_token, 1, work / "h2load")
                 for build_id, token in [new_build(http, server, project) for _ in range(block)]:
                     connect = cli.GetBuildKitConnectionRequest(
                         build_id=build_id, platform=cli.BuilderPlatform.AMD64
@@ -639,6 +645,13 @@ def api_rows(servers: list[tuple[str, Server, str]], calls: int, work: Path) -> 
                     f"      the server's own time (its RPC log, {len(inside)} calls): "
                     f"p50 {p50:.1f} ms, p95 {p95:.1f} ms"
                 )
+    if len(servers) > 1:
+        (now, *_), (before, *_) = servers[0], servers[1]
+        for name, times in (("CreateBuild", creates), ("GetBuildKitConnection (warm)", connects)):
+            ratios = [percentile(times[now], q) / percentile(times[before], q) for q in (50, 95)]
+            rows.append(
+                f"    {name}, this checkout / the baseline: p50 {ratios[0]:.2f}x, p95 {ratios[1]:.2f}x"
+            )
     return rows
 
 

@@ -50,7 +50,7 @@ class Authenticator:
             raise Unauthenticated("invalid token")
         if self._verifier is not None and looks_like_jwt(secret):
             return await self._from_ci_token(secret, self._verifier)
-        principal = await self._store.read_lookup(lambda c: tokens.authenticate(c, secret))
+        principal = await self._store.read_row(tokens.principal_lookup(secret))
         if principal is None:
             raise Unauthenticated("invalid token: unknown, revoked, expired or deleted")
         return principal

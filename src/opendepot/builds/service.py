@@ -75,15 +75,16 @@ def create_build(
         raise InvalidArgument("options", f"at most {MAX_OPTIONS} targets per build")
     if len(json.dumps(options, separators=(",", ":"))) > MAX_OPTIONS_BYTES:
         raise ResourceExhausted(f"options: at most {MAX_OPTIONS_BYTES} bytes of build options per build")
-    project = project_queries.get(session, require_id("project_id", project_id))
-    if project is None:
+    owner = project_queries.owner(session, require_id("project_id", project_id))
+    if owner is None:
         raise NotFound(f"project {project_id!r} not found")
-    principal.require_project_access(project.organization_id, project.id)
+    project_id, organization_id = owner
+    principal.require_project_access(organization_id, project_id)
     now = utcnow()
     build = Build(
         id=new_id(),
-        project_id=project.id,
-        organization_id=project.organization_id,
+        project_id=project_id,
+        organization_id=organization_id,
         status=RUNNING,
         options=options,
         created_at=now,
@@ -93,7 +94,7 @@ def create_build(
         status_bytes=0,
     )
     queries.insert_build(session, build)  # before the token, which refers to it
-    secret = tokens.create_build_token(session, project.organization_id, project.id, build.id)
+    secret = tokens.create_build_token(session, organization_id, project_id, build.id)
     return build, secret
 
 

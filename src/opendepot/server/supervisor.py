@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import gc
 import logging
 import multiprocessing
 import signal
@@ -43,6 +44,7 @@ async def _run_worker(
     stopped: asyncio.Event | None = None,
 ) -> None:
     app, close = make_app(config)
+    settle_garbage_collector()
     if stopped is None:
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -62,6 +64,23 @@ async def _run_worker(
         await worker_serve(asgi, hc, sockets=sockets, shutdown_trigger=shutdown_trigger)
     finally:
         close()
+
+
+# Young objects between collections of the youngest generation (CPython's default: 700). An RPC allocates
+# thousands of short-lived containers; most are freed by reference counting before a collection sees them,
+# so a larger first generation means far fewer collections that each find little left to walk.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def settle_garbage_collector() -> None:
+    """Once the app is built: everything made so far (modules, the app, SQLAlchemy's mappers, the codec's
+    descriptors, ~120k objects) lives as long as the process, so it is frozen out of the collector's walks.
+    Unfrozen, every full collection walked it all (~100 ms of a loaded worker, a stall every few hundred
+    RPCs) and the collector took ~1 ms per RPC on average."""
+    gc.collect()
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def _run(coroutine: Coroutine[Any, Any, None]) -> None:

@@ -2,6 +2,6 @@
 holds the schema's history."""
 
 from .base import Base, UTCDateTime
-from .engine import Store
+from .engine import RowLookup, Store
 
-__all__ = ["Base", "Store", "UTCDateTime"]
+__all__ = ["Base", "RowLookup", "Store", "UTCDateTime"]

@@ -12,7 +12,7 @@ from .models import Token
 _TOKENS = cast(Table, Token.__table__)
 _t = Token.__table__.c
 # Built once: constructing a select costs more than running it. Every RPC runs this one.
-_PRINCIPAL = select(
+PRINCIPAL = select(
     _t.id, _t.kind, _t.organization_id, _t.project_id, _t.build_id, _t.secret_hash, _t.expires_at
 ).where(_t.secret_hash == bindparam("secret_hash"))
 
@@ -28,7 +28,7 @@ def principal_row(
     connection: Connection | Session, secret_hash: str
 ) -> Row[str, str, str, str | None, str | None, str, datetime | None] | None:
     """The hot path of every RPC: the columns a Principal needs, without the ORM's loading machinery."""
-    return connection.execute(_PRINCIPAL, {"secret_hash": secret_hash}).first()
+    return connection.execute(PRINCIPAL, {"secret_hash": secret_hash}).first()
 
 
 def get(session: Session, token_id: str) -> Token | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
@@ -13,6 +14,7 @@ from opendepot.clock import as_utc, utcnow
 from opendepot.errors import InvalidArgument, NotFound, ResourceExhausted
 from opendepot.ids import new_id
 from opendepot.projects.service import load_managed_project
+from opendepot.store import RowLookup
 from opendepot.validation import require_id, require_text
 
 from . import queries
@@ -157,7 +159,17 @@ def delete_token(session: Session, principal: Principal, token_id: str) -> None:
 
 def authenticate(connection: Connection | Session, secret: str) -> Principal | None:
     digest = hash_secret(secret)
-    row = queries.principal_row(connection, digest)
+    return _principal(queries.principal_row(connection, digest), digest)
+
+
+def principal_lookup(secret: str) -> RowLookup[Principal | None]:
+    """The read that authenticates a bearer secret on every RPC (run by `Store.read_row`): the token row of
+    its digest, then the same checks as `authenticate`. None: unknown, revoked, expired or deleted."""
+    digest = hash_secret(secret)
+    return RowLookup(queries.PRINCIPAL, {"secret_hash": digest}, lambda row: _principal(row, digest))
+
+
+def _principal(row: Sequence[Any] | None, digest: str) -> Principal | None:
     if row is None:
         return None
     # A Row unpacks as the tuple it is; Row.tuple() is deprecated and warns (~0.1 ms) on every call.

@@ -7,6 +7,7 @@ from typing import Any
 
 from connectrpc.server import ConnectASGIApplication
 
+from opendepot.api.compression import QuickGzip
 from opendepot.api.deps import Deps
 from opendepot.api.guard import Limits
 from opendepot.api.interceptor import CallInterceptor
@@ -60,7 +61,11 @@ def method_paths() -> set[str]:
 def connect_apps(
     deps: Deps, machines: BuilderAccess, login: login_v1beta1.LoginService
 ) -> list[ConnectASGIApplication[Any]]:
-    opts: dict[str, Any] = {"interceptors": [CallInterceptor()], "read_max_bytes": READ_MAX_BYTES}
+    opts: dict[str, Any] = {
+        "interceptors": [CallInterceptor()],
+        "read_max_bytes": READ_MAX_BYTES,
+        "compressions": [QuickGzip()],
+    }
     return [
         project_v1.ProjectServiceASGIApplication(ProjectService(deps), **opts),
         org_v1.OrganizationServiceASGIApplication(OrganizationService(deps), **opts),
