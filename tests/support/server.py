@@ -143,8 +143,18 @@ def drop_postgres_database(admin_url: str, name: str) -> None:
     import psycopg
 
     conninfo = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    # FORCE refuses while an autovacuum worker (a process of no role) is in the database unless we hold
+    # pg_signal_backend (`./dev` grants it); older roles without it retry until the worker has gone.
+    deadline = time.monotonic() + 30
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        while True:
+            try:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except psycopg.errors.InsufficientPrivilege:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
 
 def postgres_admin_url() -> str | None:
