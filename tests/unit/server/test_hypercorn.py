@@ -25,21 +25,30 @@ class NoTasks:
         pass
 
 
-def wrapper(sent: list[Event]) -> ProtocolWrapper:
+def collector(sent: list[Event]) -> Any:
     async def send(event: Event) -> None:
         sent.append(event)
 
-    return ProtocolWrapper(
-        None,  # type: ignore[arg-type]  # no request reaches the app here
+    return send
+
+
+def protocol_args(send: Any) -> tuple[Any, ...]:
+    """What Hypercorn hands a connection's protocol: no app (no request reaches one here), loopback ends."""
+    return (
+        None,
         HypercornConfig(),
         WorkerContext(None),
-        NoTasks(),  # type: ignore[arg-type]
-        {},  # type: ignore[arg-type]
+        NoTasks(),
+        {},
         False,
         ("127.0.0.1", 1),
         ("127.0.0.1", 2),
         send,
     )
+
+
+def wrapper(sent: list[Event]) -> ProtocolWrapper:
+    return ProtocolWrapper(*protocol_args(collector(sent)))
 
 
 def client_preface() -> bytes:
@@ -89,21 +98,8 @@ def test_a_send_step_writes_its_frames_at_once() -> None:
     one_write_per_send_step()
     sent: list[Event] = []
 
-    async def send(event: Event) -> None:
-        sent.append(event)
-
     async def answer() -> None:
-        protocol = H2Protocol(
-            None,  # type: ignore[arg-type]
-            HypercornConfig(),
-            WorkerContext(None),
-            NoTasks(),  # type: ignore[arg-type]
-            {},  # type: ignore[arg-type]
-            False,
-            ("127.0.0.1", 1),
-            ("127.0.0.1", 2),
-            send,
-        )
+        protocol = H2Protocol(*protocol_args(collector(sent)))
         client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         client.initiate_connection()
         client.send_headers(

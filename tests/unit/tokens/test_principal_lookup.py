@@ -18,14 +18,14 @@ def read(store: Store, secret: str) -> object:
     return asyncio.run(store.read_row(tokens.principal_lookup(secret)))
 
 
+def issue_organization_token(session):  # type: ignore[no-untyped-def]
+    admin, _project = organization_with_project(session)
+    return tokens.create_organization_token(session, admin.organization_id, "ci")
+
+
 def test_same_principal_as_the_session_path(either_store: Store) -> None:
     store = either_store
-
-    def issue(session):  # type: ignore[no-untyped-def]
-        admin, _project = organization_with_project(session)
-        return tokens.create_organization_token(session, admin.organization_id, "ci")
-
-    token, secret = store.call(issue)
+    token, secret = store.call(issue_organization_token)
     found = read(store, secret)
     assert found == store.lookup(lambda c: tokens.authenticate(c, secret))
     assert found is not None and found.kind is TokenKind.ORGANIZATION and found.token_id == token.id
@@ -35,12 +35,7 @@ def test_same_principal_as_the_session_path(either_store: Store) -> None:
 
 def test_revocation_by_another_process_shows_on_the_next_read(either_store: Store) -> None:
     store = either_store
-
-    def issue(session):  # type: ignore[no-untyped-def]
-        admin, _project = organization_with_project(session)
-        return tokens.create_organization_token(session, admin.organization_id, "ci")
-
-    token, secret = store.call(issue)
+    token, secret = store.call(issue_organization_token)
     assert read(store, secret) is not None  # the reader's connection is open now
     other = Store(store.url)  # the admin CLI, another worker: its own connections
     try:
