@@ -22,6 +22,7 @@ from opendepot.logs import current_build
 from opendepot.metrics import metrics
 from opendepot.pki.authority import Authority, ClientIdentity, identity_of, project_of_server_name
 
+from .process import Handshaken, RelayProcess, RemoteRelay
 from .recorder import MemoryWatch, StepRecorder
 from .relay import Observer, Relay, RelayHub
 from .tap import StatusTap
@@ -53,7 +54,9 @@ class Gateway:
         memory_watch: MemoryWatcher | None = None,
         max_relays: int = MAX_RELAYS,
         max_relays_per_project: int = MAX_RELAYS_PER_PROJECT,
+        separate_process: bool = False,
     ) -> None:
+        self.separate_process = separate_process
         self.max_relays = max_relays
         self.max_relays_per_project = max_relays_per_project
         self.recorder = recorder
@@ -62,14 +65,16 @@ class Gateway:
         self.connect_builder = connect_builder
         self.live_lease = live_lease
         self._contexts: dict[str, ssl.SSLContext] = {}
-        self._connections: dict[tuple[str, str], set[Relay]] = {}
         self._projects: dict[tuple[str, str], str] = {}
         self._context_project: dict[int, str] = {}
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._admitting: set[asyncio.Task[None]] = set()
-        self._relays: set[Relay] = set()
+        self._relays: set[Relay | RemoteRelay] = set()
+        self._connections: dict[tuple[str, str], set[Relay | RemoteRelay]] = {}
         self._hub = RelayHub()
+        # With separate_process, the TLS and the relaying run in a child process (process.py).
+        self.process: RelayProcess | None = None
         self._base: ssl.SSLContext | None = None
 
     def _project_context(self, project_id: str) -> ssl.SSLContext | None:
@@ -116,6 +121,9 @@ class Gateway:
         # The listener needs some certificate before SNI picks the real one; it never completes a handshake.
         fallback = self.authority.ensure_placeholder()
         self._base = self._base_context(fallback)
+        if self.separate_process:
+            self.process = RelayProcess(fallback, self.authority.existing_project, HANDSHAKE_TIMEOUT)
+            self.process.start()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
         listener.setblocking(False)
@@ -149,6 +157,8 @@ class Gateway:
         ending = [relay.ended for relay in relays if relay.ended is not None]
         if ending:
             await asyncio.wait(ending, timeout=5)
+        if self.process is not None:
+            await self.process.stop()
         await asyncio.to_thread(self._hub.stop)
 
     def keep_only(self, live: set[tuple[str, str]]) -> None:
@@ -201,6 +211,9 @@ class Gateway:
             raw.setblocking(False)
             if raw.family in (socket.AF_INET, socket.AF_INET6):
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # gRPC's small messages: no delay
+            if self.process is not None:
+                await self._admitted_by_process(self.process, raw)
+                return
             assert self._base is not None
             tls = self._base.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
             try:
@@ -208,20 +221,33 @@ class Gateway:
             except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
                 log.debug("gateway handshake failed: %s", error)
                 return
-            relayed = await self._admit(tls)
+            der = tls.getpeercert(binary_form=True)
+            # The context SNI chose (and whose CA verified the client) says which project this is.
+            relayed = await self._admit(tls, der, self._context_project.get(id(tls.context)))
         except Exception:
             log.exception("gateway connection failed before it was relayed")
         finally:
             # Refused, failed, or the gateway is closing: no connection is left open and unrelayed.
-            if not relayed:
+            if not relayed and self.process is None:
                 (tls or raw).close()
 
-    async def _admit(self, client: ssl.SSLSocket) -> bool:
+    async def _admitted_by_process(self, process: RelayProcess, raw: socket.socket) -> None:
+        """The child does the handshake; the admission is the same; the child relays or closes."""
+        client = await process.handshake(raw)  # the process owns raw from now on
+        if client is None:
+            return
+        relayed = False
+        try:
+            relayed = await self._admit(client, client.der, client.project_id)
+        finally:
+            if not relayed:
+                process.refuse(client.key)
+
+    async def _admit(
+        self, client: ssl.SSLSocket | Handshaken, der: bytes | None, sni_project: str | None
+    ) -> bool:
         """Relays the connection if its certificate names a build with a live lease; True if it does."""
-        der = client.getpeercert(binary_form=True)
         identity = identity_of(der) if der else None
-        # The context SNI chose (and whose CA verified the client) says which project this is.
-        sni_project = self._context_project.get(id(client.context))
         if identity is None or identity.project_id != sni_project:
             return False
         hardware = await self.live_lease(identity.project_id, identity.build_id, identity.platform)
@@ -250,34 +276,34 @@ class Gateway:
         )  # the relay's passes and its end run in this context: logs name it
         measured = metrics()
         loop = asyncio.get_running_loop()
-        # The tap reads the Status stream on its way to the client; the bytes pass unchanged. It runs in the
-        # relay thread and hands what it read to the loop, where the recorder lives.
-        up: Observer = _ignore
-        down: Observer = _ignore
+        on_status: Callable[[bytes], None] | None = None
+        on_status_end: Callable[[], None] | None = None
         if self.recorder is not None:
             build_id, recorder = identity.build_id, self.recorder
             await self._watch_memory(recorder, identity.project_id, build_id, identity.platform, hardware)
 
-            def status(raw: bytes) -> None:
-                loop.call_soon_threadsafe(recorder.status, build_id, raw)
+            def on_status(raw: bytes) -> None:
+                recorder.status(build_id, raw)
 
-            def status_end() -> None:
-                loop.call_soon_threadsafe(recorder.flush_soon, build_id)
+            def on_status_end() -> None:
+                recorder.flush_soon(build_id)
 
-            tap = StatusTap(status, status_end)
-            up, down = tap.from_client, tap.from_server
         try:
             builder = await self.connect_builder(identity.project_id, identity.platform)
         except OSError as error:
             _refused(logging.INFO, identity, f"cannot reach its builder: {error}")
             return False
-        relay = Relay(
-            f"{identity.build_id}/{identity.platform}",
-            client,
-            builder,
-            up=(up, measured.gateway_bytes.labels("to_builder")),
-            down=(down, measured.gateway_bytes.labels("to_client")),
-        )
+        name = f"{identity.build_id}/{identity.platform}"
+        relay: Relay | RemoteRelay
+        if isinstance(client, Handshaken):
+            assert self.process is not None
+            if isinstance(builder, ssl.SSLSocket):  # its TLS state cannot move to the child
+                builder.close()
+                _refused(logging.ERROR, identity, "a TLS builder link cannot be relayed by the relay process")
+                return False
+            relay = self.process.relay(client, name, builder, on_status, on_status_end)
+        else:
+            relay = self._local_relay(client, name, builder, on_status, on_status_end)
         self._connections.setdefault(key, set()).add(relay)
         self._projects[key] = identity.project_id
         self._relays.add(relay)
@@ -290,8 +316,43 @@ class Gateway:
             self._connections.get(key, set()).discard(relay)
 
         relay.prepare(loop, ended)
-        self._hub.add(relay)
+        if isinstance(relay, Relay):
+            self._hub.add(relay)
         return True
+
+    def _local_relay(
+        self,
+        client: ssl.SSLSocket,
+        name: str,
+        builder: socket.socket,
+        on_status: Callable[[bytes], None] | None,
+        on_status_end: Callable[[], None] | None,
+    ) -> Relay:
+        """Relayed by this process's hub thread. The tap reads the Status stream on its way to the client
+        (the bytes pass unchanged) in that thread and hands what it read to the loop, where the recorder
+        lives."""
+        measured = metrics()
+        loop = asyncio.get_running_loop()
+        up: Observer = _ignore
+        down: Observer = _ignore
+        if on_status is not None and on_status_end is not None:
+            status_seen, status_ended = on_status, on_status_end
+
+            def status(raw: bytes) -> None:
+                loop.call_soon_threadsafe(status_seen, raw)
+
+            def status_end() -> None:
+                loop.call_soon_threadsafe(status_ended)
+
+            tap = StatusTap(status, status_end)
+            up, down = tap.from_client, tap.from_server
+        return Relay(
+            name,
+            client,
+            builder,
+            up=(up, measured.gateway_bytes.labels("to_builder")),
+            down=(down, measured.gateway_bytes.labels("to_client")),
+        )
 
 
 def _refused(level: int, identity: ClientIdentity, why: str) -> None:
