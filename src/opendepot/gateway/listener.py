@@ -16,12 +16,12 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from opendepot.logs import current_build
 from opendepot.metrics import metrics
-from opendepot.pki.authority import Authority, ClientIdentity, identity_of, project_of_server_name
+from opendepot.pki.authority import Authority, ClientIdentity, identity_of
 
+from .contexts import listener_context, project_context
 from .process import Handshaken, RelayProcess, RemoteRelay
 from .recorder import MemoryWatch, StepRecorder
 from .relay import Observer, Relay, RelayHub
@@ -84,43 +84,15 @@ class Gateway:
             directory = self.authority.existing_project(project_id)
             if directory is None:
                 return None
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(directory / "server.pem", directory / "server-key.pem")
-            context.load_verify_locations(directory / "ca.pem")
-            context.verify_mode = ssl.CERT_REQUIRED
-            context.set_alpn_protocols(["h2"])  # gRPC clients insist on h2
-            # No TLS 1.3 session tickets: BuildKit's Go clients keep no session cache, so a ticket is never
-            # used, and issuing two per handshake was a third of its CPU.
-            context.num_tickets = 0
-            # Let the client's cipher order win: Go leads with AES-128-GCM where the CPU has AES, cheaper
-            # for large build contexts than the AES-256-GCM that OpenSSL's server order would pick.
-            context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+            context = project_context(directory)
             self._contexts[project_id] = context
             self._context_project[id(context)] = project_id
-        return context
-
-    def _base_context(self, fallback: Path) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(fallback / "server.pem", fallback / "server-key.pem")
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.set_alpn_protocols(["h2"])
-
-        def pick(sslobj: ssl.SSLSocket | ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
-            project_id = project_of_server_name(name)
-            project_context = self._project_context(project_id) if project_id else None
-            if project_context is None:
-                return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
-            sslobj.context = project_context
-            return None
-
-        context.sni_callback = pick
         return context
 
     async def start(self, host: str, port: int) -> int:
         # The listener needs some certificate before SNI picks the real one; it never completes a handshake.
         fallback = self.authority.ensure_placeholder()
-        self._base = self._base_context(fallback)
+        self._base = listener_context(fallback, self._project_context)
         if self.separate_process:
             self.process = RelayProcess(fallback, self.authority.existing_project, HANDSHAKE_TIMEOUT)
             self.process.start()
@@ -254,26 +226,10 @@ class Gateway:
         if hardware is None:
             _refused(logging.INFO, identity, "no live lease")
             return False
-        if len(self._relays) >= self.max_relays:
-            _refused(
-                logging.WARNING,
-                identity,
-                f"the gateway relays {len(self._relays)} connections already, its limit",
-            )
-            return False
-        projects_relays = sum(
-            len(relays)
-            for key, relays in self._connections.items()
-            if self._projects.get(key) == identity.project_id
-        )
-        if projects_relays >= self.max_relays_per_project:
-            why = f"its project relays {projects_relays} connections already, the limit per project"
-            _refused(logging.WARNING, identity, why)
+        if self._over_a_limit(identity):
             return False
         key = (identity.build_id, identity.platform)
-        current_build.set(
-            identity.build_id
-        )  # the relay's passes and its end run in this context: logs name it
+        current_build.set(identity.build_id)  # the relay's passes and its end run in this context
         measured = metrics()
         loop = asyncio.get_running_loop()
         on_status: Callable[[bytes], None] | None = None
@@ -319,6 +275,26 @@ class Gateway:
         if isinstance(relay, Relay):
             self._hub.add(relay)
         return True
+
+    def _over_a_limit(self, identity: ClientIdentity) -> bool:
+        """The relay caps, global and per project: True (with a log line) if this one is past one."""
+        if len(self._relays) >= self.max_relays:
+            _refused(
+                logging.WARNING,
+                identity,
+                f"the gateway relays {len(self._relays)} connections already, its limit",
+            )
+            return True
+        projects_relays = sum(
+            len(relays)
+            for key, relays in self._connections.items()
+            if self._projects.get(key) == identity.project_id
+        )
+        if projects_relays >= self.max_relays_per_project:
+            why = f"its project relays {projects_relays} connections already, the limit per project"
+            _refused(logging.WARNING, identity, why)
+            return True
+        return False
 
     def _local_relay(
         self,

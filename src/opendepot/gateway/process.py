@@ -39,8 +39,8 @@ from typing import Any
 
 from opendepot.logs import configure_logging, current_build
 from opendepot.metrics import metrics
-from opendepot.pki.authority import project_of_server_name
 
+from .contexts import listener_context, project_context
 from .relay import Observer, Relay, RelayHub
 from .tap import StatusTap
 
@@ -403,7 +403,7 @@ class _Child:
         self.handshakes: set[asyncio.Task[None]] = set()
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._context_project: dict[int, str] = {}
-        self.base = self._base_context(placeholder)
+        self.base = listener_context(placeholder, self._project_context)
         self.done: asyncio.Future[None] | None = None
 
     def _project_context(self, project_id: str) -> ssl.SSLContext | None:
@@ -417,33 +417,9 @@ class _Child:
             return None
         if answer in ("", "-"):
             return None
-        directory = Path(answer)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(directory / "server.pem", directory / "server-key.pem")
-        context.load_verify_locations(directory / "ca.pem")
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.set_alpn_protocols(["h2"])
-        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE  # as listener.py: the client's AES-128-GCM
+        context = project_context(Path(answer))
         self._contexts[project_id] = context
         self._context_project[id(context)] = project_id
-        return context
-
-    def _base_context(self, placeholder: Path) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(placeholder / "server.pem", placeholder / "server-key.pem")
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.set_alpn_protocols(["h2"])
-
-        def pick(sslobj: ssl.SSLSocket | ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
-            project_id = project_of_server_name(name)
-            project_context = self._project_context(project_id) if project_id else None
-            if project_context is None:
-                return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
-            sslobj.context = project_context
-            return None
-
-        context.sni_callback = pick
         return context
 
     async def run(self) -> None:
