@@ -306,6 +306,7 @@ class GatewaySettings:
         lambda: True,
         parse=_bool,
         metavar="BOOL",
+        name="gateway_process",
     )
     build_log_limit_mib: int = setting(
         "MiB of step logs kept per build; past it a marker line says so",
