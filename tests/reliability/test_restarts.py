@@ -1,7 +1,8 @@
 """Crashes while builds run, through a real `opendepot serve` and the official `depot` CLI: an API worker
 killed by a signal is replaced while a build runs through; `kill -9` of the supervisor mid-build leaves
 nothing running, and the next start recovers (the interrupted build ends failed with a reason, the next
-build works and hits its cache)."""
+build works and hits its cache); the gateway's relay process killed mid-build fails that build (a dropped
+connection) and a new one serves the next."""
 
 from __future__ import annotations
 
@@ -181,3 +182,34 @@ def test_kill_9_of_the_supervisor_mid_build_leaves_nothing_and_the_next_start_re
         second.stop()
     wait_for(lambda: not processes_under(data_dir), 30, f"no process left: {processes_under(data_dir)}")
     print(json.dumps({"interrupted": interrupted}))
+
+
+def gateway_process(data_dir: Path) -> list[int]:
+    """The gateway's relay process of this server (its command line names the data dir's placeholder)."""
+    return [
+        int(line.split(":", 1)[0])
+        for line in processes_under(data_dir)
+        if "opendepot.gateway.process" in line
+    ]
+
+
+def test_the_gateway_relay_process_killed_mid_build_fails_that_build_and_the_next_one_works(
+    server: Server, tmp_path: Path
+) -> None:
+    _org, token = server.new_organization()
+    project = new_project(server, token)
+    (first,) = gateway_process(server.data_dir)
+    slow = busybox_context(tmp_path / "slow", "sleep 30", "echo never-printed")
+    build = start_build(server, token, project, slow)
+    time.sleep(8)  # the build's BuildKit session runs through the relay process by now
+    os.kill(first, signal.SIGKILL)
+    output, _ = build.communicate(timeout=120)
+    assert build.returncode != 0, output  # its connection dropped: the CLI fails, it does not hang
+    wait_for(lambda: gateway_process(server.data_dir) not in ([], [first]), 30, "a new relay process")
+    assert "relay process ended (exit status -9)" in server.log_text()
+    after = busybox_context(tmp_path / "after", "echo built-after-the-crash")
+    build = start_build(server, token, project, after)
+    output, _ = build.communicate(timeout=300)
+    assert build.returncode == 0, output
+    assert "built-after-the-crash" in output
+    assert server.process is not None and server.process.poll() is None

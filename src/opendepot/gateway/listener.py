@@ -16,12 +16,13 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from opendepot.logs import current_build
 from opendepot.metrics import metrics
-from opendepot.pki.authority import Authority, ClientIdentity, identity_of, project_of_server_name
+from opendepot.pki.authority import Authority, ClientIdentity, identity_of
 
+from .contexts import listener_context, project_context
+from .process import Handshaken, RelayProcess, RemoteRelay
 from .recorder import MemoryWatch, StepRecorder
 from .relay import Observer, Relay, RelayHub
 from .tap import StatusTap
@@ -53,7 +54,9 @@ class Gateway:
         memory_watch: MemoryWatcher | None = None,
         max_relays: int = MAX_RELAYS,
         max_relays_per_project: int = MAX_RELAYS_PER_PROJECT,
+        separate_process: bool = False,
     ) -> None:
+        self.separate_process = separate_process
         self.max_relays = max_relays
         self.max_relays_per_project = max_relays_per_project
         self.recorder = recorder
@@ -62,14 +65,16 @@ class Gateway:
         self.connect_builder = connect_builder
         self.live_lease = live_lease
         self._contexts: dict[str, ssl.SSLContext] = {}
-        self._connections: dict[tuple[str, str], set[Relay]] = {}
         self._projects: dict[tuple[str, str], str] = {}
         self._context_project: dict[int, str] = {}
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._admitting: set[asyncio.Task[None]] = set()
-        self._relays: set[Relay] = set()
+        self._relays: set[Relay | RemoteRelay] = set()
+        self._connections: dict[tuple[str, str], set[Relay | RemoteRelay]] = {}
         self._hub = RelayHub()
+        # With separate_process, the TLS and the relaying run in a child process (process.py).
+        self.process: RelayProcess | None = None
         self._base: ssl.SSLContext | None = None
 
     def _project_context(self, project_id: str) -> ssl.SSLContext | None:
@@ -79,43 +84,18 @@ class Gateway:
             directory = self.authority.existing_project(project_id)
             if directory is None:
                 return None
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(directory / "server.pem", directory / "server-key.pem")
-            context.load_verify_locations(directory / "ca.pem")
-            context.verify_mode = ssl.CERT_REQUIRED
-            context.set_alpn_protocols(["h2"])  # gRPC clients insist on h2
-            # No TLS 1.3 session tickets: BuildKit's Go clients keep no session cache, so a ticket is never
-            # used, and issuing two per handshake was a third of its CPU.
-            context.num_tickets = 0
-            # Let the client's cipher order win: Go leads with AES-128-GCM where the CPU has AES, cheaper
-            # for large build contexts than the AES-256-GCM that OpenSSL's server order would pick.
-            context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+            context = project_context(directory)
             self._contexts[project_id] = context
             self._context_project[id(context)] = project_id
-        return context
-
-    def _base_context(self, fallback: Path) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(fallback / "server.pem", fallback / "server-key.pem")
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.set_alpn_protocols(["h2"])
-
-        def pick(sslobj: ssl.SSLSocket | ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
-            project_id = project_of_server_name(name)
-            project_context = self._project_context(project_id) if project_id else None
-            if project_context is None:
-                return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
-            sslobj.context = project_context
-            return None
-
-        context.sni_callback = pick
         return context
 
     async def start(self, host: str, port: int) -> int:
         # The listener needs some certificate before SNI picks the real one; it never completes a handshake.
         fallback = self.authority.ensure_placeholder()
-        self._base = self._base_context(fallback)
+        self._base = listener_context(fallback, self._project_context)
+        if self.separate_process:
+            self.process = RelayProcess(fallback, self.authority.existing_project, HANDSHAKE_TIMEOUT)
+            self.process.start()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
         listener.setblocking(False)
@@ -149,6 +129,8 @@ class Gateway:
         ending = [relay.ended for relay in relays if relay.ended is not None]
         if ending:
             await asyncio.wait(ending, timeout=5)
+        if self.process is not None:
+            await self.process.stop()
         await asyncio.to_thread(self._hub.stop)
 
     def keep_only(self, live: set[tuple[str, str]]) -> None:
@@ -201,6 +183,9 @@ class Gateway:
             raw.setblocking(False)
             if raw.family in (socket.AF_INET, socket.AF_INET6):
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # gRPC's small messages: no delay
+            if self.process is not None:
+                await self._admitted_by_process(self.process, raw)
+                return
             assert self._base is not None
             tls = self._base.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
             try:
@@ -208,76 +193,73 @@ class Gateway:
             except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
                 log.debug("gateway handshake failed: %s", error)
                 return
-            relayed = await self._admit(tls)
+            der = tls.getpeercert(binary_form=True)
+            # The context SNI chose (and whose CA verified the client) says which project this is.
+            relayed = await self._admit(tls, der, self._context_project.get(id(tls.context)))
         except Exception:
             log.exception("gateway connection failed before it was relayed")
         finally:
             # Refused, failed, or the gateway is closing: no connection is left open and unrelayed.
-            if not relayed:
+            if not relayed and self.process is None:
                 (tls or raw).close()
 
-    async def _admit(self, client: ssl.SSLSocket) -> bool:
+    async def _admitted_by_process(self, process: RelayProcess, raw: socket.socket) -> None:
+        """The child does the handshake; the admission is the same; the child relays or closes."""
+        client = await process.handshake(raw)  # the process owns raw from now on
+        if client is None:
+            return
+        relayed = False
+        try:
+            relayed = await self._admit(client, client.der, client.project_id)
+        finally:
+            if not relayed:
+                process.refuse(client.key)
+
+    async def _admit(
+        self, client: ssl.SSLSocket | Handshaken, der: bytes | None, sni_project: str | None
+    ) -> bool:
         """Relays the connection if its certificate names a build with a live lease; True if it does."""
-        der = client.getpeercert(binary_form=True)
         identity = identity_of(der) if der else None
-        # The context SNI chose (and whose CA verified the client) says which project this is.
-        sni_project = self._context_project.get(id(client.context))
         if identity is None or identity.project_id != sni_project:
             return False
         hardware = await self.live_lease(identity.project_id, identity.build_id, identity.platform)
         if hardware is None:
             _refused(logging.INFO, identity, "no live lease")
             return False
-        if len(self._relays) >= self.max_relays:
-            _refused(
-                logging.WARNING,
-                identity,
-                f"the gateway relays {len(self._relays)} connections already, its limit",
-            )
-            return False
-        projects_relays = sum(
-            len(relays)
-            for key, relays in self._connections.items()
-            if self._projects.get(key) == identity.project_id
-        )
-        if projects_relays >= self.max_relays_per_project:
-            why = f"its project relays {projects_relays} connections already, the limit per project"
-            _refused(logging.WARNING, identity, why)
+        if self._over_a_limit(identity):
             return False
         key = (identity.build_id, identity.platform)
-        current_build.set(
-            identity.build_id
-        )  # the relay's passes and its end run in this context: logs name it
+        current_build.set(identity.build_id)  # the relay's passes and its end run in this context
         measured = metrics()
         loop = asyncio.get_running_loop()
-        # The tap reads the Status stream on its way to the client; the bytes pass unchanged. It runs in the
-        # relay thread and hands what it read to the loop, where the recorder lives.
-        up: Observer = _ignore
-        down: Observer = _ignore
+        on_status: Callable[[bytes], None] | None = None
+        on_status_end: Callable[[], None] | None = None
         if self.recorder is not None:
             build_id, recorder = identity.build_id, self.recorder
             await self._watch_memory(recorder, identity.project_id, build_id, identity.platform, hardware)
 
-            def status(raw: bytes) -> None:
-                loop.call_soon_threadsafe(recorder.status, build_id, raw)
+            def on_status(raw: bytes) -> None:
+                recorder.status(build_id, raw)
 
-            def status_end() -> None:
-                loop.call_soon_threadsafe(recorder.flush_soon, build_id)
+            def on_status_end() -> None:
+                recorder.flush_soon(build_id)
 
-            tap = StatusTap(status, status_end)
-            up, down = tap.from_client, tap.from_server
         try:
             builder = await self.connect_builder(identity.project_id, identity.platform)
         except OSError as error:
             _refused(logging.INFO, identity, f"cannot reach its builder: {error}")
             return False
-        relay = Relay(
-            f"{identity.build_id}/{identity.platform}",
-            client,
-            builder,
-            up=(up, measured.gateway_bytes.labels("to_builder")),
-            down=(down, measured.gateway_bytes.labels("to_client")),
-        )
+        name = f"{identity.build_id}/{identity.platform}"
+        relay: Relay | RemoteRelay
+        if isinstance(client, Handshaken):
+            assert self.process is not None
+            if isinstance(builder, ssl.SSLSocket):  # its TLS state cannot move to the child
+                builder.close()
+                _refused(logging.ERROR, identity, "a TLS builder link cannot be relayed by the relay process")
+                return False
+            relay = self.process.relay(client, name, builder, on_status, on_status_end)
+        else:
+            relay = self._local_relay(client, name, builder, on_status, on_status_end)
         self._connections.setdefault(key, set()).add(relay)
         self._projects[key] = identity.project_id
         self._relays.add(relay)
@@ -290,8 +272,63 @@ class Gateway:
             self._connections.get(key, set()).discard(relay)
 
         relay.prepare(loop, ended)
-        self._hub.add(relay)
+        if isinstance(relay, Relay):
+            self._hub.add(relay)
         return True
+
+    def _over_a_limit(self, identity: ClientIdentity) -> bool:
+        """The relay caps, global and per project: True (with a log line) if this one is past one."""
+        if len(self._relays) >= self.max_relays:
+            _refused(
+                logging.WARNING,
+                identity,
+                f"the gateway relays {len(self._relays)} connections already, its limit",
+            )
+            return True
+        projects_relays = sum(
+            len(relays)
+            for key, relays in self._connections.items()
+            if self._projects.get(key) == identity.project_id
+        )
+        if projects_relays >= self.max_relays_per_project:
+            why = f"its project relays {projects_relays} connections already, the limit per project"
+            _refused(logging.WARNING, identity, why)
+            return True
+        return False
+
+    def _local_relay(
+        self,
+        client: ssl.SSLSocket,
+        name: str,
+        builder: socket.socket,
+        on_status: Callable[[bytes], None] | None,
+        on_status_end: Callable[[], None] | None,
+    ) -> Relay:
+        """Relayed by this process's hub thread. The tap reads the Status stream on its way to the client
+        (the bytes pass unchanged) in that thread and hands what it read to the loop, where the recorder
+        lives."""
+        measured = metrics()
+        loop = asyncio.get_running_loop()
+        up: Observer = _ignore
+        down: Observer = _ignore
+        if on_status is not None and on_status_end is not None:
+            status_seen, status_ended = on_status, on_status_end
+
+            def status(raw: bytes) -> None:
+                loop.call_soon_threadsafe(status_seen, raw)
+
+            def status_end() -> None:
+                loop.call_soon_threadsafe(status_ended)
+
+            tap = StatusTap(status, status_end)
+            up, down = tap.from_client, tap.from_server
+        return Relay(
+            name,
+            client,
+            builder,
+            up=(up, measured.gateway_bytes.labels("to_builder")),
+            down=(down, measured.gateway_bytes.labels("to_client")),
+        )
 
 
 def _refused(level: int, identity: ClientIdentity, why: str) -> None:

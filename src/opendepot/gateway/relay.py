@@ -139,7 +139,9 @@ class Relay:
         self.client, self.builder = client, builder
         self._up = _Flow(client, builder, *up)
         self._down = _Flow(builder, client, *down)
-        self._flows = (self._up, self._down)
+        # The builder's direction first in each pass: its small frames (WINDOW_UPDATEs that let the client
+        # send on) go out before the upload's next buffer is read and sent.
+        self._flows = (self._down, self._up)
         self.fds = (client.fileno(), builder.fileno())
         self._lock = threading.Lock()  # cut() against the hub's close: never shut down a reused fd
         self._closed = False

@@ -240,6 +240,8 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # 
         live_lease,
         recorder if config.gateway.status_tap else None,
         memory_watcher(backend),
+        # Pod builders are reached over TLS from this process: their connections stay in its relay hub.
+        separate_process=config.gateway.separate_process and isinstance(backend, LocalBuildkitd),
     )
     host, port = config.gateway.host_port
     await gateway.start(host, port)

@@ -300,6 +300,14 @@ class GatewaySettings:
         parse=_bool,
         metavar="BOOL",
     )
+    separate_process: bool = setting(
+        "run the gateway's TLS and relaying in a process of its own, beside the supervisor's loops"
+        " (true/false; local builders only)",
+        lambda: True,
+        parse=_bool,
+        metavar="BOOL",
+        name="gateway_process",
+    )
     build_log_limit_mib: int = setting(
         "MiB of step logs kept per build; past it a marker line says so",
         lambda: 10,

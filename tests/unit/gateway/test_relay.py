@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import signal
 import socket
 import ssl
 import threading
@@ -25,6 +26,8 @@ from opendepot.gateway.listener import Gateway
 from opendepot.gateway.relay import BUFFER, Relay, RelayHub
 from opendepot.pki.authority import Authority, ClientIdentity, server_name
 from opendepot.sealed.vault import Vault
+
+from .test_tap import FIRST, SECOND, THIRD, recorded
 
 PROJECT = "bcdfghjklm"
 OTHER_PROJECT = "bcdfghjkln"
@@ -209,7 +212,13 @@ class Harness:
     """A gateway on 127.0.0.1 whose builders are socket pair ends held here."""
 
     def __init__(
-        self, tmp_path: Path, vault: Vault, max_relays: int = 8, max_relays_per_project: int = 8
+        self,
+        tmp_path: Path,
+        vault: Vault,
+        max_relays: int = 8,
+        max_relays_per_project: int = 8,
+        separate_process: bool = False,
+        recorder: Any = None,
     ) -> None:
         self.authority = Authority(tmp_path / "pki", vault)
         self.authority.ensure_project(PROJECT)
@@ -221,9 +230,10 @@ class Harness:
             self.authority,
             self.connect,
             self.lease,
-            None,
+            recorder,
             max_relays=max_relays,
             max_relays_per_project=max_relays_per_project,
+            separate_process=separate_process,
         )
         self.port = 0
 
@@ -254,6 +264,12 @@ class Harness:
 
 
 OnLoop = Callable[..., Any]
+
+
+@pytest.fixture(params=[False, True], ids=["in-process", "relay-process"])
+def separate_process(request: pytest.FixtureRequest) -> bool:
+    """Every gateway case runs with the relay hub in the supervisor and with the relay process."""
+    return bool(request.param)
 
 
 def run_with_gateway(harness: Harness, body: Callable[[OnLoop], None]) -> None:
@@ -293,9 +309,9 @@ def until(condition: Callable[[], bool], seconds: float = 10) -> None:
 
 
 def test_an_admitted_build_is_relayed_over_tls_and_cut_when_its_lease_ends(
-    tmp_path: Path, vault: Vault
+    tmp_path: Path, vault: Vault, separate_process: bool
 ) -> None:
-    harness = Harness(tmp_path, vault)
+    harness = Harness(tmp_path, vault, separate_process=separate_process)
 
     def body(on_loop: OnLoop) -> None:
         client = harness.dial("bcdfghjkl0")
@@ -319,8 +335,10 @@ def test_an_admitted_build_is_relayed_over_tls_and_cut_when_its_lease_ends(
     run_with_gateway(harness, body)
 
 
-def test_no_live_lease_or_a_foreign_certificate_is_refused(tmp_path: Path, vault: Vault) -> None:
-    harness = Harness(tmp_path, vault)
+def test_no_live_lease_or_a_foreign_certificate_is_refused(
+    tmp_path: Path, vault: Vault, separate_process: bool
+) -> None:
+    harness = Harness(tmp_path, vault, separate_process=separate_process)
 
     def body(on_loop: OnLoop) -> None:
         harness.live = False
@@ -345,10 +363,10 @@ def test_no_live_lease_or_a_foreign_certificate_is_refused(tmp_path: Path, vault
 
 
 def test_a_stalled_handshake_holds_no_thread_and_is_dropped(
-    tmp_path: Path, vault: Vault, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, vault: Vault, monkeypatch: pytest.MonkeyPatch, separate_process: bool
 ) -> None:
     monkeypatch.setattr(listener, "HANDSHAKE_TIMEOUT", 1.0)
-    harness = Harness(tmp_path, vault)
+    harness = Harness(tmp_path, vault, separate_process=separate_process)
 
     def body(on_loop: OnLoop) -> None:
         threads = threading.active_count()
@@ -369,9 +387,9 @@ def test_a_stalled_handshake_holds_no_thread_and_is_dropped(
 
 
 def test_connections_past_the_limit_are_refused_with_a_log_line(
-    tmp_path: Path, vault: Vault, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, vault: Vault, caplog: pytest.LogCaptureFixture, separate_process: bool
 ) -> None:
-    harness = Harness(tmp_path, vault, max_relays=2)
+    harness = Harness(tmp_path, vault, max_relays=2, separate_process=separate_process)
 
     def body(on_loop: OnLoop) -> None:
         first, second = harness.dial("bcdfghjkl0"), harness.dial("bcdfghjkl1")
@@ -392,9 +410,11 @@ def test_connections_past_the_limit_are_refused_with_a_log_line(
 
 
 def test_one_project_cannot_take_every_place(
-    tmp_path: Path, vault: Vault, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, vault: Vault, caplog: pytest.LogCaptureFixture, separate_process: bool
 ) -> None:
-    harness = Harness(tmp_path, vault, max_relays=8, max_relays_per_project=2)
+    harness = Harness(
+        tmp_path, vault, max_relays=8, max_relays_per_project=2, separate_process=separate_process
+    )
 
     def body(on_loop: OnLoop) -> None:
         held = [harness.dial("bcdfghjkl0"), harness.dial("bcdfghjkl1")]
@@ -410,3 +430,78 @@ def test_one_project_cannot_take_every_place(
             sock.close()
 
     run_with_gateway(harness, body)
+
+
+def test_when_the_relay_process_dies_its_connections_end_and_a_new_one_serves(
+    tmp_path: Path, vault: Vault, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness = Harness(tmp_path, vault, separate_process=True)
+
+    def body(on_loop: OnLoop) -> None:
+        process = harness.gateway.process
+        assert process is not None and process.process is not None
+        first = process.process.pid
+        client = harness.dial("bcdfghjkl0")
+        client.sendall(b"before")
+        until(lambda: bool(harness.builders))
+        assert harness.builders[0].recv(10) == b"before"
+        with caplog.at_level(logging.WARNING, logger="opendepot.gateway"):
+            os.kill(first, signal.SIGKILL)
+            # The build in flight sees its connection end (as on any dropped connection), both sides.
+            assert closed(harness.builders[0]) and closed(client)
+            until(lambda: not harness.gateway._relays and not on_loop(harness.gateway.connected_builds))
+            until(lambda: process.process is not None and process.process.pid != first and process.alive())
+        assert "relay process ended (exit status -9); 1 connection(s) cut" in caplog.text
+        again = harness.dial("bcdfghjkl1")
+        again.sendall(b"after")
+        until(lambda: len(harness.builders) == 2)
+        assert harness.builders[1].recv(10) == b"after"
+
+    run_with_gateway(harness, body)
+
+
+class CountingRecorder:
+    """The step recorder's face to the gateway, counting what reaches it (a seam: no store here)."""
+
+    def __init__(self) -> None:
+        self.statuses: list[tuple[str, bytes]] = []
+        self.flushes: list[str] = []
+
+    def status(self, build_id: str, raw: bytes) -> None:
+        self.statuses.append((build_id, raw))
+
+    def flush_soon(self, build_id: str) -> None:
+        self.flushes.append(build_id)
+
+    def unwatch_memory(self, build_id: str, platform: str) -> None:
+        return None
+
+
+def test_the_relay_process_taps_status_and_the_supervisor_records_it_once(
+    tmp_path: Path, vault: Vault, separate_process: bool
+) -> None:
+    recorder = CountingRecorder()
+    harness = Harness(tmp_path, vault, separate_process=separate_process, recorder=recorder)
+    client_bytes, server_bytes = recorded()
+
+    def body(on_loop: OnLoop) -> None:
+        client = harness.dial("bcdfghjkl0")
+        client.sendall(client_bytes)
+        until(lambda: bool(harness.builders))
+        builder = harness.builders[0]
+        received = bytearray()
+        while len(received) < len(client_bytes):
+            received += builder.recv(1 << 16)
+        assert bytes(received) == client_bytes  # unchanged
+        builder.sendall(server_bytes)
+        answered = bytearray()
+        while len(answered) < len(server_bytes):
+            answered += client.recv(1 << 16)
+        assert bytes(answered) == server_bytes
+        until(lambda: len(recorder.flushes) == 1)
+        client.close()
+        until(lambda: not harness.gateway._relays)
+
+    run_with_gateway(harness, body)
+    assert recorder.statuses == [("bcdfghjkl0", message) for message in (FIRST, SECOND, THIRD)]
+    assert recorder.flushes == ["bcdfghjkl0"]
