@@ -5,6 +5,7 @@ HTTP/2 sender writes its frames at once."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import h2.config
@@ -25,14 +26,14 @@ class NoTasks:
         pass
 
 
-def collector(sent: list[Event]) -> Any:
+def collector(sent: list[Event]) -> Callable[[Event], Awaitable[None]]:
     async def send(event: Event) -> None:
         sent.append(event)
 
     return send
 
 
-def protocol_args(send: Any) -> tuple[Any, ...]:
+def protocol_args(send: Callable[[Event], Awaitable[None]]) -> tuple[Any, ...]:
     """What Hypercorn hands a connection's protocol: no app (no request reaches one here), loopback ends."""
     return (
         None,
