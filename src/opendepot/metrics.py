@@ -42,6 +42,7 @@ class Metrics:
     gateway_bytes: Any
     gateway_connections: Any
     gateway_open: Any
+    gateway_relay_restarts: Any
     registry_pushes: Any
 
 
@@ -74,6 +75,9 @@ def metrics() -> Metrics:
         gateway_connections=Counter("opendepot_gateway_connections", "connections accepted by the gateway"),
         gateway_open=Gauge(
             "opendepot_gateway_open_connections", "gateway connections open now", multiprocess_mode="livesum"
+        ),
+        gateway_relay_restarts=Counter(
+            "opendepot_gateway_relay_restarts", "times the gateway's relay process died and was started again"
         ),
         registry_pushes=Counter("opendepot_registry_pushes", "manifests pushed to the registry"),
     )

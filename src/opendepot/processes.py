@@ -1,5 +1,5 @@
 """Child processes: stopping the ones the supervisor runs (builders, the registry); tying a worker to its
-parent."""
+parent; how long to wait before starting again one that died."""
 
 from __future__ import annotations
 
@@ -11,7 +11,32 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+# Waits before starting again a process that died soon after its start, by quick deaths in a row.
+RESTART_WAITS_SECONDS = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
+STABLE_AFTER_SECONDS = 60.0
+
+
+@dataclass
+class RestartBackoff:
+    """One process's restarts: none to wait after a death once it ran a minute (it starts over); after a
+    quick death the next wait of RESTART_WAITS_SECONDS, so one that keeps dying is started every 30 s,
+    never in a busy loop."""
+
+    waits: tuple[float, ...] = RESTART_WAITS_SECONDS
+    stable_after: float = STABLE_AFTER_SECONDS
+    quick_deaths: int = 0
+
+    def wait(self, lived_seconds: float) -> float:
+        """Counts a death after `lived_seconds`; how long to wait before the next start."""
+        self.quick_deaths = 0 if lived_seconds >= self.stable_after else self.quick_deaths + 1
+        return self.waits[min(self.quick_deaths, len(self.waits) - 1)]
+
+    def keeps_dying(self) -> bool:
+        """The wait has reached its longest."""
+        return self.quick_deaths >= len(self.waits) - 1
 
 
 async def terminate(process: subprocess.Popen[bytes], grace_seconds: float = 15) -> None:

@@ -12,7 +12,11 @@ hands over the builder's socket (or refuses). The tap's Status messages come bac
 where the one recorder writes them: a build's status still has one writer. Cutting a connection is a
 `shutdown()` on the supervisor's own descriptors (the socket is shared); the child sees the hang-up and
 reports the end. If the child dies, every connection it held is cut (their builds fail as on a dropped
-connection) and a new child starts.
+connection) and a new child starts: at once if the last one lived a minute, else after a wait that grows with
+each quick death in a row (1 s up to 30 s, as for the API workers): a child that keeps dying costs neither a
+busy loop nor a flood of logs. It is not replaced by a relay in the supervisor: whatever kills the child (a
+hostile peer's TLS, memory) would then kill the supervisor. Meanwhile the gateway refuses new connections; the
+API keeps serving.
 
 Channels (socket pairs, their fds named on the child's command line): `control` (supervisor to child, one
 message per packet, with the descriptors), `events` (child to supervisor, length-prefixed), `names` (the
@@ -39,6 +43,7 @@ from typing import Any
 
 from opendepot.logs import configure_logging, current_build
 from opendepot.metrics import metrics
+from opendepot.processes import RestartBackoff
 
 from .contexts import listener_context, project_context
 from .relay import Observer, Relay, RelayHub
@@ -48,7 +53,6 @@ log = logging.getLogger("opendepot.gateway")
 
 HANDSHAKE_TIMEOUT = 10.0
 PACKET = 64 << 10
-RESTART_BACKOFF = 1.0  # seconds between restarts of a child that keeps dying
 
 
 def _frame(message: tuple[Any, ...]) -> bytes:
@@ -140,8 +144,10 @@ class RelayProcess:
         placeholder: Path,
         project_files: Callable[[str], Path | None],
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        backoff: RestartBackoff | None = None,
     ) -> None:
         self.placeholder = placeholder
+        self.backoff = backoff or RestartBackoff()
         self.handshake_timeout = handshake_timeout
         self.project_files = project_files
         self.process: subprocess.Popen[bytes] | None = None
@@ -325,12 +331,18 @@ class RelayProcess:
         self._drop_all()
         if self._stopping:
             return
-        log.warning(
-            "the gateway's relay process ended (exit status %s); %d connection(s) cut; starting a new one",
+        wait = self.backoff.wait(time.monotonic() - self._started)
+        log.log(
+            logging.ERROR if self.backoff.keeps_dying() else logging.WARNING,
+            "the gateway's relay process ended (exit status %s); %d connection(s) cut; "
+            "starting a new one in %.0f s (%d quick death(s) in a row)",
             code,
             lost,
+            wait,
+            self.backoff.quick_deaths,
         )
-        self._restarting = asyncio.get_running_loop().create_task(self._restart())
+        metrics().gateway_relay_restarts.inc()
+        self._restarting = asyncio.get_running_loop().create_task(self._restart(wait))
 
     def _drop_all(self) -> None:
         handshakes, self._handshakes = self._handshakes, {}
@@ -341,15 +353,14 @@ class RelayProcess:
         for key in list(self._relays):
             self._ended(key)
 
-    async def _restart(self) -> None:
+    async def _restart(self, wait: float) -> None:
         if self.process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 await asyncio.to_thread(self.process.wait, 5)
             if self.process.poll() is None:
                 self.process.kill()
                 await asyncio.to_thread(self.process.wait)
-        if time.monotonic() - self._started < RESTART_BACKOFF:
-            await asyncio.sleep(RESTART_BACKOFF)
+        await asyncio.sleep(wait)  # meanwhile handshake() refuses: there is no control channel
         if not self._stopping:
             self.restarts += 1
             self.start()

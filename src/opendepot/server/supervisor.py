@@ -24,7 +24,7 @@ from hypercorn.config import Sockets
 from hypercorn.utils import wrap_app
 
 from opendepot.logs import configure_logging
-from opendepot.processes import die_with_parent
+from opendepot.processes import RestartBackoff, die_with_parent
 
 from .background import builder_services
 from .config import Config
@@ -148,11 +148,6 @@ async def _supervise(config: Config, make_app: AppFactory, builders: bool) -> No
                 await asyncio.to_thread(w.join)
 
 
-# Delays before restarting a worker that died again soon after its start; one that ran a minute starts over.
-RESTART_BACKOFF_SECONDS = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
-STABLE_AFTER_SECONDS = 60.0
-
-
 class _WorkerPool:
     def __init__(self, ctx: Any, config: Config, make_app: AppFactory, stop: EventType) -> None:
         self._ctx = ctx
@@ -161,7 +156,7 @@ class _WorkerPool:
         self._stop = stop
         self.workers: list[Any] = []
         self._started: list[float] = []
-        self._crashes: list[int] = []
+        self._backoffs: list[RestartBackoff] = []
         self._due: dict[int, float] = {}
 
     def start(self, index: int) -> None:
@@ -170,7 +165,7 @@ class _WorkerPool:
         if index == len(self.workers):
             self.workers.append(process)
             self._started.append(time.monotonic())
-            self._crashes.append(0)
+            self._backoffs.append(RestartBackoff())
         else:
             self.workers[index] = process
             self._started[index] = time.monotonic()
@@ -182,9 +177,7 @@ class _WorkerPool:
                 continue
             if index not in self._due:
                 worker.join(0)
-                stable = now - self._started[index] >= STABLE_AFTER_SECONDS
-                self._crashes[index] = 0 if stable else self._crashes[index] + 1
-                delay = RESTART_BACKOFF_SECONDS[min(self._crashes[index], len(RESTART_BACKOFF_SECONDS) - 1)]
+                delay = self._backoffs[index].wait(now - self._started[index])
                 self._due[index] = now + delay
                 log.error(
                     "API worker %d (pid %s) exited with %s; restarting it in %.0f s",

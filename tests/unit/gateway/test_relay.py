@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from opendepot.gateway import listener
 from opendepot.gateway.listener import Gateway
@@ -456,6 +457,45 @@ def test_when_the_relay_process_dies_its_connections_end_and_a_new_one_serves(
         again.sendall(b"after")
         until(lambda: len(harness.builders) == 2)
         assert harness.builders[1].recv(10) == b"after"
+
+    run_with_gateway(harness, body)
+
+
+def test_a_relay_process_that_keeps_dying_is_started_again_after_longer_waits(
+    tmp_path: Path, vault: Vault, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second quick death waits 2 s, not 1 (a child that keeps dying is no busy loop); meanwhile the gateway
+    refuses connections, and afterwards a new child serves."""
+    harness = Harness(tmp_path, vault, separate_process=True)
+    restarts = REGISTRY.get_sample_value("opendepot_gateway_relay_restarts_total") or 0.0
+
+    def body(on_loop: OnLoop) -> None:
+        process = harness.gateway.process
+        assert process is not None and process.process is not None
+
+        def kill_the_child() -> float:
+            """Seconds until a new child runs."""
+            assert process.process is not None
+            pid = process.process.pid
+            os.kill(pid, signal.SIGKILL)
+            until(lambda: not process.alive())
+            died = time.monotonic()
+            with pytest.raises(OSError):  # no child to shake hands: the connection is closed at once
+                harness.dial("bcdfghjkl0")
+            until(lambda: process.process is not None and process.process.pid != pid and process.alive())
+            return time.monotonic() - died
+
+        with caplog.at_level(logging.WARNING, logger="opendepot.gateway"):
+            kill_the_child()
+            assert kill_the_child() >= 1.9
+        assert "starting a new one in 1 s (1 quick death(s) in a row)" in caplog.text
+        assert "starting a new one in 2 s (2 quick death(s) in a row)" in caplog.text
+        assert REGISTRY.get_sample_value("opendepot_gateway_relay_restarts_total") == restarts + 2
+        client = harness.dial("bcdfghjkl1")
+        client.sendall(b"after")
+        until(lambda: bool(harness.builders))
+        assert harness.builders[0].recv(10) == b"after"
+        client.close()
 
     run_with_gateway(harness, body)
 
