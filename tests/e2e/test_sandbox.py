@@ -658,9 +658,12 @@ def test_a_deleted_project_takes_its_builder_user_along(tmp_path: Path) -> None:
             check=False,
         )
         assert deleted.returncode == 0, deleted.stderr
-        # The janitor runs every 30 s.
-        assert wait_until(lambda: name not in sandbox.users(), 60), sandbox.users()
-        assert name not in Path("/etc/subuid").read_text()
+
+        # The janitor runs every 30 s. userdel rewrites /etc/passwd before /etc/subuid: wait for both.
+        def gone() -> bool:
+            return name not in sandbox.users() and name not in Path("/etc/subuid").read_text()
+
+        assert wait_until(gone, 60), (sandbox.users(), Path("/etc/subuid").read_text())
         print(f"\nproject {project} deleted: builder user {name} and its subordinate ids are gone")
     finally:
         server.stop()
