@@ -144,10 +144,9 @@ class RelayProcess:
         placeholder: Path,
         project_files: Callable[[str], Path | None],
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        backoff: RestartBackoff | None = None,
     ) -> None:
         self.placeholder = placeholder
-        self.backoff = backoff or RestartBackoff()
+        self.backoff = RestartBackoff()
         self.handshake_timeout = handshake_timeout
         self.project_files = project_files
         self.process: subprocess.Popen[bytes] | None = None
