@@ -23,15 +23,22 @@ STABLE_AFTER_SECONDS = 60.0
 class RestartBackoff:
     """One process's restarts: none to wait after a death once it ran a minute (it starts over); after a
     quick death the next wait of RESTART_WAITS_SECONDS, so one that keeps dying is started every 30 s,
-    never in a busy loop."""
+    never in a busy loop. It keeps the time of the last start itself (monotonic clock); the arguments
+    that name a time are for tests."""
 
     waits: tuple[float, ...] = RESTART_WAITS_SECONDS
     stable_after: float = STABLE_AFTER_SECONDS
     quick_deaths: int = 0
+    started_at: float = 0.0
 
-    def wait(self, lived_seconds: float) -> float:
-        """Counts a death after `lived_seconds`; how long to wait before the next start."""
-        self.quick_deaths = 0 if lived_seconds >= self.stable_after else self.quick_deaths + 1
+    def started(self, at: float | None = None) -> None:
+        """The process has (re)started."""
+        self.started_at = time.monotonic() if at is None else at
+
+    def wait(self, died_at: float | None = None) -> float:
+        """Counts a death; how long to wait before the next start."""
+        lived = (time.monotonic() if died_at is None else died_at) - self.started_at
+        self.quick_deaths = 0 if lived >= self.stable_after else self.quick_deaths + 1
         return self.waits[min(self.quick_deaths, len(self.waits) - 1)]
 
     def keeps_dying(self) -> bool:

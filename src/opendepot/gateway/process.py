@@ -36,7 +36,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -158,7 +157,6 @@ class RelayProcess:
         self._relays: dict[int, RemoteRelay] = {}
         self._next = 0
         self._stopping = False
-        self._started = 0.0
         self._restarting: asyncio.Task[None] | None = None
         self.restarts = 0
 
@@ -186,7 +184,7 @@ class RelayProcess:
         finally:
             for sock in children:
                 sock.close()
-        self._started = time.monotonic()
+        self.backoff.started()
         control.settimeout(5)  # the child reads its control channel all the time; never wait forever
         events.setblocking(False)
         names.setblocking(False)
@@ -330,7 +328,7 @@ class RelayProcess:
         self._drop_all()
         if self._stopping:
             return
-        wait = self.backoff.wait(time.monotonic() - self._started)
+        wait = self.backoff.wait()
         log.log(
             logging.ERROR if self.backoff.keeps_dying() else logging.WARNING,
             "the gateway's relay process ended (exit status %s); %d connection(s) cut; "

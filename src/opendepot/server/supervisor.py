@@ -155,7 +155,6 @@ class _WorkerPool:
         self._make_app = make_app
         self._stop = stop
         self.workers: list[Any] = []
-        self._started: list[float] = []
         self._backoffs: list[RestartBackoff] = []
         self._due: dict[int, float] = {}
 
@@ -164,11 +163,10 @@ class _WorkerPool:
         process.start()
         if index == len(self.workers):
             self.workers.append(process)
-            self._started.append(time.monotonic())
             self._backoffs.append(RestartBackoff())
         else:
             self.workers[index] = process
-            self._started[index] = time.monotonic()
+        self._backoffs[index].started()
 
     def replace_dead(self) -> None:
         now = time.monotonic()
@@ -177,7 +175,7 @@ class _WorkerPool:
                 continue
             if index not in self._due:
                 worker.join(0)
-                delay = self._backoffs[index].wait(now - self._started[index])
+                delay = self._backoffs[index].wait()
                 self._due[index] = now + delay
                 log.error(
                     "API worker %d (pid %s) exited with %s; restarting it in %.0f s",
