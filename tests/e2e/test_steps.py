@@ -200,3 +200,22 @@ def test_deleting_a_project_with_builds_removes_everything(
     assert gone["error"]["code"] == "not_found"
     assert not (server.data_dir / "projects" / project).exists()
     assert not (server.data_dir / "pki" / project).exists()
+
+
+def test_a_step_that_prints_nul_bytes_keeps_its_steps_and_logs(
+    server: Server, org: tuple[str, str], tmp_path: Path
+) -> None:
+    """Binary output is ordinary in a build log (PostgreSQL's text refuses a NUL character)."""
+    _org, token = org
+    project = new_project(server, token, "nul-bytes")
+    context = busybox_context(
+        tmp_path / "ctx", "printf before; head -c 2 /dev/zero; echo after; echo plain-line"
+    )
+    code, output = build(server, token, project, context)
+    assert code == 0, output
+    [built] = builds_of(server, token, project)
+    [step] = run_steps(steps_of(server, token, project, built["id"]))
+    assert step.get("hasLogs") and "completedAt" in step
+    # Each write is a chunk of its own (a line cut across chunks becomes lines); a NUL reads as U+FFFD.
+    lines = logs_of(server, token, project, built["id"], step["digest"])
+    assert lines == ["before", "\ufffd\ufffd", "after", "plain-line"]

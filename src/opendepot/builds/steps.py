@@ -8,7 +8,7 @@ marker line says so and the rest is dropped."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy.orm import Session
@@ -62,6 +62,18 @@ class LogChunk:
     data: bytes
 
 
+def storable(text: str) -> str:
+    """Text as a text column keeps it everywhere: PostgreSQL refuses a NUL character, which binary output
+    in a log or a hostile vertex name can carry; it reads as U+FFFD, like bytes that are not UTF-8."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _storable_vertex(v: VertexUpdate) -> VertexUpdate:
+    if "\x00" not in v.name and "\x00" not in v.error:
+        return v
+    return replace(v, name=storable(v.name), error=storable(v.error))
+
+
 def _step(session: Session, steps: dict[str, Step], build_id: str, digest: str, project_id: str = "") -> Step:
     """The build's step for digest: known already, or added. Adding is idempotent: a concurrent writer of
     the same build may add the same step between this transaction's read and its insert."""
@@ -84,8 +96,10 @@ def apply(
     build = session.get(Build, build_id)
     project_id = build.project_id if build is not None else ""
     out_of_memory = ""
+    vertices = [_storable_vertex(v) for v in vertices]
     digests = [v.digest for v in vertices] + [chunk.digest for chunk in logs]
-    reported = {d for d in digests if d and len(d) <= MAX_DIGEST}
+    # BuildKit's digests are `sha256:<hex>`; one that could not be stored is not a step.
+    reported = {d for d in digests if d and len(d) <= MAX_DIGEST and "\x00" not in d}
     # Every step these updates touch that exists already, in one query.
     steps = queries.steps_by_digest(session, build_id, sorted(reported))
     room = MAX_STEPS - queries.step_count(session, build_id)
@@ -210,7 +224,7 @@ def _append_logs(
             _step(session, steps, build_id, chunk.digest).has_logs = True
             return
         volume.bytes += len(chunk.data)
-        text = chunk.data.decode("utf-8", errors="replace")
+        text = storable(chunk.data.decode("utf-8", errors="replace"))
         lines = text.split("\n")
         if lines and lines[-1] == "":
             lines.pop()

@@ -77,6 +77,27 @@ def test_logs_become_lines_and_stop_at_the_cap(store: Store) -> None:
     assert step.has_logs
 
 
+def test_nul_characters_are_stored_as_replacement_characters(either_store: Store) -> None:
+    """PostgreSQL's text refuses a NUL: binary log output and a hostile vertex name must not lose the batch."""
+    build_id = new_build(either_store)
+    updates = [
+        vertex(name="RUN a\x00b", error="failed\x00", completed=T0),
+        vertex(digest="sha256:\x00", name="never a step"),
+    ]
+    chunks = [
+        LogChunk(digest="sha256:x", stream=1, at=T0, data=b"before\x00after\n"),
+        LogChunk(digest="sha256:\x00", stream=1, at=T0, data=b"dropped\n"),
+    ]
+    with either_store.transaction() as session:
+        steps.apply(session, build_id, updates, chunks)
+    with either_store.transaction() as session:
+        [step] = queries.steps_page(session, build_id, limit=10, after=None)
+        lines = queries.log_page(session, build_id, "sha256:x", limit=10, after_id=0)
+    assert (step.digest, step.name, step.error) == ("sha256:x", "RUN a\ufffdb", "failed\ufffd")
+    assert step.completed_at == T0 and step.has_logs
+    assert [line.text for line in lines] == ["before\ufffdafter"]
+
+
 def test_two_writers_adding_the_same_step_at_once_both_succeed(
     either_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
