@@ -78,7 +78,7 @@ def test_logs_become_lines_and_stop_at_the_cap(store: Store) -> None:
 
 
 def test_nul_characters_are_stored_as_replacement_characters(either_store: Store) -> None:
-    """PostgreSQL's text refuses a NUL: binary log output and a hostile vertex name must not lose the batch."""
+    """PostgreSQL's text refuses a NUL: binary log output or a hostile vertex name must not lose a batch."""
     build_id = new_build(either_store)
     updates = [
         vertex(name="RUN a\x00b", error="failed\x00", completed=T0),
