@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 import httpx
 import pytest
-from protobuf import Message, Oneof
+from protobuf import DescFieldValueList, DescFieldValueScalar, DescMethod, Message, Oneof, ScalarType
 
+from opendepot.api.rpc.services import SERVICES
 from opendepot.gen.depot.cli.v1beta1 import projects_pb as beta
 from opendepot.gen.depot.core.v1 import organization_pb as orgpb
 from opendepot.gen.depot.core.v1 import project_pb as pb
@@ -455,3 +456,62 @@ def test_json_codec_and_unknown_methods(server: Server, http: httpx.Client, worl
         content_type="application/json",
     )
     assert r.code == "unimplemented" and "depot push" in r.error["message"]
+
+
+def _nul_request(method: DescMethod) -> tuple[dict[str, Any], set[str]]:
+    """A JSON request for method with every top-level string (or list of strings) holding a NUL, and the
+    proto names of those fields."""
+    request: dict[str, Any] = {}
+    names = set()
+    for field in method.input.fields:
+        value = field.value
+        if isinstance(value, DescFieldValueScalar) and value.scalar == ScalarType.STRING:
+            request[field.json_name] = "x\u0000y"
+        elif isinstance(value, DescFieldValueList) and value.element == ScalarType.STRING:
+            request[field.json_name] = ["x\u0000y"]
+        else:
+            continue
+        names.add(field.name)
+    return request, names
+
+
+NUL_CASES = [
+    (f"/{service.desc().type_name}/{method.name}", *_nul_request(method))
+    for service in SERVICES
+    for method in service.desc().methods
+    if method.method_kind == "unary" and _nul_request(method)[0]
+]
+
+
+def test_a_nul_in_any_string_of_any_request_is_invalid_argument_naming_it(
+    server: Server, http: httpx.Client, world: World
+) -> None:
+    """PostgreSQL's text refuses a NUL: it used to come back as an internal error from the driver."""
+    assert len(NUL_CASES) > 30
+    before = snapshot(server, http, world)
+    failures = []
+    for path, request, names in NUL_CASES:
+        body = json.dumps(request).encode()
+        reply = call(http, server.url, path, body, world.org_token, content_type="application/json")
+        message = reply.error.get("message", "") if reply.status != 200 else ""
+        field = message.split(":", 1)[0].split("[", 1)[0]
+        if reply.code != "invalid_argument" or "NUL" not in message or field not in names:
+            failures.append((path, reply.status, reply.body[:200]))
+    assert failures == []
+    assert snapshot(server, http, world) == before
+
+
+def test_a_nul_deep_in_a_request_is_named_by_its_path(
+    server: Server, http: httpx.Client, world: World
+) -> None:
+    request = {"projectId": world.project, "github": {"repositoryOwner": "a\u0000", "repository": "web"}}
+    reply = call(
+        http,
+        server.url,
+        f"{PS}/AddTrustPolicy",
+        json.dumps(request).encode(),
+        world.org_token,
+        content_type="application/json",
+    )
+    assert reply.code == "invalid_argument"
+    assert reply.error["message"] == "github.repository_owner: must not contain a NUL character"

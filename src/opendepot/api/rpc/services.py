@@ -11,6 +11,7 @@ from opendepot.api.compression import QuickGzip
 from opendepot.api.deps import Deps
 from opendepot.api.guard import Limits
 from opendepot.api.interceptor import CallInterceptor
+from opendepot.api.nul import NoNulInStrings
 from opendepot.api.rpc.build.v1.build import BuildService as BuildV1Service
 from opendepot.api.rpc.build.v1.registry import RegistryService
 from opendepot.api.rpc.buildkit.v1.buildkit import BuildKitService
@@ -62,7 +63,7 @@ def connect_apps(
     deps: Deps, machines: BuilderAccess, login: login_v1beta1.LoginService
 ) -> list[ConnectASGIApplication[Any]]:
     opts: dict[str, Any] = {
-        "interceptors": [CallInterceptor()],
+        "interceptors": [CallInterceptor(), NoNulInStrings()],
         "read_max_bytes": READ_MAX_BYTES,
         "compressions": [QuickGzip()],
     }
