@@ -68,3 +68,33 @@ def test_bad_input_is_answered_not_crashed(ui_server: Server) -> None:
         ):
             assert client.get(f"{srv.url}{path}").status_code == status, path
         assert client.post(f"{srv.url}/projects", content=b"x" * (128 * 1024)).status_code == 413
+
+
+def test_a_nul_in_a_path_query_or_form_is_invalid_input_on_either_store(server: Server) -> None:
+    """PostgreSQL's text refuses a NUL: each of these was an internal error (a 500 page and a traceback)."""
+    with httpx.Client(timeout=30) as client:
+        # Before signing in: the API's login approval page looked the id up.
+        anonymous = client.get(f"{server.url}/login/%00")
+        assert anonymous.status_code == 404 and anonymous.json()["code"] == "not_found"
+        sign_in(client, server.url, server.admin_token)
+        page = client.get(f"{server.url}/projects")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert page.status_code == 200 and csrf
+        for path in (
+            "/projects/%00",
+            "/projects/bbbbbbbbbb/builds/%00/log",
+            "/projects/bbbbbbbbbb/builds/cccccccccc/search?q=a%00",
+            "/projects?cursor=%00",
+        ):
+            answer = client.get(f"{server.url}{path}")
+            assert (answer.status_code, "Invalid input" in answer.text) == (400, True), path
+        for path, form in (
+            ("/projects", {"name": "a\x00b"}),
+            ("/projects/%00/delete", {}),
+            ("/tokens/%00/delete", {}),
+            ("/projects/bbbbbbbbbb/images/delete", {"digest": "sha256:\x00"}),
+        ):
+            answer = client.post(f"{server.url}{path}", data={"csrf": csrf[1], **form})
+            assert (answer.status_code, "Invalid input" in answer.text) == (400, True), path
+        # The pages still answer.
+        assert client.get(f"{server.url}/projects").status_code == 200

@@ -157,6 +157,11 @@ class Dashboard:
             await response.send(send)
 
     async def _dispatch(self, request: Request, send: Send) -> Response | None:
+        if request.has_nul():
+            # No id, name or search has one, and PostgreSQL's text refuses it (an internal error).
+            return self._render(
+                Page(request, send), "error.html", 400, title="Invalid input", message="a NUL character"
+            )
         allowed = False
         for method, pattern, handler, signed_in in self.routes:
             match = pattern.match(request.path)
@@ -195,6 +200,8 @@ class Dashboard:
             form = await request.form()
             if form is None:
                 return self._render(page, "error.html", 413, title="Too large", message="")
+            if any("\x00" in key or "\x00" in value for key, value in form.items()):
+                return self._render(page, "error.html", 400, title="Invalid input", message="a NUL character")
             if not request.same_origin() or not sessions.csrf_matches(found, form.get("csrf", "")):
                 return self._render(
                     page, "error.html", 403, title="Refused", message="The form's CSRF token did not match."

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, unquote_plus
 
 from opendepot.api.http.asgi import Receive, Scope, Send, read_body
 
@@ -50,6 +50,11 @@ class Request:
             if k.lower() == key:
                 return bytes(v).decode("latin-1")
         return ""
+
+    def has_nul(self) -> bool:
+        """A NUL character in the path or the query, percent-encoded or not."""
+        query = unquote_plus(bytes(self.scope.get("query_string", b"")).decode("latin-1"))
+        return "\x00" in self.path or "\x00" in query
 
     def query(self, name: str, default: str = "") -> str:
         raw = bytes(self.scope.get("query_string", b"")).decode("latin-1")

@@ -50,6 +50,11 @@ class Router:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
+        if "\x00" in path:
+            # No route has one; the pages behind a prefix (the login page) would look it up in the store,
+            # where PostgreSQL refuses it with an internal error.
+            await respond_json(send, 404, {"code": "not_found", "message": "no such path"})
+            return
         if path == "/healthz":
             ok = await self._health()
             await respond_json(send, 200 if ok else 503, {"status": "ok" if ok else "unavailable"})
