@@ -26,6 +26,12 @@ def test_scopes_parse_like_the_token_protocol() -> None:
     ]
 
 
+def test_a_token_request_names_at_most_64_scopes() -> None:
+    assert len(parse_scopes([" ".join(f"repository:abc/n{i}:pull" for i in range(64))])) == 64
+    with pytest.raises(InvalidArgument, match="scope: at most 64 scopes"):
+        parse_scopes(["repository:abc:pull"] * 60 + ["repository:a:pull repository:b:pull"] * 3)
+
+
 def test_references_resolve_to_tags_of_this_project_only() -> None:
     assert tag_of("latest", "bbbbbbbbbb") == "latest"
     assert tag_of("127.0.0.1:8081/bbbbbbbbbb:v1", "bbbbbbbbbb") == "v1"

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 from opendepot.api.auth import Authenticator
 from opendepot.api.http.asgi import MAX_BODY, Receive, Scope, Send, header, read_body, respond_json
 from opendepot.auth import Principal
-from opendepot.errors import Unauthenticated
+from opendepot.errors import InvalidArgument, Unauthenticated
 from opendepot.metrics import metrics
 from opendepot.registry.operations import Registry
 
@@ -72,7 +72,11 @@ class RegistryEndpoints:
                 [(b"www-authenticate", b'Basic realm="opendepot registry"')],
             )
             return
-        token, issued, expires_in = await self.registry.token(principal, scopes)
+        try:
+            token, issued, expires_in = await self.registry.token(principal, scopes)
+        except InvalidArgument as exc:
+            await respond_json(send, 400, {"errors": [{"code": "DENIED", "message": exc.message}]})
+            return
         await respond_json(
             send,
             200,
