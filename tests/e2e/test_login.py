@@ -176,3 +176,39 @@ def test_unknown_used_and_expired_requests_fail(server: Server, org: tuple[str, 
         assert expired.value.code.value == "failed_precondition" and "expired" in expired.value.message
     finally:
         short.stop()
+
+
+def test_an_anonymous_caller_cannot_pile_up_logins_or_waiting_streams(tmp_path: Path) -> None:
+    """Both login RPCs are public. One worker, so that every stream below meets the same worker's bound."""
+    srv = Server(data_dir=tmp_path / "data", database_url=None, extra_args=["--workers", "1"]).start()
+
+    async def main() -> None:
+        async with login_connect.LoginServiceClient(srv.url) as client:
+            started = [await client.start_login(pb.StartLoginRequest()) for _ in range(50)]
+            with pytest.raises(ConnectError) as piled:
+                await client.start_login(pb.StartLoginRequest())
+            assert piled.value.code.value == "resource_exhausted" and "this address" in piled.value.message
+
+            async def wait() -> list[str]:
+                return [m.token async for m in client.finish_login(pb.FinishLoginRequest(id=started[0].id))]
+
+            waiting = [asyncio.create_task(wait()) for _ in range(2)]
+            await asyncio.sleep(1.5)  # both streams are polling now
+            assert not any(task.done() for task in waiting)
+            with pytest.raises(ConnectError) as third:
+                await wait()
+            assert third.value.code.value == "resource_exhausted"
+            # Another login's stream is not held back by the first one's.
+            other = asyncio.create_task(finish(srv, started[1].id))
+            approval = started[1].approve_url.rsplit("/", 1)[1]
+            org_id, _token = srv.new_organization()
+            await asyncio.to_thread(srv.admin, "login", "approve", approval, "--org", org_id)
+            [token] = await asyncio.wait_for(other, 10)
+            assert token.startswith("odu_")
+            for task in waiting:
+                task.cancel()
+
+    try:
+        asyncio.run(main())
+    finally:
+        srv.stop()

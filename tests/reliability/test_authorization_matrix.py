@@ -123,7 +123,9 @@ def new_org(http: httpx.Client, server: Server, owner: str) -> Org:
     return Org(token, reply["token"], sibling.project_token, sibling.build_token)
 
 
-def new_target(http: httpx.Client, server: Server, org_token: str, owner: str) -> Target:
+def new_target(http: httpx.Client, server: Server, org_token: str, owner: str, login_id: str = "") -> Target:
+    """A fresh project with a token, a trust policy, a finished build and a pull token. The targets share one
+    waiting login (login_id): StartLogin bounds the logins one address may have waiting."""
     project = ok(
         http, server, "depot.core.v1.ProjectService/CreateProject", {"name": uuid.uuid4().hex[:8]}, org_token
     )["project"]["projectId"]
@@ -150,7 +152,8 @@ def new_target(http: httpx.Client, server: Server, org_token: str, owner: str) -
         build["buildToken"],
     )
     pull = ok(http, server, "depot.cli.v1.BuildService/GetPullToken", {"projectId": project}, org_token)
-    login = ok(http, server, "depot.cli.v1beta1.LoginService/StartLogin", {}, org_token)
+    if not login_id:
+        login_id = ok(http, server, "depot.cli.v1beta1.LoginService/StartLogin", {}, org_token)["id"]
     return Target(
         project,
         created["secret"],
@@ -159,7 +162,7 @@ def new_target(http: httpx.Client, server: Server, org_token: str, owner: str) -
         build["buildToken"],
         pull["token"],
         policy,
-        login["id"],
+        login_id,
     )
 
 
@@ -278,10 +281,11 @@ def test_authorization_matrix(server: Server, issuer: LocalIssuer) -> None:
         assert list(credential) == CREDENTIALS
         observed: dict[str, tuple[str, ...]] = {}
         codes: dict[str, list[str]] = {}
+        waiting = ok(http, server, "depot.cli.v1beta1.LoginService/StartLogin", {}, home.token)["id"]
         for path in sorted(EXPECTED):
             cells, raw = [], []
             for name in CREDENTIALS:
-                target = new_target(http, server, home.token, owner)
+                target = new_target(http, server, home.token, owner, waiting)
                 code, _reply = rpc(http, server, path, request(path, target), credential[name](target))
                 cells.append(classify(path, code))
                 raw.append(code)

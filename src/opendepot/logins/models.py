@@ -21,6 +21,8 @@ class LoginRequest(Base):
     user_code: Mapped[str | None] = mapped_column(String(9), nullable=True)
     # The client address and user agent StartLogin came from.
     origin: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The client address alone, to bound the requests one address may have waiting.
+    client_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     approved_organization_id: Mapped[str | None] = mapped_column(String(10), nullable=True)

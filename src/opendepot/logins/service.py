@@ -15,7 +15,13 @@ from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal, TokenKind
 from opendepot.clock import utcnow
-from opendepot.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from opendepot.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from opendepot.organizations import queries as organization_queries
 from opendepot.tokens import service as tokens
 
@@ -31,6 +37,12 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 # Unambiguous capitals for the user code: no 0/O, 1/I.
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 MAX_ORIGIN_LENGTH = 255
+# StartLogin is public: each call writes a row. Waiting requests are bounded, per client address and in all,
+# and an expired one nobody approved is deleted at once (an approved one is kept a day: it says who approved),
+# so an anonymous flood cannot grow the table without end. Legitimate logins wait minutes at most, a few at a
+# time; behind a proxy every client shares its address.
+MAX_WAITING_LOGINS = 1000
+MAX_WAITING_LOGINS_PER_ADDRESS = 50
 
 
 def new_login_id() -> str:
@@ -42,14 +54,25 @@ def new_user_code() -> str:
     return f"{code[:4]}-{code[4:]}"
 
 
-def start(session: Session, lifetime: timedelta, origin: str = "") -> LoginRequest:
+def start(
+    session: Session, lifetime: timedelta, origin: str = "", client_address: str | None = None
+) -> LoginRequest:
     now = utcnow()
-    queries.forget_expired_before(session, now - timedelta(days=1))
+    queries.forget_expired(session, now, approved_before=now - timedelta(days=1))
+    address = (client_address or "unknown")[:64]
+    if queries.waiting(session, now, address) >= MAX_WAITING_LOGINS_PER_ADDRESS:
+        raise ResourceExhausted(
+            f"{MAX_WAITING_LOGINS_PER_ADDRESS} logins from this address are waiting for approval already;"
+            " approve or let them expire first"
+        )
+    if queries.waiting(session, now) >= MAX_WAITING_LOGINS:
+        raise ResourceExhausted("too many logins are waiting for approval; try again in a few minutes")
     login = LoginRequest(
         id=new_login_id(),
         approval_id=new_login_id(),
         user_code=new_user_code(),
         origin=origin[:MAX_ORIGIN_LENGTH],
+        client_address=address,
         created_at=now,
         expires_at=now + lifetime,
     )
@@ -118,6 +141,12 @@ def approve_with_token(
 class Handover:
     organization_id: str
     secret: str
+
+
+def approved(session: Session, login_id: str) -> bool:
+    """Whether the request is approved and waits to be handed over: a read, for FinishLogin's polling."""
+    login = pending(session, login_id)
+    return login.approved_at is not None and login.approved_organization_id is not None
 
 
 def complete(session: Session, login_id: str) -> Handover | None:
