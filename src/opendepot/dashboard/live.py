@@ -24,6 +24,19 @@ POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
 MAX_STREAM_SECONDS = 3600.0
 LINES_PER_EVENT = 2000
+# Streams one worker follows at once. Each polls the store twice a second for up to an hour, and a shared
+# link's stream needs no sign-in: past the bound a stream is refused (503, Retry-After), and the page tries
+# again later (build.js).
+MAX_LIVE_STREAMS = 200
+RETRY_AFTER_SECONDS = 5
+
+
+class _Streams:
+    following = 0
+
+
+def streams_following() -> int:
+    return _Streams.following
 
 
 def _event(kind: str, data: str, event_id: int | None = None) -> bytes:
@@ -33,6 +46,31 @@ def _event(kind: str, data: str, event_id: int | None = None) -> bytes:
 
 
 async def stream_build(
+    store: Store,
+    build_id: str,
+    after: int,
+    steps_html: Callable[[Build, list[builds.StepRecord]], str],
+    receive: Receive,
+    send: Send,
+) -> None:
+    if _Streams.following >= MAX_LIVE_STREAMS:
+        busy = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
+            (b"cache-control", b"no-store"),
+            *SECURITY_HEADERS,
+        ]
+        await send({"type": "http.response.start", "status": 503, "headers": busy})
+        await send({"type": "http.response.body", "body": b"too many live pages are open; retry later"})
+        return
+    _Streams.following += 1
+    try:
+        await _stream(store, build_id, after, steps_html, receive, send)
+    finally:
+        _Streams.following -= 1
+
+
+async def _stream(
     store: Store,
     build_id: str,
     after: int,

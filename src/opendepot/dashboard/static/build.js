@@ -6,6 +6,7 @@
   if (!root) return;
   const base = root.dataset.base;
   const cursor = Number(root.dataset.cursor);
+  let lastLine = cursor; // the last log line the event stream brought: where a new stream starts
   let live = root.dataset.live === "true";
   const LINE = 20;
   const OVERSCAN = 30;
@@ -201,8 +202,12 @@
     if (chosen) select(Number(chosen), 0);
   }
 
-  if (live) {
-    const events = new EventSource(`${base}/events?after=${cursor}`);
+  const listen = () => {
+    const events = new EventSource(`${base}/events?after=${lastLine}`);
+    // A refused stream (the server follows too many: 503) is closed for good; try again a little later.
+    events.addEventListener("error", () => {
+      if (events.readyState === EventSource.CLOSED && live) setTimeout(listen, 5000);
+    });
     events.addEventListener("steps", (event) => {
       stepsBox.innerHTML = event.data;
       applyBars(stepsBox);
@@ -216,6 +221,7 @@
     });
     events.addEventListener("log", (event) => {
       for (const [lineId, stepId, text] of JSON.parse(event.data)) {
+        lastLine = Math.max(lastLine, lineId);
         const e = entry(stepId);
         if (e.loaded) {
           if (lineId > e.lastId) {
@@ -240,5 +246,6 @@
       // A failure: show the page as it is now, with the failing step opened and its error on top.
       if (final.status !== "success" && !location.hash) location.reload();
     });
-  }
+  };
+  if (live) listen();
 })();

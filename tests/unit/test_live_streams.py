@@ -1,0 +1,59 @@
+"""A build page's live stream (SSE) is bounded per worker: past the bound it is refused, not followed."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from opendepot.builds import service as builds
+from opendepot.dashboard import live
+from opendepot.store import Store
+from tests.support.domain import organization_with_project
+
+
+def test_past_the_bound_a_stream_is_refused_with_retry_after(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live, "MAX_LIVE_STREAMS", 1)
+    with store.transaction() as session:
+        admin, project = organization_with_project(session)
+        build, _secret = builds.create_build(
+            session, admin, project.id, []
+        )  # running: followed until it ends
+
+    async def main() -> None:
+        first_sent: list[dict[str, Any]] = []
+        second_sent: list[dict[str, Any]] = []
+        leave = asyncio.Event()
+
+        async def first_receive() -> dict[str, Any]:
+            await leave.wait()
+            return {"type": "http.disconnect"}
+
+        answered = asyncio.Event()
+
+        async def first_send(message: dict[str, Any]) -> None:
+            first_sent.append(message)
+            answered.set()
+
+        async def second_receive() -> dict[str, Any]:
+            return {"type": "http.disconnect"}
+
+        async def second_send(message: dict[str, Any]) -> None:
+            second_sent.append(message)
+
+        following = asyncio.create_task(
+            live.stream_build(store, build.id, 0, lambda b, r: "", first_receive, first_send)
+        )
+        await asyncio.wait_for(answered.wait(), 5)
+        assert first_sent[0]["status"] == 200 and live.streams_following() == 1
+        await live.stream_build(store, build.id, 0, lambda b, r: "", second_receive, second_send)
+        assert second_sent[0]["status"] == 503
+        assert (b"retry-after", b"5") in second_sent[0]["headers"]
+        leave.set()  # the first viewer leaves: its place is free again
+        await asyncio.wait_for(following, 5)
+        assert live.streams_following() == 0
+
+    asyncio.run(main())
