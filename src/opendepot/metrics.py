@@ -43,6 +43,7 @@ class Metrics:
     gateway_connections: Any
     gateway_open: Any
     gateway_relay_restarts: Any
+    gateway_turned_away: Any
     registry_pushes: Any
 
 
@@ -78,6 +79,10 @@ def metrics() -> Metrics:
         ),
         gateway_relay_restarts=Counter(
             "opendepot_gateway_relay_restarts", "times the gateway's relay process died and was started again"
+        ),
+        gateway_turned_away=Counter(
+            "opendepot_gateway_turned_away",
+            "connections the gateway closed before their handshake: too many handshakes at once",
         ),
         registry_pushes=Counter("opendepot_registry_pushes", "manifests pushed to the registry"),
     )

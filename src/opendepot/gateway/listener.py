@@ -12,9 +12,12 @@ thread beside the loop (relay.py)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from opendepot.logs import current_build
@@ -41,6 +44,13 @@ MAX_RELAYS = 512
 # Of those, one project's: a tenant holding many connections open cannot take every place from the others
 # (a build opens a few per platform; this leaves room for dozens of concurrent builds in one project).
 MAX_RELAYS_PER_PROJECT = 128
+# Connections between accept and admission (the TLS handshake, up to HANDSHAKE_TIMEOUT), at once and from one
+# client address. Anyone can connect: without a bound, connections that never finish a handshake held a
+# descriptor each in the supervisor (and in the relay process) until its descriptors ran out.
+MAX_HANDSHAKES = 256
+MAX_HANDSHAKES_PER_ADDRESS = 32
+# At most one log line per this many seconds about connections turned away before their handshake.
+REFUSAL_LOG_SECONDS = 10.0
 BACKLOG = 512
 
 
@@ -55,10 +65,17 @@ class Gateway:
         max_relays: int = MAX_RELAYS,
         max_relays_per_project: int = MAX_RELAYS_PER_PROJECT,
         separate_process: bool = False,
+        max_handshakes: int = MAX_HANDSHAKES,
+        max_handshakes_per_address: int = MAX_HANDSHAKES_PER_ADDRESS,
     ) -> None:
         self.separate_process = separate_process
         self.max_relays = max_relays
         self.max_relays_per_project = max_relays_per_project
+        self.max_handshakes = max_handshakes
+        self.max_handshakes_per_address = max_handshakes_per_address
+        self._handshaking: Counter[str] = Counter()
+        self._turned_away = 0
+        self._turned_away_logged = 0.0
         self.recorder = recorder
         self.memory_watch = memory_watch
         self.authority = authority
@@ -107,14 +124,49 @@ class Gateway:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                raw, _address = await loop.sock_accept(listener)
+                raw, address = await loop.sock_accept(listener)
             except OSError as error:  # out of file descriptors, say: keep serving the others
                 log.warning("gateway could not accept a connection: %s", error)
                 await asyncio.sleep(0.1)
                 continue
+            host = str(address[0]) if isinstance(address, tuple) else ""
+            if not self._room_to_handshake(host):
+                raw.close()
+                continue
+            self._handshaking[host] += 1
             task = loop.create_task(self._admitted_or_closed(raw))
             self._admitting.add(task)
-            task.add_done_callback(self._admitting.discard)
+            task.add_done_callback(functools.partial(self._admitted, host))
+
+    def _room_to_handshake(self, host: str) -> bool:
+        """Whether a new connection from host may start its handshake (else it is closed at once)."""
+        if (
+            len(self._admitting) < self.max_handshakes
+            and self._handshaking[host] < self.max_handshakes_per_address
+        ):
+            return True
+        metrics().gateway_turned_away.inc()
+        self._turned_away += 1
+        now = time.monotonic()
+        if now - self._turned_away_logged >= REFUSAL_LOG_SECONDS:
+            log.warning(
+                "gateway: %d connection(s) closed before their handshake: %d handshake(s) in progress "
+                "(limit %d), %d from %s (limit %d per address)",
+                self._turned_away,
+                len(self._admitting),
+                self.max_handshakes,
+                self._handshaking[host],
+                host,
+                self.max_handshakes_per_address,
+            )
+            self._turned_away, self._turned_away_logged = 0, now
+        return False
+
+    def _admitted(self, host: str, task: asyncio.Task[None]) -> None:
+        self._admitting.discard(task)
+        self._handshaking[host] -= 1
+        if self._handshaking[host] <= 0:
+            del self._handshaking[host]
 
     async def close(self) -> None:
         if self._accepting is not None:

@@ -220,6 +220,8 @@ class Harness:
         max_relays_per_project: int = 8,
         separate_process: bool = False,
         recorder: Any = None,
+        max_handshakes: int = 256,
+        max_handshakes_per_address: int = 32,
     ) -> None:
         self.authority = Authority(tmp_path / "pki", vault)
         self.authority.ensure_project(PROJECT)
@@ -235,6 +237,8 @@ class Harness:
             max_relays=max_relays,
             max_relays_per_project=max_relays_per_project,
             separate_process=separate_process,
+            max_handshakes=max_handshakes,
+            max_handshakes_per_address=max_handshakes_per_address,
         )
         self.port = 0
 
@@ -258,8 +262,8 @@ class Harness:
         context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
         return context
 
-    def dial(self, build_id: str, project: str = PROJECT) -> ssl.SSLSocket:
-        raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+    def dial(self, build_id: str, project: str = PROJECT, source: str = "127.0.0.1") -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=10, source_address=(source, 0))
         context = self.client_context(build_id, project)
         return context.wrap_socket(raw, server_hostname=server_name(project))
 
@@ -383,6 +387,57 @@ def test_a_stalled_handshake_holds_no_thread_and_is_dropped(
         started = time.monotonic()
         assert all(closed(sock) for sock in stalled)
         assert time.monotonic() - started < 5
+
+    run_with_gateway(harness, body)
+
+
+def test_handshakes_in_progress_are_bounded_in_all_and_per_client_address(
+    tmp_path: Path, vault: Vault, caplog: pytest.LogCaptureFixture, separate_process: bool
+) -> None:
+    """Anyone may connect: connections that never finish a handshake must not use up the descriptors."""
+    harness = Harness(
+        tmp_path, vault, separate_process=separate_process, max_handshakes=4, max_handshakes_per_address=2
+    )
+
+    def stall(source: str) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", harness.port), timeout=10, source_address=(source, 0))
+
+    def closed_at_once(sock: socket.socket) -> bool:
+        """Closed by the gateway within 2 s: long before a stalled handshake's own timeout (10 s)."""
+        sock.settimeout(2)
+        try:
+            return sock.recv(10) == b""
+        except TimeoutError:
+            return False
+        except OSError:
+            return True
+
+    def body(on_loop: OnLoop) -> None:
+        held = [stall("127.0.0.1"), stall("127.0.0.1")]
+        until(lambda: on_loop(lambda: sum(harness.gateway._handshaking.values())) == 2)
+        with caplog.at_level(logging.WARNING, logger="opendepot.gateway"):
+            assert closed_at_once(stall("127.0.0.1"))  # this address has its two
+        assert (
+            "closed before their handshake" in caplog.text
+            and "127.0.0.1 (limit 2 per address)" in caplog.text
+        )
+        client = harness.dial("bcdfghjkl0", source="127.0.0.2")  # another address still gets in
+        until(lambda: bool(harness.builders))
+        client.sendall(b"in")
+        assert harness.builders[0].recv(10) == b"in"
+        held += [stall("127.0.0.3"), stall("127.0.0.3")]
+        until(lambda: on_loop(lambda: len(harness.gateway._admitting)) == 4)
+        assert closed_at_once(stall("127.0.0.4"))  # four in progress in all
+        for sock in held:
+            sock.close()  # they end: places are free again
+        until(lambda: on_loop(lambda: len(harness.gateway._admitting)) == 0)
+        again = harness.dial("bcdfghjkl1")
+        until(lambda: len(harness.builders) == 2)
+        again.sendall(b"again")
+        assert harness.builders[1].recv(10) == b"again"
+        assert on_loop(lambda: dict(harness.gateway._handshaking)) == {}
+        client.close()
+        again.close()
 
     run_with_gateway(harness, body)
 
