@@ -65,40 +65,29 @@ async def stream_build(
         return
     _Streams.following += 1
     try:
-        await _stream(store, build_id, after, steps_html, receive, send)
+        headers = [
+            (b"content-type", b"text/event-stream"),
+            (b"cache-control", b"no-store"),
+            (b"x-accel-buffering", b"no"),
+            *SECURITY_HEADERS,
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        gone = asyncio.Event()
+
+        async def watch_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch_disconnect())
+        try:
+            await _follow(store, build_id, after, steps_html, send, gone)
+        finally:
+            watcher.cancel()
+        if not gone.is_set():
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
         _Streams.following -= 1
-
-
-async def _stream(
-    store: Store,
-    build_id: str,
-    after: int,
-    steps_html: Callable[[Build, list[builds.StepRecord]], str],
-    receive: Receive,
-    send: Send,
-) -> None:
-    headers = [
-        (b"content-type", b"text/event-stream"),
-        (b"cache-control", b"no-store"),
-        (b"x-accel-buffering", b"no"),
-        *SECURITY_HEADERS,
-    ]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    gone = asyncio.Event()
-
-    async def watch_disconnect() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone.set()
-
-    watcher = asyncio.create_task(watch_disconnect())
-    try:
-        await _follow(store, build_id, after, steps_html, send, gone)
-    finally:
-        watcher.cancel()
-    if not gone.is_set():
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _follow(
