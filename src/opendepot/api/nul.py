@@ -53,11 +53,11 @@ _plans: dict[str, tuple[_Field, ...]] = {}
 
 
 def _plan(desc: DescMessage) -> tuple[_Field, ...]:
-    """The fields of a message type that can hold a string, at any depth (built once per type)."""
+    """The fields of a message type that hold strings, or messages that may (built once per type; the
+    messages' own plans are built when first walked)."""
     known = _plans.get(desc.type_name)
     if known is not None:
         return known
-    _plans[desc.type_name] = ()  # a recursive type (google.protobuf.Value) meets itself while planned
     fields: list[_Field] = []
     for field in desc.fields:
         value = field.value
