@@ -5,9 +5,11 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal, TokenKind
+from opendepot.builds import service as builds
 from opendepot.organizations import service as organizations
 from opendepot.projects import service as projects
 from opendepot.projects.models import Project
+from opendepot.store import Store
 
 
 def organization_with_project(session: Session, name: str = "web") -> tuple[Principal, Project]:
@@ -25,3 +27,11 @@ def organization_with_project(session: Session, name: str = "web") -> tuple[Prin
         hardware=None,
     )
     return admin, project
+
+
+def running_build(store: Store) -> tuple[Principal, str]:
+    """A new organization with one project and one running build: its admin principal and the build's id."""
+    with store.transaction() as session:
+        admin, project = organization_with_project(session)
+        build, _secret = builds.create_build(session, admin, project.id, [])
+        return admin, build.id

@@ -7,21 +7,16 @@ from typing import Any
 
 import pytest
 
-from opendepot.builds import service as builds
 from opendepot.dashboard import live
 from opendepot.store import Store
-from tests.support.domain import organization_with_project
+from tests.support.domain import running_build
 
 
 def test_past_the_bound_a_stream_is_refused_with_retry_after(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(live, "MAX_LIVE_STREAMS", 1)
-    with store.transaction() as session:
-        admin, project = organization_with_project(session)
-        build, _secret = builds.create_build(
-            session, admin, project.id, []
-        )  # running: followed until it ends
+    _admin, build_id = running_build(store)  # running: followed until it ends
 
     async def main() -> None:
         first_sent: list[dict[str, Any]] = []
@@ -45,11 +40,11 @@ def test_past_the_bound_a_stream_is_refused_with_retry_after(
             second_sent.append(message)
 
         following = asyncio.create_task(
-            live.stream_build(store, build.id, 0, lambda b, r: "", first_receive, first_send)
+            live.stream_build(store, build_id, 0, lambda b, r: "", first_receive, first_send)
         )
         await asyncio.wait_for(answered.wait(), 5)
         assert first_sent[0]["status"] == 200 and live.streams_following() == 1
-        await live.stream_build(store, build.id, 0, lambda b, r: "", second_receive, second_send)
+        await live.stream_build(store, build_id, 0, lambda b, r: "", second_receive, second_send)
         assert second_sent[0]["status"] == 503
         assert (b"retry-after", b"5") in second_sent[0]["headers"]
         leave.set()  # the first viewer leaves: its place is free again

@@ -7,16 +7,14 @@ import pytest
 from opendepot.builds import queries
 from opendepot.builds import service as builds
 from opendepot.store import Store
-from tests.support.domain import organization_with_project
+from tests.support.domain import running_build
 
 
 def test_reports_are_kept_until_the_build_holds_its_bound(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(builds, "MAX_STATUS_BYTES_PER_BUILD", 100)
-    with store.transaction() as session:
-        admin, project = organization_with_project(session)
-        build_id = builds.create_build(session, admin, project.id, [])[0].id
+    admin, build_id = running_build(store)
     kept = []
     for payloads in ([b"a" * 40], [b"b" * 40, b"c" * 15], [b"d" * 10]):  # the last passes the bound
         with store.transaction() as session:

@@ -13,16 +13,9 @@ from opendepot.builds import queries, steps
 from opendepot.builds import service as builds
 from opendepot.builds.steps import LogChunk, VertexUpdate
 from opendepot.store import Store
-from tests.support.domain import organization_with_project
+from tests.support.domain import organization_with_project, running_build
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def new_build(store: Store) -> str:
-    with store.transaction() as session:
-        admin, project = organization_with_project(session)
-        build, _secret = builds.create_build(session, admin, project.id, [])
-        return build.id
 
 
 def vertex(**changes: object) -> VertexUpdate:
@@ -39,7 +32,7 @@ def vertex(**changes: object) -> VertexUpdate:
 
 
 def test_updates_of_one_vertex_merge_into_one_step(store: Store) -> None:
-    build_id = new_build(store)
+    build_id = running_build(store)[1]
     updates = [
         vertex(name="RUN make", started=T0 + timedelta(seconds=5)),
         vertex(started=T0),  # an earlier start wins
@@ -58,7 +51,7 @@ def test_updates_of_one_vertex_merge_into_one_step(store: Store) -> None:
 
 
 def test_logs_become_lines_and_stop_at_the_cap(store: Store) -> None:
-    build_id = new_build(store)
+    build_id = running_build(store)[1]
     chunks = [
         LogChunk(digest="sha256:x", stream=1, at=T0, data=b"first\r\nsecond\n"),
         LogChunk(digest="sha256:x", stream=2, at=T0, data=b"third"),
@@ -79,7 +72,7 @@ def test_logs_become_lines_and_stop_at_the_cap(store: Store) -> None:
 
 def test_nul_characters_are_stored_as_replacement_characters(either_store: Store) -> None:
     """PostgreSQL's text refuses a NUL: binary log output or a hostile vertex name must not lose a batch."""
-    build_id = new_build(either_store)
+    build_id = running_build(either_store)[1]
     updates = [
         vertex(name="RUN a\x00b", error="failed\x00", completed=T0),
         vertex(digest="sha256:\x00", name="never a step"),
@@ -106,7 +99,7 @@ def test_two_writers_adding_the_same_step_at_once_both_succeed(
     merges into its row instead of failing on the unique constraint (build_id, digest). On SQLite the
     store's write lock runs one transaction after the other, so the second finds the first's step."""
     store = either_store
-    build_id = new_build(store)
+    build_id = running_build(store)[1]
     serialised = store.write_lock is not None
     both_looked = threading.Barrier(2, timeout=20)
     count = queries.step_count

@@ -23,17 +23,10 @@ from opendepot.builds.status import SUCCESS
 from opendepot.builds.steps import LogChunk
 from opendepot.store import Store
 from opendepot.store.engine import sqlite_url
-from tests.support.domain import organization_with_project
+from tests.support.domain import running_build
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CHUNK = b"0123456789\n"
-
-
-def new_build(store: Store) -> str:
-    with store.transaction() as session:
-        admin, project = organization_with_project(session)
-        build, _secret = builds.create_build(session, admin, project.id, [])
-        return build.id
 
 
 def append_logs(data_dir: str, build_id: str, times: int, start: Event) -> None:
@@ -48,7 +41,7 @@ def append_logs(data_dir: str, build_id: str, times: int, start: Event) -> None:
 
 def test_two_processes_appending_at_once_lose_nothing(tmp_path: Path) -> None:
     store = Store.open(sqlite_url(tmp_path), tmp_path)
-    build_id = new_build(store)
+    build_id = running_build(store)[1]
     with store.transaction() as session:  # the step the chunks belong to
         steps.apply(session, build_id, [], [LogChunk(digest="sha256:x", stream=1, at=T0, data=CHUNK)])
     spawn = multiprocessing.get_context("spawn")
@@ -114,7 +107,7 @@ def test_a_writer_behind_another_process_goes_on_when_it_commits(tmp_path: Path)
     """SQLite's busy handler would notice the commit at its next poll (50-100 ms apart after a few hundred
     ms of waiting); the lock wakes the waiter at once."""
     store = Store.open(sqlite_url(tmp_path), tmp_path)
-    build_id = new_build(store)
+    build_id = running_build(store)[1]
     chunk = [LogChunk(digest="sha256:y", stream=1, at=T0, data=CHUNK)]
     late = [
         behind_a_holder(store, tmp_path, build_id, lambda s: steps.apply(s, build_id, [], chunk))
@@ -129,9 +122,7 @@ def test_finish_build_answers_right_after_a_recorder_flush_and_is_durable(tmp_pa
     """The gateway's recorder (another process) flushes a build's steps as the CLI finishes it: FinishBuild
     waits for that flush only, and once it returns its status is committed for every other connection."""
     store = Store.open(sqlite_url(tmp_path), tmp_path)
-    with store.transaction() as session:
-        admin, project = organization_with_project(session)
-        build_id = builds.create_build(session, admin, project.id, [])[0].id
+    admin, build_id = running_build(store)
     late = behind_a_holder(
         store, tmp_path, build_id, lambda s: builds.finish_build(s, admin, build_id, builds.Outcome.success())
     )
