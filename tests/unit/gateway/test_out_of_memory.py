@@ -20,7 +20,7 @@ from opendepot.gateway.recorder import MemoryWatch, StepRecorder
 from opendepot.gen.moby.buildkit.v1 import control_pb
 from opendepot.store import Store
 from opendepot.store.engine import sqlite_url
-from tests.unit.builds.test_steps import new_build
+from tests.support.domain import running_build
 
 KEY = "p1-amd64"
 V1_OOM_CONTROL = "oom_kill_disable 0\nunder_oom 0\noom_kill {n}\n"
@@ -90,7 +90,7 @@ def step_and_logs(store: Store, build_id: str, digest: str) -> tuple[str | None,
 
 def test_a_step_failing_after_an_oom_kill_says_out_of_memory(store: Store, tmp_path: Path) -> None:
     cgroups, group = v1_cgroups(tmp_path / "cgroup")
-    build_id = new_build(store)
+    build_id = running_build(store)[1]
     recorder = StepRecorder(store)
     (group / "memory.oom_control").write_text(V1_OOM_CONTROL.format(n=5))  # kills of earlier builds
     recorder.watch_memory(
@@ -146,7 +146,7 @@ def test_the_message_names_the_limit_and_the_hardware() -> None:
 
 
 def test_a_build_finished_before_its_step_is_recorded_gets_the_line_too(store: Store) -> None:
-    build_id = new_build(store)
+    build_id = running_build(store)[1]
     with store.transaction() as session:
         build = queries.get(session, build_id)
         assert build is not None
