@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from opendepot.builds.steps import MIN_LINE_COST
 from tests.e2e.test_builds import build, builds_of, new_project
 from tests.support.builds import builds_possible, busybox_context
 from tests.support.clients import sdk_node
@@ -126,22 +128,7 @@ def test_logs_past_the_cap_are_truncated_with_a_marker(capped: Server, tmp_path:
     assert code == 0, output[-2000:]
     [built] = builds_of(capped, token, project)
     [step] = run_steps(steps_of(capped, token, project, built["id"]))
-    lines: list[str] = []
-    page_token = None
-    while True:
-        request: dict[str, Any] = {
-            "projectId": project,
-            "buildId": built["id"],
-            "buildStepDigest": step["digest"],
-            "pageSize": 1000,
-        }
-        if page_token:
-            request["pageToken"] = page_token
-        page = rpc(capped, token, "build.v1.BuildService", "getBuildStepLogs", request)
-        lines += [line["message"] for line in page.get("logs", [])]
-        page_token = page.get("nextPageToken")
-        if not page_token:
-            break
+    lines = every_log_line(capped, token, project, built["id"], step["digest"])
     assert lines[0].startswith("line-0-0-")
     assert "log truncated" in lines[-1]
     assert sum(len(x) + 1 for x in lines[:-1]) <= 1 << 20
@@ -220,3 +207,41 @@ def test_a_step_that_prints_nul_bytes_keeps_its_steps_and_logs(
     # cut across two chunks becomes two lines), so the text is compared without the breaks.
     lines = logs_of(server, token, project, built["id"], step["digest"])
     assert "".join(lines) == "before\ufffd\ufffdafterplain-line"
+
+
+def test_a_flood_of_empty_lines_is_cut_at_the_least_cost_of_a_line(capped: Server, tmp_path: Path) -> None:
+    """A RUN step printing newlines only: each line costs steps.MIN_LINE_COST of the 1 MiB cap, so the build
+    keeps at most 16,384 rows. Before, the cap counted bytes alone: a million rows for 1 MiB of newlines,
+    over a minute of the recorder's time and gigabytes of its memory."""
+    token = capped.admin_token
+    project = new_project(capped, token, "newlines")
+    # 4 x 150,000 newlines, paced under BuildKit's own 200 KiB/s clip.
+    flood = "r=0; while [ $r -lt 4 ]; do yes '' | head -c 150000; r=$((r+1)); sleep 1; done"
+    started = time.monotonic()
+    code, output = build(capped, token, project, busybox_context(tmp_path / "ctx", flood))
+    assert code == 0, output[-2000:]
+    [built] = builds_of(capped, token, project)
+    [step] = run_steps(steps_of(capped, token, project, built["id"]))
+    lines = every_log_line(capped, token, project, built["id"], step["digest"])
+    assert "log truncated" in lines[-1]
+    assert set(lines[:-1]) <= {""} and len(lines) - 1 <= (1 << 20) // MIN_LINE_COST
+    assert time.monotonic() - started < 60  # the build, and its steps recorded, in well under a minute
+
+
+def every_log_line(srv: Server, token: str, project: str, build_id: str, digest: str) -> list[str]:
+    lines: list[str] = []
+    page_token = None
+    while True:
+        request: dict[str, Any] = {
+            "projectId": project,
+            "buildId": build_id,
+            "buildStepDigest": digest,
+            "pageSize": 1000,
+        }
+        if page_token:
+            request["pageToken"] = page_token
+        page = rpc(srv, token, "build.v1.BuildService", "getBuildStepLogs", request)
+        lines += [line["message"] for line in page.get("logs", [])]
+        page_token = page.get("nextPageToken")
+        if not page_token:
+            return lines

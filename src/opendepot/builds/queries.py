@@ -4,7 +4,20 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, Row, Table, and_, bindparam, case, func, or_, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from opendepot.pagination import Cursor
@@ -304,6 +317,12 @@ def log_volume(session: Session, build_id: str) -> LogVolume | None:
     return session.get(LogVolume, build_id)
 
 
+def insert_log_lines(session: Session, rows: Sequence[dict[str, object]]) -> None:
+    """Log lines in order (their ids give the order), as plain rows: no ORM object per line."""
+    if rows:
+        session.execute(insert(LogLine), rows)
+
+
 def add_log_volume(session: Session, build_id: str) -> LogVolume:
     """The build's log byte count, created at zero unless a concurrent writer created it first."""
     values = {"build_id": build_id, "bytes": 0, "truncated": False}
@@ -448,26 +467,28 @@ def log_since(session: Session, build_id: str, after_id: int, limit: int) -> Seq
     return session.execute(stmt).all()
 
 
-def search_log(session: Session, build_id: str, needle: str, limit: int) -> Sequence[Row[int, str, str]]:
-    """(id, digest, text) of the build's lines that contain needle (case-insensitive), in order."""
+def search_log(session: Session, build_id: str, needle: str, limit: int) -> Sequence[Row[int, str, int, str]]:
+    """(id, digest, line number in its step, text) of the build's lines that contain needle
+    (case-insensitive), in order. The numbers come from the same scan: counting each hit's predecessors
+    apart was quadratic (500 hits at the end of a 2-million-line step: 74 s)."""
     escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    stmt = (
-        select(LogLine.id, LogLine.digest, LogLine.text)
-        .where(
-            LogLine.build_id == build_id, func.lower(LogLine.text).like(f"%{escaped.lower()}%", escape="\\")
+    numbered = (
+        select(
+            LogLine.id,
+            LogLine.digest,
+            func.row_number().over(partition_by=LogLine.digest, order_by=LogLine.id).label("number"),
+            LogLine.text,
         )
-        .order_by(LogLine.id)
+        .where(LogLine.build_id == build_id)
+        .subquery()
+    )
+    stmt = (
+        select(numbered.c.id, numbered.c.digest, numbered.c.number, numbered.c.text)
+        .where(func.lower(numbered.c.text).like(f"%{escaped.lower()}%", escape="\\"))
+        .order_by(numbered.c.id)
         .limit(limit)
     )
-    return session.execute(stmt).all()
-
-
-def line_number(session: Session, build_id: str, digest: str, line_id: int) -> int:
-    """The 1-based position of a line in its step's log."""
-    stmt = select(func.count()).where(
-        LogLine.build_id == build_id, LogLine.digest == digest, LogLine.id <= line_id
-    )
-    return int(session.scalar(stmt) or 0)
+    return cast("Sequence[Row[int, str, int, str]]", session.execute(stmt).all())
 
 
 def latest_builds(session: Session, project_ids: Sequence[str]) -> dict[str, Build]:

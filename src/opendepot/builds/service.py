@@ -438,8 +438,8 @@ def search_log(session: Session, build: Build, needle: str) -> list[LogHit]:
         raise InvalidArgument("q", "must be 1 to 200 characters")
     step_ids = {s.digest: s.id for s in queries.all_steps(session, build.id, MAX_VIEW_STEPS)}
     return [
-        LogHit(step_ids.get(digest, 0), queries.line_number(session, build.id, digest, line_id), text)
-        for line_id, digest, text in queries.search_log(session, build.id, needle, MAX_SEARCH_HITS)
+        LogHit(step_ids.get(digest, 0), int(number), text)
+        for _id, digest, number, text in queries.search_log(session, build.id, needle, MAX_SEARCH_HITS)
     ]
 
 

@@ -2,8 +2,8 @@
 
 A vertex arrives many times (queued, started, completed); each update is merged into one step: the earliest
 start, the latest completion, cached if any update says so, the last error. Log chunks are split into lines
-(a line cut across two chunks becomes two lines). Each build keeps at most `cap` bytes of log; past that one
-marker line says so and the rest is dropped."""
+(a line cut across two chunks becomes two lines). Each build keeps at most `cap` bytes of log, a line counting
+as at least MIN_LINE_COST bytes; past that one marker line says so and the rest is dropped."""
 
 from __future__ import annotations
 
@@ -16,10 +16,15 @@ from sqlalchemy.orm import Session
 from opendepot.clock import utcnow
 
 from . import queries
-from .models import Build, LogLine, LogVolume, Step
+from .models import Build, LogVolume, Step
 
 DEFAULT_LOG_CAP = 10 * 1024 * 1024
 TRUNCATED = "[opendepot] log truncated: this build printed more than {cap} bytes; the rest was not kept"
+# Each line costs at least this much of the cap. Without it, a build could print 2 MiB of newlines and make
+# 2 million rows: minutes of the recorder's time, gigabytes of its memory, a database 200 times the cap.
+MIN_LINE_COST = 64
+# Lines go to the store in batches of this many rows, so a flush's memory stays bounded.
+LOG_INSERT_BATCH = 5000
 OUT_OF_MEMORY = "out of memory:"
 
 
@@ -207,36 +212,35 @@ def _append_logs(
 ) -> None:
     if volume is None:
         volume = queries.add_log_volume(session, build_id)
+    rows: list[dict[str, object]] = []
     for chunk in logs:
         if volume.truncated:
-            return
-        if volume.bytes + len(chunk.data) > cap:
+            break
+        at = chunk.at or utcnow()
+        lines = chunk.data.count(b"\n") + (0 if chunk.data.endswith(b"\n") or not chunk.data else 1)
+        cost = max(len(chunk.data), MIN_LINE_COST * lines)
+        if volume.bytes + cost > cap:
             volume.truncated = True
-            session.add(
-                LogLine(
-                    build_id=build_id,
-                    digest=chunk.digest,
-                    stream=chunk.stream,
-                    logged_at=chunk.at or utcnow(),
-                    text=TRUNCATED.format(cap=cap),
-                )
-            )
+            rows.append(_log_row(build_id, chunk, at, TRUNCATED.format(cap=cap)))
             _step(session, steps, build_id, chunk.digest).has_logs = True
-            return
-        volume.bytes += len(chunk.data)
+            break
+        volume.bytes += cost
         text = storable(chunk.data.decode("utf-8", errors="replace"))
-        lines = text.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
-        for line in lines:
-            session.add(
-                LogLine(
-                    build_id=build_id,
-                    digest=chunk.digest,
-                    stream=chunk.stream,
-                    logged_at=chunk.at or utcnow(),
-                    text=line.rstrip("\r"),
-                )
-            )
+        for line in text.split("\n")[:lines]:
+            rows.append(_log_row(build_id, chunk, at, line.rstrip("\r")))
+            if len(rows) >= LOG_INSERT_BATCH:
+                queries.insert_log_lines(session, rows)
+                rows = []
         if lines:
             _step(session, steps, build_id, chunk.digest).has_logs = True
+    queries.insert_log_lines(session, rows)
+
+
+def _log_row(build_id: str, chunk: LogChunk, at: datetime, text: str) -> dict[str, object]:
+    return {
+        "build_id": build_id,
+        "digest": chunk.digest,
+        "stream": chunk.stream,
+        "logged_at": at,
+        "text": text,
+    }

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from opendepot.builds import queries, steps
 from opendepot.builds import service as builds
+from opendepot.builds.models import Build
 from opendepot.builds.steps import LogChunk, VertexUpdate
 from opendepot.store import Store
 from tests.support.domain import organization_with_project, running_build
@@ -58,16 +59,68 @@ def test_logs_become_lines_and_stop_at_the_cap(store: Store) -> None:
         LogChunk(digest="sha256:x", stream=1, at=T0, data=b"x" * 100),
         LogChunk(digest="sha256:x", stream=1, at=T0, data=b"never stored\n"),
     ]
+    # Three short lines cost 3 * MIN_LINE_COST (192); the 100-byte line passes the cap.
     with store.transaction() as session:
-        steps.apply(session, build_id, [vertex(name="RUN make")], chunks, cap=30)
+        steps.apply(session, build_id, [vertex(name="RUN make")], chunks, cap=250)
     with store.transaction() as session:
         lines = queries.log_page(session, build_id, "sha256:x", limit=10, after_id=0)
         texts = [line.text for line in lines]
         [step] = queries.steps_page(session, build_id, limit=10, after=None)
+        volume = queries.log_volume(session, build_id)
     assert texts[:3] == ["first", "second", "third"]
-    assert len(texts) == 4 and "30" in texts[3]
+    assert len(texts) == 4 and "250" in texts[3]
+    assert volume is not None and volume.bytes == 3 * steps.MIN_LINE_COST and volume.truncated
     assert [line.stream for line in lines[:3]] == [1, 1, 2]
     assert step.has_logs
+
+
+def test_a_flood_of_empty_lines_costs_each_line_its_least_cost(store: Store) -> None:
+    """2 MiB of newlines made 2 million rows (138 s in the recorder, 5 GB of its memory): now each line
+    costs at least MIN_LINE_COST of the cap, so a build's rows stay under cap / MIN_LINE_COST."""
+    build_id = running_build(store)[1]
+    cap = 10 * steps.MIN_LINE_COST
+    flood = [LogChunk(digest="sha256:x", stream=1, at=T0, data=b"\n" * 4) for _ in range(5)]
+    with store.transaction() as session:
+        steps.apply(session, build_id, [], flood, cap=cap)
+    with store.transaction() as session:
+        texts = [line.text for line in queries.log_page(session, build_id, "sha256:x", limit=100, after_id=0)]
+        volume = queries.log_volume(session, build_id)
+    assert texts[:8] == [""] * 8  # two chunks of four lines fit; the third passes the cap
+    assert len(texts) == 9 and "[opendepot] log truncated" in texts[8]
+    assert volume is not None and volume.bytes == 8 * steps.MIN_LINE_COST
+
+
+def test_long_lines_cost_their_length(store: Store) -> None:
+    build_id = running_build(store)[1]
+    line = b"y" * (3 * steps.MIN_LINE_COST) + b"\n"
+    with store.transaction() as session:
+        steps.apply(session, build_id, [], [LogChunk("sha256:x", 1, T0, line * 2)])
+    with store.transaction() as session:
+        volume = queries.log_volume(session, build_id)
+        count = len(queries.log_page(session, build_id, "sha256:x", limit=10, after_id=0))
+    assert volume is not None and volume.bytes == 2 * len(line) and count == 2
+
+
+def test_search_numbers_each_hit_within_its_step(store: Store) -> None:
+    """Two steps' lines interleave in arrival order; a hit's number counts its own step's lines only."""
+    build_id = running_build(store)[1]
+    chunks = [
+        LogChunk("sha256:a", 1, T0, b"a one\na two needle\n"),
+        LogChunk("sha256:b", 1, T0, b"b one\nb two\nb three NEEDLE\n"),
+        LogChunk("sha256:a", 1, T0, b"a three\na four needle\n"),
+    ]
+    with store.transaction() as session:
+        steps.apply(session, build_id, [vertex(digest="sha256:a"), vertex(digest="sha256:b")], chunks)
+    with store.transaction() as session:
+        build = session.get(Build, build_id)
+        assert build is not None
+        hits = builds.search_log(session, build, "needle")
+        ids = {s.digest: s.id for s in queries.all_steps(session, build_id, 10)}
+    assert [(h.step_id, h.line_number, h.text) for h in hits] == [
+        (ids["sha256:a"], 2, "a two needle"),
+        (ids["sha256:b"], 3, "b three NEEDLE"),
+        (ids["sha256:a"], 4, "a four needle"),
+    ]
 
 
 def test_nul_characters_are_stored_as_replacement_characters(either_store: Store) -> None:
@@ -142,7 +195,7 @@ def test_two_writers_adding_the_same_step_at_once_both_succeed(
         assert step.completed_at == T0 + timedelta(seconds=2)
         assert step.cached and step.has_logs
         assert sorted(line.text for line in lines) == ["from the CLI", "from the gateway"]
-        assert volume.bytes == len(b"from the CLI\n") + len(b"from the gateway\n")
+        assert volume.bytes == 2 * steps.MIN_LINE_COST  # two lines, each shorter than a line's least cost
 
 
 def test_a_cached_step_is_metered_with_its_latest_real_run_in_the_project(store: Store) -> None:

@@ -26,7 +26,8 @@ from opendepot.store.engine import sqlite_url
 from tests.support.domain import running_build
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-CHUNK = b"0123456789\n"
+# Longer than a line's least cost (steps.MIN_LINE_COST): each chunk costs its length.
+CHUNK = b"0123456789" * 7 + b"\n"
 
 
 def append_logs(data_dir: str, build_id: str, times: int, start: Event) -> None:
