@@ -216,22 +216,33 @@ def _append_logs(
     for chunk in logs:
         if volume.truncated:
             break
-        at = chunk.at or utcnow()
-        lines = chunk.data.count(b"\n") + (0 if chunk.data.endswith(b"\n") or not chunk.data else 1)
-        cost = max(len(chunk.data), MIN_LINE_COST * lines)
-        if volume.bytes + cost > cap:
+        lines = chunk.data.split(b"\n")
+        if lines[-1] == b"":
+            lines.pop()
+        cost = max(len(chunk.data), MIN_LINE_COST * len(lines))
+        if volume.bytes + cost <= cap:
+            volume.bytes += cost
+        else:  # the lines that still fit, each at its own cost, then the marker
             volume.truncated = True
-            rows.append(_log_row(build_id, chunk, at, TRUNCATED.format(cap=cap)))
-            _step(session, steps, build_id, chunk.digest).has_logs = True
-            break
-        volume.bytes += cost
-        text = storable(chunk.data.decode("utf-8", errors="replace"))
-        for line in text.split("\n")[:lines]:
-            rows.append(_log_row(build_id, chunk, at, line.rstrip("\r")))
+            fitting = 0
+            for line in lines:
+                line_cost = max(len(line) + 1, MIN_LINE_COST)
+                if volume.bytes + line_cost > cap:
+                    break
+                volume.bytes += line_cost
+                fitting += 1
+            lines = lines[:fitting]
+        at = chunk.at or utcnow()
+        for line in lines:
+            # A line never holds part of a UTF-8 sequence that another holds: "\n" is never inside one.
+            text = storable(line.decode("utf-8", errors="replace")).rstrip("\r")
+            rows.append(_log_row(build_id, chunk, at, text))
             if len(rows) >= LOG_INSERT_BATCH:
                 queries.insert_log_lines(session, rows)
                 rows = []
-        if lines:
+        if volume.truncated:
+            rows.append(_log_row(build_id, chunk, at, TRUNCATED.format(cap=cap)))
+        if lines or volume.truncated:
             _step(session, steps, build_id, chunk.digest).has_logs = True
     queries.insert_log_lines(session, rows)
 

@@ -85,9 +85,10 @@ def test_a_flood_of_empty_lines_costs_each_line_its_least_cost(store: Store) -> 
     with store.transaction() as session:
         texts = [line.text for line in queries.log_page(session, build_id, "sha256:x", limit=100, after_id=0)]
         volume = queries.log_volume(session, build_id)
-    assert texts[:8] == [""] * 8  # two chunks of four lines fit; the third passes the cap
-    assert len(texts) == 9 and "[opendepot] log truncated" in texts[8]
-    assert volume is not None and volume.bytes == 8 * steps.MIN_LINE_COST
+    # Two chunks of four lines fit whole; of the third, the two lines that still fit are kept.
+    assert texts[:10] == [""] * 10
+    assert len(texts) == 11 and "[opendepot] log truncated" in texts[10]
+    assert volume is not None and volume.bytes == cap and volume.truncated
 
 
 def test_long_lines_cost_their_length(store: Store) -> None:
