@@ -309,7 +309,7 @@ class GatewaySettings:
         name="gateway_process",
     )
     build_log_limit_mib: int = setting(
-        "MiB of step logs kept per build; past it a marker line says so",
+        "MiB of step logs kept per build (a line counts as at least 64 bytes); past it a marker line says so",
         lambda: 10,
         parse=int,
         metavar="MIB",
