@@ -3,6 +3,7 @@ step name and error length, and the size of a build's options."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ import pytest
 from opendepot.builds import service as builds
 from opendepot.builds import steps
 from tests.support.server import Server
+
+from .processes import api_workers, peak_rss_bytes
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +82,53 @@ def test_steps_per_build_are_bounded_and_the_excess_is_marked(server: Server, tm
     assert len(names) == steps.MAX_STEPS + 1, len(names)
     assert steps.STEPS_TRUNCATED.format(cap=steps.MAX_STEPS) in names
     assert max(len(n) for n in names) <= steps.MAX_STEP_NAME
+
+
+def test_a_status_message_of_newlines_keeps_at_most_the_log_limit_over_the_least_line_cost(
+    server: Server,
+) -> None:
+    """A build token's one status message carrying 8 MiB of newlines: each line costs steps.MIN_LINE_COST
+    of the 10 MiB log limit, so 163,840 empty lines and the marker are kept, as plain rows. Before, the
+    limit counted bytes and each line was an ORM object: 8 million rows and gigabytes of an API worker's
+    memory (half a MiB of newlines alone took 1.2 GB and 37 s)."""
+    _org, token = server.new_organization()
+    project = rpc(server, "depot.core.v1.ProjectService/CreateProject", {"name": "n"}, token).json()[
+        "project"
+    ]["projectId"]
+    build = rpc(server, "depot.build.v1.BuildService/CreateBuild", {"projectId": project}, token).json()
+    build_id, build_token = build["buildId"], build["buildToken"]
+    digest = f"sha256:{7:064x}"
+    assert server.process is not None
+    workers = api_workers(server.process.pid)
+    peak_before = {p: peak_rss_bytes(p) for p in workers}
+    flood = {"vertex": digest, "stream": 1, "msg": base64.b64encode(b"\n" * (8 << 20)).decode()}
+    message = {"buildId": build_id, "statuses": [{"vertexes": [{"digest": digest, "name": "RUN flood"}]}]}
+    message["statuses"].append({"logs": [flood]})
+    started = time.monotonic()
+    r = stream(server, message, build_token)
+    took = time.monotonic() - started
+    assert r.status_code == 200 and b'"error"' not in r.content, r.content[-300:]
+    growth = {p: peak_rss_bytes(p) - peak_before[p] for p in workers}
+    print(f"8 MiB of newlines in one status message: {took:.1f} s; workers' peak RSS growth {growth}")
+    assert all(g < 128 << 20 for g in growth.values()), growth
+    lines: list[str] = []
+    page_token = None
+    while True:
+        body: dict[str, Any] = {
+            "projectId": project,
+            "buildId": build_id,
+            "buildStepDigest": digest,
+            "pageSize": 1000,
+        }
+        if page_token:
+            body["pageToken"] = page_token
+        page = rpc(server, "depot.build.v1.BuildService/GetBuildStepLogs", body, token).json()
+        lines += [line.get("message", "") for line in page.get("logs", [])]
+        page_token = page.get("nextPageToken")
+        if not page_token:
+            break
+    assert len(lines) == steps.DEFAULT_LOG_CAP // steps.MIN_LINE_COST + 1
+    assert set(lines[:-1]) == {""} and "log truncated" in lines[-1]
 
 
 def test_build_options_are_bounded(server: Server) -> None:

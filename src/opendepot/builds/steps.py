@@ -216,22 +216,24 @@ def _append_logs(
     for chunk in logs:
         if volume.truncated:
             break
-        lines = chunk.data.split(b"\n")
-        if lines[-1] == b"":
-            lines.pop()
-        cost = max(len(chunk.data), MIN_LINE_COST * len(lines))
-        if volume.bytes + cost <= cap:
+        data = chunk.data
+        count = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+        cost = max(len(data), MIN_LINE_COST * count)
+        if volume.bytes + cost <= cap:  # then count <= cap / MIN_LINE_COST: splitting is bounded
             volume.bytes += cost
-        else:  # the lines that still fit, each at its own cost, then the marker
+            lines = data.split(b"\n")[:count]
+        else:  # the lines that still fit, each at its own cost, then the marker; no more split off
             volume.truncated = True
-            fitting = 0
-            for line in lines:
-                line_cost = max(len(line) + 1, MIN_LINE_COST)
+            lines, start = [], 0
+            while start < len(data):
+                end = data.find(b"\n", start)
+                end = len(data) if end < 0 else end
+                line_cost = max(end - start + 1, MIN_LINE_COST)
                 if volume.bytes + line_cost > cap:
                     break
                 volume.bytes += line_cost
-                fitting += 1
-            lines = lines[:fitting]
+                lines.append(data[start:end])
+                start = end + 1
         at = chunk.at or utcnow()
         for line in lines:
             # A line never holds part of a UTF-8 sequence that another holds: "\n" is never inside one.
