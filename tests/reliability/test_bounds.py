@@ -1,5 +1,5 @@
 """Bounds on what a build token can make the store keep, through a real `opendepot serve`: steps per build,
-step name and error length, and the size of a build's options."""
+step name and error length, log lines (each at its least cost), and the size of a build's options."""
 
 from __future__ import annotations
 
@@ -19,10 +19,16 @@ from tests.support.server import Server
 
 from .processes import api_workers, peak_rss_bytes
 
+LOG_LIMIT_MIB = 4
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(data_dir=tmp_path_factory.mktemp("bounds") / "data", database_url=None).start()
+    srv = Server(
+        data_dir=tmp_path_factory.mktemp("bounds") / "data",
+        database_url=None,
+        extra_args=["--build-log-limit-mib", str(LOG_LIMIT_MIB)],
+    ).start()
     try:
         yield srv
     finally:
@@ -88,7 +94,7 @@ def test_a_status_message_of_newlines_keeps_at_most_the_log_limit_over_the_least
     server: Server,
 ) -> None:
     """A build token's one status message carrying 8 MiB of newlines: each line costs steps.MIN_LINE_COST
-    of the 10 MiB log limit, so 163,840 empty lines and the marker are kept, as plain rows. Before, the
+    of the server's 4 MiB log limit, so 65,536 empty lines and the marker are kept, as plain rows. Before, the
     limit counted bytes and each line was an ORM object: 8 million rows and gigabytes of an API worker's
     memory (half a MiB of newlines alone: 23 s and 1.3 GB; at that rate 8 MiB would need ~20 GB)."""
     _org, token = server.new_organization()
@@ -127,7 +133,7 @@ def test_a_status_message_of_newlines_keeps_at_most_the_log_limit_over_the_least
         page_token = page.get("nextPageToken")
         if not page_token:
             break
-    assert len(lines) == steps.DEFAULT_LOG_CAP // steps.MIN_LINE_COST + 1
+    assert len(lines) == (LOG_LIMIT_MIB << 20) // steps.MIN_LINE_COST + 1
     assert set(lines[:-1]) == {""} and "log truncated" in lines[-1]
 
 

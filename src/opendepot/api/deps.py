@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from opendepot.builds.steps import DEFAULT_LOG_CAP
 from opendepot.pki.authority import Authority
 from opendepot.projects.lifecycle import ProjectLifecycle
 from opendepot.projects.service import Settings as ProjectSettings
@@ -23,3 +24,5 @@ class Deps:
     authority: Authority
     # None when the server runs no registry (--registry off, or docker-registry not installed).
     registry: Registry | None = None
+    # --build-log-limit-mib: the CLI's own status reports count against it as the gateway's tap does.
+    build_log_limit_bytes: int = DEFAULT_LOG_CAP

@@ -190,12 +190,13 @@ def record_status(
     payloads: list[bytes],
     vertices: Sequence[steps.VertexUpdate] = (),
     logs: Sequence[steps.LogChunk] = (),
+    log_cap: int = steps.DEFAULT_LOG_CAP,
 ) -> bool:
     """Keeps what the client reported (bounded per build) and merges its vertices (`[depot] …`) into the
     build's steps. Returns False once the bound is reached."""
     build = load_build(session, principal, build_id)
     used = queries.status_bytes_locked(session, build.id)
-    steps.apply(session, build.id, vertices, logs)
+    steps.apply(session, build.id, vertices, logs, log_cap)
     now = utcnow()
     added, kept = 0, True
     for payload in payloads:

@@ -68,6 +68,7 @@ def build_app(config: Config, store: Store) -> HttpHandler:
         public_url=config.api.public_url,
         authority=authority,
         registry=registry,
+        build_log_limit_bytes=config.gateway.build_log_limit_mib << 20,
     )
     gateway_port = config.gateway.host_port[1]
     machines = BuilderAccess(store, authority, config.gateway.host, gateway_port)

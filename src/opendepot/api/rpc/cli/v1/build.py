@@ -194,7 +194,9 @@ class BuildService(build_connect.BuildService):
                 vertices: list[VertexUpdate] = vertices,
                 logs: list[LogChunk] = logs,
             ) -> bool:
-                return builds.record_status(session, who, build_id, payloads, vertices, logs)
+                return builds.record_status(
+                    session, who, build_id, payloads, vertices, logs, self.d.build_log_limit_bytes
+                )
 
             await self.d.store.run(record)
         return pb.ReportStatusStreamResponse()
