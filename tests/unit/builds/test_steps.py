@@ -74,15 +74,15 @@ def test_logs_become_lines_and_stop_at_the_cap(store: Store) -> None:
     assert step.has_logs
 
 
-def test_a_flood_of_empty_lines_costs_each_line_its_least_cost(store: Store) -> None:
+def test_a_flood_of_empty_lines_costs_each_line_its_least_cost(either_store: Store) -> None:
     """2 MiB of newlines made 2 million rows (138 s in the recorder, 5 GB of its memory): now each line
     costs at least MIN_LINE_COST of the cap, so a build's rows stay under cap / MIN_LINE_COST."""
-    build_id = running_build(store)[1]
+    build_id = running_build(either_store)[1]
     cap = 10 * steps.MIN_LINE_COST
     flood = [LogChunk(digest="sha256:x", stream=1, at=T0, data=b"\n" * 4) for _ in range(5)]
-    with store.transaction() as session:
+    with either_store.transaction() as session:
         steps.apply(session, build_id, [], flood, cap=cap)
-    with store.transaction() as session:
+    with either_store.transaction() as session:
         texts = [line.text for line in queries.log_page(session, build_id, "sha256:x", limit=100, after_id=0)]
         volume = queries.log_volume(session, build_id)
     # Two chunks of four lines fit whole; of the third, the two lines that still fit are kept.
@@ -102,17 +102,17 @@ def test_long_lines_cost_their_length(store: Store) -> None:
     assert volume is not None and volume.bytes == 2 * len(line) and count == 2
 
 
-def test_search_numbers_each_hit_within_its_step(store: Store) -> None:
+def test_search_numbers_each_hit_within_its_step(either_store: Store) -> None:
     """Two steps' lines interleave in arrival order; a hit's number counts its own step's lines only."""
-    build_id = running_build(store)[1]
+    build_id = running_build(either_store)[1]
     chunks = [
         LogChunk("sha256:a", 1, T0, b"a one\na two needle\n"),
         LogChunk("sha256:b", 1, T0, b"b one\nb two\nb three NEEDLE\n"),
         LogChunk("sha256:a", 1, T0, b"a three\na four needle\n"),
     ]
-    with store.transaction() as session:
+    with either_store.transaction() as session:
         steps.apply(session, build_id, [vertex(digest="sha256:a"), vertex(digest="sha256:b")], chunks)
-    with store.transaction() as session:
+    with either_store.transaction() as session:
         build = session.get(Build, build_id)
         assert build is not None
         hits = builds.search_log(session, build, "needle")
