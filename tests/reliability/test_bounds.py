@@ -7,6 +7,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,41 @@ def test_build_options_are_bounded(server: Server) -> None:
     r = rpc(server, "depot.cli.v1.BuildService/CreateBuild", {"projectId": project, "options": huge}, token)
     assert r.status_code == 429 and r.json()["code"] == "resource_exhausted", r.text
     assert str(builds.MAX_OPTIONS_BYTES) in r.json()["message"]
+
+
+def test_lists_and_usage_of_many_builds_do_not_load_their_options(server: Server) -> None:
+    """300 builds with options near the 256 KiB bound; a 1,000-build ListBuilds page and the usage of their
+    period read only the columns they answer with. Before, each loaded every build's options: 1,000 such
+    builds took ~500 MB of a worker's memory for GetProjectUsage, and GetUsage has no page size."""
+    _org, token = server.new_organization()
+    project = rpc(server, "depot.core.v1.ProjectService/CreateProject", {"name": "u"}, token).json()[
+        "project"
+    ]["projectId"]
+    big = [{"tags": [f"t{i:03d}" + "x" * 1000 for i in range(250)]}]
+    assert len(json.dumps(big)) < builds.MAX_OPTIONS_BYTES
+    create = {"projectId": project, "options": big}
+
+    def created(_: int) -> int:
+        return rpc(server, "depot.cli.v1.BuildService/CreateBuild", create, token).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(created, range(300)))
+    assert codes == [200] * 300
+    assert server.process is not None
+    workers = api_workers(server.process.pid)
+    before = {p: peak_rss_bytes(p) for p in workers}
+    period = {"startAt": "2000-01-01T00:00:00Z", "endAt": "2100-01-01T00:00:00Z"}
+    calls = [
+        ("depot.core.v1.BuildService/ListBuilds", {"projectId": project, "pageSize": 1000}),
+        ("depot.cli.v1.BuildService/ListBuilds", {"projectId": project, "pageSize": 1000}),
+        ("depot.core.v1.UsageService/GetProjectUsage", {"projectId": project, **period}),
+        ("depot.core.v1.UsageService/GetUsage", period),
+    ]
+    for path, body in calls:
+        r = rpc(server, path, body, token)
+        assert r.status_code == 200, (path, r.text[:300])
+    growth = {p: peak_rss_bytes(p) - before[p] for p in workers}
+    assert all(g < 48 << 20 for g in growth.values()), growth
 
 
 def test_build_timeout_ends_a_build_server_side(tmp_path: Path) -> None:

@@ -408,7 +408,9 @@ def list_builds_by_status(
     if project is None:
         raise NotFound(f"project {project_id!r} not found")
     principal.require_project_access(project.organization_id, project.id)
-    rows = queries.newest_first(session, project.id, limit=page.size + 1, after=page.after, status=status)
+    rows = queries.newest_first(
+        session, project.id, limit=page.size + 1, after=page.after, status=status, with_options=True
+    )  # the dashboard shows each build's platforms
     token = next_token(BUILDS_LIST, [Cursor(b.created_at, b.id) for b in rows], page.size)
     return summarize(session, rows[: page.size]), token
 

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import Row, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from opendepot.builds.models import Build, Lease, Step
 
@@ -15,7 +15,8 @@ def builds_in(session: Session, project_id: str, start: datetime, end: datetime)
     stmt = select(Build).where(
         Build.project_id == project_id, Build.created_at >= start, Build.created_at < end
     )
-    return session.scalars(stmt).all()
+    # Not their options (up to 256 KiB each): a period can hold thousands of builds.
+    return session.scalars(stmt.options(defer(Build.options, raiseload=True))).all()
 
 
 def leases_in(session: Session, project_id: str, start: datetime, end: datetime) -> Sequence[Lease]:
