@@ -19,6 +19,16 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, CONTINUATION = 0x0, 0x1, 0x9
 END_STREAM, END_HEADERS, PADDED, PRIORITY = 0x1, 0x4, 0x8, 0x20
 STATUS_PATH = b"/moby.buildkit.v1.Control/Status"
+# The most of one header block (HEADERS and its CONTINUATIONs) the tap holds: hpack refuses a decoded list
+# over 64 KiB anyway, and a block never decodes smaller than it is. Without it a client sending CONTINUATION
+# frames that never end the block made the tap hold all of them (buildkitd's gRPC server reads up to 16 MiB of
+# headers before it closes the connection).
+MAX_HEADER_BLOCK = 64 << 10
+
+
+class HeaderBlockTooLarge(ValueError):
+    pass
+
 
 Frame = tuple[int, int, int, bytes]
 
@@ -26,9 +36,12 @@ Frame = tuple[int, int, int, bytes]
 class _Frames:
     """Splits one direction's bytes into frames, buffering only the payloads `wanted` asks for."""
 
-    def __init__(self, preface: int, wanted: Callable[[int, int], bool]) -> None:
+    def __init__(
+        self, preface: int, wanted: Callable[[int, int], bool], max_payload: int | None = None
+    ) -> None:
         self._preface = preface
         self._wanted = wanted
+        self._max_payload = max_payload
         self._header = bytearray()
         self._skip = 0
         self._collect = 0
@@ -71,6 +84,8 @@ class _Frames:
                     i, self._skip = i + take, length - take
                 elif length == 0:
                     frames.append((kind, flags, stream, b""))
+                elif self._max_payload is not None and length > self._max_payload:
+                    raise HeaderBlockTooLarge(f"a {length}-byte frame of kind {kind}")
                 else:
                     self._current, self._collect, self._payload = (
                         (kind, flags, stream),
@@ -99,7 +114,9 @@ class StatusTap:
         self._block = bytearray()
         self._block_stream = 0
         self._grpc: dict[int, bytearray] = {}
-        self._client = _Frames(len(PREFACE), lambda kind, _stream: kind in (HEADERS, CONTINUATION))
+        self._client = _Frames(
+            len(PREFACE), lambda kind, _stream: kind in (HEADERS, CONTINUATION), MAX_HEADER_BLOCK
+        )
         # DATA carries the status messages; HEADERS (trailers) may be what ends the stream.
         self._server = _Frames(
             0, lambda kind, stream: kind in (DATA, HEADERS) and stream in self._status_streams
@@ -116,9 +133,23 @@ class StatusTap:
     def _guard(self, handler: Callable[[bytes | memoryview], None], data: bytes | memoryview) -> None:
         try:
             handler(data)
+        except HeaderBlockTooLarge as e:
+            self._off()
+            log.warning(
+                "status tap turned off for a connection: a header block over %d bytes (%s)",
+                MAX_HEADER_BLOCK,
+                str(e),  # not the exception: a kept record would keep its frames' buffers
+            )
         except Exception:
-            self.enabled = False
+            self._off()
             log.warning("status tap turned off for a connection after an unexpected frame", exc_info=True)
+
+    def _off(self) -> None:
+        """Off for good, holding nothing."""
+        self.enabled = False
+        self._block = bytearray()
+        self._grpc.clear()
+        self._client = self._server = _Frames(0, lambda _kind, _stream: False)
 
     def _client_frames(self, data: bytes | memoryview) -> None:
         for kind, flags, stream, payload in self._client.feed(data):
@@ -129,6 +160,8 @@ class StatusTap:
                 self._block, self._block_stream = bytearray(fragment), stream
             else:
                 self._block += payload
+            if len(self._block) > MAX_HEADER_BLOCK:
+                raise HeaderBlockTooLarge(f"{len(self._block)} bytes so far on stream {self._block_stream}")
             if flags & END_HEADERS:
                 headers = self._decoder.decode(bytes(self._block), raw=True)
                 if any(name == b":path" and value == STATUS_PATH for name, value in headers):

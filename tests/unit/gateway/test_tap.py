@@ -5,6 +5,7 @@ chunks of every size."""
 from __future__ import annotations
 
 import gzip
+import tracemalloc
 from datetime import UTC, datetime
 
 import hpack
@@ -12,7 +13,8 @@ import pytest
 from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 from opendepot.buildkit.status import decode
-from opendepot.gateway.tap import PREFACE, StatusTap
+from opendepot.gateway import tap as tap_module
+from opendepot.gateway.tap import MAX_HEADER_BLOCK, PREFACE, StatusTap
 from opendepot.gen.moby.buildkit.v1 import control_pb
 
 DATA, HEADERS, SETTINGS, CONTINUATION = 0x0, 0x1, 0x4, 0x9
@@ -141,3 +143,56 @@ def test_the_tap_keeps_nothing_of_the_relays_reused_buffer() -> None:
             buffer[:] = b"\xff" * len(buffer)  # the next read overwrites it
     assert seen == [FIRST, SECOND, THIRD]
     assert tap.enabled
+
+
+def test_a_header_block_that_never_ends_turns_the_tap_off_holding_nothing() -> None:
+    """CONTINUATION frames without END_HEADERS: the tap held every one of them until buildkitd closed the
+    connection (its gRPC server reads up to 16 MiB of headers first). Past MAX_HEADER_BLOCK it lets go."""
+    seen: list[bytes] = []
+    tap = StatusTap(seen.append)
+    piece = bytes(16 << 10)
+    flood = b"".join(
+        [
+            PREFACE,
+            frame(HEADERS, 0, STATUS, piece),
+            *(frame(CONTINUATION, 0, STATUS, piece) for _ in range(255)),
+        ]
+    )
+    tracemalloc.start()
+    try:
+        feed(flood, tap.from_client, 256 << 10)
+        # What is still allocated by the tap's own code, once 4 MiB went through it.
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, tap_module.__file__)])
+    finally:
+        tracemalloc.stop()
+    held = sum(stat.size for stat in snapshot.statistics("filename"))
+    assert not tap.enabled
+    assert held < 16 << 10, held
+    _client, server = recorded()
+    tap.from_server(server)
+    assert seen == []
+
+
+def test_one_frame_longer_than_a_header_block_turns_the_tap_off() -> None:
+    tap = StatusTap(lambda _raw: None)
+    tap.from_client(
+        PREFACE + (MAX_HEADER_BLOCK + 1).to_bytes(3, "big") + bytes([HEADERS, 0]) + (1).to_bytes(4, "big")
+    )
+    assert not tap.enabled
+
+
+def test_a_large_but_bounded_header_block_is_still_read() -> None:
+    """A 40 KiB header (HPACK literal) over HEADERS + CONTINUATIONs: under the bound, the stream is found."""
+    seen: list[bytes] = []
+    tap = StatusTap(seen.append)
+    block = hpack.Encoder().encode(
+        [(":method", "POST"), (":path", "/moby.buildkit.v1.Control/Status"), ("x-big", "v" * (40 << 10))],
+        huffman=False,
+    )
+    pieces = [block[i : i + (16 << 10)] for i in range(0, len(block), 16 << 10)]
+    frames = [frame(HEADERS, 0, STATUS, pieces[0])]
+    frames += [frame(CONTINUATION, 0, STATUS, p) for p in pieces[1:-1]]
+    frames.append(frame(CONTINUATION, END_HEADERS, STATUS, pieces[-1]))
+    tap.from_client(PREFACE + b"".join(frames))
+    tap.from_server(frame(DATA, 0, STATUS, grpc(FIRST)))
+    assert tap.enabled and seen == [FIRST]
