@@ -291,10 +291,20 @@ def step(session: Session, build_id: str, digest: str) -> Step | None:
     return session.scalars(select(Step).where(Step.build_id == build_id, Step.digest == digest)).first()
 
 
+# Past this many digests the build's steps are read whole instead of naming each digest: a status message can
+# name 70,000 vertices, and PostgreSQL takes at most 65,535 bound parameters (an internal error before). A
+# build has at most steps.MAX_STEPS steps, so reading them all is bounded.
+MANY_DIGESTS = 1000
+
+
 def steps_by_digest(session: Session, build_id: str, digests: Sequence[str]) -> dict[str, Step]:
     """The build's existing steps among digests, in one query."""
     if not digests:
         return {}
+    if len(digests) > MANY_DIGESTS:
+        wanted = set(digests)
+        every = session.scalars(select(Step).where(Step.build_id == build_id))
+        return {s.digest: s for s in every if s.digest in wanted}
     stmt = select(Step).where(Step.build_id == build_id, Step.digest.in_(digests))
     return {s.digest: s for s in session.scalars(stmt)}
 

@@ -124,6 +124,25 @@ def test_search_numbers_each_hit_within_its_step(either_store: Store) -> None:
     ]
 
 
+def test_a_report_naming_more_vertices_than_bound_parameters_is_kept_to_the_step_bound(
+    either_store: Store,
+) -> None:
+    """70,000 vertices in one report: PostgreSQL takes at most 65,535 bound parameters, and naming each digest
+    in one query was an internal error there. An existing step among them is still found and updated."""
+    build_id = running_build(either_store)[1]
+    with either_store.transaction() as session:
+        steps.apply(session, build_id, [vertex(digest="sha256:known", name="RUN first")], [])
+    flood = [vertex(digest=f"sha256:{i:064x}", name="n") for i in range(70_000)]
+    flood.append(vertex(digest="sha256:known", name="RUN renamed", completed=T0))
+    with either_store.transaction() as session:
+        steps.apply(session, build_id, flood, [])
+    with either_store.transaction() as session:
+        kept = queries.all_steps(session, build_id, 10 * steps.MAX_STEPS)
+    assert len(kept) == steps.MAX_STEPS + 1  # and the marker step
+    [known] = [s for s in kept if s.digest == "sha256:known"]
+    assert known.name == "RUN renamed" and known.completed_at == T0
+
+
 def test_nul_characters_are_stored_as_replacement_characters(either_store: Store) -> None:
     """PostgreSQL's text refuses a NUL: binary log output or a hostile vertex name must not lose a batch."""
     build_id = running_build(either_store)[1]
