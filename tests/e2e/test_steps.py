@@ -15,6 +15,7 @@ from opendepot.builds.steps import MIN_LINE_COST
 from tests.e2e.test_builds import build, builds_of, new_project
 from tests.support.builds import builds_possible, busybox_context
 from tests.support.clients import sdk_node
+from tests.support.pages import every_item
 from tests.support.server import Server
 
 pytestmark = pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible()))
@@ -30,17 +31,10 @@ def rpc(srv: Server, token: str, service: str, method: str, request: dict[str, A
 
 
 def steps_of(srv: Server, token: str, project: str, build_id: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    page_token = None
-    while True:
-        request: dict[str, Any] = {"projectId": project, "buildId": build_id, "pageSize": 3}
-        if page_token:
-            request["pageToken"] = page_token
-        page = rpc(srv, token, "build.v1.BuildService", "getBuildSteps", request)
-        found += page.get("buildSteps", [])
-        page_token = page.get("nextPageToken")
-        if not page_token:
-            return found
+    request = {"projectId": project, "buildId": build_id, "pageSize": 3}
+    return every_item(
+        lambda r: rpc(srv, token, "build.v1.BuildService", "getBuildSteps", r), request, "buildSteps"
+    )
 
 
 def logs_of(srv: Server, token: str, project: str, build_id: str, digest: str) -> list[str]:
@@ -229,19 +223,8 @@ def test_a_flood_of_empty_lines_is_cut_at_the_least_cost_of_a_line(capped: Serve
 
 
 def every_log_line(srv: Server, token: str, project: str, build_id: str, digest: str) -> list[str]:
-    lines: list[str] = []
-    page_token = None
-    while True:
-        request: dict[str, Any] = {
-            "projectId": project,
-            "buildId": build_id,
-            "buildStepDigest": digest,
-            "pageSize": 1000,
-        }
-        if page_token:
-            request["pageToken"] = page_token
-        page = rpc(srv, token, "build.v1.BuildService", "getBuildStepLogs", request)
-        lines += [line.get("message", "") for line in page.get("logs", [])]  # proto3 omits an empty one
-        page_token = page.get("nextPageToken")
-        if not page_token:
-            return lines
+    request = {"projectId": project, "buildId": build_id, "buildStepDigest": digest, "pageSize": 1000}
+    logs = every_item(
+        lambda r: rpc(srv, token, "build.v1.BuildService", "getBuildStepLogs", r), request, "logs"
+    )
+    return [line.get("message", "") for line in logs]  # proto3 JSON omits an empty message

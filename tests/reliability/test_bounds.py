@@ -16,6 +16,7 @@ import pytest
 
 from opendepot.builds import service as builds
 from opendepot.builds import steps
+from tests.support.pages import every_item
 from tests.support.server import Server
 
 from .processes import api_workers, peak_rss_bytes
@@ -42,6 +43,25 @@ def rpc(server: Server, path: str, body: dict[str, Any], token: str) -> httpx.Re
     )
 
 
+def new_project(server: Server, name: str) -> tuple[str, str]:
+    """A new organization's token and a project in it."""
+    _org, token = server.new_organization()
+    created = rpc(server, "depot.core.v1.ProjectService/CreateProject", {"name": name}, token).json()
+    return token, created["project"]["projectId"]
+
+
+def new_build(server: Server, project: str, token: str) -> tuple[str, str]:
+    """A build of the project: its id and build token."""
+    build = rpc(server, "depot.build.v1.BuildService/CreateBuild", {"projectId": project}, token).json()
+    return build["buildId"], build["buildToken"]
+
+
+def listed(server: Server, method: str, request: dict[str, Any], token: str) -> dict[str, Any]:
+    """One page of a build.v1 list RPC."""
+    page: dict[str, Any] = rpc(server, f"depot.build.v1.BuildService/{method}", request, token).json()
+    return page
+
+
 def stream(server: Server, message: dict[str, Any], token: str) -> httpx.Response:
     """One message on the CLI's status stream (ReportStatusStream), which merges vertices into steps."""
     raw = json.dumps(message).encode()
@@ -54,12 +74,8 @@ def stream(server: Server, message: dict[str, Any], token: str) -> httpx.Respons
 
 
 def test_steps_per_build_are_bounded_and_the_excess_is_marked(server: Server, tmp_path: Path) -> None:
-    _org, token = server.new_organization()
-    project = rpc(server, "depot.core.v1.ProjectService/CreateProject", {"name": "b"}, token).json()[
-        "project"
-    ]["projectId"]
-    build = rpc(server, "depot.build.v1.BuildService/CreateBuild", {"projectId": project}, token).json()
-    build_id, build_token = build["buildId"], build["buildToken"]
+    token, project = new_project(server, "b")
+    build_id, build_token = new_build(server, project, token)
     total = steps.MAX_STEPS + 300
     for start in range(0, total, 200):
         vertexes = [
@@ -75,17 +91,9 @@ def test_steps_per_build_are_bounded_and_the_excess_is_marked(server: Server, tm
         build_token,
     )
     assert r.status_code == 200 and b'"error"' not in r.content, r.content[-300:]
-    names: list[str] = []
-    page_token = None
-    while True:
-        body: dict[str, Any] = {"projectId": project, "buildId": build_id, "pageSize": 1000}
-        if page_token:
-            body["pageToken"] = page_token
-        page = rpc(server, "depot.build.v1.BuildService/GetBuildSteps", body, token).json()
-        names += [s.get("name", "") for s in page.get("buildSteps", [])]
-        page_token = page.get("nextPageToken")
-        if not page_token:
-            break
+    request = {"projectId": project, "buildId": build_id, "pageSize": 1000}
+    found = every_item(lambda r: listed(server, "GetBuildSteps", r, token), request, "buildSteps")
+    names = [s.get("name", "") for s in found]
     assert len(names) == steps.MAX_STEPS + 1, len(names)
     assert steps.STEPS_TRUNCATED.format(cap=steps.MAX_STEPS) in names
     assert max(len(n) for n in names) <= steps.MAX_STEP_NAME
@@ -98,19 +106,15 @@ def test_a_status_message_of_newlines_keeps_at_most_the_log_limit_over_the_least
     of the server's 4 MiB log limit, so 65,536 empty lines and the marker are kept, as plain rows. Before, the
     limit counted bytes and each line was an ORM object: 8 million rows and gigabytes of an API worker's
     memory (half a MiB of newlines alone: 23 s and 1.3 GB; at that rate 8 MiB would need ~20 GB)."""
-    _org, token = server.new_organization()
-    project = rpc(server, "depot.core.v1.ProjectService/CreateProject", {"name": "n"}, token).json()[
-        "project"
-    ]["projectId"]
-    build = rpc(server, "depot.build.v1.BuildService/CreateBuild", {"projectId": project}, token).json()
-    build_id, build_token = build["buildId"], build["buildToken"]
+    token, project = new_project(server, "n")
+    build_id, build_token = new_build(server, project, token)
     digest = f"sha256:{7:064x}"
     assert server.process is not None
     workers = api_workers(server.process.pid)
     peak_before = {p: peak_rss_bytes(p) for p in workers}
     flood = {"vertex": digest, "stream": 1, "msg": base64.b64encode(b"\n" * (8 << 20)).decode()}
-    message = {"buildId": build_id, "statuses": [{"vertexes": [{"digest": digest, "name": "RUN flood"}]}]}
-    message["statuses"].append({"logs": [flood]})
+    vertex = {"digest": digest, "name": "RUN flood"}
+    message = {"buildId": build_id, "statuses": [{"vertexes": [vertex]}, {"logs": [flood]}]}
     started = time.monotonic()
     r = stream(server, message, build_token)
     took = time.monotonic() - started
@@ -118,31 +122,15 @@ def test_a_status_message_of_newlines_keeps_at_most_the_log_limit_over_the_least
     growth = {p: peak_rss_bytes(p) - peak_before[p] for p in workers}
     print(f"8 MiB of newlines in one status message: {took:.1f} s; workers' peak RSS growth {growth}")
     assert all(g < 128 << 20 for g in growth.values()), growth
-    lines: list[str] = []
-    page_token = None
-    while True:
-        body: dict[str, Any] = {
-            "projectId": project,
-            "buildId": build_id,
-            "buildStepDigest": digest,
-            "pageSize": 1000,
-        }
-        if page_token:
-            body["pageToken"] = page_token
-        page = rpc(server, "depot.build.v1.BuildService/GetBuildStepLogs", body, token).json()
-        lines += [line.get("message", "") for line in page.get("logs", [])]
-        page_token = page.get("nextPageToken")
-        if not page_token:
-            break
+    request = {"projectId": project, "buildId": build_id, "buildStepDigest": digest, "pageSize": 1000}
+    logs = every_item(lambda r: listed(server, "GetBuildStepLogs", r, token), request, "logs")
+    lines = [line.get("message", "") for line in logs]  # proto3 JSON omits an empty message
     assert len(lines) == (LOG_LIMIT_MIB << 20) // steps.MIN_LINE_COST + 1
     assert set(lines[:-1]) == {""} and "log truncated" in lines[-1]
 
 
 def test_build_options_are_bounded(server: Server) -> None:
-    _org, token = server.new_organization()
-    project = rpc(server, "depot.core.v1.ProjectService/CreateProject", {"name": "o"}, token).json()[
-        "project"
-    ]["projectId"]
+    token, project = new_project(server, "o")
     huge = [{"tags": [f"registry.example/image:{i:06d}" + "x" * 200 for i in range(1500)]}]
     r = rpc(server, "depot.cli.v1.BuildService/CreateBuild", {"projectId": project, "options": huge}, token)
     assert r.status_code == 429 and r.json()["code"] == "resource_exhausted", r.text
@@ -153,10 +141,7 @@ def test_lists_and_usage_of_many_builds_do_not_load_their_options(server: Server
     """300 builds with options near the 256 KiB bound; a 1,000-build ListBuilds page and the usage of their
     period read only the columns they answer with. Before, each loaded every build's options: 1,000 such
     builds took ~500 MB of a worker's memory for GetProjectUsage, and GetUsage has no page size."""
-    _org, token = server.new_organization()
-    project = rpc(server, "depot.core.v1.ProjectService/CreateProject", {"name": "u"}, token).json()[
-        "project"
-    ]["projectId"]
+    token, project = new_project(server, "u")
     big = [{"tags": [f"t{i:03d}" + "x" * 1000 for i in range(250)]}]
     assert len(json.dumps(big)) < builds.MAX_OPTIONS_BYTES
     create = {"projectId": project, "options": big}
@@ -171,7 +156,7 @@ def test_lists_and_usage_of_many_builds_do_not_load_their_options(server: Server
     workers = api_workers(server.process.pid)
     before = {p: peak_rss_bytes(p) for p in workers}
     period = {"startAt": "2000-01-01T00:00:00Z", "endAt": "2100-01-01T00:00:00Z"}
-    calls = [
+    calls: list[tuple[str, dict[str, Any]]] = [
         ("depot.core.v1.BuildService/ListBuilds", {"projectId": project, "pageSize": 1000}),
         ("depot.cli.v1.BuildService/ListBuilds", {"projectId": project, "pageSize": 1000}),
         ("depot.core.v1.UsageService/GetProjectUsage", {"projectId": project, **period}),
