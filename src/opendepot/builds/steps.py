@@ -21,7 +21,7 @@ from .models import Build, LogVolume, Step
 DEFAULT_LOG_CAP = 10 * 1024 * 1024
 TRUNCATED = "[opendepot] log truncated: this build printed more than {cap} bytes; the rest was not kept"
 # Each line costs at least this much of the cap. Without it, a build could print 2 MiB of newlines and make
-# 2 million rows: minutes of the recorder's time, gigabytes of its memory, a database 200 times the cap.
+# 2 million rows: minutes of the recorder's time, gigabytes of its memory, a database ~400 times the bytes.
 MIN_LINE_COST = 64
 # Lines go to the store in batches of this many rows, so a flush's memory stays bounded.
 LOG_INSERT_BATCH = 5000
