@@ -180,9 +180,10 @@ def active_leases(session: Session) -> Sequence[Row[str, str, str]]:
     return session.execute(stmt).all()
 
 
-def running_since_before(session: Session, before: datetime) -> Sequence[Build]:
+def running_since_before(session: Session, before: datetime, limit: int) -> Sequence[Build]:
+    """The oldest running builds created before `before`, at most limit of them."""
     stmt = select(Build).where(Build.status == "running", Build.created_at < before).options(WITHOUT_OPTIONS)
-    return session.scalars(stmt).all()
+    return session.scalars(stmt.order_by(Build.created_at).limit(limit)).all()
 
 
 def running_with_leases(session: Session, acquired_before: datetime) -> Sequence[Build]:
@@ -194,8 +195,9 @@ def running_with_leases(session: Session, acquired_before: datetime) -> Sequence
     return session.scalars(stmt).all()
 
 
-def abandoned_builds(session: Session, stale_before: datetime) -> Sequence[Build]:
-    """Running builds with no live lease and no heartbeat since stale_before."""
+def abandoned_builds(session: Session, stale_before: datetime, limit: int) -> Sequence[Build]:
+    """Running builds with no live lease and no heartbeat since stale_before, the oldest first, at most limit
+    of them."""
     live = select(Lease.build_id).where(
         Lease.build_id == Build.id,
         or_(Lease.released_at.is_(None), Lease.heartbeat_at >= stale_before),
@@ -203,7 +205,7 @@ def abandoned_builds(session: Session, stale_before: datetime) -> Sequence[Build
     stmt = select(Build).where(
         and_(Build.status == BuildStatus.RUNNING, Build.created_at < stale_before, ~live.exists())
     )
-    return session.scalars(stmt.options(WITHOUT_OPTIONS)).all()
+    return session.scalars(stmt.options(WITHOUT_OPTIONS).order_by(Build.created_at).limit(limit)).all()
 
 
 # The gateway's admission of every new connection: built once, Core, one row.

@@ -3,19 +3,21 @@ a lease whose heartbeats stopped, a running build nobody holds, a build past the
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import update
 
 from opendepot.auth import Principal
 from opendepot.builds import service as builds
-from opendepot.builds.models import Lease
+from opendepot.builds.models import Build, Lease
 from opendepot.clock import utcnow
 from opendepot.store import Store
 from tests.support.domain import organization_with_project
 
 LEASE_TIMEOUT = timedelta(seconds=30)
 BUILD_TIMEOUT = timedelta(hours=1)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def due(store: Store, now: datetime, build_timeout: timedelta | None = None) -> bool:
@@ -76,3 +78,34 @@ def test_a_build_past_the_build_timeout_is_due_only_with_one(either_store: Store
     with store.transaction() as session:
         assert builds.load_build(session, admin, build_id).status == "error"
     assert not due(store, later, BUILD_TIMEOUT)
+
+
+def test_many_abandoned_builds_are_ended_a_batch_per_reap_oldest_first(
+    either_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project token can leave any number of builds unconnected: one reap ended all of them in one
+    transaction, holding the store's write lock (20,000: 4.3 s). Now REAP_BATCH per reap, and reaping stays
+    due until none is left."""
+    store = either_store
+    monkeypatch.setattr(builds, "REAP_BATCH", 3)
+    with store.transaction() as session:
+        admin, project = organization_with_project(session)
+        made = []
+        for i in range(7):
+            build, _ = builds.create_build(session, admin, project.id, [])
+            build.created_at = T0 + timedelta(seconds=i)  # their order, whatever the clock's resolution
+            made.append(build.id)
+    later = utcnow() + LEASE_TIMEOUT + timedelta(seconds=1)
+
+    def ended() -> set[str]:
+        with store.transaction() as session:
+            return {
+                b for b in made if (found := session.get(Build, b)) is not None and found.status != "running"
+            }
+
+    assert reap(store, later) == (0, 3)
+    assert ended() == set(made[:3])  # the oldest first
+    counts = []
+    while due(store, later):
+        counts.append(reap(store, later)[1])
+    assert counts == [3, 1] and ended() == set(made)
