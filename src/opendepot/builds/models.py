@@ -23,7 +23,11 @@ class Build(Base):
     """One build, whichever API created it (cli.v1, build.v1); core.v1 reads the same rows."""
 
     __tablename__ = "builds"
-    __table_args__ = (Index("ix_builds_project_created", "project_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_builds_project_created", "project_id", "created_at", "id"),
+        # The retention sweep's oldest finished builds.
+        Index("ix_builds_finished", "finished_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(10), primary_key=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))

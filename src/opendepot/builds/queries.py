@@ -11,6 +11,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    delete,
     func,
     insert,
     or_,
@@ -67,6 +68,8 @@ class BuildForLease(NamedTuple):
 _BUILDS = cast(Table, Build.__table__)
 _LEASES = cast(Table, Lease.__table__)
 _PROJECTS = cast(Table, Project.__table__)
+# What a build keeps in bulk, deleted in slices before the build itself (the retention sweep).
+_KEPT_IN_BULK = tuple(cast(Table, model.__table__) for model in (LogLine, StatusReport, Step))
 # Built once, on every connection's path, and Core: only the columns acquiring a lease needs, no ORM objects
 # (loading a whole Build and Lease was a third of GetBuildKitConnection's server time).
 _BUILD_WITH_LEASE = (
@@ -535,3 +538,33 @@ def latest_builds(session: Session, project_ids: Sequence[str]) -> dict[str, Bui
 def count_by_status(session: Session) -> dict[str, int]:
     rows = session.execute(select(Build.status, func.count()).group_by(Build.status))
     return {status: count for status, count in rows}
+
+
+def finished_before(session: Session, before: datetime, limit: int) -> list[str]:
+    """Ids of the builds that finished before `before`, the oldest first, at most limit of them."""
+    stmt = (
+        select(_BUILDS.c.id)
+        .where(_BUILDS.c.finished_at < before)
+        .order_by(_BUILDS.c.finished_at, _BUILDS.c.id)
+        .limit(limit)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+def delete_kept_in_bulk(session: Session, build_ids: Sequence[str], limit: int) -> int:
+    """Deletes at most `limit` of the rows these builds kept in bulk (log lines, status reports, steps);
+    returns how many went. Fewer than limit: none of theirs is left."""
+    deleted = 0
+    for table in _KEPT_IN_BULK:
+        if deleted >= limit:
+            break
+        some = select(table.c.id).where(table.c.build_id.in_(build_ids)).limit(limit - deleted)
+        result = session.execute(delete(table).where(table.c.id.in_(some)))
+        deleted += cast(Any, result).rowcount
+    return deleted
+
+
+def delete_builds(session: Session, build_ids: Sequence[str]) -> int:
+    """Deletes the builds; what else they own (leases, build tokens, log volume) goes by its foreign key."""
+    result = session.execute(delete(_BUILDS).where(_BUILDS.c.id.in_(build_ids)))
+    return int(cast(Any, result).rowcount)

@@ -315,6 +315,27 @@ def reap(
     return expired, len(abandoned)
 
 
+# The retention sweep works in slices, each one transaction holding the store's write lock: at most
+# PRUNE_BUILDS builds, and at most PRUNE_ROWS of the rows they kept in bulk (a build may keep 163,840 log
+# lines at the default log limit, and 2,001 steps).
+PRUNE_BUILDS = 50
+PRUNE_ROWS = 20_000
+
+
+def prune_slice(session: Session, retention: timedelta, now: datetime | None = None) -> tuple[int, int]:
+    """One slice of the retention sweep (--build-retention-days): deletes what the builds that finished more
+    than `retention` ago kept, the oldest builds first, then, once nothing of theirs is left, the builds.
+    Returns (builds, rows) deleted; (0, 0) once nothing is left to prune. Running builds are never pruned."""
+    now = now or utcnow()
+    expired = queries.finished_before(session, now - retention, PRUNE_BUILDS)
+    if not expired:
+        return 0, 0
+    rows = queries.delete_kept_in_bulk(session, expired, PRUNE_ROWS)
+    if rows >= PRUNE_ROWS:
+        return 0, rows
+    return queries.delete_builds(session, expired), rows
+
+
 INTERRUPTED = "interrupted: the server restarted while this build ran on its builder; run it again"
 
 
