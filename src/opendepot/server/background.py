@@ -30,6 +30,7 @@ from opendepot.store import Store
 from .config import Config
 from .gauges import StoreGauges
 from .loops import Loops
+from .retention import BuildRetention
 from .singular import Gated, SingularLease
 from .worker import open_registry, open_vault
 
@@ -278,6 +279,9 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # 
         loops.start(Gated(PruneDeletedProjects(backend, project_ids), singular))
     loops.start(Gated(reconciler, singular))
     loops.start(Gated(StoreGauges(store, config.kubernetes.backend), singular))
+    if config.builders.build_retention_days > 0:
+        retention = timedelta(days=config.builders.build_retention_days)
+        loops.start(Gated(BuildRetention(store, retention), singular))
     loops.start(recorder)
     loops.start(GatewayLeaseWatch(store, gateway))
     if sandbox is not None:

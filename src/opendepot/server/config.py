@@ -202,6 +202,13 @@ class BuilderSettings:
         parse=float,
         metavar="SECONDS",
     )
+    build_retention_days: float = setting(
+        "days a finished build is kept, with its steps and logs, before it is deleted (0: kept forever;"
+        " usage reports cover only the builds kept)",
+        lambda: 0.0,
+        parse=float,
+        metavar="DAYS",
+    )
     usage_sample_seconds: float = setting(
         "how often each running builder's cache size is sampled for usage figures",
         lambda: 60.0,
@@ -595,6 +602,8 @@ def _check(config: Config) -> None:
         raise ConfigError("--lease-timeout must be positive and --builder-idle-timeout not negative")
     if config.kubernetes.backend not in ("local", "kubernetes"):
         raise ConfigError(f"--builders must be local or kubernetes, got {config.kubernetes.backend!r}")
+    if config.builders.build_retention_days < 0:
+        raise ConfigError("--build-retention-days must be 0 (kept forever) or positive")
     if config.builders.pids_max < 64:
         raise ConfigError("--builder-pids-max must be at least 64 (buildkitd's own threads count)")
     if not (config.builders.memory_limit_mib == 0 or config.builders.memory_limit_mib >= 64):
