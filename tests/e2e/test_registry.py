@@ -446,3 +446,60 @@ def test_load_and_docker_login_with_a_docker_engine(
     listed = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
     for image in {tag, mine, theirs, pulled_tag, *(i for i in listed if i.startswith(server.registry_host))}:
         docker("image", "rm", image)
+
+
+def test_a_project_over_its_registry_quota_cannot_push_until_it_deletes(tmp_path: Path) -> None:
+    """--registry-quota-mib 1: the first save (2 MB of random data) lands, since the project kept nothing;
+    the next push is refused by the token service with a message that reaches the depot CLI, while pulls,
+    and pushes to another project, go on; deleting the image makes room again."""
+    srv = Server(
+        data_dir=tmp_path / "data", database_url=None, extra_args=["--registry-quota-mib", "1"]
+    ).start()
+    try:
+        _org, token = srv.new_organization()
+        project, other = new_project(srv, token, "full"), new_project(srv, token, "roomy")
+        big = busybox_context(tmp_path / "big", "head -c 2000000 /dev/urandom > /random.bin")
+        saved_build(srv, token, project, big)
+        [image] = wait_for(lambda: images(srv, token, project), "the saved image")
+        assert int(image["sizeBytes"]) > 1 << 20
+
+        small = busybox_context(tmp_path / "small", "echo small > /x")
+        code, output = build(srv, token, project, small, "--save")
+        assert code != 0, output
+        assert "its quota is 1 MiB (--registry-quota-mib): delete images to push again" in output, output
+        # The token service's own answer: 403 with the reason, for a push; a pull is still granted.
+        refused = httpx.get(
+            f"{srv.url}/registry/token",
+            params={"scope": f"repository:{project}:pull,push"},
+            auth=("x-token", token),
+        )
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["errors"][0]["code"] == "DENIED"
+        pulling = httpx.get(
+            f"{srv.url}/registry/token",
+            params={"scope": f"repository:{project}:pull"},
+            auth=("x-token", token),
+        )
+        assert pulling.status_code == 200, pulling.text
+        creds = f"x-token:{pull_token(srv, token, project)}"
+        inspected = skopeo(
+            "inspect",
+            "--tls-verify=false",
+            "--creds",
+            creds,
+            f"docker://{srv.registry_host}/{project}:{image['tag']}",
+        )
+        assert inspected.returncode == 0, inspected.stderr
+        saved_build(srv, token, other, small)  # the quota is each project's own
+
+        deleted = sdk_one(
+            srv.url,
+            "build.v1.RegistryService",
+            "deleteImage",
+            {"projectId": project, "imageTags": [image["tag"]]},
+            token,
+        )
+        assert "ok" in deleted, deleted
+        saved_build(srv, token, project, small)
+    finally:
+        srv.stop()

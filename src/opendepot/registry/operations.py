@@ -34,6 +34,8 @@ class RegistrySettings:
     host: str
     # Where opendepot itself reaches the registry.
     url: str
+    # What a project may keep in the registry before pushes to it are refused (0: no quota).
+    quota_bytes: int = 0
 
 
 def parse_scopes(values: Sequence[str]) -> list[Access]:
@@ -63,7 +65,8 @@ class Registry:
 
     async def token(self, principal: Principal, scopes: Sequence[str]) -> tuple[str, dt.datetime, int]:
         requested = parse_scopes(scopes)
-        granted = await self.store.read(lambda s: service.grant(s, principal, requested))
+        quota = self.settings.quota_bytes
+        granted = await self.store.read(lambda s: service.grant(s, principal, requested, quota))
         token, issued = self.signer.sign(
             f"{principal.kind}:{principal.token_id}", granted, REGISTRY_TOKEN_LIFETIME
         )

@@ -15,7 +15,7 @@ from opendepot.auth import Principal, TokenKind
 from opendepot.builds import service as builds
 from opendepot.builds.models import Build
 from opendepot.clock import utcnow
-from opendepot.errors import InvalidArgument, NotFound, PermissionDenied
+from opendepot.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from opendepot.ids import looks_like_id
 from opendepot.pagination import Cursor, PageRequest, next_token
 from opendepot.projects import queries as project_queries
@@ -30,6 +30,7 @@ IMAGES_LIST = "images"
 PULL_TOKEN_LIFETIME = timedelta(hours=1)
 PULL_USER = "x-token"
 MAX_DELETE = 1000
+MIB = 1 << 20
 # OCI tag grammar.
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST_TAG = re.compile(r"^sha256[-:]([a-f0-9]{64})$")
@@ -111,11 +112,15 @@ def _reaches(principal: Principal, organization_id: str, project_id: str) -> boo
     return True
 
 
-def grant(session: Session, principal: Principal, requested: Sequence[Access]) -> list[Access]:
+def grant(
+    session: Session, principal: Principal, requested: Sequence[Access], quota_bytes: int = 0
+) -> list[Access]:
     """What a registry token may carry: a repository is a project id, or `<project id>/<name>` beneath it
     (base images, `opendepot images seed`); pull and push for tokens that build in the project, pull only
     for pull tokens; never delete (deletes go through DeleteImage, so that the image list stays true).
-    Anything else is left out, as the token protocol says."""
+    Anything else is left out, as the token protocol says. With a quota, a push to a project whose images
+    already take quota_bytes or more is refused (ResourceExhausted, the whole request): a tenant would
+    otherwise fill the disk every project shares."""
     allowed = ("pull",) if principal.kind is TokenKind.PULL else ("pull", "push")
     granted: list[Access] = []
     for scope in requested:
@@ -126,9 +131,36 @@ def grant(session: Session, principal: Principal, requested: Sequence[Access]) -
         if project is None or not _reaches(principal, project.organization_id, project.id):
             continue
         actions = tuple(a for a in scope.actions if a in allowed)
+        if "push" in actions and quota_bytes:
+            check_quota(session, project.id, quota_bytes)
         if actions:
             granted.append(Access("repository", scope.name, actions))
     return granted
+
+
+def create_saving_build(
+    session: Session,
+    principal: Principal,
+    project_id: str | None,
+    options: list[dict[str, Any]],
+    quota_bytes: int,
+) -> tuple[Build, str]:
+    """CreateBuild for a build that saves to a project registry with a quota: a project at its quota is
+    refused here, with the reason, and nothing is written. At the push it would only be a bare 403, which is
+    all BuildKit shows of a token service's refusal."""
+    build, secret = builds.create_build(session, principal, project_id, options)
+    check_quota(session, build.project_id, quota_bytes)
+    return build, secret
+
+
+def check_quota(session: Session, project_id: str, quota_bytes: int) -> None:
+    """ResourceExhausted when the project's images take quota_bytes or more: it may not push more."""
+    used = queries.stored_bytes(session, project_id)
+    if used >= quota_bytes:
+        raise ResourceExhausted(
+            f"project {project_id} keeps {used / MIB:.1f} MiB of images in the registry, its quota is "
+            f"{quota_bytes / MIB:.0f} MiB (--registry-quota-mib): delete images to push again"
+        )
 
 
 def list_images(

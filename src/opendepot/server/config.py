@@ -362,6 +362,14 @@ class RegistrySettings:
         metavar="SECONDS",
         name="registry_gc_idle_seconds",
     )
+    quota_mib: int = setting(
+        "MiB of images a project may keep in the registry; a push to a project at or over it is refused"
+        " until images are deleted (0: no quota)",
+        lambda: 0,
+        parse=int,
+        metavar="MIB",
+        name="registry_quota_mib",
+    )
     mirror: str = setting(
         "an upstream registry URL (e.g. https://registry-1.docker.io) to serve as a pull-through cache; "
         "builders use it as that registry's mirror",
@@ -604,6 +612,8 @@ def _check(config: Config) -> None:
         raise ConfigError(f"--builders must be local or kubernetes, got {config.kubernetes.backend!r}")
     if config.builders.build_retention_days < 0:
         raise ConfigError("--build-retention-days must be 0 (kept forever) or positive")
+    if config.registry.quota_mib < 0:
+        raise ConfigError("--registry-quota-mib must be 0 (no quota) or positive")
     if config.builders.pids_max < 64:
         raise ConfigError("--builder-pids-max must be at least 64 (buildkitd's own threads count)")
     if not (config.builders.memory_limit_mib == 0 or config.builders.memory_limit_mib >= 64):

@@ -104,7 +104,9 @@ def open_vault(config: Config, store: Store, *, create_key: bool = False) -> Vau
 def open_registry(config: Config, store: Store, vault: Vault) -> Registry | None:
     if not config.registry.binary:
         return None
-    settings = RegistryClientSettings(host=config.registry.host, url=config.registry.url)
+    settings = RegistryClientSettings(
+        host=config.registry.host, url=config.registry.url, quota_bytes=config.registry.quota_mib << 20
+    )
     return Registry(store, settings, TokenSigner(vault, config.paths.registry))
 
 

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 from opendepot.api.auth import Authenticator
 from opendepot.api.http.asgi import MAX_BODY, Receive, Scope, Send, header, read_body, respond_json
 from opendepot.auth import Principal
-from opendepot.errors import InvalidArgument, Unauthenticated
+from opendepot.errors import InvalidArgument, ResourceExhausted, Unauthenticated
 from opendepot.metrics import metrics
 from opendepot.registry.operations import Registry
 
@@ -76,6 +76,10 @@ class RegistryEndpoints:
             token, issued, expires_in = await self.registry.token(principal, scopes)
         except InvalidArgument as exc:
             await respond_json(send, 400, {"errors": [{"code": "DENIED", "message": exc.message}]})
+            return
+        except ResourceExhausted as exc:
+            # Distribution's own code for a refused access; clients show the message.
+            await respond_json(send, 403, {"errors": [{"code": "DENIED", "message": exc.message}]})
             return
         await respond_json(
             send,

@@ -86,8 +86,13 @@ class BuildService(build_connect.BuildService):
         saves = self.d.registry is not None and registry.uses_registry(options)
         if saves:
             registry.save_tags(options)  # refuses a bad --save-tag before anything is written
+        quota = self.d.registry.settings.quota_bytes if saves and self.d.registry is not None else 0
         build, token = await self.d.store.run_short(
-            lambda s: builds.create_build(s, who, request.project_id or None, options)
+            lambda s: (
+                registry.create_saving_build(s, who, request.project_id or None, options, quota)
+                if quota
+                else builds.create_build(s, who, request.project_id or None, options)
+            )
         )
         response = pb.CreateBuildResponse(
             build_id=build.id,
