@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -45,6 +46,10 @@ class ReconcilerSettings:
     # timeout twice in a row, it is wedged and restarted.
     probe_seconds: float = 15.0
     probe_timeout: float = 10.0
+    # Builders running at once, per organization and in all (0: no cap). Past a cap a lease waits (its build
+    # sees GetBuildKitConnection pending) until a builder is free; an idle one gives its place up at once.
+    max_builders_per_org: int = 0
+    max_builders: int = 0
 
 
 WEDGED_AFTER_UNANSWERED = 2
@@ -96,6 +101,9 @@ class BuilderReconciler:
         self._builders: dict[tuple[str, str], Builder] = {}
         # Seconds, monotonic: idle times, sampling and the retry backoff (tests turn it by hand).
         self.clock: Callable[[], float] = time.monotonic
+        # Wanted builders held back by a cap, and since when (the longest waiting goes first).
+        self._waiting: dict[tuple[str, str], float] = {}
+        self._organization_of: dict[str, str] = {}
 
     @property
     def interval(self) -> float:
@@ -120,12 +128,68 @@ class BuilderReconciler:
         leases = await self.store.read(build_queries.active_leases)
         machines = await self.store.read(queries.all_machines)
         now = self.clock()
-        needed = {(project, platform) for project, platform, _build in leases}
+        needed = await self._admitted({(project, platform) for project, platform, _build in leases}, now)
         self.gateway.keep_only({(build, platform) for _project, platform, build in leases})
         resets = {(m.project_id, m.platform) for m in machines if m.state == BuilderState.RESETTING}
         # Resets first (a reset builder is not started again in the same run), then the rest.
         for key in [*sorted(resets), *sorted((needed | set(self._builders)) - resets)]:
             await self._reconcile(key, key in needed, key in resets, now)
+
+    async def _admitted(self, wanted: set[tuple[str, str]], now: float) -> set[tuple[str, str]]:
+        """The wanted builders that may run this time: every one already active, then those waiting, the
+        longest waiting first, while the caps allow. An idle builder (no lease) within the same cap gives its
+        place up to a waiting one (stopped; its cache stays). Without caps: all of them."""
+        per_org, in_all = self.settings.max_builders_per_org, self.settings.max_builders
+        self._waiting = {key: since for key, since in self._waiting.items() if key in wanted}
+        if not (per_org or in_all):
+            return wanted
+        active = {key for key, builder in self._builders.items() if builder.state in ACTIVE}
+        admitted = wanted & active
+        for key in wanted - active:
+            self._waiting.setdefault(key, now)
+        if not self._waiting:
+            return admitted
+        organization = await self._organizations({key[0] for key in active | set(self._waiting)})
+        counts = Counter(organization.get(key[0]) for key in active)
+        for key in sorted(self._waiting, key=lambda k: (self._waiting[k], k)):
+            org = organization.get(key[0])
+            if org is None:  # the project is gone; its leases end with it
+                continue
+            org_full = bool(per_org) and counts[org] >= per_org
+            all_full = bool(in_all) and len(active) >= in_all
+            if org_full or all_full:
+                idle = [k for k in active - wanted if not org_full or organization.get(k[0]) == org]
+                if not idle:
+                    if self._waiting[key] == now:  # said once, when it starts waiting
+                        why = (
+                            f"organization {org} runs {counts[org]} (--max-builders-per-org {per_org})"
+                            if org_full
+                            else f"{len(active)} builders run (--max-builders {in_all})"
+                        )
+                        log.info("builder %s/%s waits: %s", key[0], key[1], why)
+                    continue
+                given_up = min(idle, key=lambda k: self._builders[k].last_used)
+                log.info("builder %s/%s stops, idle, to make room for %s/%s", *given_up, *key)
+                await self._stop(given_up, self._builders[given_up], BuilderState.STOPPED)
+                active.discard(given_up)
+                counts[organization.get(given_up[0])] -= 1
+            admitted.add(key)
+            active.add(key)
+            counts[org] += 1
+            del self._waiting[key]
+        return admitted
+
+    async def _organizations(self, project_ids: set[str]) -> dict[str, str]:
+        """project -> organization for these projects (remembered: a project never changes organization)."""
+        unknown = project_ids - self._organization_of.keys()
+        if unknown:
+
+            def read(session: Session) -> dict[str, str]:
+                owners = (project_queries.owner(session, project_id) for project_id in unknown)
+                return dict(owner for owner in owners if owner is not None)
+
+            self._organization_of.update(await self.store.read(read))
+        return {p: self._organization_of[p] for p in project_ids if p in self._organization_of}
 
     async def _reconcile(self, key: tuple[str, str], needed: bool, reset: bool, now: float) -> None:
         builder = self._builders.get(key) or Builder(BuilderState.STOPPED)

@@ -253,6 +253,8 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # 
         build_timeout=timedelta(seconds=config.builders.build_timeout)
         if config.builders.build_timeout > 0
         else None,
+        max_builders_per_org=config.builders.max_builders_per_org,
+        max_builders=config.builders.max_builders,
     )
     reconciler = ReconcilerDuty(lambda: BuilderReconciler(store, backend, gateway, settings))
 

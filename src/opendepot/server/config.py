@@ -209,6 +209,18 @@ class BuilderSettings:
         parse=float,
         metavar="DAYS",
     )
+    max_builders_per_org: int = setting(
+        "builders one organization may run at once; past it a build waits for one (0: no cap)",
+        lambda: 16,
+        parse=int,
+        metavar="N",
+    )
+    max_builders: int = setting(
+        "builders this server may run at once, all organizations together; past it a build waits (0: no cap)",
+        lambda: 0,
+        parse=int,
+        metavar="N",
+    )
     usage_sample_seconds: float = setting(
         "how often each running builder's cache size is sampled for usage figures",
         lambda: 60.0,
@@ -614,6 +626,8 @@ def _check(config: Config) -> None:
         raise ConfigError("--build-retention-days must be 0 (kept forever) or positive")
     if config.registry.quota_mib < 0:
         raise ConfigError("--registry-quota-mib must be 0 (no quota) or positive")
+    if config.builders.max_builders_per_org < 0 or config.builders.max_builders < 0:
+        raise ConfigError("--max-builders-per-org and --max-builders must be 0 (no cap) or positive")
     if config.builders.pids_max < 64:
         raise ConfigError("--builder-pids-max must be at least 64 (buildkitd's own threads count)")
     if not (config.builders.memory_limit_mib == 0 or config.builders.memory_limit_mib >= 64):

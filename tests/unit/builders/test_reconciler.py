@@ -98,7 +98,7 @@ class FakeConnections:
 
 
 class World:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, settings: ReconcilerSettings | None = None) -> None:
         self.store = store
         self.backend = FakeBackend()
         self.gateway = FakeConnections()
@@ -106,18 +106,18 @@ class World:
             store,
             self.backend,
             self.gateway,
-            ReconcilerSettings(
+            settings
+            or ReconcilerSettings(
                 lease_timeout=timedelta(minutes=5), idle_timeout=timedelta(0), sample_seconds=3600
             ),
         )
         with store.transaction() as session:
             org = organizations.create_organization(session, "acme")
             self.admin = Principal(kind=TokenKind.ORGANIZATION, token_id="t", organization_id=org.id)
-            settings = projects.Settings(regions=("r",), default_region="r")
             project = projects.create_project(
                 session,
                 self.admin,
-                settings,
+                projects.Settings(regions=("r",), default_region="r"),
                 name="web",
                 organization_id=None,
                 region_id="",
@@ -419,3 +419,125 @@ def test_an_idle_tick_does_not_wait_for_the_write_lock_and_a_due_one_does(world:
     with world.store.transaction() as session:
         ended = build_queries.get(session, build.id)
         assert ended is not None and ended.status == "error" and "abandoned" in (ended.error or "")
+
+
+class Tenants:
+    """Several organizations and projects on one reconciler with caps; builders stay up when idle (an hour),
+    so that only the caps make them give their place up."""
+
+    def __init__(self, store: Store, max_builders_per_org: int = 0, max_builders: int = 0) -> None:
+        settings = ReconcilerSettings(
+            lease_timeout=timedelta(minutes=5),
+            idle_timeout=timedelta(hours=1),
+            sample_seconds=3600,
+            max_builders_per_org=max_builders_per_org,
+            max_builders=max_builders,
+        )
+        self.world = World(store, settings)
+        self.store = store
+        self.ticks = 0.0
+        self.world.reconciler.clock = lambda: self.ticks
+        self.admins: dict[str, Principal] = {}
+
+    def project(self, org_name: str, name: str) -> str:
+        with self.store.transaction() as session:
+            if org_name not in self.admins:
+                org = organizations.create_organization(session, org_name)
+                self.admins[org_name] = Principal(
+                    kind=TokenKind.ORGANIZATION, token_id="t", organization_id=org.id
+                )
+            project = projects.create_project(
+                session,
+                self.admins[org_name],
+                projects.Settings(regions=("r",), default_region="r"),
+                name=name,
+                organization_id=None,
+                region_id="",
+                cache_policy=None,
+                hardware=None,
+            )
+            return project.id
+
+    def lease(self, org_name: str, project_id: str) -> str:
+        with self.store.transaction() as session:
+            build, _secret = builds.create_build(session, self.admins[org_name], project_id, [])
+            builds.acquire(session, self.admins[org_name], build.id, PLATFORM)
+            return build.id
+
+    def release(self, org_name: str, build_id: str) -> None:
+        with self.store.transaction() as session:
+            builds.release(session, self.admins[org_name], build_id, PLATFORM)
+
+    def run(self) -> None:
+        self.ticks += 1
+        self.world.run()
+
+    def started(self) -> list[str]:
+        return [spec.project_id for spec in self.world.backend.started]
+
+    def stopped(self) -> list[str]:
+        return [project for project, _platform in self.world.backend.stopped]
+
+
+def test_an_organization_runs_at_most_its_cap_and_an_idle_builder_makes_room(tmp_path: Path) -> None:
+    """A tenant with an organization token can make any number of projects and start a builder in each:
+    200 buildkitd processes on the host. Past --max-builders-per-org a build waits (GetBuildKitConnection
+    stays pending); another organization is not held back; an idle builder of the organization is stopped to
+    make room, and the longest waiting goes first."""
+    store = Store.open(sqlite_url(tmp_path), tmp_path)
+    try:
+        t = Tenants(store, max_builders_per_org=2)
+        a, b, c, d = (t.project("hostile", n) for n in ("a", "b", "c", "d"))
+        other = t.project("neighbour", "x")
+        held_a, _held_b = t.lease("hostile", a), t.lease("hostile", b)
+        t.run()
+        assert sorted(t.started()) == sorted([a, b])
+        t.lease("hostile", c)
+        t.run()
+        t.lease("hostile", d)
+        t.lease("neighbour", other)
+        t.run()
+        t.run()
+        assert sorted(t.started()) == sorted([a, b, other])  # c and d wait; the neighbour does not
+        with store.transaction() as session:
+            waiting = builder_queries.get(session, c, PLATFORM)
+            assert waiting is None or waiting.state == "stopped"
+        t.release("hostile", held_a)
+        t.run()
+        assert t.stopped() == [a]  # idle, within the same cap: it gives its place up (its cache stays)
+        assert t.started()[-1] == c  # c waited longer than d
+        t.run()
+        assert d not in t.started()
+    finally:
+        store.dispose()
+
+
+def test_the_server_wide_cap_holds_every_organization_back(tmp_path: Path) -> None:
+    store = Store.open(sqlite_url(tmp_path), tmp_path)
+    try:
+        t = Tenants(store, max_builders=1)
+        first, second = t.project("one", "a"), t.project("two", "b")
+        held = t.lease("one", first)
+        t.run()
+        t.lease("two", second)
+        t.run()
+        assert t.started() == [first]
+        t.release("one", held)
+        t.run()
+        assert t.stopped() == [first]
+        assert t.started() == [first, second]
+    finally:
+        store.dispose()
+
+
+def test_without_caps_every_wanted_builder_starts(tmp_path: Path) -> None:
+    store = Store.open(sqlite_url(tmp_path), tmp_path)
+    try:
+        t = Tenants(store)
+        made = [t.project("one", f"p{i}") for i in range(20)]
+        for project in made:
+            t.lease("one", project)
+        t.run()
+        assert sorted(t.started()) == sorted(made)
+    finally:
+        store.dispose()

@@ -1,0 +1,84 @@
+"""--max-builders-per-org: an organization runs at most N builders at once. Past it a `depot build` waits
+(GetBuildKitConnection stays pending) and starts once one of the organization's builders is free; another
+organization's build goes on meanwhile. Without it, an organization token could start a builder in each of
+any number of projects."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from opendepot.gen.depot.cli.v1 import build_pb as cli
+from tests.e2e.test_build_lifecycle import BS, SUCCESS, connect
+from tests.e2e.test_builds import build, new_project
+from tests.support.builds import builds_possible, busybox_context
+from tests.support.clients import DEPOT_CLI
+from tests.support.rpc import call
+from tests.support.server import Server
+
+pytestmark = pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible()))
+
+
+def test_an_organization_past_its_cap_waits_and_another_does_not(tmp_path: Path) -> None:
+    srv = Server(
+        data_dir=tmp_path / "data", database_url=None, extra_args=["--max-builders-per-org", "1"]
+    ).start()
+    try:
+        _org, token = srv.new_organization()
+        _other_org, other_token = srv.new_organization()
+        holding, waiting = new_project(srv, token, "holding"), new_project(srv, token, "waiting")
+        neighbour = new_project(srv, other_token, "neighbour")
+        context = busybox_context(tmp_path / "ctx", "echo capped")
+        with httpx.Client(timeout=30) as http:
+            created = call(
+                http, srv.url, f"{BS}/CreateBuild", cli.CreateBuildRequest(project_id=holding), token
+            ).message(cli.CreateBuildResponse)
+            connect(http, srv, created.build_id, created.build_token)  # the organization's one builder
+
+            env = {
+                **os.environ,
+                "DEPOT_API_URL": srv.url,
+                "DEPOT_TOKEN": token,
+                "DEPOT_NO_UPDATE_NOTIFIER": "1",
+                "DEPOT_ERROR_TELEMETRY": "0",
+            }
+            queued = subprocess.Popen(
+                [str(DEPOT_CLI), "build", "--project", waiting, "--progress", "plain", str(context)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            try:
+                code, output = build(srv, other_token, neighbour, context)
+                assert code == 0, output  # another organization is not held back
+                time.sleep(3)
+                assert queued.poll() is None, queued.communicate()[0]  # still waiting for a builder
+                assert "waits: organization" in srv.log_text()
+                assert "(--max-builders-per-org 1)" in srv.log_text()
+
+                finished = call(
+                    http,
+                    srv.url,
+                    f"{BS}/FinishBuild",
+                    cli.FinishBuildRequest(build_id=created.build_id, result=SUCCESS),
+                    created.build_token,
+                )
+                assert finished.status == 200
+                output, _ = queued.communicate(timeout=120)
+                assert queued.returncode == 0, output
+                assert "capped" in output
+                assert (
+                    f"builder {holding}/amd64 stops, idle, to make room for {waiting}/amd64" in srv.log_text()
+                )
+            finally:
+                if queued.poll() is None:
+                    queued.kill()
+                    queued.communicate()
+    finally:
+        srv.stop()
