@@ -72,24 +72,28 @@ class ProjectFigures:
 
 
 def _figures(session: Session, project: Project, p: Period, now: datetime) -> ProjectFigures:
-    builds = queries.builds_in(session, project.id, p.start, p.end)
     duration = sum(
-        max(0.0, ((b.finished_at or now) - b.started_at).total_seconds()) for b in builds if b.started_at
+        max(0.0, ((finished or now) - started).total_seconds())
+        for started, finished in queries.started_builds_in(session, project.id, p.start, p.end)
     )
     saved = queries.saved_seconds_in(session, project.id, p.start, p.end)
     billed = 0.0
-    for lease in queries.leases_in(session, project.id, p.start, p.end):
-        seconds = max(0.0, ((lease.released_at or now) - lease.acquired_at).total_seconds())
-        billed += math.ceil(seconds / 60) * Hardware.parse(lease.hardware).billing_weight
+    for acquired, released, hardware in queries.lease_times_in(session, project.id, p.start, p.end):
+        billed += _billed_minutes(acquired, released, hardware, now)
     return ProjectFigures(
         project_id=project.id,
         project_name=project.name,
-        build_count=len(builds),
+        build_count=queries.build_count_in(session, project.id, p.start, p.end),
         build_duration_seconds=int(duration),
         layer_cache_bytes=queries.cache_bytes_at(session, project.id, p.end),
         minutes_saved=saved / 60,
         minutes_billed=billed,
     )
+
+
+def _billed_minutes(acquired: datetime, released: datetime | None, hardware: str, now: datetime) -> float:
+    seconds = max(0.0, ((released or now) - acquired).total_seconds())
+    return math.ceil(seconds / 60) * Hardware.parse(hardware).billing_weight
 
 
 def project_usage(session: Session, principal: Principal, project_id: str, p: Period) -> ProjectFigures:
@@ -182,18 +186,14 @@ def daily_usage(session: Session, principal: Principal, p: Period) -> list[Day]:
     # day -> [builds, build seconds, billed minutes, saved seconds]
     totals: dict[date, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
     for project in projects:
-        saved = queries.saved_seconds_by_build(session, project.id, p.start, p.end)
-        for build in queries.builds_in(session, project.id, p.start, p.end):
-            bucket = totals[as_utc(build.created_at).date()]
+        for created, started, finished, saved in queries.build_times_in(session, project.id, p.start, p.end):
+            bucket = totals[as_utc(created).date()]
             bucket[0] += 1
-            if build.started_at:
-                bucket[1] += max(0.0, ((build.finished_at or now) - build.started_at).total_seconds())
-            bucket[3] += saved.get(build.id, 0.0)
-        for lease in queries.leases_in(session, project.id, p.start, p.end):
-            seconds = max(0.0, ((lease.released_at or now) - lease.acquired_at).total_seconds())
-            totals[as_utc(lease.acquired_at).date()][2] += (
-                math.ceil(seconds / 60) * Hardware.parse(lease.hardware).billing_weight
-            )
+            if started:
+                bucket[1] += max(0.0, ((finished or now) - started).total_seconds())
+            bucket[3] += float(saved or 0.0)
+        for acquired, released, hardware in queries.lease_times_in(session, project.id, p.start, p.end):
+            totals[as_utc(acquired).date()][2] += _billed_minutes(acquired, released, hardware, now)
     days, day = [], p.start.date()
     while datetime.combine(day, datetime.min.time(), tzinfo=p.start.tzinfo) < p.end:
         b, seconds, billed, saved_seconds = totals.get(day, [0, 0.0, 0.0, 0.0])

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from opendepot.auth import Principal
-from opendepot.builds.models import Build, Lease
+from opendepot.builds.models import Build, Lease, Step
 from opendepot.errors import InvalidArgument
 from opendepot.store import Store
 from opendepot.usage import queries as usage_queries
@@ -62,6 +62,17 @@ def setup(store: Store) -> tuple[Principal, str]:
         lease("l000000001", "b000000002", START, 61, "16x32")  # 2 whole minutes at 1 per minute
         lease("l000000002", "b000000003", END - timedelta(seconds=1), 30, "4x4")  # 1 minute at 0.25
         lease("l000000003", "b000000004", END, 600, "16x32")  # outside
+        for build_id, saved in (("b000000001", 100.0), ("b000000002", 12.0), ("b000000003", None)):
+            session.add(
+                Step(
+                    build_id=build_id,
+                    project_id=p,
+                    digest="sha256:s",
+                    name="RUN x",
+                    cached=True,
+                    saved_seconds=saved,
+                )
+            )
         usage_queries.add_sample(session, p, "amd64", START - timedelta(hours=1), 2 * GIB)
         usage_queries.add_sample(session, p, "amd64", START + timedelta(hours=12), 4 * GIB)
         usage_queries.add_sample(session, p, "arm64", START + timedelta(hours=18), 1 * GIB)
@@ -69,7 +80,8 @@ def setup(store: Store) -> tuple[Principal, str]:
         return admin, p
 
 
-def test_project_figures_follow_the_definitions(store: Store) -> None:
+def test_project_figures_follow_the_definitions(either_store: Store) -> None:
+    store = either_store
     admin, project_id = setup(store)
     with store.transaction() as session:
         figures = usage.project_usage(session, admin, project_id, usage.period(START, END))
@@ -78,6 +90,25 @@ def test_project_figures_follow_the_definitions(store: Store) -> None:
     assert figures.minutes_billed == pytest.approx(2 + 0.25)
     # The last sample before the end, per platform: 4 GiB on amd64 + 1 GiB on arm64.
     assert figures.layer_cache_bytes == 5 * GIB and figures.layer_cache_size_gb == 5
+    assert figures.minutes_saved == pytest.approx(12 / 60)
+
+
+def test_the_daily_breakdown_has_the_same_definitions(either_store: Store) -> None:
+    """Its rows are streamed (a period may hold hundreds of thousands of builds): on PostgreSQL through a
+    server-side cursor."""
+    store = either_store
+    admin, _project_id = setup(store)
+    with store.transaction() as session:
+        days = usage.daily_usage(
+            session, admin, usage.period(START - timedelta(days=1), END + timedelta(days=1))
+        )
+    assert [d.day for d in days] == [(START + timedelta(days=i)).date() for i in (-1, 0, 1)]
+    before, inside, after = days
+    assert before.builds == 1 and before.build_minutes == pytest.approx(100 / 60)
+    assert before.minutes_saved == pytest.approx(100 / 60)
+    assert inside.builds == 2 and inside.build_minutes == pytest.approx((30 + 90) / 60)
+    assert inside.minutes_billed == pytest.approx(2 + 0.25) and inside.minutes_saved == pytest.approx(12 / 60)
+    assert after.builds == 1 and after.minutes_billed == pytest.approx(10)
 
 
 def test_the_cache_average_weights_each_sample_by_how_long_it_held(store: Store) -> None:
