@@ -61,6 +61,18 @@ def short(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         srv.stop()
 
 
+def finish(http: httpx.Client, srv: Server, build_id: str, build_token: str) -> None:
+    """FinishBuild with success, as the CLI sends it at the end of a build."""
+    done = call(
+        http,
+        srv.url,
+        f"{BS}/FinishBuild",
+        cli.FinishBuildRequest(build_id=build_id, result=SUCCESS),
+        build_token,
+    )
+    assert done.status == 200, done.body
+
+
 def connect(http: httpx.Client, srv: Server, build_id: str, token: str) -> cli.GetBuildKitConnectionResponse:
     """Polls GetBuildKitConnection as the CLI does until the builder is active."""
     request = cli.GetBuildKitConnectionRequest(build_id=build_id, platform=cli.BuilderPlatform.AMD64)
@@ -138,17 +150,7 @@ def test_heartbeats_hold_the_lease_and_silence_releases_it(short: Server) -> Non
         )
         assert late.status == 200
 
-        done = call(
-            http,
-            short.url,
-            f"{BS}/FinishBuild",
-            cli.FinishBuildRequest(
-                build_id=kept,
-                result=SUCCESS,
-            ),
-            kept_token,
-        )
-        assert done.status == 200
+        finish(http, short, kept, kept_token)
         assert status_of(http, short, project, kept, token) == cli.BuildStatus.FINISHED
 
 
@@ -352,13 +354,6 @@ def test_status_reports_are_kept_and_finished_builds_lose_the_gateway(
         buildctl = [*buildctl_via_gateway(details, tmp_path / "certs"), "--timeout", "5", "debug", "workers"]
         during = subprocess.run(buildctl, capture_output=True, text=True, timeout=60, check=False)
         assert during.returncode == 0, during.stderr
-        done = call(
-            http,
-            lifecycle.url,
-            f"{BS}/FinishBuild",
-            cli.FinishBuildRequest(build_id=created.build_id, result=SUCCESS),
-            created.build_token,
-        )
-        assert done.status == 200
+        finish(http, lifecycle, created.build_id, created.build_token)
         after = subprocess.run(buildctl, capture_output=True, text=True, timeout=60, check=False)
         assert after.returncode != 0

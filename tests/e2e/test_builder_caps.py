@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from opendepot.gen.depot.cli.v1 import build_pb as cli
-from tests.e2e.test_build_lifecycle import BS, SUCCESS, connect
+from tests.e2e.test_build_lifecycle import BS, connect, finish
 from tests.e2e.test_builds import build, new_project
 from tests.support.builds import builds_possible, busybox_context
 from tests.support.clients import DEPOT_CLI
@@ -62,14 +62,7 @@ def test_an_organization_past_its_cap_waits_and_another_does_not(tmp_path: Path)
                 assert "waits: organization" in srv.log_text()
                 assert "(--max-builders-per-org 1)" in srv.log_text()
 
-                finished = call(
-                    http,
-                    srv.url,
-                    f"{BS}/FinishBuild",
-                    cli.FinishBuildRequest(build_id=created.build_id, result=SUCCESS),
-                    created.build_token,
-                )
-                assert finished.status == 200
+                finish(http, srv, created.build_id, created.build_token)
                 output, _ = queued.communicate(timeout=120)
                 assert queued.returncode == 0, output
                 assert "capped" in output

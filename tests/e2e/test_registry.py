@@ -47,6 +47,17 @@ def images(server: Server, token: str, project: str) -> list[dict[str, Any]]:
     return found
 
 
+def delete_images(server: Server, token: str, project: str, tags: list[str]) -> dict[str, Any]:
+    """DeleteImage through @depot/sdk-node: its answer, `ok` or `error`."""
+    return sdk_one(
+        server.url,
+        "build.v1.RegistryService",
+        "deleteImage",
+        {"projectId": project, "imageTags": tags},
+        token,
+    )
+
+
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -161,23 +172,11 @@ def test_save_list_pull_and_delete(server: Server, org: tuple[str, str], tmp_pat
     )
 
     # DeleteImage by full reference and by the sha256-<hex> pseudo-tag of older CLIs.
-    deleted = sdk_one(
-        server.url,
-        "build.v1.RegistryService",
-        "deleteImage",
-        {"projectId": project, "imageTags": [f"{repository}:v1"]},
-        token,
-    )
+    deleted = delete_images(server, token, project, [f"{repository}:v1"])
     assert "ok" in deleted, deleted
     assert {i["tag"] for i in images(server, token, project)} == {"latest"}
     pseudo = "sha256-" + digest.removeprefix("sha256:")
-    deleted = sdk_one(
-        server.url,
-        "build.v1.RegistryService",
-        "deleteImage",
-        {"projectId": project, "imageTags": [pseudo]},
-        token,
-    )
+    deleted = delete_images(server, token, project, [pseudo])
     assert "ok" in deleted, deleted
     assert images(server, token, project) == []
     time.sleep(1)
@@ -185,13 +184,7 @@ def test_save_list_pull_and_delete(server: Server, org: tuple[str, str], tmp_pat
     gone = skopeo("inspect", "--tls-verify=false", "--creds", creds, f"docker://{repository}:latest")
     assert gone.returncode != 0
 
-    missing = sdk_one(
-        server.url,
-        "build.v1.RegistryService",
-        "deleteImage",
-        {"projectId": project, "imageTags": ["nope"]},
-        token,
-    )
+    missing = delete_images(server, token, project, ["nope"])
     assert missing["error"]["code"] == "not_found", missing
 
 
@@ -359,13 +352,7 @@ def test_garbage_collection_reclaims_deleted_blobs(collecting: Server, tmp_path:
     }
     assert layers <= before
 
-    deleted = sdk_one(
-        collecting.url,
-        "build.v1.RegistryService",
-        "deleteImage",
-        {"projectId": project, "imageTags": [image["tag"]]},
-        token,
-    )
+    deleted = delete_images(collecting, token, project, [image["tag"]])
     assert "ok" in deleted, deleted
     wait_for(lambda: not (layers & blob_files(collecting)), "garbage collection to remove the layers", 30)
     wait_for(lambda: "registry garbage collection done" in collecting.log_text(), "the registry's restart")
@@ -492,13 +479,7 @@ def test_a_project_over_its_registry_quota_cannot_push_until_it_deletes(tmp_path
         assert inspected.returncode == 0, inspected.stderr
         saved_build(srv, token, other, small)  # the quota is each project's own
 
-        deleted = sdk_one(
-            srv.url,
-            "build.v1.RegistryService",
-            "deleteImage",
-            {"projectId": project, "imageTags": [image["tag"]]},
-            token,
-        )
+        deleted = delete_images(srv, token, project, [image["tag"]])
         assert "ok" in deleted, deleted
         saved_build(srv, token, project, small)
     finally:

@@ -16,7 +16,12 @@ def organization_with_project(session: Session, name: str = "web") -> tuple[Prin
     """A new organization `acme`, its admin principal and one project with the defaults."""
     org = organizations.create_organization(session, "acme")
     admin = Principal(kind=TokenKind.ORGANIZATION, token_id="t", organization_id=org.id)
-    project = projects.create_project(
+    return admin, project_of(session, admin, name)
+
+
+def project_of(session: Session, admin: Principal, name: str) -> Project:
+    """Another project with the defaults in the admin's organization."""
+    return projects.create_project(
         session,
         admin,
         projects.Settings(regions=("r",), default_region="r"),
@@ -26,7 +31,6 @@ def organization_with_project(session: Session, name: str = "web") -> tuple[Prin
         cache_policy=None,
         hardware=None,
     )
-    return admin, project
 
 
 def running_build(store: Store) -> tuple[Principal, str]:

@@ -9,11 +9,10 @@ from sqlalchemy import func, select
 from opendepot.builds.models import Build
 from opendepot.clock import utcnow
 from opendepot.errors import ResourceExhausted
-from opendepot.projects import service as projects
 from opendepot.registry import service as registry
 from opendepot.registry.keys import Access
 from opendepot.store import Store
-from tests.support.domain import organization_with_project
+from tests.support.domain import organization_with_project, project_of
 
 QUOTA = 10 << 20
 
@@ -22,16 +21,7 @@ def test_a_push_is_refused_at_the_quota_and_a_pull_is_not(either_store: Store) -
     store = either_store
     with store.transaction() as session:
         admin, full = organization_with_project(session, "full")
-        roomy = projects.create_project(
-            session,
-            admin,
-            projects.Settings(regions=("r",), default_region="r"),
-            name="roomy",
-            organization_id=None,
-            region_id="",
-            cache_policy=None,
-            hardware=None,
-        )
+        roomy = project_of(session, admin, "roomy")
         registry.record_push(session, full.id, "a", "sha256:" + "1" * 64, "m", QUOTA - 1, utcnow())
     push = [Access("repository", full.id, ("pull", "push"))]
     with store.transaction() as session:  # just under: granted

@@ -21,11 +21,11 @@ from opendepot.builders.states import BuilderState
 from opendepot.builds import queries as build_queries
 from opendepot.builds import service as builds
 from opendepot.organizations import service as organizations
-from opendepot.projects import service as projects
 from opendepot.server.background import GatewayLeaseWatch
 from opendepot.store import Store
 from opendepot.store.engine import WriteLock, sqlite_url
 from opendepot.usage.models import CacheSample
+from tests.support.domain import project_of
 
 PLATFORM = "amd64"
 
@@ -114,16 +114,7 @@ class World:
         with store.transaction() as session:
             org = organizations.create_organization(session, "acme")
             self.admin = Principal(kind=TokenKind.ORGANIZATION, token_id="t", organization_id=org.id)
-            project = projects.create_project(
-                session,
-                self.admin,
-                projects.Settings(regions=("r",), default_region="r"),
-                name="web",
-                organization_id=None,
-                region_id="",
-                cache_policy=None,
-                hardware=None,
-            )
+            project = project_of(session, self.admin, "web")
             self.project_id = project.id
         self.key = (self.project_id, PLATFORM)
 
@@ -446,16 +437,7 @@ class Tenants:
                 self.admins[org_name] = Principal(
                     kind=TokenKind.ORGANIZATION, token_id="t", organization_id=org.id
                 )
-            project = projects.create_project(
-                session,
-                self.admins[org_name],
-                projects.Settings(regions=("r",), default_region="r"),
-                name=name,
-                organization_id=None,
-                region_id="",
-                cache_policy=None,
-                hardware=None,
-            )
+            project = project_of(session, self.admins[org_name], name)
             return project.id
 
     def lease(self, org_name: str, project_id: str) -> str:

@@ -6,9 +6,8 @@ from __future__ import annotations
 from opendepot.builds import queries
 from opendepot.builds import service as builds
 from opendepot.builds.service import Outcome
-from opendepot.projects import service as projects
 from opendepot.store import Store
-from tests.support.domain import organization_with_project
+from tests.support.domain import organization_with_project, project_of
 
 
 def live(store: Store, project_id: str, build_id: str, platform: str = "amd64") -> str | None:
@@ -19,16 +18,7 @@ def test_only_a_running_build_with_an_unreleased_lease_in_its_project_is_live(ei
     store = either_store
     with store.transaction() as session:
         admin, project = organization_with_project(session)
-        other_project = projects.create_project(
-            session,
-            admin,
-            projects.Settings(regions=("r",), default_region="r"),
-            name="api",
-            organization_id=None,
-            region_id="",
-            cache_policy=None,
-            hardware=None,
-        )
+        other_project = project_of(session, admin, "api")
         build, _ = builds.create_build(session, admin, project.id, [])
         waiting, _ = builds.create_build(session, admin, project.id, [])
         builds.acquire(session, admin, build.id, "amd64")
