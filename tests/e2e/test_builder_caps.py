@@ -1,7 +1,8 @@
-"""--max-builders-per-org: an organization runs at most N builders at once. Past it a `depot build` waits
-(GetBuildKitConnection stays pending) and starts once one of the organization's builders is free; another
-organization's build goes on meanwhile. Without it, an organization token could start a builder in each of
-any number of projects."""
+"""What one organization may take at once. --max-builders-per-org: at most N builders run at once; past it
+a `depot build` waits (GetBuildKitConnection stays pending) and starts once one of the organization's builders
+is free, while another organization's build goes on. Without it, an organization token could start a builder
+in each of any number of projects. --max-builds-per-minute: CreateBuild refuses an organization's builds past
+N a minute, with the reason."""
 
 from __future__ import annotations
 
@@ -73,5 +74,29 @@ def test_an_organization_past_its_cap_waits_and_another_does_not(tmp_path: Path)
                 if queued.poll() is None:
                     queued.kill()
                     queued.communicate()
+    finally:
+        srv.stop()
+
+
+def test_an_organization_past_its_builds_per_minute_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """--max-builds-per-minute 2: the depot CLI's third build in a minute is refused by CreateBuild with the
+    reason, whichever of the organization's projects it names; another organization builds."""
+    srv = Server(
+        data_dir=tmp_path / "data", database_url=None, extra_args=["--max-builds-per-minute", "2"]
+    ).start()
+    try:
+        _org, token = srv.new_organization()
+        _other_org, other_token = srv.new_organization()
+        first, second = new_project(srv, token, "first"), new_project(srv, token, "second")
+        context = busybox_context(tmp_path / "ctx", "echo counted")
+        for project in (first, second):
+            code, output = build(srv, token, project, context)
+            assert code == 0, output
+        code, output = build(srv, token, first, context)
+        assert code != 0, output
+        assert "resource_exhausted: organization" in output, output
+        assert "created 2 builds in the last minute, the most it may (--max-builds-per-minute)" in output
+        code, output = build(srv, other_token, new_project(srv, other_token, "theirs"), context)
+        assert code == 0, output
     finally:
         srv.stop()

@@ -26,3 +26,5 @@ class Deps:
     registry: Registry | None = None
     # --build-log-limit-mib: the CLI's own status reports count against it as the gateway's tap does.
     build_log_limit_bytes: int = DEFAULT_LOG_CAP
+    # --max-builds-per-minute: CreateBuild's bound per organization (0: none).
+    builds_per_minute: int = 0

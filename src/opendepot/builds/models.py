@@ -27,6 +27,8 @@ class Build(Base):
         Index("ix_builds_project_created", "project_id", "created_at", "id"),
         # The retention sweep's oldest finished builds.
         Index("ix_builds_finished", "finished_at"),
+        # An organization's builds of the last minute (--max-builds-per-minute).
+        Index("ix_builds_organization_created", "organization_id", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(10), primary_key=True)

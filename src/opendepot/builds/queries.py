@@ -568,3 +568,15 @@ def delete_builds(session: Session, build_ids: Sequence[str]) -> int:
     """Deletes the builds; what else they own (leases, build tokens, log volume) goes by its foreign key."""
     result = session.execute(delete(_BUILDS).where(_BUILDS.c.id.in_(build_ids)))
     return int(cast(Any, result).rowcount)
+
+
+def created_since(session: Session, organization_id: str, since: datetime, limit: int) -> int:
+    """How many builds the organization created since `since`, counted up to limit (an index range of at most
+    limit rows, however many there are)."""
+    recent = (
+        select(_BUILDS.c.id)
+        .where(_BUILDS.c.organization_id == organization_id, _BUILDS.c.created_at >= since)
+        .limit(limit)
+        .subquery()
+    )
+    return int(session.scalar(select(func.count()).select_from(recent)) or 0)

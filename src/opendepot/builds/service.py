@@ -39,6 +39,8 @@ MAX_OPTIONS = 64
 # Tags, build args, labels, outputs of every target, as stored with the build.
 MAX_OPTIONS_BYTES = 256 * 1024
 HEARTBEAT_GRANULARITY = timedelta(seconds=1)
+# The window of --max-builds-per-minute.
+MINUTE = timedelta(minutes=1)
 MAX_STATUS_BYTES_PER_BUILD = 16 * 1024 * 1024
 
 
@@ -61,10 +63,15 @@ class Outcome:
 
 
 def create_build(
-    session: Session, principal: Principal, project_id: str | None, options: list[dict[str, Any]]
+    session: Session,
+    principal: Principal,
+    project_id: str | None,
+    options: list[dict[str, Any]],
+    per_minute: int = 0,
 ) -> tuple[Build, str]:
     """`not_found` for an empty or unknown project: the CLI then offers onboarding. A project token with no
-    project id builds in its own project."""
+    project id builds in its own project. With per_minute, an organization that created that many builds in
+    the last minute gets `resource_exhausted` (--max-builds-per-minute)."""
     if principal.kind is TokenKind.BUILD:
         raise PermissionDenied("a build token cannot create builds")
     if not project_id and principal.project_id:
@@ -81,6 +88,11 @@ def create_build(
     project_id, organization_id = owner
     principal.require_project_access(organization_id, project_id)
     now = utcnow()
+    if per_minute and queries.created_since(session, organization_id, now - MINUTE, per_minute) >= per_minute:
+        raise ResourceExhausted(
+            f"organization {organization_id} created {per_minute} builds in the last minute, the most it may "
+            "(--max-builds-per-minute): try again shortly"
+        )
     build = Build(
         id=new_id(),
         project_id=project_id,

@@ -144,11 +144,12 @@ def create_saving_build(
     project_id: str | None,
     options: list[dict[str, Any]],
     quota_bytes: int,
+    per_minute: int = 0,
 ) -> tuple[Build, str]:
     """CreateBuild for a build that saves to a project registry with a quota: a project at its quota is
     refused here, with the reason, and nothing is written. At the push it would only be a bare 403, which is
     all BuildKit shows of a token service's refusal."""
-    build, secret = builds.create_build(session, principal, project_id, options)
+    build, secret = builds.create_build(session, principal, project_id, options, per_minute)
     check_quota(session, build.project_id, quota_bytes)
     return build, secret
 

@@ -202,6 +202,12 @@ class BuilderSettings:
         parse=float,
         metavar="SECONDS",
     )
+    max_builds_per_minute: int = setting(
+        "builds one organization may create a minute; past it CreateBuild is refused a while (0: no bound)",
+        lambda: 1000,
+        parse=int,
+        metavar="N",
+    )
     build_retention_days: float = setting(
         "days a finished build is kept, with its steps and logs, before it is deleted (0: kept forever;"
         " usage reports cover only the builds kept)",
@@ -622,6 +628,8 @@ def _check(config: Config) -> None:
         raise ConfigError("--lease-timeout must be positive and --builder-idle-timeout not negative")
     if config.kubernetes.backend not in ("local", "kubernetes"):
         raise ConfigError(f"--builders must be local or kubernetes, got {config.kubernetes.backend!r}")
+    if config.builders.max_builds_per_minute < 0:
+        raise ConfigError("--max-builds-per-minute must be 0 (no bound) or positive")
     if config.builders.build_retention_days < 0:
         raise ConfigError("--build-retention-days must be 0 (kept forever) or positive")
     if config.registry.quota_mib < 0:

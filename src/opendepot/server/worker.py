@@ -69,6 +69,7 @@ def build_app(config: Config, store: Store) -> HttpHandler:
         authority=authority,
         registry=registry,
         build_log_limit_bytes=config.gateway.build_log_limit_mib << 20,
+        builds_per_minute=config.builders.max_builds_per_minute,
     )
     gateway_port = config.gateway.host_port[1]
     machines = BuilderAccess(store, authority, config.gateway.host, gateway_port)

@@ -24,7 +24,7 @@ class BuildService(build_connect.BuildService):
     async def create_build(self, request: pb.CreateBuildRequest, ctx: Ctx) -> pb.CreateBuildResponse:
         who = caller()
         build, token = await self.d.store.run_short(
-            lambda s: builds.create_build(s, who, request.project_id, [])
+            lambda s: builds.create_build(s, who, request.project_id, [], self.d.builds_per_minute)
         )
         return pb.CreateBuildResponse(build_id=build.id, build_token=token)
 

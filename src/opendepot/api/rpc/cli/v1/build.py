@@ -87,11 +87,12 @@ class BuildService(build_connect.BuildService):
         if saves:
             registry.save_tags(options)  # refuses a bad --save-tag before anything is written
         quota = self.d.registry.settings.quota_bytes if saves and self.d.registry is not None else 0
+        project_id, per_minute = request.project_id or None, self.d.builds_per_minute
         build, token = await self.d.store.run_short(
             lambda s: (
-                registry.create_saving_build(s, who, request.project_id or None, options, quota)
+                registry.create_saving_build(s, who, project_id, options, quota, per_minute)
                 if quota
-                else builds.create_build(s, who, request.project_id or None, options)
+                else builds.create_build(s, who, project_id, options, per_minute)
             )
         )
         response = pb.CreateBuildResponse(
