@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -25,13 +27,20 @@ from tests.support.server import Server
 pytestmark = pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible()))
 
 
-def test_an_organization_past_its_cap_waits_and_another_does_not(tmp_path: Path) -> None:
-    srv = Server(
-        data_dir=tmp_path / "data", database_url=None, extra_args=["--max-builders-per-org", "1"]
-    ).start()
+@contextmanager
+def two_organizations(tmp_path: Path, *flags: str) -> Iterator[tuple[Server, str, str]]:
+    """A server started with `flags`, and the tokens of two organizations on it."""
+    srv = Server(data_dir=tmp_path / "data", database_url=None, extra_args=list(flags)).start()
     try:
         _org, token = srv.new_organization()
         _other_org, other_token = srv.new_organization()
+        yield srv, token, other_token
+    finally:
+        srv.stop()
+
+
+def test_an_organization_past_its_cap_waits_and_another_does_not(tmp_path: Path) -> None:
+    with two_organizations(tmp_path, "--max-builders-per-org", "1") as (srv, token, other_token):
         holding, waiting = new_project(srv, token, "holding"), new_project(srv, token, "waiting")
         neighbour = new_project(srv, other_token, "neighbour")
         context = busybox_context(tmp_path / "ctx", "echo capped")
@@ -74,19 +83,12 @@ def test_an_organization_past_its_cap_waits_and_another_does_not(tmp_path: Path)
                 if queued.poll() is None:
                     queued.kill()
                     queued.communicate()
-    finally:
-        srv.stop()
 
 
 def test_an_organization_past_its_builds_per_minute_is_refused_with_the_reason(tmp_path: Path) -> None:
     """--max-builds-per-minute 2: the depot CLI's third build in a minute is refused by CreateBuild with the
     reason, whichever of the organization's projects it names; another organization builds."""
-    srv = Server(
-        data_dir=tmp_path / "data", database_url=None, extra_args=["--max-builds-per-minute", "2"]
-    ).start()
-    try:
-        _org, token = srv.new_organization()
-        _other_org, other_token = srv.new_organization()
+    with two_organizations(tmp_path, "--max-builds-per-minute", "2") as (srv, token, other_token):
         first, second = new_project(srv, token, "first"), new_project(srv, token, "second")
         context = busybox_context(tmp_path / "ctx", "echo counted")
         for project in (first, second):
@@ -98,5 +100,3 @@ def test_an_organization_past_its_builds_per_minute_is_refused_with_the_reason(t
         assert "created 2 builds in the last minute, the most it may (--max-builds-per-minute)" in output
         code, output = build(srv, other_token, new_project(srv, other_token, "theirs"), context)
         assert code == 0, output
-    finally:
-        srv.stop()
