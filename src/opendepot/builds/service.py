@@ -127,8 +127,11 @@ def finish_build(session: Session, principal: Principal, build_id: str, outcome:
     now = utcnow()
     if build.status not in FINISHED:
         build.status, build.error, build.finished_at = outcome.status, outcome.error, now
-        # Autoflush writes the build (locks it) before this reads the steps: see steps.apply.
-        if oom := queries.step_error_containing(session, build.id, steps.OUT_OF_MEMORY):
+        # Autoflush writes the build (locks it) before this reads the steps: see steps.apply. A build that
+        # succeeded has no error to add the line to: the search over its steps is skipped (most builds).
+        if build.error is not None and (
+            oom := queries.step_error_containing(session, build.id, steps.OUT_OF_MEMORY)
+        ):
             steps.note_out_of_memory(build, oom)
         tokens.expire_build_token(session, build.id, now)
     queries.release_leases(session, build.id, now)
