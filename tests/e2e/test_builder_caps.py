@@ -20,7 +20,7 @@ from opendepot.gen.depot.cli.v1 import build_pb as cli
 from tests.e2e.test_build_lifecycle import BS, connect, finish
 from tests.e2e.test_builds import build, new_project
 from tests.support.builds import builds_possible, busybox_context
-from tests.support.clients import DEPOT_CLI
+from tests.support.clients import DEPOT_CLI, sdk_one
 from tests.support.rpc import call
 from tests.support.server import Server
 
@@ -87,16 +87,21 @@ def test_an_organization_past_its_cap_waits_and_another_does_not(tmp_path: Path)
 
 def test_an_organization_past_its_builds_per_minute_is_refused_with_the_reason(tmp_path: Path) -> None:
     """--max-builds-per-minute 2: the depot CLI's third build in a minute is refused by CreateBuild with the
-    reason, whichever of the organization's projects it names; another organization builds."""
+    reason, whichever of the organization's projects it names and whether its token is the organization's or
+    a project's (a project token counts against its organization); another organization builds."""
     with two_organizations(tmp_path, "--max-builds-per-minute", "2") as (srv, token, other_token):
         first, second = new_project(srv, token, "first"), new_project(srv, token, "second")
+        first_token = sdk_one(
+            srv.url, "core.v1.ProjectService", "createToken", {"projectId": first, "description": "ci"}, token
+        )["ok"]["secret"]
         context = busybox_context(tmp_path / "ctx", "echo counted")
-        for project in (first, second):
-            code, output = build(srv, token, project, context)
+        for project, caller in ((first, first_token), (second, token)):
+            code, output = build(srv, caller, project, context)
             assert code == 0, output
-        code, output = build(srv, token, first, context)
-        assert code != 0, output
-        assert "resource_exhausted: organization" in output, output
-        assert "created 2 builds in the last minute, the most it may (--max-builds-per-minute)" in output
+        for caller in (first_token, token):
+            code, output = build(srv, caller, first, context)
+            assert code != 0, output
+            assert "resource_exhausted: organization" in output, output
+            assert "created 2 builds in the last minute, the most it may (--max-builds-per-minute)" in output
         code, output = build(srv, other_token, new_project(srv, other_token, "theirs"), context)
         assert code == 0, output

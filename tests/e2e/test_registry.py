@@ -454,14 +454,24 @@ def test_a_project_over_its_registry_quota_cannot_push_until_it_deletes(tmp_path
         code, output = build(srv, token, project, small, "--save")
         assert code != 0, output
         assert "its quota is 1 MiB (--registry-quota-mib): delete images to push again" in output, output
-        # The token service's own answer: 403 with the reason, for a push; a pull is still granted.
-        refused = httpx.get(
-            f"{srv.url}/registry/token",
-            params={"scope": f"repository:{project}:pull,push"},
-            auth=("x-token", token),
-        )
-        assert refused.status_code == 403, refused.text
-        assert refused.json()["errors"][0]["code"] == "DENIED"
+        # The token service's own answer: 403 with the reason, for a push, to the organization's token and
+        # to the project's own (a CI job's `docker push`); a pull is still granted.
+        project_token = sdk_one(
+            srv.url,
+            "core.v1.ProjectService",
+            "createToken",
+            {"projectId": project, "description": "ci"},
+            token,
+        )["ok"]["secret"]
+        for pusher in (token, project_token):
+            refused = httpx.get(
+                f"{srv.url}/registry/token",
+                params={"scope": f"repository:{project}:pull,push"},
+                auth=("x-token", pusher),
+            )
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["errors"][0]["code"] == "DENIED"
+            assert "--registry-quota-mib" in refused.json()["errors"][0]["message"], refused.text
         pulling = httpx.get(
             f"{srv.url}/registry/token",
             params={"scope": f"repository:{project}:pull"},
