@@ -4,7 +4,7 @@ that would save to it is refused before anything is written; other projects are 
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from opendepot.builds.models import Build
 from opendepot.clock import utcnow
@@ -45,3 +45,24 @@ def test_a_push_is_refused_at_the_quota_and_a_pull_is_not(either_store: Store) -
         assert session.scalar(select(func.count()).select_from(Build)) == 0  # nothing half-written
         build, _secret = registry.create_saving_build(session, admin, roomy.id, [{"save": True}], QUOTA)
         assert build.project_id == roomy.id
+
+
+def test_a_request_naming_many_repositories_of_a_project_reads_it_once(store: Store) -> None:
+    """The bounded scopes of one request (64) may all name repositories of one project: it is read and its
+    quota summed once, not per scope."""
+    with store.transaction() as session:
+        admin, project = organization_with_project(session)
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    many = [Access("repository", f"{project.id}/base-{i}", ("pull", "push")) for i in range(64)]
+    event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        with store.transaction() as session:
+            assert registry.grant(session, admin, many, QUOTA) == many
+    finally:
+        event.remove(store.engine, "before_cursor_execute", count)
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(reads) == 2, reads  # the project, then its images' bytes

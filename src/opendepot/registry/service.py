@@ -123,16 +123,24 @@ def grant(
     otherwise fill the disk every project shares."""
     allowed = ("pull",) if principal.kind is TokenKind.PULL else ("pull", "push")
     granted: list[Access] = []
+    # Each project is read, and its quota summed, once a request: scopes may name many repositories of one.
+    reached: dict[str, bool] = {}
+    within_quota: set[str] = set()
     for scope in requested:
         project_id, _, _name = scope.name.partition("/")
         if scope.type != "repository" or not looks_like_id(project_id):
             continue
-        project = project_queries.get(session, project_id)
-        if project is None or not _reaches(principal, project.organization_id, project.id):
+        if project_id not in reached:
+            project = project_queries.get(session, project_id)
+            reached[project_id] = project is not None and _reaches(
+                principal, project.organization_id, project.id
+            )
+        if not reached[project_id]:
             continue
         actions = tuple(a for a in scope.actions if a in allowed)
-        if "push" in actions and quota_bytes:
-            check_quota(session, project.id, quota_bytes)
+        if "push" in actions and quota_bytes and project_id not in within_quota:
+            check_quota(session, project_id, quota_bytes)
+            within_quota.add(project_id)
         if actions:
             granted.append(Access("repository", scope.name, actions))
     return granted
