@@ -68,6 +68,7 @@ class BuildForLease(NamedTuple):
 _BUILDS = cast(Table, Build.__table__)
 _LEASES = cast(Table, Lease.__table__)
 _PROJECTS = cast(Table, Project.__table__)
+_VOLUMES = cast(Table, LogVolume.__table__)
 # What a build keeps in bulk, deleted in slices before the build itself (the retention sweep).
 _KEPT_IN_BULK = tuple(cast(Table, model.__table__) for model in (LogLine, StatusReport, Step))
 # Built once, on every connection's path, and Core: only the columns acquiring a lease needs, no ORM objects
@@ -568,6 +569,40 @@ def delete_builds(session: Session, build_ids: Sequence[str]) -> int:
     """Deletes the builds; what else they own (leases, build tokens, log volume) goes by its foreign key."""
     result = session.execute(delete(_BUILDS).where(_BUILDS.c.id.in_(build_ids)))
     return int(cast(Any, result).rowcount)
+
+
+def organizations_keeping_over(session: Session, quota_bytes: int) -> list[tuple[str, int]]:
+    """(organization, bytes kept) for each organization whose builds keep more than quota_bytes of log lines
+    and status reports (each build's own counts, the ones its log limit bounds)."""
+    kept = func.sum(func.coalesce(_VOLUMES.c.bytes, 0) + _BUILDS.c.status_bytes)
+    stmt = (
+        select(_BUILDS.c.organization_id, kept)
+        .select_from(_BUILDS.outerjoin(_VOLUMES, _VOLUMES.c.build_id == _BUILDS.c.id))
+        .group_by(_BUILDS.c.organization_id)
+        .having(kept > quota_bytes)
+    )
+    return [(organization, int(total)) for organization, total in session.execute(stmt)]
+
+
+def oldest_finished_kept(session: Session, organization_id: str, limit: int) -> list[tuple[str, int]]:
+    """(build, bytes it keeps) of the organization's finished builds, the oldest created first, leaving out
+    its newest finished one; at most limit of them."""
+    finished = (_BUILDS.c.organization_id == organization_id, _BUILDS.c.finished_at.is_not(None))
+    newest = (
+        select(_BUILDS.c.id)
+        .where(*finished)
+        .order_by(_BUILDS.c.created_at.desc(), _BUILDS.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    stmt = (
+        select(_BUILDS.c.id, func.coalesce(_VOLUMES.c.bytes, 0) + _BUILDS.c.status_bytes)
+        .select_from(_BUILDS.outerjoin(_VOLUMES, _VOLUMES.c.build_id == _BUILDS.c.id))
+        .where(*finished, _BUILDS.c.id != newest)
+        .order_by(_BUILDS.c.created_at, _BUILDS.c.id)
+        .limit(limit)
+    )
+    return [(build_id, int(size)) for build_id, size in session.execute(stmt)]
 
 
 def created_since(session: Session, organization_id: str, since: datetime, limit: int) -> int:

@@ -351,6 +351,34 @@ def prune_slice(session: Session, retention: timedelta, now: datetime | None = N
     return queries.delete_builds(session, expired), rows
 
 
+def over_history_quota(session: Session, quota_bytes: int) -> list[tuple[str, int]]:
+    """(organization, bytes over) for each organization whose builds keep more than quota_bytes of logs and
+    status reports (--build-history-quota-mib)."""
+    return [
+        (org, kept - quota_bytes) for org, kept in queries.organizations_keeping_over(session, quota_bytes)
+    ]
+
+
+def prune_history_slice(session: Session, organization_id: str, excess: int) -> tuple[int, int, int]:
+    """One slice of bringing an organization back under its history quota: deletes what its oldest finished
+    builds kept, as many of them as cover `excess` bytes (at most PRUNE_BUILDS), then, once nothing of
+    theirs is left, the builds. Its newest finished build and running builds are never deleted. Returns
+    (builds, rows, bytes) deleted; (0, 0, 0) once nothing is left that may go."""
+    chosen: list[str] = []
+    freed = 0
+    for build_id, size in queries.oldest_finished_kept(session, organization_id, PRUNE_BUILDS):
+        if freed >= excess:
+            break
+        chosen.append(build_id)
+        freed += size
+    if not chosen:
+        return 0, 0, 0
+    rows = queries.delete_kept_in_bulk(session, chosen, PRUNE_ROWS)
+    if rows >= PRUNE_ROWS:
+        return 0, rows, 0
+    return queries.delete_builds(session, chosen), rows, freed
+
+
 INTERRUPTED = "interrupted: the server restarted while this build ran on its builder; run it again"
 
 

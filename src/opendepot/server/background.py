@@ -281,9 +281,11 @@ async def builder_services(config: Config) -> AsyncIterator[ReconcilerDuty]:  # 
         loops.start(Gated(PruneDeletedProjects(backend, project_ids), singular))
     loops.start(Gated(reconciler, singular))
     loops.start(Gated(StoreGauges(store, config.kubernetes.backend), singular))
-    if config.builders.build_retention_days > 0:
-        retention = timedelta(days=config.builders.build_retention_days)
-        loops.start(Gated(BuildRetention(store, retention), singular))
+    retention_days = config.builders.build_retention_days
+    history_mib = config.builders.build_history_quota_mib
+    if retention_days > 0 or history_mib > 0:
+        retention = timedelta(days=retention_days) if retention_days > 0 else None
+        loops.start(Gated(BuildRetention(store, retention, history_mib << 20), singular))
     loops.start(recorder)
     loops.start(GatewayLeaseWatch(store, gateway))
     if sandbox is not None:

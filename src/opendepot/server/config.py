@@ -215,6 +215,13 @@ class BuilderSettings:
         parse=float,
         metavar="DAYS",
     )
+    build_history_quota_mib: int = setting(
+        "MiB of step logs and status reports one organization's builds may keep; past it its oldest finished"
+        " builds are deleted, its newest always kept (0: no quota)",
+        lambda: 0,
+        parse=int,
+        metavar="MIB",
+    )
     max_builders_per_org: int = setting(
         "builders one organization may run at once; past it a build waits for one (0: no cap)",
         lambda: 16,
@@ -632,6 +639,8 @@ def _check(config: Config) -> None:
         raise ConfigError("--max-builds-per-minute must be 0 (no bound) or positive")
     if config.builders.build_retention_days < 0:
         raise ConfigError("--build-retention-days must be 0 (kept forever) or positive")
+    if config.builders.build_history_quota_mib < 0:
+        raise ConfigError("--build-history-quota-mib must be 0 (no quota) or positive")
     if config.registry.quota_mib < 0:
         raise ConfigError("--registry-quota-mib must be 0 (no quota) or positive")
     if config.builders.max_builders_per_org < 0 or config.builders.max_builders < 0:
