@@ -99,7 +99,9 @@ def apply(
     """Reads everything first and writes last: on SQLite the first write takes the database's one write
     lock, which every other writer (a build's FinishBuild among them) then waits for until this commits."""
     build = session.get(Build, build_id)
-    project_id = build.project_id if build is not None else ""
+    if build is None:  # deleted meanwhile (its project, the retention, the history quota): nothing to keep
+        return
+    project_id = build.project_id
     out_of_memory = ""
     vertices = [_storable_vertex(v) for v in vertices]
     digests = [v.digest for v in vertices] + [chunk.digest for chunk in logs]

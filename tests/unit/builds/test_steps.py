@@ -253,3 +253,21 @@ def test_a_cached_step_is_metered_with_its_latest_real_run_in_the_project(store:
     with store.transaction() as session:
         saved = {s.name: s.saved_seconds for s in queries.steps_page(session, now, limit=10, after=None)}
     assert saved == {"RUN make": 30.0, "COPY . .": 2.0, "RUN never-ran": 0.0}
+
+
+def test_updates_for_a_deleted_build_are_dropped_quietly(either_store: Store) -> None:
+    """The recorder may still hold a build's last updates when the build is deleted (its project, the
+    retention, the history quota): they are dropped, not an integrity error in the recorder's log."""
+    store = either_store
+    build_id = running_build(store)[1]
+    with store.transaction() as session:
+        queries.delete_builds(session, [build_id])
+    with store.transaction() as session:
+        steps.apply(
+            session,
+            build_id,
+            [vertex(name="RUN late")],
+            [LogChunk(digest="sha256:x", stream=1, at=T0, data=b"late\n")],
+        )
+    with store.transaction() as session:
+        assert queries.steps_page(session, build_id, limit=10, after=None) == []
