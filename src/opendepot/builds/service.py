@@ -180,17 +180,36 @@ def acquire(session: Session, principal: Principal, build_id: str, platform: str
 
 def heartbeat(session: Session, principal: Principal, build_id: str, platform: str | None) -> None:
     """Renews the lease. The CLI keeps heart-beating after FinishBuild: that is answered, and ignored."""
+    now = utcnow()
+    for lease in _stale_leases(session, principal, build_id, platform, now):
+        lease.heartbeat_at = now
+
+
+def heartbeat_due(session: Session, principal: Principal, build_id: str, platform: str | None) -> bool:
+    """Whether a heartbeat would renew anything (read-only; the caller's access is checked). The CLI's
+    first one comes as its GetBuildKitConnection takes the lease: answered from a read, it does not take
+    SQLite's write lock from under that call."""
+    return bool(_stale_leases(session, principal, build_id, platform, utcnow()))
+
+
+def _stale_leases(
+    session: Session, principal: Principal, build_id: str, platform: str | None, now: datetime
+) -> list[Lease]:
+    """The build's live leases on the platform (or all) last renewed over HEARTBEAT_GRANULARITY ago: a
+    renewal within it adds nothing and would only contend for the write lock."""
     build = load_build(session, principal, build_id)
     if build.status in FINISHED:
-        return
-    platforms = [platform] if platform else list(PLATFORMS)
-    now = utcnow()
-    for p in platforms:
+        return []
+    stale = []
+    for p in [platform] if platform else list(PLATFORMS):
         lease = queries.lease(session, build.id, p)
-        # A renewal within the last second adds nothing and would only contend for the write lock.
-        fresh = lease is not None and now - lease.heartbeat_at <= HEARTBEAT_GRANULARITY
-        if lease is not None and lease.released_at is None and not fresh:
-            lease.heartbeat_at = now
+        if (
+            lease is not None
+            and lease.released_at is None
+            and now - lease.heartbeat_at > HEARTBEAT_GRANULARITY
+        ):
+            stale.append(lease)
+    return stale
 
 
 def release(session: Session, principal: Principal, build_id: str, platform: str) -> None:

@@ -173,7 +173,8 @@ class BuildService(build_connect.BuildService):
     ) -> pb.ReportBuildHealthResponse:
         who = caller()
         platform = platform_in(request.platform) if request.platform else None
-        await self.d.store.run_short(lambda s: builds.heartbeat(s, who, request.build_id, platform))
+        if await self.d.store.read(lambda s: builds.heartbeat_due(s, who, request.build_id, platform)):
+            await self.d.store.run_short(lambda s: builds.heartbeat(s, who, request.build_id, platform))
         # cancels_at stays unset: an empty Timestamp would cancel the build at once (spec §6.5).
         return pb.ReportBuildHealthResponse()
 
