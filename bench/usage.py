@@ -78,6 +78,7 @@ def populate(directory: Path, total: int, now: datetime) -> Store:
                 "hardware": "16x32",
                 "acquired_at": created,
                 "heartbeat_at": created,
+                "served_at": created,
                 "released_at": created + timedelta(seconds=31),
             }
         )

@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,7 @@ from opendepot.gen.depot.cli.v1 import build_pb as cli
 from tests.e2e.test_build_lifecycle import BS, connect, finish
 from tests.e2e.test_builds import build, new_project
 from tests.support.builds import builds_possible, busybox_context
-from tests.support.clients import DEPOT_CLI, sdk_one
+from tests.support.clients import DEPOT_CLI, sdk_node, sdk_one, ts
 from tests.support.rpc import call
 from tests.support.server import Server
 
@@ -105,3 +106,57 @@ def test_an_organization_past_its_builds_per_minute_is_refused_with_the_reason(t
             assert "created 2 builds in the last minute, the most it may (--max-builds-per-minute)" in output
         code, output = build(srv, other_token, new_project(srv, other_token, "theirs"), context)
         assert code == 0, output
+
+
+def test_a_build_that_only_waited_for_a_builder_is_not_billed(tmp_path: Path) -> None:
+    """--max-builders-per-org 1: a depot build that waits for the organization's one builder and is given up
+    (the CI job cancelled) counts as a build but bills no machine minutes (GetUsage through @depot/sdk-node);
+    before, its lease was billed from when it asked for a builder."""
+    with two_organizations(tmp_path, "--max-builders-per-org", "1") as (srv, token, _other_token):
+        holding, waiting = new_project(srv, token, "holding"), new_project(srv, token, "given-up")
+        context = busybox_context(tmp_path / "ctx", "echo never-built")
+        start = datetime.now(UTC) - timedelta(minutes=1)
+        with httpx.Client(timeout=30) as http:
+            created = call(
+                http, srv.url, f"{BS}/CreateBuild", cli.CreateBuildRequest(project_id=holding), token
+            ).message(cli.CreateBuildResponse)
+            connect(http, srv, created.build_id, created.build_token)  # the organization's one builder
+            env = {
+                **os.environ,
+                "DEPOT_API_URL": srv.url,
+                "DEPOT_TOKEN": token,
+                "DEPOT_NO_UPDATE_NOTIFIER": "1",
+                "DEPOT_ERROR_TELEMETRY": "0",
+            }
+            queued = subprocess.Popen(
+                [str(DEPOT_CLI), "build", "--project", waiting, "--progress", "plain", str(context)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                deadline = time.monotonic() + 30
+                while "waits: organization" not in srv.log_text() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert "waits: organization" in srv.log_text()
+                time.sleep(2)
+            finally:
+                queued.kill()
+                queued.wait()
+            finish(http, srv, created.build_id, created.build_token)
+        end = datetime.now(UTC) + timedelta(minutes=1)
+        [outcome] = sdk_node(
+            srv.url,
+            [
+                {
+                    "service": "core.v1.UsageService",
+                    "method": "getUsage",
+                    "token": token,
+                    "request": {"startAt": ts(start), "endAt": ts(end)},
+                }
+            ],
+        )
+        usage = {c["projectName"]: c for c in outcome["ok"]["containerBuild"]}
+        assert usage["given-up"]["buildCount"] == 1, usage
+        assert usage["given-up"].get("minutesBilled", 0) == 0, usage  # it waited, and used nothing
+        assert usage["holding"]["minutesBilled"] >= 1, usage  # it held the builder

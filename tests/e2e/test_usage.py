@@ -81,9 +81,10 @@ def test_usage_figures_match_the_recorded_facts(metered: Server, tmp_path: Path)
         seconds += (b.finished_at - b.started_at).total_seconds()
     duration = int(seconds)
     billed = 0.0
-    for lease in leases:  # default hardware 16x32: one unit per started minute
+    for lease in leases:  # default hardware 16x32: one unit per started minute, from when it was served
         assert lease.released_at is not None and lease.hardware == "16x32"
-        billed += math.ceil((lease.released_at - lease.acquired_at).total_seconds() / 60)
+        assert lease.served_at is not None and lease.served_at >= lease.acquired_at
+        billed += math.ceil((lease.released_at - lease.served_at).total_seconds() / 60)
     du = subprocess.run(
         [
             str(VENV_BIN / "buildctl"),

@@ -55,5 +55,12 @@ def acquire(
 ) -> tuple[str, queries.MachineState | None]:
     """Takes or renews the build's lease; returns the build's project and its builder's (state, error):
     is the builder up?"""
-    project_id = builds.acquire(session, principal, build_id, platform)
-    return project_id, queries.state(session, project_id, platform)
+    machine: queries.MachineState | None = None
+
+    def builder_running(project_id: str) -> bool:
+        nonlocal machine
+        machine = queries.state(session, project_id, platform)
+        return machine is not None and machine.state == BuilderState.RUNNING
+
+    project_id = builds.acquire(session, principal, build_id, platform, builder_running)
+    return project_id, machine

@@ -68,6 +68,9 @@ class Lease(Base):
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # When a GetBuildKitConnection first found the builder running for it: machine time is billed from here,
+    # not from acquired_at (a build waiting for a builder, past a cap or while one starts, uses none).
+    served_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class StatusReport(Base):

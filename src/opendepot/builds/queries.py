@@ -91,6 +91,7 @@ _RENEW_LEASE = (
     .where(_LEASES.c.id == bindparam("lease_id"))
     .values(heartbeat_at=bindparam("now"), released_at=None)
 )
+_RENEW_SERVED_LEASE = _RENEW_LEASE.values(served_at=func.coalesce(_LEASES.c.served_at, bindparam("now")))
 
 
 def build_with_lease(session: Session, build_id: str, platform: str) -> BuildForLease | None:
@@ -101,8 +102,10 @@ def build_with_lease(session: Session, build_id: str, platform: str) -> BuildFor
     return None if row is None else BuildForLease(*row)
 
 
-def renew_lease(session: Session, lease_id: str, now: datetime) -> None:
-    session.connection().execute(_RENEW_LEASE, {"lease_id": lease_id, "now": now})
+def renew_lease(session: Session, lease_id: str, now: datetime, served: bool = False) -> None:
+    """Renews the lease; served: its builder runs, so it is served from now unless it was before."""
+    statement = _RENEW_SERVED_LEASE if served else _RENEW_LEASE
+    session.connection().execute(statement, {"lease_id": lease_id, "now": now})
 
 
 def lease(session: Session, build_id: str, platform: str) -> Lease | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -150,10 +150,16 @@ def check_platform(platform: str | None, supported: Sequence[str]) -> str:
     return platform
 
 
-def acquire(session: Session, principal: Principal, build_id: str, platform: str) -> str:
+def acquire(
+    session: Session,
+    principal: Principal,
+    build_id: str,
+    platform: str,
+    builder_running: Callable[[str], bool] = lambda _project_id: False,
+) -> str:
     """Takes or renews the build's lease on its project's builder; returns the build's project. The build,
     its lease on this platform and its project's hardware come in one query: this is on every connection's
-    path."""
+    path. builder_running(project): whether the builder is up, so the lease is served (billed) from now."""
     found = queries.build_with_lease(session, require_id("build_id", build_id), platform)
     if found is None:
         raise NotFound(f"build {build_id!r} not found")
@@ -161,6 +167,7 @@ def acquire(session: Session, principal: Principal, build_id: str, platform: str
     if found.status in FINISHED:
         raise FailedPrecondition(f"build {build_id} is {found.status}; start a new build")
     now = utcnow()
+    served = builder_running(found.project_id)
     if found.lease_id is None:
         lease = Lease(
             id=new_id(),
@@ -171,10 +178,11 @@ def acquire(session: Session, principal: Principal, build_id: str, platform: str
             acquired_at=now,
             heartbeat_at=now,
             released_at=None,
+            served_at=now if served else None,
         )
         queries.insert_lease(session, lease)
     else:
-        queries.renew_lease(session, found.lease_id, now)
+        queries.renew_lease(session, found.lease_id, now, served)
     return found.project_id
 
 

@@ -54,9 +54,9 @@ def started_builds_in(
 
 def lease_times_in(
     session: Session, project_id: str, start: datetime, end: datetime
-) -> Iterator[Row[datetime, datetime | None, str]]:
-    """(acquired_at, released_at, hardware) of each lease taken in [start, end), streamed."""
-    stmt = select(Lease.acquired_at, Lease.released_at, Lease.hardware).where(
+) -> Iterator[Row[datetime, datetime | None, datetime | None, str]]:
+    """(acquired_at, served_at, released_at, hardware) of each lease taken in [start, end), streamed."""
+    stmt = select(Lease.acquired_at, Lease.served_at, Lease.released_at, Lease.hardware).where(
         Lease.project_id == project_id, Lease.acquired_at >= start, Lease.acquired_at < end
     )
     return iter(session.execute(stmt.execution_options(yield_per=STREAM_BATCH)))

@@ -4,9 +4,10 @@ Definitions (the API leaves them open):
 - A period is half-open, [start, end). A build counts in the period it was created in, even if it ends
   after the period.
 - build_duration_seconds: the sum of finished - started over those builds (running builds count so far).
-- minutes_billed: over the leases taken in the period, each lease's machine time (acquired to released, or
-  to now) rounded up to whole minutes, times the hardware's CPUs / 16: a minute on the default 16x32 builder
-  is 1, on 4x4 it is 0.25, on 32x64 it is 2.
+- minutes_billed: over the leases taken in the period, each lease's machine time (from when its build got
+  its running builder, to released or to now: waiting past a builder cap or for a builder to start is free)
+  rounded up to whole minutes, times the hardware's CPUs / 16: a minute on the default 16x32 builder is 1,
+  on 4x4 it is 0.25, on 32x64 it is 2.
 - minutes_saved: the earlier execution time of the steps that were cached, over the period's builds.
 - layer_cache_size_gb: the project's cache at the end of the period (the last sample before it, per
   platform, summed), in whole GiB, rounded.
@@ -78,8 +79,8 @@ def _figures(session: Session, project: Project, p: Period, now: datetime) -> Pr
     )
     saved = queries.saved_seconds_in(session, project.id, p.start, p.end)
     billed = 0.0
-    for acquired, released, hardware in queries.lease_times_in(session, project.id, p.start, p.end):
-        billed += _billed_minutes(acquired, released, hardware, now)
+    for _acquired, served, released, hardware in queries.lease_times_in(session, project.id, p.start, p.end):
+        billed += _billed_minutes(served, released, hardware, now)
     return ProjectFigures(
         project_id=project.id,
         project_name=project.name,
@@ -91,8 +92,13 @@ def _figures(session: Session, project: Project, p: Period, now: datetime) -> Pr
     )
 
 
-def _billed_minutes(acquired: datetime, released: datetime | None, hardware: str, now: datetime) -> float:
-    seconds = max(0.0, ((released or now) - acquired).total_seconds())
+def _billed_minutes(
+    served: datetime | None, released: datetime | None, hardware: str, now: datetime
+) -> float:
+    """A lease never served (its build gave up waiting for a builder) used no machine time."""
+    if served is None:
+        return 0.0
+    seconds = max(0.0, ((released or now) - served).total_seconds())
     return math.ceil(seconds / 60) * Hardware.parse(hardware).billing_weight
 
 
@@ -192,8 +198,10 @@ def daily_usage(session: Session, principal: Principal, p: Period) -> list[Day]:
             if started:
                 bucket[1] += max(0.0, ((finished or now) - started).total_seconds())
             bucket[3] += float(saved or 0.0)
-        for acquired, released, hardware in queries.lease_times_in(session, project.id, p.start, p.end):
-            totals[as_utc(acquired).date()][2] += _billed_minutes(acquired, released, hardware, now)
+        for acquired, served, released, hardware in queries.lease_times_in(
+            session, project.id, p.start, p.end
+        ):
+            totals[as_utc(acquired).date()][2] += _billed_minutes(served, released, hardware, now)
     days, day = [], p.start.date()
     while datetime.combine(day, datetime.min.time(), tzinfo=p.start.tzinfo) < p.end:
         b, seconds, billed, saved_seconds = totals.get(day, [0, 0.0, 0.0, 0.0])

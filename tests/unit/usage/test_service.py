@@ -40,17 +40,28 @@ def setup(store: Store) -> tuple[Principal, str]:
                 )
             )
 
-        def lease(lease_id: str, build_id: str, acquired: datetime, seconds: float, hardware: str) -> None:
+        def lease(
+            lease_id: str,
+            build_id: str,
+            acquired: datetime,
+            seconds: float,
+            hardware: str,
+            waited: float | None = 0.0,
+            platform: str = "amd64",
+        ) -> None:
+            """Served `waited` seconds after it was taken (None: never), then held `seconds`."""
+            served = None if waited is None else acquired + timedelta(seconds=waited)
             session.add(
                 Lease(
                     id=lease_id,
                     build_id=build_id,
                     project_id=p,
-                    platform="amd64",
+                    platform=platform,
                     hardware=hardware,
                     acquired_at=acquired,
                     heartbeat_at=acquired,
-                    released_at=acquired + timedelta(seconds=seconds),
+                    served_at=served,
+                    released_at=(served or acquired) + timedelta(seconds=seconds),
                 )
             )
 
@@ -59,7 +70,10 @@ def setup(store: Store) -> tuple[Principal, str]:
         build("b000000003", END - timedelta(seconds=1), 90)  # counted whole, though it ends after
         build("b000000004", END, 10)  # the end is outside
         session.flush()
-        lease("l000000001", "b000000002", START, 61, "16x32")  # 2 whole minutes at 1 per minute
+        # 2 whole minutes at 1 per minute: the 5 minutes it waited for a builder (past a cap) are not billed.
+        lease("l000000001", "b000000002", START, 61, "16x32", waited=300)
+        # Its arm64 lease waited 10 minutes and was never served: its build gave up, having used nothing.
+        lease("l000000004", "b000000002", START, 600, "16x32", waited=None, platform="arm64")
         lease("l000000002", "b000000003", END - timedelta(seconds=1), 30, "4x4")  # 1 minute at 0.25
         lease("l000000003", "b000000004", END, 600, "16x32")  # outside
         for build_id, saved in (("b000000001", 100.0), ("b000000002", 12.0), ("b000000003", None)):
