@@ -494,3 +494,56 @@ def test_a_project_over_its_registry_quota_cannot_push_until_it_deletes(tmp_path
         saved_build(srv, token, project, small)
     finally:
         srv.stop()
+
+
+def test_garbage_collection_keeps_every_image_still_tagged(collecting: Server, tmp_path: Path) -> None:
+    """A saved image is an index whose per-platform manifests carry no tag. Collecting after one project's
+    delete must leave every image still tagged whole, in that project and in others: each manifest the
+    index names, their config and layers, and a real pull of it."""
+    _org, token = collecting.new_organization()
+    kept_project, deleting = new_project(collecting, token, "gc-kept"), new_project(collecting, token, "gc-del")
+    kept_context = busybox_context(tmp_path / "kept", "head -c 200000 /dev/urandom > /kept.bin")
+    saved_build(collecting, token, kept_project, kept_context)
+    saved_build(collecting, token, deleting, busybox_context(tmp_path / "kept-too", "echo same-project > /x"))
+    saved_build(collecting, token, deleting, busybox_context(tmp_path / "gone", "echo gone > /gone"))
+    [kept] = wait_for(lambda: images(collecting, token, kept_project), "the kept image")
+    neighbours = wait_for(
+        lambda: (found := images(collecting, token, deleting)) and len(found) == 2 and found, "both images"
+    )
+    gone, still = neighbours[0], neighbours[1]  # newest first: the last build's image goes
+
+    def whole(project: str, image: dict[str, Any]) -> set[str]:
+        """Every blob of the image (its manifests too), read through the registry."""
+        creds = f"x-token:{pull_token(collecting, token, project)}"
+        top = raw_manifest(f"{collecting.registry_host}/{project}@{image['digest']}", creds)
+        blobs = {image["digest"]}
+        for child in top.get("manifests", []):
+            manifest = raw_manifest(f"{collecting.registry_host}/{project}@{child['digest']}", creds)
+            blobs |= {child["digest"], manifest["config"]["digest"]}
+            blobs |= {layer["digest"] for layer in manifest["layers"]}
+        return {b.removeprefix("sha256:") for b in blobs}
+
+    kept_blobs, still_blobs = whole(kept_project, kept), whole(deleting, still)
+    runs = collecting.log_text().count("registry garbage collection done")
+    assert "ok" in delete_images(collecting, token, deleting, [gone["tag"]])
+    wait_for(
+        lambda: collecting.log_text().count("registry garbage collection done") > runs,
+        "garbage collection after the delete",
+        60,
+    )
+    assert kept_blobs <= blob_files(collecting)
+    assert still_blobs <= blob_files(collecting)
+    assert whole(kept_project, kept) == kept_blobs
+    assert whole(deleting, still) == still_blobs
+    for project, image in ((kept_project, kept), (deleting, still)):
+        creds = f"x-token:{pull_token(collecting, token, project)}"
+        copied = skopeo(
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            "--src-creds",
+            creds,
+            f"docker://{collecting.registry_host}/{project}:{image['tag']}",
+            f"oci:{tmp_path / project}:copy",
+        )
+        assert copied.returncode == 0, copied.stderr

@@ -26,6 +26,9 @@ SIZE_ATTEMPTS = 6
 # Scopes in one token request. A push asks for one repository, plus a few to mount blobs from; without a bound
 # one 1 MiB request named 20,000 and held an API worker's loop for half a second for a 4 MB token.
 MAX_SCOPES = 64
+# DeleteImage reads the project's other indexes to know which per-platform manifests are still in use; past
+# this many it deletes none of them (each read is a registry round trip).
+MAX_SCANNED_INDEXES = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,19 +77,61 @@ class Registry:
 
     async def delete(self, principal: Principal, project_id: str, references: Sequence[str]) -> None:
         """Removes exactly the tags named. The registry deletes a manifest with every tag on it, so tags that
-        share the image and were not named are put back from the manifest read before."""
+        share the image and were not named are put back from the manifest read before. An index no tag
+        keeps goes with the manifests it names that nothing else of the project still uses, so that garbage
+        collection, which never deletes manifests itself, can reclaim their layers."""
         plan = await self.store.read(lambda s: service.plan_delete(s, principal, project_id, references))
         try:
+            freed = await self._freed_children(plan)
             for digest, keep in plan.keep.items():
                 manifest = await self.client.manifest(plan.project_id, digest) if keep else None
                 await self.client.delete(plan.project_id, digest)
                 if manifest is not None:
                     for tag in keep:
                         await self.client.put(plan.project_id, tag, manifest)
+            for child in freed:
+                await self.client.delete(plan.project_id, child)
         except (RegistryError, OSError) as exc:
             log.error("deleting %s from %s: %s", plan.tags, plan.project_id, exc)
             raise Unavailable(f"the registry could not delete the images: {exc}") from exc
         await self.store.run(lambda s: service.forget_tags(s, plan.project_id, plan.tags))
+
+    async def _freed_children(self, plan: service.DeletePlan) -> list[str]:
+        """The manifests named by the indexes this delete removes whole that no other image of the project
+        names or is: read from the registry before anything is deleted. Any doubt (an image that cannot be
+        read, a project with more than MAX_SCANNED_INDEXES other indexes) keeps them all: a leak the next
+        delete may free, never a deletion of something still in use."""
+        gone = [digest for digest, keep in plan.keep.items() if not keep]
+        try:
+            children: set[str] = set()
+            for digest in gone:
+                children |= await self._children(plan.project_id, digest)
+            if not children:
+                return []
+            others = await self.store.read(lambda s: service.other_images(s, plan.project_id, gone))
+            in_use = {digest for digest, _media_type in others} & children
+            indexes = [digest for digest, media_type in others if media_type in INDEX_TYPES]
+            if len(indexes) > MAX_SCANNED_INDEXES:
+                raise RegistryError(f"{len(indexes)} other indexes, over {MAX_SCANNED_INDEXES}")
+            for digest in indexes:
+                in_use |= await self._children(plan.project_id, digest)
+        except RegistryError as exc:
+            log.warning(
+                "project %s: the manifests named by the deleted images are kept for a later delete: %s",
+                plan.project_id,
+                exc,
+            )
+            return []
+        return sorted(children - in_use)
+
+    async def _children(self, repository: str, digest: str) -> set[str]:
+        """The manifests an index names (none for a plain manifest). RegistryError if it cannot be read."""
+        manifest = await self.client.manifest(repository, digest)
+        if manifest is None:
+            raise RegistryError(f"manifest {repository}@{digest} is gone")
+        if manifest.media_type not in INDEX_TYPES and "manifests" not in manifest.document:
+            return set()
+        return {str(child["digest"]) for child in manifest.document.get("manifests", []) if "digest" in child}
 
     async def record(self, envelope: dict[str, Any]) -> int:
         """Applies a notification envelope; returns how many events changed the image list."""

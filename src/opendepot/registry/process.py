@@ -3,8 +3,8 @@
 Its config is generated (JSON, which is YAML) under `<data-dir>/registry/`: token auth with opendepot as
 the issuer, deletes enabled, notifications to the API. Garbage collection needs the registry stopped (or
 read-only), so it runs when a delete asked for it and the registry has been idle for
-`--registry-gc-idle-seconds`: the supervisor stops the registry, runs
-`docker-registry garbage-collect --delete-untagged`, and starts it again."""
+`--registry-gc-idle-seconds`: the supervisor stops the registry, runs `docker-registry garbage-collect`,
+and starts it again."""
 
 from __future__ import annotations
 
@@ -206,14 +206,16 @@ class RegistryProcess:
             self.pid_path.unlink()
 
     async def collect_garbage(self) -> bool:
-        """Stops the registry, deletes unreferenced blobs and untagged manifests, starts it again."""
+        """Stops the registry, deletes the blobs no manifest of any repository references, starts it again.
+        Never `--delete-untagged`: distribution 2.8 counts the per-platform manifests of a tagged index as
+        untagged and deletes them with their layers, which broke every saved image of every project (each
+        `depot build --save` pushes an index). DeleteImage deletes the manifests it frees itself."""
         started = utcnow()
         await self.stop()
         try:
             result = await asyncio.create_subprocess_exec(
                 self.settings.binary,
                 "garbage-collect",
-                "--delete-untagged",
                 str(self.config_path),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,

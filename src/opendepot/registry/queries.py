@@ -24,6 +24,15 @@ def by_digests(session: Session, project_id: str, digests: Sequence[str]) -> Seq
     return session.scalars(stmt).all()
 
 
+def digests_except(session: Session, project_id: str, digests: Sequence[str]) -> list[tuple[str, str]]:
+    stmt = (
+        select(Image.digest, Image.media_type)
+        .where(Image.project_id == project_id, Image.digest.not_in(digests))
+        .distinct()
+    )
+    return [(digest, media_type) for digest, media_type in session.execute(stmt)]
+
+
 def by_tag(session: Session, project_id: str, tag: str) -> Image | None:
     return session.scalars(select(Image).where(Image.project_id == project_id, Image.tag == tag)).first()
 

@@ -231,6 +231,11 @@ def plan_delete(
     return DeletePlan(project.id, sorted(doomed), keep)
 
 
+def other_images(session: Session, project_id: str, digests: Sequence[str]) -> list[tuple[str, str]]:
+    """(digest, media type) of each image of the project but those with the given digests, each once."""
+    return queries.digests_except(session, project_id, digests)
+
+
 def forget_tags(session: Session, project_id: str, tags: Sequence[str]) -> None:
     queries.delete_tags(session, project_id, tags)
     queries.maintenance(session).gc_requested_at = utcnow()
