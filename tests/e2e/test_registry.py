@@ -501,7 +501,8 @@ def test_garbage_collection_keeps_every_image_still_tagged(collecting: Server, t
     delete must leave every image still tagged whole, in that project and in others: each manifest the
     index names, their config and layers, and a real pull of it."""
     _org, token = collecting.new_organization()
-    kept_project, deleting = new_project(collecting, token, "gc-kept"), new_project(collecting, token, "gc-del")
+    kept_project = new_project(collecting, token, "gc-kept")
+    deleting = new_project(collecting, token, "gc-del")
     kept_context = busybox_context(tmp_path / "kept", "head -c 200000 /dev/urandom > /kept.bin")
     saved_build(collecting, token, kept_project, kept_context)
     saved_build(collecting, token, deleting, busybox_context(tmp_path / "kept-too", "echo same-project > /x"))
