@@ -6,8 +6,6 @@ N a minute, with the reason."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,9 +17,9 @@ import pytest
 
 from opendepot.gen.depot.cli.v1 import build_pb as cli
 from tests.e2e.test_build_lifecycle import BS, connect, finish
-from tests.e2e.test_builds import build, new_project
+from tests.e2e.test_builds import build, new_project, new_project_token
 from tests.support.builds import builds_possible, busybox_context
-from tests.support.clients import DEPOT_CLI, sdk_node, sdk_one, ts
+from tests.support.clients import sdk_node, start_build, ts
 from tests.support.rpc import call
 from tests.support.server import Server
 
@@ -40,31 +38,24 @@ def two_organizations(tmp_path: Path, *flags: str) -> Iterator[tuple[Server, str
         srv.stop()
 
 
+def hold_the_builder(http: httpx.Client, srv: Server, token: str, project: str) -> cli.CreateBuildResponse:
+    """A build of the project that takes a builder (GetBuildKitConnection) and keeps it until finished."""
+    created = call(
+        http, srv.url, f"{BS}/CreateBuild", cli.CreateBuildRequest(project_id=project), token
+    ).message(cli.CreateBuildResponse)
+    connect(http, srv, created.build_id, created.build_token)
+    return created
+
+
 def test_an_organization_past_its_cap_waits_and_another_does_not(tmp_path: Path) -> None:
     with two_organizations(tmp_path, "--max-builders-per-org", "1") as (srv, token, other_token):
         holding, waiting = new_project(srv, token, "holding"), new_project(srv, token, "waiting")
         neighbour = new_project(srv, other_token, "neighbour")
         context = busybox_context(tmp_path / "ctx", "echo capped")
         with httpx.Client(timeout=30) as http:
-            created = call(
-                http, srv.url, f"{BS}/CreateBuild", cli.CreateBuildRequest(project_id=holding), token
-            ).message(cli.CreateBuildResponse)
-            connect(http, srv, created.build_id, created.build_token)  # the organization's one builder
+            created = hold_the_builder(http, srv, token, holding)  # the organization's one builder
 
-            env = {
-                **os.environ,
-                "DEPOT_API_URL": srv.url,
-                "DEPOT_TOKEN": token,
-                "DEPOT_NO_UPDATE_NOTIFIER": "1",
-                "DEPOT_ERROR_TELEMETRY": "0",
-            }
-            queued = subprocess.Popen(
-                [str(DEPOT_CLI), "build", "--project", waiting, "--progress", "plain", str(context)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
+            queued = start_build(srv, token, waiting, context)
             try:
                 code, output = build(srv, other_token, neighbour, context)
                 assert code == 0, output  # another organization is not held back
@@ -92,9 +83,7 @@ def test_an_organization_past_its_builds_per_minute_is_refused_with_the_reason(t
     a project's (a project token counts against its organization); another organization builds."""
     with two_organizations(tmp_path, "--max-builds-per-minute", "2") as (srv, token, other_token):
         first, second = new_project(srv, token, "first"), new_project(srv, token, "second")
-        first_token = sdk_one(
-            srv.url, "core.v1.ProjectService", "createToken", {"projectId": first, "description": "ci"}, token
-        )["ok"]["secret"]
+        first_token = new_project_token(srv, token, first)
         context = busybox_context(tmp_path / "ctx", "echo counted")
         for project, caller in ((first, first_token), (second, token)):
             code, output = build(srv, caller, project, context)
@@ -117,23 +106,8 @@ def test_a_build_that_only_waited_for_a_builder_is_not_billed(tmp_path: Path) ->
         context = busybox_context(tmp_path / "ctx", "echo never-built")
         start = datetime.now(UTC) - timedelta(minutes=1)
         with httpx.Client(timeout=30) as http:
-            created = call(
-                http, srv.url, f"{BS}/CreateBuild", cli.CreateBuildRequest(project_id=holding), token
-            ).message(cli.CreateBuildResponse)
-            connect(http, srv, created.build_id, created.build_token)  # the organization's one builder
-            env = {
-                **os.environ,
-                "DEPOT_API_URL": srv.url,
-                "DEPOT_TOKEN": token,
-                "DEPOT_NO_UPDATE_NOTIFIER": "1",
-                "DEPOT_ERROR_TELEMETRY": "0",
-            }
-            queued = subprocess.Popen(
-                [str(DEPOT_CLI), "build", "--project", waiting, "--progress", "plain", str(context)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            created = hold_the_builder(http, srv, token, holding)  # the organization's one builder
+            queued = start_build(srv, token, waiting, context)
             try:
                 deadline = time.monotonic() + 30
                 while "waits: organization" not in srv.log_text() and time.monotonic() < deadline:
@@ -142,7 +116,7 @@ def test_a_build_that_only_waited_for_a_builder_is_not_billed(tmp_path: Path) ->
                 time.sleep(2)
             finally:
                 queued.kill()
-                queued.wait()
+                queued.communicate()
             finish(http, srv, created.build_id, created.build_token)
         end = datetime.now(UTC) + timedelta(minutes=1)
         [outcome] = sdk_node(

@@ -18,7 +18,7 @@ import pytest
 
 from opendepot.builders.sandbox import Sandbox
 from tests.support.builds import builds_possible, busybox_context
-from tests.support.clients import DEPOT_CLI, depot
+from tests.support.clients import depot, start_build
 from tests.support.server import Server, remove_builder_users
 
 pytestmark = pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible()))
@@ -77,21 +77,8 @@ def test_a_buildkitd_killed_mid_build_takes_its_run_steps_along_and_the_next_bui
         sandbox = Sandbox(data_dir, "buildkitd")
         key = f"{project}-amd64"
         uid = pwd.getpwnam(sandbox.user_name(project, "amd64")).pw_uid
-        env = {
-            **os.environ,
-            "DEPOT_API_URL": server.url,
-            "DEPOT_TOKEN": token,
-            "DEPOT_NO_UPDATE_NOTIFIER": "1",
-        }
         long_context = busybox_context(tmp_path / "long", cached_step, "sleep 30")
-        long_build = subprocess.Popen(
-            [str(DEPOT_CLI), "build", "--project", project, "--progress", "plain", str(long_context)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=env,
-        )
+        long_build = start_build(server, token, project, long_context)
         try:
             assert wait_until(lambda: any(comm(p) == "sleep" for p in sandbox.cgroups.pids(key)), 120), (
                 "the RUN step's sleep runs in the builder's cgroup"

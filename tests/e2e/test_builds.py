@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.builds import builds_possible, busybox_context
-from tests.support.clients import depot, sdk_node
+from tests.support.clients import depot, sdk_node, sdk_one
 from tests.support.server import Server
 
 pytestmark = pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible()))
@@ -22,6 +22,19 @@ def new_project(server: Server, token: str, name: str) -> str:
     created = depot(server.url, token, "projects", "create", name)
     assert created.returncode == 0, created.stderr
     return str(json.loads(created.stdout)["project_id"])
+
+
+def new_project_token(server: Server, token: str, project: str, description: str = "ci") -> str:
+    """A project token for the project (CreateToken through @depot/sdk-node): its secret."""
+    created = sdk_one(
+        server.url,
+        "core.v1.ProjectService",
+        "createToken",
+        {"projectId": project, "description": description},
+        token,
+    )
+    assert "ok" in created, created
+    return str(created["ok"]["secret"])
 
 
 def build(

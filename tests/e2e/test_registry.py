@@ -21,7 +21,7 @@ import jwt
 import pytest
 
 from opendepot.gen.depot.cli.v1 import build_pb as cli
-from tests.e2e.test_builds import build, new_project
+from tests.e2e.test_builds import build, new_project, new_project_token
 from tests.support.builds import builds_possible, busybox_context
 from tests.support.clients import depot, sdk_one, ts
 from tests.support.rpc import call
@@ -254,14 +254,7 @@ def test_projects_and_token_kinds_are_isolated(server: Server, org: tuple[str, s
         )
         assert jwt.decode(stranger_grant.json()["token"], options={"verify_signature": False})["access"] == []
         # A project token pushes and pulls its own project's repository only.
-        created = sdk_one(
-            server.url,
-            "core.v1.ProjectService",
-            "createToken",
-            {"projectId": other, "description": "r"},
-            token,
-        )
-        project_token = created["ok"]["secret"]
+        project_token = new_project_token(server, token, other, "r")
         both = f"repository:{other}:pull,push {scope}"
         granted = http.post(
             f"{server.url}/registry/token",
@@ -456,13 +449,7 @@ def test_a_project_over_its_registry_quota_cannot_push_until_it_deletes(tmp_path
         assert "its quota is 1 MiB (--registry-quota-mib): delete images to push again" in output, output
         # The token service's own answer: 403 with the reason, for a push, to the organization's token and
         # to the project's own (a CI job's `docker push`); a pull is still granted.
-        project_token = sdk_one(
-            srv.url,
-            "core.v1.ProjectService",
-            "createToken",
-            {"projectId": project, "description": "ci"},
-            token,
-        )["ok"]["secret"]
+        project_token = new_project_token(srv, token, project)
         for pusher in (token, project_token):
             refused = httpx.get(
                 f"{srv.url}/registry/token",

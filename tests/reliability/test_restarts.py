@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,30 +18,12 @@ import httpx
 import pytest
 
 from tests.support.builds import builds_possible, busybox_context
-from tests.support.clients import DEPOT_CLI
+from tests.support.clients import start_build
 from tests.support.server import Server
 
 from .processes import alive, api_workers
 
 pytestmark = pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible()))
-
-
-def start_build(server: Server, token: str, project: str, context: Path) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "DEPOT_API_URL": server.url,
-        "DEPOT_TOKEN": token,
-        "DEPOT_NO_UPDATE_NOTIFIER": "1",
-        "DEPOT_ERROR_TELEMETRY": "0",
-    }
-    return subprocess.Popen(
-        [str(DEPOT_CLI), "build", "--project", project, "--progress", "plain", str(context)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
 
 
 def rpc(server: Server, path: str, body: dict[str, object], token: str) -> Any:

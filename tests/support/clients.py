@@ -8,7 +8,10 @@ import shutil
 import subprocess
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.support.server import Server
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "e2e" / "node"
 DEPOT_CLI = NODE_DIR / "node_modules" / "@depot" / "cli-linux-x64" / "bin" / "depot"
@@ -78,4 +81,23 @@ def depot(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
         check=False,
+    )
+
+
+def start_build(server: Server, token: str, project: str, context: Path) -> subprocess.Popen[str]:
+    """A `depot build` left running, its output (stdout and stderr) kept for communicate()."""
+    env = {
+        **os.environ,
+        "DEPOT_API_URL": server.url,
+        "DEPOT_TOKEN": token,
+        "DEPOT_NO_UPDATE_NOTIFIER": "1",
+        "DEPOT_ERROR_TELEMETRY": "0",
+    }
+    return subprocess.Popen(
+        [str(DEPOT_CLI), "build", "--project", project, "--progress", "plain", str(context)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
     )
