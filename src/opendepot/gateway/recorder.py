@@ -38,12 +38,6 @@ class MemoryWatch:
         return steps.out_of_memory_message(self.limit_bytes, self.hardware)
 
 
-# After a build's Status stream ends, its last steps are written this much later: after the client's
-# FinishBuild, which follows within a few ms, so that the two writes do not queue for the store one behind
-# the other on the build's critical path.
-FLUSH_AFTER_STATUS_END = 0.05
-
-
 class StepRecorder:
     def __init__(self, store: Store, log_cap: int = steps.DEFAULT_LOG_CAP, interval: float = 0.2) -> None:
         self.store = store
@@ -110,16 +104,13 @@ class StepRecorder:
         await self.flush()
 
     def flush_soon(self, build_id: str) -> None:
-        """Writes one build's pending steps shortly rather than at the next tick (its Status stream ended).
-        Not at once: the client's FinishBuild follows within milliseconds, and on SQLite it would wait for
-        this write's lock (a few ms for a build's steps) while the user waits for the CLI to return."""
-        task = asyncio.get_running_loop().create_task(self._flush_after(FLUSH_AFTER_STATUS_END, build_id))
+        """Writes one build's pending steps now rather than at the next tick (its Status stream ended). At
+        once, though FinishBuild then waits for this write's SQLite lock (a few ms): the build page the CLI
+        prints must show the steps when the CLI returns. Deferred 50 ms, FinishBuild's median fell from ~4.4
+        to ~2.2 ms, and the page opened right after the build showed none (tests/ui/test_dashboard.py)."""
+        task = asyncio.get_running_loop().create_task(self.flush({build_id}))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _flush_after(self, seconds: float, build_id: str) -> None:
-        await asyncio.sleep(seconds)
-        await self.flush({build_id})
 
     async def flush(self, only: set[str] | None = None) -> None:
         async with self._writing:
