@@ -99,8 +99,8 @@ class Registry:
     async def _freed_children(self, plan: service.DeletePlan) -> list[str]:
         """The manifests named by the indexes this delete removes whole that no other image of the project
         names or is: read from the registry before anything is deleted. Any doubt (an image that cannot be
-        read, a project with more than MAX_SCANNED_INDEXES other indexes) keeps them all: a leak the next
-        delete may free, never a deletion of something still in use."""
+        read, a project with more than MAX_SCANNED_INDEXES other indexes) keeps them all: space leaked (with a
+        warning in the log), never a deletion of something still in use."""
         gone = [digest for digest, keep in plan.keep.items() if not keep]
         try:
             children: set[str] = set()
