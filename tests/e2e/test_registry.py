@@ -6,12 +6,14 @@ reclaims the blobs once the registry is idle."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -428,15 +430,47 @@ def test_load_and_docker_login_with_a_docker_engine(
         docker("image", "rm", image)
 
 
-def test_a_project_over_its_registry_quota_cannot_push_until_it_deletes(tmp_path: Path) -> None:
-    """--registry-quota-mib 1: the first save (2 MB of random data) lands, since the project kept nothing;
-    the next push is refused by the token service with a message that reaches the depot CLI, while pulls,
-    and pushes to another project, go on; deleting the image makes room again."""
+@contextmanager
+def quota_server(tmp_path: Path) -> Iterator[tuple[Server, str]]:
+    """A server with --registry-quota-mib 1, and an organization token on it."""
     srv = Server(
         data_dir=tmp_path / "data", database_url=None, extra_args=["--registry-quota-mib", "1"]
     ).start()
     try:
         _org, token = srv.new_organization()
+        yield srv, token
+    finally:
+        srv.stop()
+
+
+def assert_push_refused_pull_granted(srv: Server, token: str, project: str) -> None:
+    """The token service's own answer: 403 with the reason for a push, to the organization's token and to
+    the project's own (a CI job's `docker push`); a pull is still granted. An API worker trusts what it read
+    of the registry's storage for 3 s: a grant just before may stand that long."""
+    for pusher in (token, new_project_token(srv, token, project)):
+
+        def push_grant(pusher: str = pusher) -> httpx.Response:
+            return httpx.get(
+                f"{srv.url}/registry/token",
+                params={"scope": f"repository:{project}:pull,push"},
+                auth=("x-token", pusher),
+            )
+
+        refused = wait_for(lambda: (answer := push_grant()).status_code == 403 and answer, "a refusal", 10)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["errors"][0]["code"] == "DENIED"
+        assert "its quota is 1 MiB (--registry-quota-mib)" in refused.json()["errors"][0]["message"]
+    pulling = httpx.get(
+        f"{srv.url}/registry/token", params={"scope": f"repository:{project}:pull"}, auth=("x-token", token)
+    )
+    assert pulling.status_code == 200, pulling.text
+
+
+def test_a_project_over_its_registry_quota_cannot_push_until_it_deletes(tmp_path: Path) -> None:
+    """--registry-quota-mib 1: the first save (2 MB of random data) lands, since the project kept nothing;
+    the next push is refused by the token service with a message that reaches the depot CLI, while pulls,
+    and pushes to another project, go on; deleting the image makes room again."""
+    with quota_server(tmp_path) as (srv, token):
         project, other = new_project(srv, token, "full"), new_project(srv, token, "roomy")
         big = busybox_context(tmp_path / "big", "head -c 2000000 /dev/urandom > /random.bin")
         saved_build(srv, token, project, big)
@@ -447,24 +481,7 @@ def test_a_project_over_its_registry_quota_cannot_push_until_it_deletes(tmp_path
         code, output = build(srv, token, project, small, "--save")
         assert code != 0, output
         assert "its quota is 1 MiB (--registry-quota-mib): delete images to push again" in output, output
-        # The token service's own answer: 403 with the reason, for a push, to the organization's token and
-        # to the project's own (a CI job's `docker push`); a pull is still granted.
-        project_token = new_project_token(srv, token, project)
-        for pusher in (token, project_token):
-            refused = httpx.get(
-                f"{srv.url}/registry/token",
-                params={"scope": f"repository:{project}:pull,push"},
-                auth=("x-token", pusher),
-            )
-            assert refused.status_code == 403, refused.text
-            assert refused.json()["errors"][0]["code"] == "DENIED"
-            assert "--registry-quota-mib" in refused.json()["errors"][0]["message"], refused.text
-        pulling = httpx.get(
-            f"{srv.url}/registry/token",
-            params={"scope": f"repository:{project}:pull"},
-            auth=("x-token", token),
-        )
-        assert pulling.status_code == 200, pulling.text
+        assert_push_refused_pull_granted(srv, token, project)
         creds = f"x-token:{pull_token(srv, token, project)}"
         inspected = skopeo(
             "inspect",
@@ -479,8 +496,6 @@ def test_a_project_over_its_registry_quota_cannot_push_until_it_deletes(tmp_path
         deleted = delete_images(srv, token, project, [image["tag"]])
         assert "ok" in deleted, deleted
         saved_build(srv, token, project, small)
-    finally:
-        srv.stop()
 
 
 def test_garbage_collection_keeps_every_image_still_tagged(collecting: Server, tmp_path: Path) -> None:
@@ -535,3 +550,68 @@ def test_garbage_collection_keeps_every_image_still_tagged(collecting: Server, t
             f"oci:{tmp_path / project}:copy",
         )
         assert copied.returncode == 0, copied.stderr
+
+
+def push_by_digest(srv: Server, token: str, project: str, data: bytes) -> str:
+    """An image pushed without a tag, straight through the registry's API (as any client may): a blob as its
+    one layer, a config, and the manifest put by its digest. Returns the manifest's digest."""
+    grant = httpx.get(
+        f"{srv.url}/registry/token",
+        params={"scope": f"repository:{project}:pull,push"},
+        auth=("x-token", token),
+    )
+    assert grant.status_code == 200, grant.text
+    headers = {"Authorization": f"Bearer {grant.json()['token']}"}
+    base = f"http://{srv.registry_host}"
+
+    def put_blob(content: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(content).hexdigest()
+        started = httpx.post(f"{base}/v2/{project}/blobs/uploads/", headers=headers)
+        assert started.status_code == 202, started.text
+        location = httpx.URL(base).join(started.headers["location"])
+        done = httpx.put(
+            location.copy_merge_params({"digest": digest}),
+            headers={**headers, "Content-Type": "application/octet-stream"},
+            content=content,
+        )
+        assert done.status_code == 201, done.text
+        return digest
+
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
+    layer = {
+        "mediaType": "application/vnd.oci.image.layer.v1.tar",
+        "size": len(data),
+        "digest": put_blob(data),
+    }
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "size": len(config),
+                "digest": put_blob(config),
+            },
+            "layers": [layer],
+        }
+    ).encode()
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    put = httpx.put(
+        f"{base}/v2/{project}/manifests/{digest}",
+        headers={**headers, "Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        content=manifest,
+    )
+    assert put.status_code == 201, put.text
+    return digest
+
+
+def test_what_a_push_by_digest_keeps_counts_against_the_quota(tmp_path: Path) -> None:
+    """--registry-quota-mib 1: 2 MB pushed without a tag is in no image list, but the registry keeps it, so
+    the project's next push is refused (before, the quota counted tagged images only and such pushes were
+    never refused); its pulls, and another project's pushes, go on."""
+    with quota_server(tmp_path) as (srv, token):
+        project, other = new_project(srv, token, "by-digest"), new_project(srv, token, "tagged")
+        push_by_digest(srv, token, project, os.urandom(2_000_000))
+        assert images(srv, token, project) == []
+        assert_push_refused_pull_granted(srv, token, project)
+        push_by_digest(srv, token, other, os.urandom(1000))  # the quota is each project's own

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from opendepot.auth import Principal
@@ -16,7 +18,7 @@ from opendepot.errors import FailedPrecondition, InvalidArgument, Unavailable
 from opendepot.ids import looks_like_id
 from opendepot.store import Store
 
-from . import service
+from . import service, storage
 from .client import INDEX_TYPES, MANIFEST_TYPES, RegistryClient, RegistryError
 from .keys import Access, TokenSigner
 
@@ -29,6 +31,9 @@ MAX_SCOPES = 64
 # DeleteImage reads the project's other indexes to know which per-platform manifests are still in use; past
 # this many it deletes none of them (each read is a registry round trip).
 MAX_SCANNED_INDEXES = 1000
+# How long what a project keeps in the registry's storage is trusted before the quota reads it again (a
+# token granted lasts REGISTRY_TOKEN_LIFETIME anyway); a delete makes it read again at once.
+KEPT_BYTES_TTL = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,9 @@ class RegistrySettings:
     url: str
     # What a project may keep in the registry before pushes to it are refused (0: no quota).
     quota_bytes: int = 0
+    # The registry's filesystem storage, when this process can read it: the quota then also counts what
+    # tags do not name (pushes by digest, unfinished uploads). None: the image list alone (S3).
+    storage_root: Path | None = None
 
 
 def parse_scopes(values: Sequence[str]) -> list[Access]:
@@ -61,6 +69,8 @@ class Registry:
         self.settings = settings
         self.signer = signer
         self.client = RegistryClient(settings.url, signer)
+        self._kept: dict[str, tuple[float, int]] = {}  # project -> (when read, bytes kept in the storage)
+        self._kept_since: dt.datetime | None = None  # the last delete those reads saw
 
     @property
     def host(self) -> str:
@@ -70,10 +80,31 @@ class Registry:
         requested = parse_scopes(scopes)
         quota = self.settings.quota_bytes
         granted = await self.store.read(lambda s: service.grant(s, principal, requested, quota))
+        pushing = sorted({a.name.partition("/")[0] for a in granted if "push" in a.actions})
+        if quota and pushing and self.settings.storage_root is not None:
+            # Only the projects the caller may push to are read. A delete (by any worker) frees room at once.
+            deleted_at = await self.store.read(service.last_delete)
+            if deleted_at != self._kept_since:
+                self._kept, self._kept_since = {}, deleted_at
+            for project_id in pushing:
+                service.refuse_over_quota(project_id, await self._kept_bytes(project_id), quota)
         token, issued = self.signer.sign(
             f"{principal.kind}:{principal.token_id}", granted, REGISTRY_TOKEN_LIFETIME
         )
         return token, issued, int(REGISTRY_TOKEN_LIFETIME.total_seconds())
+
+    async def _kept_bytes(self, project_id: str) -> int:
+        """What the project keeps in the registry's storage, read beside the loop at most once per
+        KEPT_BYTES_TTL per project (80 ms for 1,000 manifests): token requests cannot make it read more."""
+        root = self.settings.storage_root
+        now = time.monotonic()
+        cached = self._kept.get(project_id)
+        if root is None:
+            return 0
+        if cached is None or now - cached[0] > KEPT_BYTES_TTL:
+            cached = (now, await asyncio.to_thread(storage.kept_bytes, root, project_id))
+            self._kept[project_id] = cached
+        return cached[1]
 
     async def delete(self, principal: Principal, project_id: str, references: Sequence[str]) -> None:
         """Removes exactly the tags named. The registry deletes a manifest with every tag on it, so tags that

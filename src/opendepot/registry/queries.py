@@ -54,6 +54,11 @@ def last_push(session: Session) -> datetime | None:
     return session.scalar(select(func.max(Image.pushed_at)))
 
 
+def gc_requested_at(session: Session) -> datetime | None:
+    """A plain read (maintenance() may insert the row)."""
+    return session.scalar(select(Maintenance.gc_requested_at).where(Maintenance.id == 1))
+
+
 def maintenance(session: Session) -> Maintenance:
     row = session.get(Maintenance, 1)
     if row is None:

@@ -164,7 +164,11 @@ def create_saving_build(
 
 def check_quota(session: Session, project_id: str, quota_bytes: int) -> None:
     """ResourceExhausted when the project's images take quota_bytes or more: it may not push more."""
-    used = queries.stored_bytes(session, project_id)
+    refuse_over_quota(project_id, queries.stored_bytes(session, project_id), quota_bytes)
+
+
+def refuse_over_quota(project_id: str, used: int, quota_bytes: int) -> None:
+    """ResourceExhausted when `used` bytes of the project's reach its quota."""
     if used >= quota_bytes:
         raise ResourceExhausted(
             f"project {project_id} keeps {used / MIB:.1f} MiB of images in the registry, its quota is "
@@ -234,6 +238,11 @@ def plan_delete(
 def other_images(session: Session, project_id: str, digests: Sequence[str]) -> list[tuple[str, str]]:
     """(digest, media type) of each image of the project but those with the given digests, each once."""
     return queries.digests_except(session, project_id, digests)
+
+
+def last_delete(session: Session) -> datetime | None:
+    """When images were last deleted (DeleteImage asks for a garbage collection each time)."""
+    return queries.gc_requested_at(session)
 
 
 def forget_tags(session: Session, project_id: str, tags: Sequence[str]) -> None:

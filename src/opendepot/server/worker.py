@@ -25,6 +25,7 @@ from opendepot.builders.access import BuilderAccess
 from opendepot.builders.reset import BuilderReset
 from opendepot.builds import service as builds
 from opendepot.dashboard.app import Dashboard
+from opendepot.datadir import DataDir
 from opendepot.metrics import exposition
 from opendepot.oidc.verifier import OidcVerifier
 from opendepot.pki.authority import Authority
@@ -33,6 +34,7 @@ from opendepot.projects.service import Settings as ProjectSettings
 from opendepot.registry.keys import TokenSigner
 from opendepot.registry.operations import Registry
 from opendepot.registry.operations import RegistrySettings as RegistryClientSettings
+from opendepot.registry.storage import filesystem_root
 from opendepot.sealed.box import load_key
 from opendepot.sealed.vault import Vault
 from opendepot.store import Store
@@ -106,7 +108,10 @@ def open_registry(config: Config, store: Store, vault: Vault) -> Registry | None
     if not config.registry.binary:
         return None
     settings = RegistryClientSettings(
-        host=config.registry.host, url=config.registry.url, quota_bytes=config.registry.quota_mib << 20
+        host=config.registry.host,
+        url=config.registry.url,
+        quota_bytes=config.registry.quota_mib << 20,
+        storage_root=filesystem_root(config.registry.storage, DataDir(config.data_dir).registry_storage),
     )
     return Registry(store, settings, TokenSigner(vault, config.paths.registry))
 
