@@ -97,10 +97,10 @@ class Registry:
         """What the project keeps in the registry's storage, read beside the loop at most once per
         KEPT_BYTES_TTL per project (80 ms for 1,000 manifests): token requests cannot make it read more."""
         root = self.settings.storage_root
-        now = time.monotonic()
-        cached = self._kept.get(project_id)
         if root is None:
             return 0
+        now = time.monotonic()
+        cached = self._kept.get(project_id)
         if cached is None or now - cached[0] > KEPT_BYTES_TTL:
             cached = (now, await asyncio.to_thread(storage.kept_bytes, root, project_id))
             self._kept[project_id] = cached
@@ -148,7 +148,7 @@ class Registry:
                 in_use |= await self._children(plan.project_id, digest)
         except RegistryError as exc:
             log.warning(
-                "project %s: the manifests named by the deleted images are kept for a later delete: %s",
+                "project %s: the manifests named by the deleted images are kept (their space too): %s",
                 plan.project_id,
                 exc,
             )
