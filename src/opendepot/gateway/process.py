@@ -323,23 +323,12 @@ class RelayProcess:
     def _died(self) -> None:
         """The child exited (or closed its channel): its connections are cut, and a new one starts."""
         self._close_channels()
-        code = self.process.poll() if self.process is not None else None
         lost = len(self._relays) + len(self._handshakes)
         self._drop_all()
         if self._stopping:
             return
-        wait = self.backoff.wait()
-        log.log(
-            logging.ERROR if self.backoff.keeps_dying() else logging.WARNING,
-            "the gateway's relay process ended (exit status %s); %d connection(s) cut; "
-            "starting a new one in %.0f s (%d quick death(s) in a row)",
-            code,
-            lost,
-            wait,
-            self.backoff.quick_deaths,
-        )
         metrics().gateway_relay_restarts.inc()
-        self._restarting = asyncio.get_running_loop().create_task(self._restart(wait))
+        self._restarting = asyncio.get_running_loop().create_task(self._restart(lost))
 
     def _drop_all(self) -> None:
         handshakes, self._handshakes = self._handshakes, {}
@@ -350,13 +339,27 @@ class RelayProcess:
         for key in list(self._relays):
             self._ended(key)
 
-    async def _restart(self, wait: float) -> None:
+    async def _restart(self, lost: int) -> None:
+        code: int | None = None
         if self.process is not None:
+            # The channel closes before the kernel reaps the child: wait for it, so the log names the
+            # real exit status rather than None.
             with contextlib.suppress(subprocess.TimeoutExpired):
                 await asyncio.to_thread(self.process.wait, 5)
             if self.process.poll() is None:
                 self.process.kill()
                 await asyncio.to_thread(self.process.wait)
+            code = self.process.returncode
+        wait = self.backoff.wait()
+        log.log(
+            logging.ERROR if self.backoff.keeps_dying() else logging.WARNING,
+            "the gateway's relay process ended (exit status %s); %d connection(s) cut; "
+            "starting a new one in %.0f s (%d quick death(s) in a row)",
+            code,
+            lost,
+            wait,
+            self.backoff.quick_deaths,
+        )
         await asyncio.sleep(wait)  # meanwhile handshake() refuses: there is no control channel
         if not self._stopping:
             self.restarts += 1
