@@ -188,9 +188,16 @@ def test_1_network_run_steps_reach_nothing_of_the_host_but_the_internet(
         (internet.link_local, 80, "link-local"),
         (internet.address, 80, "internet"),
     ]
-    # The other builder's RUN step must be listening before the probes run.
-    time.sleep(12)
-    host_bind = connect_banner("127.0.0.1", other_port)
+    # The other builder's RUN step must be listening before the probes run. Unsafe, its port is the
+    # host's, so the wait ends when it answers (a fixed wait lost the race on a loaded machine);
+    # sandboxed, nothing can tell from outside, so the wait is a fixed one, longer than a warm start.
+    if sandbox_server.unsafe:
+        deadline = time.monotonic() + 40
+        while (host_bind := connect_banner("127.0.0.1", other_port)) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+    else:
+        time.sleep(12)
+        host_bind = connect_banner("127.0.0.1", other_port)
     if not sandbox_server.unsafe:
         # Inside the sandbox only (unsafe, these would be outside addresses): the build network's own
         # gateway and slirp4netns's alias for the host.
