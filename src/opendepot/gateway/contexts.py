@@ -11,10 +11,18 @@ from opendepot.pki.authority import project_of_server_name
 
 def project_context(directory: Path) -> ssl.SSLContext:
     """A project's: its server certificate, and its CA verifies the client."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = _server_context()
     context.load_cert_chain(directory / "server.pem", directory / "server-key.pem")
     context.load_verify_locations(directory / "ca.pem")
+    return context
+
+
+def _server_context() -> ssl.SSLContext:
+    """The settings every gateway context shares. They must be on the listener's context too: OpenSSL
+    copies a connection's ticket count, options and protocol bounds from the context it starts with, and
+    the SNI switch to the project's context does not carry them over (only the certificates and the CA)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED
     context.set_alpn_protocols(["h2"])  # gRPC clients insist on h2
     # No TLS 1.3 session tickets: BuildKit's Go clients keep no session cache, so a ticket is never
@@ -28,10 +36,8 @@ def project_context(directory: Path) -> ssl.SSLContext:
 
 def listener_context(placeholder: Path, project: Callable[[str], ssl.SSLContext | None]) -> ssl.SSLContext:
     """The listener's: a placeholder certificate until SNI picks the project's context (`project`)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = _server_context()
     context.load_cert_chain(placeholder / "server.pem", placeholder / "server-key.pem")
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.set_alpn_protocols(["h2"])
 
     def pick(sslobj: ssl.SSLSocket | ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
         project_id = project_of_server_name(name)

@@ -488,6 +488,35 @@ def test_one_project_cannot_take_every_place(
     run_with_gateway(harness, body)
 
 
+def test_the_project_context_sni_picks_sets_the_cipher_order_and_tickets_too(
+    tmp_path: Path, vault: Vault, separate_process: bool
+) -> None:
+    """OpenSSL takes a connection's options and ticket count from the listener's context, not from the
+    project's that SNI switches to: both must say it (they did not, and every handshake paid for two
+    unused tickets, and Go's clients got AES-256 where they lead with AES-128)."""
+    harness = Harness(tmp_path, vault, separate_process=separate_process)
+
+    def body(on_loop: OnLoop) -> None:
+        # TLS 1.2, where a client's cipher order can be set from Python: the client's first choice wins.
+        context = harness.client_context("bcdfghjkl0")
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384")
+        raw = socket.create_connection(("127.0.0.1", harness.port), timeout=10)
+        with context.wrap_socket(raw, server_hostname=server_name(PROJECT)) as client:
+            cipher = client.cipher()
+            assert cipher is not None and cipher[0] == "ECDHE-ECDSA-AES128-GCM-SHA256", cipher
+        # TLS 1.3: tickets come after the handshake, so they would be read before the builder's bytes.
+        client = harness.dial("bcdfghjkl1")
+        until(lambda: len(harness.builders) == 2)
+        harness.builders[1].sendall(b"hello")
+        assert client.recv(10) == b"hello"
+        assert client.version() == "TLSv1.3"
+        assert client.session is not None and not client.session.has_ticket
+        client.close()
+
+    run_with_gateway(harness, body)
+
+
 def test_when_the_relay_process_dies_its_connections_end_and_a_new_one_serves(
     tmp_path: Path, vault: Vault, caplog: pytest.LogCaptureFixture
 ) -> None:
