@@ -431,10 +431,12 @@ def test_load_and_docker_login_with_a_docker_engine(
 
 
 @contextmanager
-def quota_server(tmp_path: Path) -> Iterator[tuple[Server, str]]:
+def quota_server(tmp_path: Path, *extra_args: str) -> Iterator[tuple[Server, str]]:
     """A server with --registry-quota-mib 1, and an organization token on it."""
     srv = Server(
-        data_dir=tmp_path / "data", database_url=None, extra_args=["--registry-quota-mib", "1"]
+        data_dir=tmp_path / "data",
+        database_url=None,
+        extra_args=["--registry-quota-mib", "1", *extra_args],
     ).start()
     try:
         _org, token = srv.new_organization()
@@ -552,16 +554,19 @@ def test_garbage_collection_keeps_every_image_still_tagged(collecting: Server, t
         assert copied.returncode == 0, copied.stderr
 
 
-def push_by_digest(srv: Server, token: str, project: str, data: bytes) -> str:
-    """An image pushed without a tag, straight through the registry's API (as any client may): a blob as its
-    one layer, a config, and the manifest put by its digest. Returns the manifest's digest."""
+def registry_push_headers(srv: Server, token: str, project: str) -> dict[str, str]:
     grant = httpx.get(
         f"{srv.url}/registry/token",
         params={"scope": f"repository:{project}:pull,push"},
         auth=("x-token", token),
     )
     assert grant.status_code == 200, grant.text
-    headers = {"Authorization": f"Bearer {grant.json()['token']}"}
+    return {"Authorization": f"Bearer {grant.json()['token']}"}
+
+
+def blob_uploader(srv: Server, token: str, project: str) -> Callable[[bytes], str]:
+    """Uploads a blob to the project's repository straight through the registry's API; returns its digest."""
+    headers = registry_push_headers(srv, token, project)
     base = f"http://{srv.registry_host}"
 
     def put_blob(content: bytes) -> str:
@@ -577,6 +582,15 @@ def push_by_digest(srv: Server, token: str, project: str, data: bytes) -> str:
         assert done.status_code == 201, done.text
         return digest
 
+    return put_blob
+
+
+def push_by_digest(srv: Server, token: str, project: str, data: bytes) -> str:
+    """An image pushed without a tag, straight through the registry's API (as any client may): a blob as its
+    one layer, a config, and the manifest put by its digest. Returns the manifest's digest."""
+    headers = registry_push_headers(srv, token, project)
+    base = f"http://{srv.registry_host}"
+    put_blob = blob_uploader(srv, token, project)
     config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
     layer = {
         "mediaType": "application/vnd.oci.image.layer.v1.tar",
@@ -615,3 +629,40 @@ def test_what_a_push_by_digest_keeps_counts_against_the_quota(tmp_path: Path) ->
         assert images(srv, token, project) == []
         assert_push_refused_pull_granted(srv, token, project)
         push_by_digest(srv, token, other, os.urandom(1000))  # the quota is each project's own
+
+
+def test_blobs_no_manifest_names_count_until_a_collection_frees_them(tmp_path: Path) -> None:
+    """--registry-quota-mib 1: 2 MB of blobs uploaded and never named by a manifest (a tenant filling the
+    shared disk with a project token, or a push cut off before its manifest) count, so the next push is
+    refused; before, they counted nothing and were only freed by a collection after someone's delete.
+    Deleting images cannot free them, so the refusal asks for a garbage collection, which removes them, and
+    the project pushes again."""
+    with quota_server(tmp_path, "--registry-gc-idle-seconds", "1", "--workers", "1") as (srv, token):
+        project = new_project(srv, token, "blobs-alone")
+        put_blob = blob_uploader(srv, token, project)
+        uploaded = {put_blob(os.urandom(700_000)).removeprefix("sha256:") for _ in range(3)}
+        assert uploaded <= blob_files(srv)
+        assert images(srv, token, project) == []
+        assert_push_refused_pull_granted(srv, token, project)
+        refused = httpx.get(
+            f"{srv.url}/registry/token",
+            params={"scope": f"repository:{project}:pull,push"},
+            auth=("x-token", token),
+        )
+        assert "2.0 MiB of it blobs no image names" in refused.json()["errors"][0]["message"], refused.text
+        # The collection runs once the registry has been idle a second; then the blobs are gone and the
+        # project may push again.
+        wait_for(lambda: not (uploaded & blob_files(srv)), "the collection to remove the blobs", 60)
+        wait_for(
+            lambda: (
+                httpx.get(
+                    f"{srv.url}/registry/token",
+                    params={"scope": f"repository:{project}:pull,push"},
+                    auth=("x-token", token),
+                ).status_code
+                == 200
+            ),
+            "a push grant again",
+            20,
+        )
+        push_by_digest(srv, token, project, os.urandom(1000))

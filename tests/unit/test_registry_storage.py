@@ -1,15 +1,16 @@
 """What a project's repositories keep in the registry's filesystem storage, read from distribution's layout:
 each manifest still linked (tagged or not) with the config and layers it names, each blob once; unfinished
-uploads; repositories beneath the project; nothing of another project's; a deleted manifest's blobs, and
-blobs no manifest names, count nothing."""
+uploads; repositories beneath the project; nothing of another project's; a deleted manifest's blobs count
+nothing; blobs uploaded since the last collection that no manifest of the project names count, apart."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
-from opendepot.registry.storage import filesystem_root, kept_bytes
+from opendepot.registry.storage import Kept, filesystem_root, kept_bytes
 
 
 def blob(root: Path, content: bytes) -> str:
@@ -18,6 +19,14 @@ def blob(root: Path, content: bytes) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
     return digest
+
+
+def uploaded(root: Path, repository: str, digest: str, at: float) -> None:
+    """The blob's link in the repository, as distribution writes it when an upload completes, dated `at`."""
+    link = root / "docker/registry/v2/repositories" / repository / "_layers/sha256" / digest / "link"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.write_text(f"sha256:{digest}")
+    os.utime(link, (at, at))
 
 
 def manifest(root: Path, repository: str, config: str, *layers: str) -> tuple[str, int]:
@@ -59,9 +68,9 @@ def test_a_project_counts_the_manifests_it_keeps_tagged_or_not(tmp_path: Path) -
     upload = tmp_path / "docker/registry/v2/repositories/p1/_uploads/8b1c/data"
     upload.parent.mkdir(parents=True)
     upload.write_bytes(b"u" * 300)  # never finished
-    assert kept_bytes(tmp_path, "p1") == 1000 + 100 + 5000 + first + second + 300
-    assert kept_bytes(tmp_path, "p2") == 70000 + 100 + manifest(tmp_path, "p2", config, theirs)[1]
-    assert kept_bytes(tmp_path, "p3") == 0  # nothing pushed yet
+    assert kept_bytes(tmp_path, "p1") == Kept(1000 + 100 + 5000 + first + second + 300)
+    assert kept_bytes(tmp_path, "p2") == Kept(70000 + 100 + manifest(tmp_path, "p2", config, theirs)[1])
+    assert kept_bytes(tmp_path, "p3") == Kept(0)  # nothing pushed yet
 
 
 def test_only_a_filesystem_storage_is_read(tmp_path: Path) -> None:
@@ -69,3 +78,29 @@ def test_only_a_filesystem_storage_is_read(tmp_path: Path) -> None:
     assert filesystem_root("/srv/registry", tmp_path) == Path("/srv/registry")
     assert filesystem_root("file:///srv/registry", tmp_path) == Path("/srv/registry")
     assert filesystem_root("s3://bucket/root?region=eu-west-1", tmp_path) is None
+
+
+def test_blobs_no_manifest_of_the_project_names_count_until_a_collection(tmp_path: Path) -> None:
+    collected = 1_700_000_000.0
+    layer, config = blob(tmp_path, b"l" * 1000), blob(tmp_path, b"c" * 100)
+    alone, earlier = blob(tmp_path, b"a" * 7000), blob(tmp_path, b"e" * 20000)
+    freed, theirs = blob(tmp_path, b"f" * 300), blob(tmp_path, b"t" * 50)
+    _digest, size = manifest(tmp_path, "p1", config, layer)
+    for digest in (layer, config, alone, freed):
+        uploaded(tmp_path, "p1", digest, collected + 10)
+    uploaded(tmp_path, "p1/beneath", theirs, collected + 10)  # a repository beneath counts too
+    # Linked before the last collection and still stored: the collection kept it, so some manifest
+    # (another project's) names it.
+    uploaded(tmp_path, "p1", earlier, collected - 10)
+    uploaded(tmp_path, "p1", blob(tmp_path, b"gone" * 9), collected + 10)
+    (tmp_path / "docker/registry/v2/blobs/sha256").joinpath(  # a link whose blob the store lost
+        hashlib.sha256(b"gone" * 9).hexdigest()[:2], hashlib.sha256(b"gone" * 9).hexdigest(), "data"
+    ).unlink()
+    # A deleted manifest's blobs: freed by the delete that asked for a collection, not counted.
+    deleted, _size = manifest(tmp_path, "p1", config, freed)
+    (tmp_path / "docker/registry/v2/repositories/p1/_manifests/revisions/sha256" / deleted / "link").unlink()
+    named = 1000 + 100 + size
+    assert kept_bytes(tmp_path, "p1", collected) == Kept(named + 7000 + 50, 7000 + 50)
+    # No collection ever ran: every linked blob no manifest names counts.
+    assert kept_bytes(tmp_path, "p1", None) == Kept(named + 7000 + 50 + 20000, 7000 + 50 + 20000)
+    assert kept_bytes(tmp_path, "p2", collected) == Kept(0)  # another project's links are not its own

@@ -14,7 +14,7 @@ from typing import Any
 
 from opendepot.auth import Principal
 from opendepot.clock import as_utc, utcnow
-from opendepot.errors import FailedPrecondition, InvalidArgument, Unavailable
+from opendepot.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from opendepot.ids import looks_like_id
 from opendepot.store import Store
 
@@ -69,8 +69,9 @@ class Registry:
         self.settings = settings
         self.signer = signer
         self.client = RegistryClient(settings.url, signer)
-        self._kept: dict[str, tuple[float, int]] = {}  # project -> (when read, bytes kept in the storage)
-        self._kept_since: dt.datetime | None = None  # the last delete those reads saw
+        self._kept: dict[str, tuple[float, storage.Kept]] = {}  # project -> (when read, what it keeps)
+        # The last garbage collection asked for and the last one finished, as those reads saw them.
+        self._kept_marks: tuple[dt.datetime | None, dt.datetime | None] = (None, None)
 
     @property
     def host(self) -> str:
@@ -82,27 +83,42 @@ class Registry:
         granted = await self.store.read(lambda s: service.grant(s, principal, requested, quota))
         pushing = sorted({a.name.partition("/")[0] for a in granted if "push" in a.actions})
         if quota and pushing and self.settings.storage_root is not None:
-            # Only the projects the caller may push to are read. A delete (by any worker) frees room at once.
-            deleted_at = await self.store.read(service.last_delete)
-            if deleted_at != self._kept_since:
-                self._kept, self._kept_since = {}, deleted_at
+            # Only the projects the caller may push to are read. A delete (by any worker) frees room at once,
+            # a garbage collection the blobs no manifest named.
+            marks = await self.store.read(service.collection_marks)
+            if marks != self._kept_marks:
+                self._kept, self._kept_marks = {}, marks
             for project_id in pushing:
-                service.refuse_over_quota(project_id, await self._kept_bytes(project_id), quota)
+                kept = await self._kept_bytes(project_id, marks[1])
+                try:
+                    service.refuse_over_quota(project_id, kept.total, quota, kept.unnamed)
+                except ResourceExhausted:
+                    # Only a collection frees unnamed blobs, and the tenant may have no image to delete.
+                    if kept.unnamed and await self.store.run(service.ask_for_collection):
+                        log.info(
+                            "project %s is over its registry quota with %d bytes of blobs no manifest "
+                            "names: garbage collection asked for",
+                            project_id,
+                            kept.unnamed,
+                        )
+                    raise
         token, issued = self.signer.sign(
             f"{principal.kind}:{principal.token_id}", granted, REGISTRY_TOKEN_LIFETIME
         )
         return token, issued, int(REGISTRY_TOKEN_LIFETIME.total_seconds())
 
-    async def _kept_bytes(self, project_id: str) -> int:
+    async def _kept_bytes(self, project_id: str, collected: dt.datetime | None) -> storage.Kept:
         """What the project keeps in the registry's storage, read beside the loop at most once per
-        KEPT_BYTES_TTL per project (80 ms for 1,000 manifests): token requests cannot make it read more."""
+        KEPT_BYTES_TTL per project (80 ms for 1,000 manifests): token requests cannot make it read more.
+        `collected`: when the last garbage collection that finished started."""
         root = self.settings.storage_root
         if root is None:
-            return 0
+            return storage.Kept(0)
         now = time.monotonic()
         cached = self._kept.get(project_id)
         if cached is None or now - cached[0] > KEPT_BYTES_TTL:
-            cached = (now, await asyncio.to_thread(storage.kept_bytes, root, project_id))
+            since = as_utc(collected).timestamp() if collected is not None else None
+            cached = (now, await asyncio.to_thread(storage.kept_bytes, root, project_id, since))
             self._kept[project_id] = cached
         return cached[1]
 

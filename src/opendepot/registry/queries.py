@@ -59,6 +59,14 @@ def gc_requested_at(session: Session) -> datetime | None:
     return session.scalar(select(Maintenance.gc_requested_at).where(Maintenance.id == 1))
 
 
+def gc_marks(session: Session) -> tuple[datetime | None, datetime | None]:
+    """When a garbage collection was last asked for, and when the last one that finished started."""
+    row = session.execute(
+        select(Maintenance.gc_requested_at, Maintenance.gc_finished_at).where(Maintenance.id == 1)
+    ).first()
+    return (row[0], row[1]) if row is not None else (None, None)
+
+
 def maintenance(session: Session) -> Maintenance:
     row = session.get(Maintenance, 1)
     if row is None:

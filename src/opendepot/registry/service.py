@@ -167,12 +167,19 @@ def check_quota(session: Session, project_id: str, quota_bytes: int) -> None:
     refuse_over_quota(project_id, queries.stored_bytes(session, project_id), quota_bytes)
 
 
-def refuse_over_quota(project_id: str, used: int, quota_bytes: int) -> None:
-    """ResourceExhausted when `used` bytes of the project's reach its quota."""
+def refuse_over_quota(project_id: str, used: int, quota_bytes: int, unnamed: int = 0) -> None:
+    """ResourceExhausted when `used` bytes of the project's reach its quota (`unnamed` of them blobs no
+    manifest names, which the next garbage collection frees)."""
     if used >= quota_bytes:
+        freed = (
+            f" ({unnamed / MIB:.1f} MiB of it blobs no image names, freed by the registry's next garbage "
+            "collection)"
+            if unnamed
+            else ""
+        )
         raise ResourceExhausted(
-            f"project {project_id} keeps {used / MIB:.1f} MiB of images in the registry, its quota is "
-            f"{quota_bytes / MIB:.0f} MiB (--registry-quota-mib): delete images to push again"
+            f"project {project_id} keeps {used / MIB:.1f} MiB of images in the registry{freed}, its quota "
+            f"is {quota_bytes / MIB:.0f} MiB (--registry-quota-mib): delete images to push again"
         )
 
 
@@ -240,9 +247,22 @@ def other_images(session: Session, project_id: str, digests: Sequence[str]) -> l
     return queries.digests_except(session, project_id, digests)
 
 
-def last_delete(session: Session) -> datetime | None:
-    """When images were last deleted (DeleteImage asks for a garbage collection each time)."""
-    return queries.gc_requested_at(session)
+def collection_marks(session: Session) -> tuple[datetime | None, datetime | None]:
+    """When a garbage collection was last asked for (DeleteImage asks each time) and when the last one
+    that finished started: what the project's storage holds changes with either."""
+    return queries.gc_marks(session)
+
+
+def ask_for_collection(session: Session) -> bool:
+    """Asks for a garbage collection unless one is already waiting; True if this asked."""
+    state = queries.maintenance(session)
+    waiting = state.gc_requested_at is not None and (
+        state.gc_finished_at is None or state.gc_finished_at < state.gc_requested_at
+    )
+    if waiting:
+        return False
+    state.gc_requested_at = utcnow()
+    return True
 
 
 def forget_tags(session: Session, project_id: str, tags: Sequence[str]) -> None:

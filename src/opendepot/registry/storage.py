@@ -1,14 +1,16 @@
 """What a project's repositories keep in the registry's filesystem storage, read from distribution's own
 layout: every manifest still in them, tagged or not (a deleted one is unlinked at once), with the config
-and layers it names, each blob once; and their unfinished uploads. The image list counts only what tags
-name; this also counts what a push by digest or an upload never finished left behind. Blobs uploaded and
-never named by a manifest are not counted (they go at the next garbage collection)."""
+and layers it names, each blob once; their unfinished uploads; and the blobs uploaded since the last garbage
+collection that no manifest of the project names (a tenant could otherwise upload blobs without ever
+pushing a manifest, and only a collection, which runs after deletes, would free them). The image list counts
+only what tags name; this also counts what a push by digest, an unfinished upload, or blobs alone left."""
 
 from __future__ import annotations
 
 import json
 import os
 import string
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,10 +27,23 @@ def filesystem_root(storage: str, default: Path) -> Path | None:
     return Path(parts.path) if parts.scheme in ("", "file") else None
 
 
-def kept_bytes(root: Path, project_id: str) -> int:
+@dataclass(frozen=True, slots=True)
+class Kept:
+    total: int
+    # Of the total: blobs uploaded since the last collection that no manifest of the project names. Only a
+    # garbage collection frees them (nothing the tenant can delete does).
+    unnamed: int = 0
+
+
+def kept_bytes(root: Path, project_id: str, collected_at: float | None = None) -> Kept:
+    """collected_at: when the last garbage collection started (epoch seconds), None if none ran. A blob
+    linked into the project before it and still stored was kept by the collection, so some manifest
+    (maybe another project's) names it: it is not counted unless a manifest of this project names it."""
     v2 = root / "docker" / "registry" / "v2"
     blobs = v2 / "blobs" / "sha256"
     manifests: set[str] = set()
+    deleted: set[str] = set()
+    uploaded: set[str] = set()
     uploads = 0
     pending = [v2 / "repositories" / project_id]
     while pending:  # the project's repository and those beneath it (`<project>/<name>`)
@@ -37,10 +52,14 @@ def kept_bytes(root: Path, project_id: str) -> int:
         except OSError:
             continue
         for entry in entries:
-            if not entry.is_dir(follow_symlinks=False) or entry.name == "_layers":
+            if not entry.is_dir(follow_symlinks=False):
                 continue
             if entry.name == "_manifests":
-                manifests |= _digests(Path(entry.path) / "revisions" / "sha256")
+                linked, unlinked = _revisions(Path(entry.path) / "revisions" / "sha256")
+                manifests |= linked
+                deleted |= unlinked
+            elif entry.name == "_layers":
+                uploaded |= _linked_since(Path(entry.path) / "sha256", collected_at)
             elif entry.name == "_uploads":
                 uploads += _upload_bytes(Path(entry.path))
             else:
@@ -48,13 +67,42 @@ def kept_bytes(root: Path, project_id: str) -> int:
     named = set(manifests)
     for digest in manifests:
         named |= _blobs_named(blobs / digest[:2] / digest / "data")
-    total = uploads
-    for digest in named:
+    unnamed = uploaded - named
+    if unnamed:  # a deleted manifest's blobs are freed by deleting it: they wait for the collection
+        for digest in deleted:
+            unnamed -= _blobs_named(blobs / digest[:2] / digest / "data")
+    total = uploads + _sizes(blobs, named)
+    unnamed_bytes = _sizes(blobs, unnamed)
+    return Kept(total + unnamed_bytes, unnamed_bytes)
+
+
+def _sizes(blobs: Path, digests: set[str]) -> int:
+    total = 0
+    for digest in digests:
         try:
             total += (blobs / digest[:2] / digest / "data").stat().st_size
         except OSError:
             continue  # not (or no longer) in the store
     return total
+
+
+def _linked_since(directory: Path, since: float | None) -> set[str]:
+    """Blobs whose link in the repository was written at or after `since` (all, when None)."""
+    found: set[str] = set()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return found
+    for name in names:
+        if not _is_hex(name):
+            continue
+        try:
+            written = (directory / name / "link").stat().st_mtime
+        except OSError:
+            continue
+        if since is None or written >= since:
+            found.add(name)
+    return found
 
 
 def _blobs_named(path: Path) -> set[str]:
@@ -80,13 +128,19 @@ def _is_hex(name: str) -> bool:
     return len(name) == 64 and _HEX.issuperset(name)
 
 
-def _digests(directory: Path) -> set[str]:
-    """The revisions still linked: deleting a manifest removes its `link` file and leaves the directory."""
+def _revisions(directory: Path) -> tuple[set[str], set[str]]:
+    """The revisions still linked, and those deleted: deleting a manifest removes its `link` file and
+    leaves the directory."""
     try:
         names = os.listdir(directory)
     except OSError:
-        return set()
-    return {name for name in names if _is_hex(name) and (directory / name / "link").is_file()}
+        return set(), set()
+    linked: set[str] = set()
+    deleted: set[str] = set()
+    for name in names:
+        if _is_hex(name):
+            (linked if (directory / name / "link").is_file() else deleted).add(name)
+    return linked, deleted
 
 
 def _upload_bytes(directory: Path) -> int:
