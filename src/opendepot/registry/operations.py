@@ -34,6 +34,9 @@ MAX_SCANNED_INDEXES = 1000
 # How long what a project keeps in the registry's storage is trusted before the quota reads it again (a
 # token granted lasts REGISTRY_TOKEN_LIFETIME anyway); a delete makes it read again at once.
 KEPT_BYTES_TTL = 3.0
+# ... or this many times as long as the last read took, if longer: a project that keeps many small blobs
+# (14 us each to read) cannot make token requests spend more than a tenth of a thread on it.
+KEPT_BYTES_TTL_PER_READ = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,8 @@ class Registry:
         self.settings = settings
         self.signer = signer
         self.client = RegistryClient(settings.url, signer)
-        self._kept: dict[str, tuple[float, storage.Kept]] = {}  # project -> (when read, what it keeps)
+        self._kept: dict[str, tuple[float, storage.Kept]] = {}  # project -> (trusted until, what it keeps)
+        self._reading: dict[str, asyncio.Future[storage.Kept]] = {}  # one read per project at a time
         # The last garbage collection asked for and the last one finished, as those reads saw them.
         self._kept_marks: tuple[dt.datetime | None, dt.datetime | None] = (None, None)
 
@@ -87,7 +91,7 @@ class Registry:
             # a garbage collection the blobs no manifest named.
             marks = await self.store.read(service.collection_marks)
             if marks != self._kept_marks:
-                self._kept, self._kept_marks = {}, marks
+                self._kept, self._reading, self._kept_marks = {}, {}, marks
             for project_id in pushing:
                 kept = await self._kept_bytes(project_id, marks[1])
                 try:
@@ -108,19 +112,40 @@ class Registry:
         return token, issued, int(REGISTRY_TOKEN_LIFETIME.total_seconds())
 
     async def _kept_bytes(self, project_id: str, collected: dt.datetime | None) -> storage.Kept:
-        """What the project keeps in the registry's storage, read beside the loop at most once per
-        KEPT_BYTES_TTL per project (80 ms for 1,000 manifests): token requests cannot make it read more.
-        `collected`: when the last garbage collection that finished started."""
+        """What the project keeps in the registry's storage, read beside the loop (80 ms for 1,000
+        manifests), at most once per KEPT_BYTES_TTL per project, or ten times what the read took, and never
+        twice at once: token requests cannot make it read more. `collected`: when the last garbage
+        collection that finished started."""
         root = self.settings.storage_root
         if root is None:
             return storage.Kept(0)
-        now = time.monotonic()
         cached = self._kept.get(project_id)
-        if cached is None or now - cached[0] > KEPT_BYTES_TTL:
+        if cached is not None and time.monotonic() < cached[0]:
+            return cached[1]
+        reading = self._reading.get(project_id)
+        if reading is None:
             since = as_utc(collected).timestamp() if collected is not None else None
-            cached = (now, await asyncio.to_thread(storage.kept_bytes, root, project_id, since))
-            self._kept[project_id] = cached
-        return cached[1]
+            # Into the cache of these marks: a read a delete or collection overtook is not kept.
+            reading = asyncio.ensure_future(self._read_kept(self._kept, root, project_id, since))
+            self._reading[project_id] = reading
+
+            def forget(done: asyncio.Future[storage.Kept]) -> None:
+                if self._reading.get(project_id) is done:
+                    del self._reading[project_id]
+
+            reading.add_done_callback(forget)
+        return await asyncio.shield(reading)  # one caller giving up does not cancel the others' read
+
+    @staticmethod
+    async def _read_kept(
+        cache: dict[str, tuple[float, storage.Kept]], root: Path, project_id: str, since: float | None
+    ) -> storage.Kept:
+        started = time.monotonic()
+        kept = await asyncio.to_thread(storage.kept_bytes, root, project_id, since)
+        finished = time.monotonic()
+        trusted = max(KEPT_BYTES_TTL, KEPT_BYTES_TTL_PER_READ * (finished - started))
+        cache[project_id] = (finished + trusted, kept)
+        return kept
 
     async def delete(self, principal: Principal, project_id: str, references: Sequence[str]) -> None:
         """Removes exactly the tags named. The registry deletes a manifest with every tag on it, so tags that
