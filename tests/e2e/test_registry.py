@@ -622,13 +622,29 @@ def push_by_digest(srv: Server, token: str, project: str, data: bytes) -> str:
 def test_what_a_push_by_digest_keeps_counts_against_the_quota(tmp_path: Path) -> None:
     """--registry-quota-mib 1: 2 MB pushed without a tag is in no image list, but the registry keeps it, so
     the project's next push is refused (before, the quota counted tagged images only and such pushes were
-    never refused); its pulls, and another project's pushes, go on."""
+    never refused); its pulls, and another project's pushes, go on. `depot build --save` is refused by
+    CreateBuild with the quota's message, before any build is written (it was created, and its push then
+    failed with BuildKit's bare `403`)."""
     with quota_server(tmp_path) as (srv, token):
         project, other = new_project(srv, token, "by-digest"), new_project(srv, token, "tagged")
         push_by_digest(srv, token, project, os.urandom(2_000_000))
         assert images(srv, token, project) == []
         assert_push_refused_pull_granted(srv, token, project)
         push_by_digest(srv, token, other, os.urandom(1000))  # the quota is each project's own
+        code, output = build(
+            srv, token, project, busybox_context(tmp_path / "small", "echo x > /x"), "--save"
+        )
+        assert code != 0, output
+        assert "its quota is 1 MiB (--registry-quota-mib): delete images to push again" in output, output
+        with httpx.Client(timeout=30) as http:
+            listed = call(
+                http,
+                srv.url,
+                "/depot.cli.v1.BuildService/ListBuilds",
+                cli.ListBuildsRequest(project_id=project),
+                token,
+            )
+        assert listed.message(cli.ListBuildsResponse).builds == []
 
 
 def test_blobs_no_manifest_names_count_until_a_collection_frees_them(tmp_path: Path) -> None:

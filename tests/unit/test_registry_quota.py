@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import event, func, select
 
+from opendepot.auth import Principal, TokenKind
 from opendepot.builds.models import Build
 from opendepot.clock import utcnow
 from opendepot.errors import ResourceExhausted
+from opendepot.organizations import service as organizations
 from opendepot.registry import service as registry
 from opendepot.registry.keys import Access
 from opendepot.store import Store
@@ -66,3 +68,29 @@ def test_a_request_naming_many_repositories_of_a_project_reads_it_once(store: St
         event.remove(store.engine, "before_cursor_execute", count)
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert len(reads) == 2, reads  # the project, then its images' bytes
+
+
+def test_create_build_reads_the_storage_only_of_a_project_the_caller_may_build_in(store: Store) -> None:
+    """CreateBuild checks the registry's storage (an async read, outside the transaction) for the project
+    `pushable_project` names: only one the caller may create builds in, so another tenant's token, a pull or
+    build token, or a made-up id cannot make it read (or learn) a project's quota."""
+    with store.transaction() as session:
+        admin, project = organization_with_project(session, "mine")
+        other = organizations.create_organization(session, "another")
+    stranger = Principal(kind=TokenKind.ORGANIZATION, token_id="s", organization_id=other.id)
+    own = Principal(
+        kind=TokenKind.PROJECT, token_id="p", organization_id=admin.organization_id, project_id=project.id
+    )
+    kinds = {
+        kind: Principal(kind=kind, token_id="k", organization_id=admin.organization_id, project_id=project.id)
+        for kind in (TokenKind.PULL, TokenKind.BUILD)
+    }
+    with store.transaction() as session:
+        assert registry.pushable_project(session, admin, project.id) == project.id
+        assert registry.pushable_project(session, own, None) == project.id  # a project token's own
+        assert registry.pushable_project(session, stranger, project.id) is None
+        assert registry.pushable_project(session, kinds[TokenKind.PULL], project.id) is None
+        assert registry.pushable_project(session, kinds[TokenKind.BUILD], project.id) is None
+        assert registry.pushable_project(session, admin, "bbbbbbbbbb") is None  # no such project
+        assert registry.pushable_project(session, admin, "../../etc") is None  # no id at all
+        assert registry.pushable_project(session, admin, None) is None

@@ -86,30 +86,37 @@ class Registry:
         quota = self.settings.quota_bytes
         granted = await self.store.read(lambda s: service.grant(s, principal, requested, quota))
         pushing = sorted({a.name.partition("/")[0] for a in granted if "push" in a.actions})
-        if quota and pushing and self.settings.storage_root is not None:
-            # Only the projects the caller may push to are read. A delete (by any worker) frees room at once,
-            # a garbage collection the blobs no manifest named.
-            marks = await self.store.read(service.collection_marks)
-            if marks != self._kept_marks:
-                self._kept, self._reading, self._kept_marks = {}, {}, marks
-            for project_id in pushing:
-                kept = await self._kept_bytes(project_id, marks[1])
-                try:
-                    service.refuse_over_quota(project_id, kept.total, quota, kept.unnamed)
-                except ResourceExhausted:
-                    # Only a collection frees unnamed blobs, and the tenant may have no image to delete.
-                    if kept.unnamed and await self.store.run(service.ask_for_collection):
-                        log.info(
-                            "project %s is over its registry quota with %d bytes of blobs no manifest "
-                            "names: garbage collection asked for",
-                            project_id,
-                            kept.unnamed,
-                        )
-                    raise
+        if pushing:  # only the projects the caller may push to are read
+            await self.refuse_over_storage_quota(pushing)
         token, issued = self.signer.sign(
             f"{principal.kind}:{principal.token_id}", granted, REGISTRY_TOKEN_LIFETIME
         )
         return token, issued, int(REGISTRY_TOKEN_LIFETIME.total_seconds())
+
+    async def refuse_over_storage_quota(self, project_ids: Sequence[str]) -> None:
+        """ResourceExhausted if one of these projects (which the caller may push to) keeps its quota or more
+        in the registry's filesystem storage; nothing without a quota or such a storage. A delete (by any
+        worker) frees room at once, a garbage collection the blobs no manifest named."""
+        quota = self.settings.quota_bytes
+        if not quota or self.settings.storage_root is None:
+            return
+        marks = await self.store.read(service.collection_marks)
+        if marks != self._kept_marks:
+            self._kept, self._reading, self._kept_marks = {}, {}, marks
+        for project_id in project_ids:
+            kept = await self._kept_bytes(project_id, marks[1])
+            try:
+                service.refuse_over_quota(project_id, kept.total, quota, kept.unnamed)
+            except ResourceExhausted:
+                # Only a collection frees unnamed blobs, and the tenant may have no image to delete.
+                if kept.unnamed and await self.store.run(service.ask_for_collection):
+                    log.info(
+                        "project %s is over its registry quota with %d bytes of blobs no manifest "
+                        "names: garbage collection asked for",
+                        project_id,
+                        kept.unnamed,
+                    )
+                raise
 
     async def _kept_bytes(self, project_id: str, collected: dt.datetime | None) -> storage.Kept:
         """What the project keeps in the registry's storage, read beside the loop (80 ms for 1,000

@@ -162,6 +162,22 @@ def create_saving_build(
     return build, secret
 
 
+def pushable_project(session: Session, principal: Principal, project_id: str | None) -> str | None:
+    """The project a build by this caller would save to, if the caller may create builds in it; None
+    otherwise (create_build then says why, in its own words and order)."""
+    project_id = project_id or principal.project_id
+    if not project_id or not looks_like_id(project_id):
+        return None
+    project = project_queries.get(session, project_id)
+    if project is None:
+        return None
+    try:
+        principal.require_project_access(project.organization_id, project.id)  # refuses build, pull tokens
+    except PermissionDenied:
+        return None
+    return project.id
+
+
 def check_quota(session: Session, project_id: str, quota_bytes: int) -> None:
     """ResourceExhausted when the project's images take quota_bytes or more: it may not push more."""
     refuse_over_quota(project_id, queries.stored_bytes(session, project_id), quota_bytes)

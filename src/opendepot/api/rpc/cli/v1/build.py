@@ -88,6 +88,12 @@ class BuildService(build_connect.BuildService):
             registry.save_tags(options)  # refuses a bad --save-tag before anything is written
         quota = self.d.registry.settings.quota_bytes if saves and self.d.registry is not None else 0
         project_id, per_minute = request.project_id or None, self.d.builds_per_minute
+        if quota and self.d.registry is not None:
+            # What the registry's storage holds beyond the image list (pushes by digest, blobs alone): a
+            # clear refusal now instead of BuildKit's bare 403 when the build pushes.
+            pushable = await self.d.store.read(lambda s: registry.pushable_project(s, who, project_id))
+            if pushable is not None:
+                await self.d.registry.refuse_over_storage_quota([pushable])
         build, token = await self.d.store.run_short(
             lambda s: (
                 registry.create_saving_build(s, who, project_id, options, quota, per_minute)
