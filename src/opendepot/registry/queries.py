@@ -54,13 +54,9 @@ def last_push(session: Session) -> datetime | None:
     return session.scalar(select(func.max(Image.pushed_at)))
 
 
-def gc_requested_at(session: Session) -> datetime | None:
-    """A plain read (maintenance() may insert the row)."""
-    return session.scalar(select(Maintenance.gc_requested_at).where(Maintenance.id == 1))
-
-
 def gc_marks(session: Session) -> tuple[datetime | None, datetime | None]:
-    """When a garbage collection was last asked for, and when the last one that finished started."""
+    """When a garbage collection was last asked for, and when the last one that finished started: a plain
+    read (maintenance() may insert the row)."""
     row = session.execute(
         select(Maintenance.gc_requested_at, Maintenance.gc_finished_at).where(Maintenance.id == 1)
     ).first()
