@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -33,7 +34,32 @@ def remove_builder_users(data_dir: Path) -> None:
         sandbox.remove_user(name)
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A loopback port nothing listens on, chosen below the kernel's ephemeral range.
+
+    A port the kernel hands out for `bind(0)` comes from the same range as the source ports of outgoing
+    connections, so between this check and the server's own bind any connection on the machine (the test
+    cluster's, the server's to its builders) could take it: `opendepot serve` then died with EADDRINUSE.
+    Below the range only another listener can, and the bind check sees those.
+    """
+    ephemeral_low, _high = _ephemeral_ports()
+    low = 20000 if ephemeral_low > 21000 else 1024
+    for _ in range(200):
+        port = random.randrange(low, ephemeral_low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
