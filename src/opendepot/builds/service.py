@@ -72,21 +72,11 @@ def create_build(
     """`not_found` for an empty or unknown project: the CLI then offers onboarding. A project token with no
     project id builds in its own project. With per_minute, an organization that created that many builds in
     the last minute gets `resource_exhausted` (--max-builds-per-minute)."""
-    if principal.kind is TokenKind.BUILD:
-        raise PermissionDenied("a build token cannot create builds")
-    if not project_id and principal.project_id:
-        project_id = principal.project_id
-    if not project_id:
-        raise NotFound("no project given: pass --project, set DEPOT_PROJECT_ID or add a depot.json")
     if len(options) > MAX_OPTIONS:
         raise InvalidArgument("options", f"at most {MAX_OPTIONS} targets per build")
     if len(json.dumps(options, separators=(",", ":"))) > MAX_OPTIONS_BYTES:
         raise ResourceExhausted(f"options: at most {MAX_OPTIONS_BYTES} bytes of build options per build")
-    owner = project_queries.owner(session, require_id("project_id", project_id))
-    if owner is None:
-        raise NotFound(f"project {project_id!r} not found")
-    project_id, organization_id = owner
-    principal.require_project_access(organization_id, project_id)
+    project_id, organization_id = buildable_project(session, principal, project_id)
     now = utcnow()
     if per_minute and queries.created_since(session, organization_id, now - MINUTE, per_minute) >= per_minute:
         raise ResourceExhausted(
@@ -108,6 +98,23 @@ def create_build(
     queries.insert_build(session, build)  # before the token, which refers to it
     secret = tokens.create_build_token(session, organization_id, project_id, build.id)
     return build, secret
+
+
+def buildable_project(session: Session, principal: Principal, project_id: str | None) -> tuple[str, str]:
+    """(project id, organization id) of the project this caller's new build would run in, or why it may
+    not: a build token creates no builds, a project token with no project id builds in its own project, an
+    empty or unknown project is `not_found` (the CLI then offers onboarding)."""
+    if principal.kind is TokenKind.BUILD:
+        raise PermissionDenied("a build token cannot create builds")
+    if not project_id and principal.project_id:
+        project_id = principal.project_id
+    if not project_id:
+        raise NotFound("no project given: pass --project, set DEPOT_PROJECT_ID or add a depot.json")
+    owner = project_queries.owner(session, require_id("project_id", project_id))
+    if owner is None:
+        raise NotFound(f"project {project_id!r} not found")
+    principal.require_project_access(owner[1], owner[0])
+    return owner
 
 
 def load_build(session: Session, principal: Principal, build_id: str) -> Build:

@@ -165,17 +165,10 @@ def create_saving_build(
 def pushable_project(session: Session, principal: Principal, project_id: str | None) -> str | None:
     """The project a build by this caller would save to, if the caller may create builds in it; None
     otherwise (create_build then says why, in its own words and order)."""
-    project_id = project_id or principal.project_id
-    if not project_id or not looks_like_id(project_id):
-        return None
-    project = project_queries.get(session, project_id)
-    if project is None:
-        return None
     try:
-        principal.require_project_access(project.organization_id, project.id)  # refuses build, pull tokens
-    except PermissionDenied:
+        return builds.buildable_project(session, principal, project_id)[0]
+    except (InvalidArgument, NotFound, PermissionDenied):
         return None
-    return project.id
 
 
 def check_quota(session: Session, project_id: str, quota_bytes: int) -> None:
@@ -272,10 +265,7 @@ def collection_marks(session: Session) -> tuple[datetime | None, datetime | None
 def ask_for_collection(session: Session) -> bool:
     """Asks for a garbage collection unless one is already waiting; True if this asked."""
     state = queries.maintenance(session)
-    waiting = state.gc_requested_at is not None and (
-        state.gc_finished_at is None or state.gc_finished_at < state.gc_requested_at
-    )
-    if waiting:
+    if state.collection_waiting:
         return False
     state.gc_requested_at = utcnow()
     return True
