@@ -37,3 +37,10 @@ class Maintenance(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     gc_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     gc_finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    @property
+    def collection_waiting(self) -> bool:
+        """Asked for and not done since."""
+        return self.gc_requested_at is not None and (
+            self.gc_finished_at is None or self.gc_finished_at < self.gc_requested_at
+        )

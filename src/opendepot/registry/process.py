@@ -236,9 +236,7 @@ class RegistryProcess:
 
     def _gc_due(self, session: Any) -> bool:
         state = queries.maintenance(session)
-        if state.gc_requested_at is None:
-            return False
-        if state.gc_finished_at is not None and state.gc_finished_at >= state.gc_requested_at:
+        if not state.collection_waiting:
             return False
         if build_queries.running_count(session):
             return False
