@@ -30,6 +30,8 @@ log = logging.getLogger("opendepot.gateway")
 BUFFER = 256 << 10
 # The byte counters are shared between processes (a file write per update): counted in batches.
 COUNT_EVERY = 4 << 20
+# TLS's largest record: a pass whose first read returns less read a small message (see _Flow._read).
+MAX_RECORD = 16 << 10
 Observer = Callable[[memoryview], None]
 
 
@@ -49,6 +51,7 @@ class _Flow:
         self.passes = 0
         self.buffer = memoryview(bytearray(BUFFER))
         self.pending: memoryview | None = None
+        self.last_read = 0  # what the last pass read
         self.eof = False
         self.ended = False
         self.wants: tuple[socket.socket, int] | None = None
@@ -97,7 +100,16 @@ class _Flow:
             if n == 0:
                 self.eof = True
                 break
+            if filled == 0 and n < MAX_RECORD and self.last_read < MAX_RECORD:
+                # Small messages back and forth (gRPC's, in a build's session): poll says when more
+                # comes, where reading on would cost a failed call (a syscall and an exception) on most
+                # passes. Not in a bulk transfer (the last pass was large): there short TLS records sit
+                # between full ones (a 16 KiB HTTP/2 frame is 9 bytes more) and must not end a pass.
+                self.wants = (self.src, select.POLLIN)
+                filled = n
+                break
             filled += n
+        self.last_read = filled
         return filled
 
     def _send(self) -> bool:

@@ -78,6 +78,49 @@ def test_bytes_pass_both_ways_unchanged_and_the_observers_see_them() -> None:
     asyncio.run(scenario())
 
 
+class CountingSocket(socket.socket):
+    """A socket that counts its reads."""
+
+    reads = 0
+
+    def recv_into(self, *args: Any, **kwargs: Any) -> int:
+        self.reads += 1
+        return super().recv_into(*args, **kwargs)
+
+
+def counting_pair() -> tuple[CountingSocket, socket.socket]:
+    a, b = socket.socketpair()
+    near = CountingSocket(a.family, a.type, a.proto, fileno=a.detach())
+    near.setblocking(False)
+    return near, b
+
+
+def test_a_short_read_waits_for_poll_instead_of_reading_again() -> None:
+    """gRPC's small messages each come in one read: reading again until the socket says "empty" cost a
+    failed call (a syscall and an exception) on every pass, a fifth of the relay's time per message."""
+
+    async def scenario() -> None:
+        client_near, client_far = counting_pair()
+        builder_near, builder_far = counting_pair()
+        hub = started(Relay("b/amd64", client_near, builder_near))
+        exchanges = 50
+
+        def ping_pong() -> None:
+            for i in range(exchanges):
+                client_far.sendall(b"ping %d" % i)
+                assert builder_far.recv(100) == b"ping %d" % i
+                builder_far.sendall(b"pong %d" % i)
+                assert client_far.recv(100) == b"pong %d" % i
+
+        await asyncio.to_thread(ping_pong)
+        # One read per message each way (two, were each read followed by one that finds nothing).
+        assert client_near.reads <= exchanges + 2 and builder_near.reads <= exchanges + 2
+        client_far.close()
+        await asyncio.to_thread(hub.stop)
+
+    asyncio.run(scenario())
+
+
 def started(*relays: Relay, on_end: Callable[[], None] = lambda: None) -> RelayHub:
     hub = RelayHub()
     for relay in relays:
