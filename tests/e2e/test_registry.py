@@ -446,7 +446,9 @@ def quota_server(tmp_path: Path, *extra_args: str) -> Iterator[tuple[Server, str
         srv.stop()
 
 
-def assert_push_refused_pull_granted(srv: Server, token: str, project: str) -> None:
+def assert_push_refused_pull_granted(
+    srv: Server, token: str, project: str, reason: str = "its quota is 1 MiB (--registry-quota-mib)"
+) -> None:
     """The token service's own answer: 403 with the reason for a push, to the organization's token and to
     the project's own (a CI job's `docker push`); a pull is still granted. An API worker trusts what it read
     of the registry's storage for 3 s: a grant just before may stand that long."""
@@ -462,7 +464,7 @@ def assert_push_refused_pull_granted(srv: Server, token: str, project: str) -> N
         refused = wait_for(lambda: (answer := push_grant()).status_code == 403 and answer, "a refusal", 10)
         assert refused.status_code == 403, refused.text
         assert refused.json()["errors"][0]["code"] == "DENIED"
-        assert "its quota is 1 MiB (--registry-quota-mib)" in refused.json()["errors"][0]["message"]
+        assert reason in refused.json()["errors"][0]["message"], refused.text
     pulling = httpx.get(
         f"{srv.url}/registry/token", params={"scope": f"repository:{project}:pull"}, auth=("x-token", token)
     )
@@ -672,6 +674,41 @@ def test_blobs_no_manifest_names_count_until_a_collection_frees_them(tmp_path: P
         assert "2.0 MiB of it blobs no image names" in refused.json()["errors"][0]["message"], refused.text
         # The collection runs once the registry has been idle a second; then the blobs are gone and the
         # project may push again.
+        wait_for(lambda: not (uploaded & blob_files(srv)), "the collection to remove the blobs", 60)
+        wait_for(
+            lambda: (
+                httpx.get(
+                    f"{srv.url}/registry/token",
+                    params={"scope": f"repository:{project}:pull,push"},
+                    auth=("x-token", token),
+                ).status_code
+                == 200
+            ),
+            "a push grant again",
+            20,
+        )
+        push_by_digest(srv, token, project, os.urandom(1000))
+
+
+def test_tiny_blobs_count_as_files_until_a_collection_frees_them(tmp_path: Path) -> None:
+    """--registry-quota-blobs 5 beside --registry-quota-mib 1: five blobs of 10 bytes are nowhere near the
+    bytes, but each is files on the registry's disk. A tenant uploading millions of them would use up its
+    inodes within the bytes (and make each storage read long); the next push is refused, the refusal asks
+    for a collection, which frees them, and the project pushes again."""
+    with quota_server(
+        tmp_path, "--registry-quota-blobs", "5", "--registry-gc-idle-seconds", "1", "--workers", "1"
+    ) as (srv, token):
+        project = new_project(srv, token, "tiny-blobs")
+        put_blob = blob_uploader(srv, token, project)
+        uploaded = {put_blob(os.urandom(10)).removeprefix("sha256:") for _ in range(5)}
+        assert uploaded <= blob_files(srv)
+        assert_push_refused_pull_granted(
+            srv,
+            token,
+            project,
+            "keeps 5 files in the registry (5 of them blobs no image names, freed by the registry's next "
+            "garbage collection), its quota is 5 (--registry-quota-blobs)",
+        )
         wait_for(lambda: not (uploaded & blob_files(srv)), "the collection to remove the blobs", 60)
         wait_for(
             lambda: (

@@ -33,6 +33,10 @@ class Kept:
     # Of the total: blobs uploaded since the last collection that no manifest of the project names. Only a
     # garbage collection frees them (nothing the tenant can delete does).
     unnamed: int = 0
+    # How many files these bytes are in (blobs and manifests, each once, and unfinished uploads), and of
+    # them the unnamed blobs: tiny blobs would use up the disk's inodes long before its bytes.
+    files: int = 0
+    unnamed_files: int = 0
 
 
 def kept_bytes(root: Path, project_id: str, collected_at: float | None = None) -> Kept:
@@ -45,6 +49,7 @@ def kept_bytes(root: Path, project_id: str, collected_at: float | None = None) -
     deleted: set[str] = set()
     uploaded: set[str] = set()
     uploads = 0
+    upload_count = 0
     pending = [v2 / "repositories" / project_id]
     while pending:  # the project's repository and those beneath it (`<project>/<name>`)
         try:
@@ -61,7 +66,8 @@ def kept_bytes(root: Path, project_id: str, collected_at: float | None = None) -
             elif entry.name == "_layers":
                 uploaded |= _linked_since(Path(entry.path) / "sha256", collected_at)
             elif entry.name == "_uploads":
-                uploads += _upload_bytes(Path(entry.path))
+                size, count = _upload_bytes(Path(entry.path))
+                uploads, upload_count = uploads + size, upload_count + count
             else:
                 pending.append(Path(entry.path))
     named = set(manifests)
@@ -71,19 +77,26 @@ def kept_bytes(root: Path, project_id: str, collected_at: float | None = None) -
     if unnamed:  # a deleted manifest's blobs are freed by deleting it: they wait for the collection
         for digest in deleted:
             unnamed -= _blobs_named(blobs / digest[:2] / digest / "data")
-    total = uploads + _sizes(blobs, named)
-    unnamed_bytes = _sizes(blobs, unnamed)
-    return Kept(total + unnamed_bytes, unnamed_bytes)
+    named_bytes, named_files = _sizes(blobs, named)
+    unnamed_bytes, unnamed_files = _sizes(blobs, unnamed)
+    return Kept(
+        uploads + named_bytes + unnamed_bytes,
+        unnamed_bytes,
+        upload_count + named_files + unnamed_files,
+        unnamed_files,
+    )
 
 
-def _sizes(blobs: Path, digests: set[str]) -> int:
-    total = 0
+def _sizes(blobs: Path, digests: set[str]) -> tuple[int, int]:
+    """(bytes, blobs) of those digests the store holds."""
+    total = found = 0
     for digest in digests:
         try:
             total += (blobs / digest[:2] / digest / "data").stat().st_size
         except OSError:
             continue  # not (or no longer) in the store
-    return total
+        found += 1
+    return total, found
 
 
 def _linked_since(directory: Path, since: float | None) -> set[str]:
@@ -143,15 +156,17 @@ def _revisions(directory: Path) -> tuple[set[str], set[str]]:
     return linked, deleted
 
 
-def _upload_bytes(directory: Path) -> int:
-    total = 0
+def _upload_bytes(directory: Path) -> tuple[int, int]:
+    """(bytes, uploads) of the unfinished uploads."""
+    total = found = 0
     try:
         uploads = list(os.scandir(directory))
     except OSError:
-        return 0
+        return 0, 0
     for upload in uploads:
         try:
             total += (Path(upload.path) / "data").stat().st_size
         except OSError:
             continue
-    return total
+        found += 1
+    return total, found

@@ -395,6 +395,15 @@ class RegistrySettings:
         metavar="MIB",
         name="registry_quota_mib",
     )
+    quota_blobs: int = setting(
+        "with --registry-quota-mib, the files (blobs, manifests, unfinished uploads) a project may keep in "
+        "the registry's filesystem storage, so that tiny blobs cannot use up its inodes within the bytes "
+        "(0: one per 64 KiB of the quota, at least 10000)",
+        lambda: 0,
+        parse=int,
+        metavar="N",
+        name="registry_quota_blobs",
+    )
     mirror: str = setting(
         "an upstream registry URL (e.g. https://registry-1.docker.io) to serve as a pull-through cache; "
         "builders use it as that registry's mirror",
@@ -643,6 +652,8 @@ def _check(config: Config) -> None:
         raise ConfigError("--build-history-quota-mib must be 0 (no quota) or positive")
     if config.registry.quota_mib < 0:
         raise ConfigError("--registry-quota-mib must be 0 (no quota) or positive")
+    if config.registry.quota_blobs < 0:
+        raise ConfigError("--registry-quota-blobs must be 0 (from --registry-quota-mib) or positive")
     if config.builders.max_builders_per_org < 0 or config.builders.max_builders < 0:
         raise ConfigError("--max-builders-per-org and --max-builders must be 0 (no cap) or positive")
     if config.builders.pids_max < 64:

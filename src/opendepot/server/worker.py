@@ -111,6 +111,7 @@ def open_registry(config: Config, store: Store, vault: Vault) -> Registry | None
         host=config.registry.host,
         url=config.registry.url,
         quota_bytes=config.registry.quota_mib << 20,
+        quota_blobs=config.registry.quota_blobs,
         storage_root=filesystem_root(config.registry.storage, DataDir(config.data_dir).registry_storage),
     )
     return Registry(store, settings, TokenSigner(vault, config.paths.registry))
