@@ -653,6 +653,24 @@ def test_what_a_push_by_digest_keeps_counts_against_the_quota(tmp_path: Path) ->
         assert listed.message(cli.ListBuildsResponse).builds == []
 
 
+def pushes_again_once_collected(srv: Server, token: str, project: str, uploaded: set[str]) -> None:
+    """The collection a refusal asked for removes the uploaded blobs; then a push is granted, and lands."""
+    wait_for(lambda: not (uploaded & blob_files(srv)), "the collection to remove the blobs", 60)
+    wait_for(
+        lambda: (
+            httpx.get(
+                f"{srv.url}/registry/token",
+                params={"scope": f"repository:{project}:pull,push"},
+                auth=("x-token", token),
+            ).status_code
+            == 200
+        ),
+        "a push grant again",
+        20,
+    )
+    push_by_digest(srv, token, project, os.urandom(1000))
+
+
 def test_blobs_no_manifest_names_count_until_a_collection_frees_them(tmp_path: Path) -> None:
     """--registry-quota-mib 1: 2 MB of blobs uploaded and never named by a manifest (a tenant filling the
     shared disk with a project token, or a push cut off before its manifest) count, so the next push is
@@ -674,20 +692,7 @@ def test_blobs_no_manifest_names_count_until_a_collection_frees_them(tmp_path: P
         assert "2.0 MiB of it blobs no image names" in refused.json()["errors"][0]["message"], refused.text
         # The collection runs once the registry has been idle a second; then the blobs are gone and the
         # project may push again.
-        wait_for(lambda: not (uploaded & blob_files(srv)), "the collection to remove the blobs", 60)
-        wait_for(
-            lambda: (
-                httpx.get(
-                    f"{srv.url}/registry/token",
-                    params={"scope": f"repository:{project}:pull,push"},
-                    auth=("x-token", token),
-                ).status_code
-                == 200
-            ),
-            "a push grant again",
-            20,
-        )
-        push_by_digest(srv, token, project, os.urandom(1000))
+        pushes_again_once_collected(srv, token, project, uploaded)
 
 
 def test_tiny_blobs_count_as_files_until_a_collection_frees_them(tmp_path: Path) -> None:
@@ -709,17 +714,4 @@ def test_tiny_blobs_count_as_files_until_a_collection_frees_them(tmp_path: Path)
             "keeps 5 files in the registry (5 of them blobs no image names, freed by the registry's next "
             "garbage collection), its quota is 5 (--registry-quota-blobs)",
         )
-        wait_for(lambda: not (uploaded & blob_files(srv)), "the collection to remove the blobs", 60)
-        wait_for(
-            lambda: (
-                httpx.get(
-                    f"{srv.url}/registry/token",
-                    params={"scope": f"repository:{project}:pull,push"},
-                    auth=("x-token", token),
-                ).status_code
-                == 200
-            ),
-            "a push grant again",
-            20,
-        )
-        push_by_digest(srv, token, project, os.urandom(1000))
+        pushes_again_once_collected(srv, token, project, uploaded)
