@@ -695,7 +695,7 @@ def test_blobs_no_manifest_names_count_until_a_collection_frees_them(tmp_path: P
         pushes_again_once_collected(srv, token, project, uploaded)
 
 
-def test_tiny_blobs_count_as_files_until_a_collection_frees_them(tmp_path: Path) -> None:
+def test_tiny_blobs_count_against_a_blob_quota_until_a_collection_frees_them(tmp_path: Path) -> None:
     """--registry-quota-blobs 5 beside --registry-quota-mib 1: five blobs of 10 bytes are nowhere near the
     bytes, but each is files on the registry's disk. A tenant uploading millions of them would use up its
     inodes within the bytes (and make each storage read long); the next push is refused, the refusal asks
@@ -711,7 +711,7 @@ def test_tiny_blobs_count_as_files_until_a_collection_frees_them(tmp_path: Path)
             srv,
             token,
             project,
-            "keeps 5 files in the registry (5 of them blobs no image names, freed by the registry's next "
+            "keeps 5 blobs in the registry (5 of them no image names, freed by the registry's next "
             "garbage collection), its quota is 5 (--registry-quota-blobs)",
         )
         pushes_again_once_collected(srv, token, project, uploaded)

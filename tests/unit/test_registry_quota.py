@@ -96,16 +96,16 @@ def test_create_build_reads_the_storage_only_of_a_project_the_caller_may_build_i
         assert registry.pushable_project(session, admin, None) is None
 
 
-def test_the_file_quota_follows_the_bytes_unless_set_and_counts_unnamed_blobs_apart() -> None:
+def test_the_blob_quota_follows_the_bytes_unless_set_and_counts_unnamed_blobs_apart() -> None:
     """--registry-quota-blobs: one file per 64 KiB of the bytes quota and at least 10,000 when unset; the
-    refusal says how many of the files a garbage collection would free."""
-    assert registry.file_quota(1 << 20) == registry.MIN_FILE_QUOTA
-    assert registry.file_quota(10 << 30) == (10 << 30) // registry.BYTES_PER_FILE
-    assert registry.file_quota(10 << 30, 7) == 7
-    registry.refuse_over_file_quota("p", 6, 7)  # under: nothing
+    refusal says how many of the blobs a garbage collection would free."""
+    assert registry.blob_quota(1 << 20) == registry.MIN_BLOB_QUOTA
+    assert registry.blob_quota(10 << 30) == (10 << 30) // registry.BYTES_PER_BLOB
+    assert registry.blob_quota(10 << 30, 7) == 7
+    registry.refuse_over_blob_quota("p", 6, 7)  # under: nothing
     with pytest.raises(ResourceExhausted) as refused:
-        registry.refuse_over_file_quota("p", 7, 7, unnamed=3)
+        registry.refuse_over_blob_quota("p", 7, 7, unnamed=3)
     assert refused.value.message == (
-        "project p keeps 7 files in the registry (3 of them blobs no image names, freed by the registry's "
+        "project p keeps 7 blobs in the registry (3 of them no image names, freed by the registry's "
         "next garbage collection), its quota is 7 (--registry-quota-blobs): delete images to push again"
     )

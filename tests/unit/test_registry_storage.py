@@ -68,10 +68,10 @@ def test_a_project_counts_the_manifests_it_keeps_tagged_or_not(tmp_path: Path) -
     upload = tmp_path / "docker/registry/v2/repositories/p1/_uploads/8b1c/data"
     upload.parent.mkdir(parents=True)
     upload.write_bytes(b"u" * 300)  # never finished
-    # Files: two manifests, the config, two layers, the upload.
-    assert kept_bytes(tmp_path, "p1") == Kept(1000 + 100 + 5000 + first + second + 300, files=6)
+    # Blobs: two manifests, the config, two layers, the upload.
+    assert kept_bytes(tmp_path, "p1") == Kept(1000 + 100 + 5000 + first + second + 300, blobs=6)
     assert kept_bytes(tmp_path, "p2") == Kept(
-        70000 + 100 + manifest(tmp_path, "p2", config, theirs)[1], files=3
+        70000 + 100 + manifest(tmp_path, "p2", config, theirs)[1], blobs=3
     )
     assert kept_bytes(tmp_path, "p3") == Kept(0)  # nothing pushed yet
 
@@ -103,7 +103,7 @@ def test_blobs_no_manifest_of_the_project_names_count_until_a_collection(tmp_pat
     deleted, _size = manifest(tmp_path, "p1", config, freed)
     (tmp_path / "docker/registry/v2/repositories/p1/_manifests/revisions/sha256" / deleted / "link").unlink()
     named = 1000 + 100 + size
-    # Files: the manifest, its config and layer; alone and theirs unnamed (the lost blob is no file).
+    # Blobs: the manifest, its config and layer; alone and theirs unnamed (not the one the store lost).
     assert kept_bytes(tmp_path, "p1", collected) == Kept(named + 7000 + 50, 7000 + 50, 5, 2)
     # No collection ever ran: every linked blob no manifest names counts.
     assert kept_bytes(tmp_path, "p1", None) == Kept(named + 7000 + 50 + 20000, 7000 + 50 + 20000, 6, 3)

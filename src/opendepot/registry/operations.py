@@ -47,7 +47,7 @@ class RegistrySettings:
     url: str
     # What a project may keep in the registry before pushes to it are refused (0: no quota).
     quota_bytes: int = 0
-    # With a quota, the files a project may keep (--registry-quota-blobs; 0: from quota_bytes).
+    # With a quota, the blobs a project may keep (--registry-quota-blobs; 0: from quota_bytes).
     quota_blobs: int = 0
     # The registry's filesystem storage, when this process can read it: the quota then also counts what
     # tags do not name (pushes by digest, unfinished uploads). None: the image list alone (S3).
@@ -109,20 +109,20 @@ class Registry:
             kept = await self._kept_bytes(project_id, marks[1])
             try:
                 service.refuse_over_quota(project_id, kept.total, quota, kept.unnamed)
-                service.refuse_over_file_quota(
+                service.refuse_over_blob_quota(
                     project_id,
-                    kept.files,
-                    service.file_quota(quota, self.settings.quota_blobs),
-                    kept.unnamed_files,
+                    kept.blobs,
+                    service.blob_quota(quota, self.settings.quota_blobs),
+                    kept.unnamed_blobs,
                 )
             except ResourceExhausted:
                 # Only a collection frees unnamed blobs, and the tenant may have no image to delete.
-                if kept.unnamed_files and await self.store.run(service.ask_for_collection):
+                if kept.unnamed_blobs and await self.store.run(service.ask_for_collection):
                     log.info(
                         "project %s is over its registry quota with %d blobs (%d bytes) no manifest "
                         "names: garbage collection asked for",
                         project_id,
-                        kept.unnamed_files,
+                        kept.unnamed_blobs,
                         kept.unnamed,
                     )
                 raise

@@ -176,27 +176,27 @@ def check_quota(session: Session, project_id: str, quota_bytes: int) -> None:
     refuse_over_quota(project_id, queries.stored_bytes(session, project_id), quota_bytes)
 
 
-# Without --registry-quota-blobs: one file per this many bytes of the quota, and at least MIN_FILE_QUOTA. An
-# image's layers are megabytes, its config and manifests a few KiB (about 6 files a MiB for 1 MB images).
-BYTES_PER_FILE = 64 << 10
-MIN_FILE_QUOTA = 10_000
+# Without --registry-quota-blobs: one blob per this many bytes of the quota, and at least MIN_BLOB_QUOTA. An
+# image's layers are megabytes, its config and manifests a few KiB (about 6 blobs a MiB for 1 MB images).
+BYTES_PER_BLOB = 64 << 10
+MIN_BLOB_QUOTA = 10_000
 
 
-def file_quota(quota_bytes: int, quota_files: int = 0) -> int:
-    return quota_files or max(MIN_FILE_QUOTA, quota_bytes // BYTES_PER_FILE)
+def blob_quota(quota_bytes: int, quota_blobs: int = 0) -> int:
+    return quota_blobs or max(MIN_BLOB_QUOTA, quota_bytes // BYTES_PER_BLOB)
 
 
-def refuse_over_file_quota(project_id: str, files: int, quota_files: int, unnamed: int = 0) -> None:
-    """ResourceExhausted when the project keeps quota_files files or more in the registry's storage
-    (`unnamed` of them blobs no manifest names)."""
-    if files >= quota_files:
+def refuse_over_blob_quota(project_id: str, blobs: int, quota_blobs: int, unnamed: int = 0) -> None:
+    """ResourceExhausted when the project keeps quota_blobs blobs or more in the registry's storage
+    (`unnamed` of them named by no manifest)."""
+    if blobs >= quota_blobs:
         freed = (
-            f" ({unnamed} of them blobs no image names, freed by the registry's next garbage collection)"
+            f" ({unnamed} of them no image names, freed by the registry's next garbage collection)"
             if unnamed
             else ""
         )
         raise ResourceExhausted(
-            f"project {project_id} keeps {files} files in the registry{freed}, its quota is {quota_files} "
+            f"project {project_id} keeps {blobs} blobs in the registry{freed}, its quota is {quota_blobs} "
             "(--registry-quota-blobs): delete images to push again"
         )
 

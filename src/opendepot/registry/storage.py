@@ -33,10 +33,11 @@ class Kept:
     # Of the total: blobs uploaded since the last collection that no manifest of the project names. Only a
     # garbage collection frees them (nothing the tenant can delete does).
     unnamed: int = 0
-    # How many files these bytes are in (blobs and manifests, each once, and unfinished uploads), and of
-    # them the unnamed blobs: tiny blobs would use up the disk's inodes long before its bytes.
-    files: int = 0
-    unnamed_files: int = 0
+    # How many blobs these bytes are (manifests and what they name, each once, blobs uploaded alone, and
+    # unfinished uploads), and of them the unnamed ones: each is files on disk, and tiny blobs would use up
+    # the disk's inodes long before its bytes.
+    blobs: int = 0
+    unnamed_blobs: int = 0
 
 
 def kept_bytes(root: Path, project_id: str, collected_at: float | None = None) -> Kept:
@@ -77,13 +78,13 @@ def kept_bytes(root: Path, project_id: str, collected_at: float | None = None) -
     if unnamed:  # a deleted manifest's blobs are freed by deleting it: they wait for the collection
         for digest in deleted:
             unnamed -= _blobs_named(blobs / digest[:2] / digest / "data")
-    named_bytes, named_files = _sizes(blobs, named)
-    unnamed_bytes, unnamed_files = _sizes(blobs, unnamed)
+    named_bytes, named_count = _sizes(blobs, named)
+    unnamed_bytes, unnamed_count = _sizes(blobs, unnamed)
     return Kept(
         uploads + named_bytes + unnamed_bytes,
         unnamed_bytes,
-        upload_count + named_files + unnamed_files,
-        unnamed_files,
+        upload_count + named_count + unnamed_count,
+        unnamed_count,
     )
 
 

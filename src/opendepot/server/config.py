@@ -396,8 +396,9 @@ class RegistrySettings:
         name="registry_quota_mib",
     )
     quota_blobs: int = setting(
-        "with --registry-quota-mib, the files (blobs, manifests, unfinished uploads) a project may keep in "
-        "the registry's filesystem storage, so that tiny blobs cannot use up its inodes within the bytes "
+        "with --registry-quota-mib, the blobs (manifests, configs, layers, unfinished uploads) a project may "
+        "keep in the registry's filesystem storage, so that tiny blobs cannot use up its inodes within the "
+        "bytes "
         "(0: one per 64 KiB of the quota, at least 10000)",
         lambda: 0,
         parse=int,
