@@ -13,6 +13,9 @@
     is shown from the server's own log: the CLI's start until CreateBuild arrives, the server's time on the
     round trips the CLI waits for (CreateBuild, GetBuildKitConnection, FinishBuild), the BuildKit session
     through the gateway (GetBuildKitConnection answered until FinishBuild sent), FinishBuild until exit.
+    A third side, `tap off`, is the same CLI through a second server started with `--status-tap false`:
+    the status tap's share (its decoding and its write of the build's steps when the solve ends), apart from
+    the rest of opendepot's path.
     And the gateway's share of the session, beside the DIY buildkitd's own mTLS listener: a new connection
     (TCP, TLS with client certificate, admission, HTTP/2 preface and SETTINGS answered by BuildKit) and the
     time one HTTP/2 round trip (SETTINGS, acknowledged by BuildKit) takes once connected.
@@ -356,11 +359,18 @@ def main() -> None:
                                 earlier = TimedCli(app.depot_build(before_project, small), before_env)
                                 earlier(0)
                                 sides.append(("@baseline", earlier))
+                            untapped = stack.enter_context(untapped_server(work))
+                            untapped_env = app.depot_env(untapped.url, untapped.admin_token, docker_dir)
+                            untapped_project = create_project(http, untapped, "bench")
+                            untapped_cli = TimedCli(app.depot_build(untapped_project, small), untapped_env)
+                            untapped_cli(0)
+                            sides.append((UNTAPPED, untapped_cli))
                             times = measure("no-change rebuild", args.runs, sides)
                             report += rebuild_rows("no-change rebuild", times)
                             report += depot_breakdown(srv, depot.spans[1:])
                             if before is not None:
                                 report += depot_breakdown(before, earlier.spans[1:], "@baseline")
+                            report += depot_breakdown(untapped, untapped_cli.spans[1:], UNTAPPED)
                             dials = {"gateway": gateway_dial(http, srv, project, work / "dial")}
                             if before is not None:
                                 dials["@baseline"] = gateway_dial(
@@ -513,7 +523,29 @@ def rebuild_rows(label: str, times: dict[str, list[float]]) -> list[str]:
             f"    depot / depot@baseline: {app.ratio_spread(times['depot'], times['@baseline'])};"
             f" depot@baseline / buildx remote: {app.ratio_spread(times['@baseline'], times['buildx'])}"
         )
+    if UNTAPPED in times:
+        tax = statistics.median(times["depot"]) - statistics.median(times[UNTAPPED])
+        rows.append(
+            f"    {UNTAPPED} / buildx remote: {app.ratio_spread(times[UNTAPPED], times['buildx'])};"
+            f" the status tap's share: depot / {UNTAPPED} {app.ratio_spread(times['depot'], times[UNTAPPED])}"
+            f" ({tax * 1000:+.1f} ms a build)"
+        )
     return rows
+
+
+# The rebuild's third side: the same depot CLI through a second server that runs without the status tap
+# (--status-tap false): what recording a build's steps costs it, apart from the rest of opendepot's path.
+UNTAPPED = "tap off"
+
+
+@contextmanager
+def untapped_server(work: Path) -> Iterator[Server]:
+    server = Server(data_dir=work / "untapped-data", database_url=None, extra_args=["--status-tap", "false"])
+    server.start(timeout=120)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @contextmanager
