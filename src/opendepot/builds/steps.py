@@ -7,16 +7,17 @@ as at least MIN_LINE_COST bytes; past that one marker line says so and the rest 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from opendepot.clock import utcnow
 
 from . import queries
-from .models import Build, LogVolume, Step
+from .models import Build, LogVolume
 
 DEFAULT_LOG_CAP = 10 * 1024 * 1024
 TRUNCATED = "[opendepot] log truncated: this build printed more than {cap} bytes; the rest was not kept"
@@ -79,14 +80,73 @@ def _storable_vertex(v: VertexUpdate) -> VertexUpdate:
     return replace(v, name=storable(v.name), error=storable(v.error))
 
 
-def _step(session: Session, steps: dict[str, Step], build_id: str, digest: str, project_id: str = "") -> Step:
-    """The build's step for digest: known already, or added. Adding is idempotent: a concurrent writer of
-    the same build may add the same step between this transaction's read and its insert."""
-    step = steps.get(digest)
-    if step is None:
-        step = queries.add_step(session, build_id, digest, project_id, utcnow())
-        steps[digest] = step
-    return step
+@dataclass(slots=True)
+class _StepState:
+    """One step as this transaction merges into it: read from its row (`id` set), or new (`id` None)."""
+
+    digest: str
+    name: str
+    started_at: datetime | None
+    started_known: bool
+    completed_at: datetime | None
+    cached: bool
+    error: str | None
+    has_logs: bool
+    saved_seconds: float | None
+    id: int | None = None
+    read: tuple[object, ...] = ()  # the row's values as read: it is written back only if they changed
+
+    @classmethod
+    def of(cls, row: Any) -> _StepState:
+        state = cls(
+            row.digest,
+            row.name,
+            row.started_at,
+            row.started_known,
+            row.completed_at,
+            row.cached,
+            row.error,
+            row.has_logs,
+            row.saved_seconds,
+            row.id,
+        )
+        state.read = state.values()
+        return state
+
+    @classmethod
+    def new(cls, digest: str, first_seen: datetime) -> _StepState:
+        """Until BuildKit says when it started, a step starts when it was first seen (so that steps sort)."""
+        return cls(digest, "", first_seen, False, None, False, None, False, None)
+
+    def values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, column) for column in queries.MERGED_STEP_COLUMNS)
+
+    def merge(self, v: VertexUpdate) -> str:
+        """One update: the earliest start, the latest completion, cached if any says so, the last error.
+        Answers the update's error if it is an out-of-memory one that this step takes."""
+        self.name = (v.name[:MAX_STEP_NAME] if v.name else "") or self.name
+        if v.started is not None and (
+            not self.started_known or self.started_at is None or v.started < self.started_at
+        ):
+            self.started_at, self.started_known = v.started, True
+        if v.completed is not None:
+            self.completed_at = v.completed
+        self.cached = self.cached or v.cached
+        # The client reports the same failure again, without the out-of-memory line the gateway added.
+        if v.error and OUT_OF_MEMORY not in (self.error or ""):
+            self.error = v.error[:MAX_STEP_ERROR]
+            if OUT_OF_MEMORY in v.error:
+                return v.error
+        return ""
+
+    def row(self, build_id: str, project_id: str) -> dict[str, Any]:
+        """As a new row."""
+        merged = zip(queries.MERGED_STEP_COLUMNS, self.values(), strict=True)
+        return {"build_id": build_id, "project_id": project_id, "digest": self.digest, **dict(merged)}
+
+    def update(self) -> dict[str, Any]:
+        """As the parameters of queries.update_steps."""
+        return {"step_id": self.id, **dict(zip(queries.MERGED_STEP_COLUMNS, self.values(), strict=True))}
 
 
 def apply(
@@ -97,18 +157,19 @@ def apply(
     cap: int = DEFAULT_LOG_CAP,
 ) -> None:
     """Reads everything first and writes last: on SQLite the first write takes the database's one write
-    lock, which every other writer (a build's FinishBuild among them) then waits for until this commits."""
-    build = session.get(Build, build_id)
-    if build is None:  # deleted meanwhile (its project, the retention, the history quota): nothing to keep
+    lock, which every other writer (a build's FinishBuild among them) then waits for until this commits.
+    Plain rows, no ORM objects: the recorder runs this when a build's solve ends, as the CLI finishes."""
+    project_id = queries.build_project_id(session, build_id)
+    if project_id is None:  # deleted meanwhile (its project, the retention, the history quota): none kept
         return
-    project_id = build.project_id
-    out_of_memory = ""
     vertices = [_storable_vertex(v) for v in vertices]
     digests = [v.digest for v in vertices] + [chunk.digest for chunk in logs]
     # BuildKit's digests are `sha256:<hex>`; one that could not be stored is not a step.
     reported = {d for d in digests if d and len(d) <= MAX_DIGEST and "\x00" not in d}
     # Every step these updates touch that exists already, in one query.
-    steps = queries.steps_by_digest(session, build_id, sorted(reported))
+    steps = {
+        d: _StepState.of(row) for d, row in queries.step_states(session, build_id, sorted(reported)).items()
+    }
     room = MAX_STEPS - queries.step_count(session, build_id)
     new: list[str] = []
 
@@ -133,40 +194,75 @@ def apply(
     savings = _earlier_runs(session, project_id, build_id, steps, vertices)
     volume = queries.log_volume(session, build_id) if logs else None
 
-    # Writes from here on.
-    steps.update(queries.add_steps(session, build_id, project_id, new, utcnow()))
+    first_seen = utcnow()
+    for digest in new:
+        steps[digest] = _StepState.new(digest, first_seen)
     if STEPS_TRUNCATED_DIGEST in new:
         steps[STEPS_TRUNCATED_DIGEST].name = STEPS_TRUNCATED.format(cap=MAX_STEPS)
+    out_of_memory = ""
     for v in vertices:
-        step = _step(session, steps, build_id, v.digest, project_id)
-        step.name = (v.name[:MAX_STEP_NAME] if v.name else "") or step.name
-        if v.started is not None and (
-            not step.started_known or step.started_at is None or v.started < step.started_at
-        ):
-            step.started_at, step.started_known = v.started, True
-        if v.completed is not None:
-            step.completed_at = v.completed
-        step.cached = step.cached or v.cached
-        # The client reports the same failure again, without the out-of-memory line the gateway added.
-        if v.error and OUT_OF_MEMORY not in (step.error or ""):
-            step.error = v.error[:MAX_STEP_ERROR]
-            if OUT_OF_MEMORY in v.error:
-                out_of_memory = v.error
+        out_of_memory = steps[v.digest].merge(v) or out_of_memory
+    # Writes from here on.
     if logs:
-        _append_logs(session, steps, build_id, logs, cap, volume)
-    # Meter what each new cache hit saved, once: the duration of the step's last real run in the project.
-    # Matched by name, since stock BuildKit gives a cached vertex another digest than the run it reuses.
-    unmetered = [s for s in steps.values() if s.cached and s.saved_seconds is None and s.name]
+        for digest in _append_logs(session, build_id, logs, cap, volume):
+            steps[digest].has_logs = True
+    _meter(session, project_id, build_id, steps.values(), savings)
+    inserted = queries.insert_steps(session, [steps[d].row(build_id, project_id) for d in new])
+    if raced := [d for d in new if d not in inserted]:
+        # Another writer of this build (the CLI's status stream, the recorder) added these steps after this
+        # transaction read: merge into its rows. Only on PostgreSQL; SQLite's write lock runs one after the
+        # other.
+        _merge_into_rows(session, build_id, project_id, steps, raced, vertices, savings)
+    queries.update_steps(
+        session, [s.update() for s in steps.values() if s.id is not None and s.values() != s.read]
+    )
+    if out_of_memory:
+        # Read again, locked, after this transaction's writes: finish_build may have set the error since, and
+        # one of the two must see the other's write (SQLite: the write lock is held by now).
+        session.flush()
+        build = session.get(Build, build_id, with_for_update=True, populate_existing=True)
+        if build is not None:
+            note_out_of_memory(build, out_of_memory)
+
+
+def _meter(
+    session: Session,
+    project_id: str,
+    build_id: str,
+    steps: Iterable[_StepState],
+    savings: dict[str, float],
+) -> None:
+    """Meters what each new cache hit saved, once: the duration of the step's last real run in the project.
+    Matched by name, since stock BuildKit gives a cached vertex another digest than the run it reuses."""
+    unmetered = [s for s in steps if s.cached and s.saved_seconds is None and s.name]
     # Named by a concurrent writer: looked up now.
     savings |= _durations(session, project_id, build_id, {s.name for s in unmetered} - savings.keys())
     for step in unmetered:
         step.saved_seconds = savings[step.name]
-    session.flush()
-    if out_of_memory and build is not None:
-        # Read again, locked, after this transaction's writes: finish_build may have set the error since, and
-        # one of the two must see the other's write (SQLite: the write lock is held by now).
-        session.refresh(build, with_for_update=True)
-        note_out_of_memory(build, out_of_memory)
+
+
+def _merge_into_rows(
+    session: Session,
+    build_id: str,
+    project_id: str,
+    steps: dict[str, _StepState],
+    digests: list[str],
+    vertices: Sequence[VertexUpdate],
+    savings: dict[str, float],
+) -> None:
+    """The steps of digests, read from the rows another transaction inserted, with this one's updates
+    merged in again (their logs too): updated at the end of apply like any step read at its start."""
+    rows = queries.step_states(session, build_id, digests)
+    for digest in digests:
+        mine, state = steps[digest], _StepState.of(rows[digest])
+        if digest == STEPS_TRUNCATED_DIGEST:
+            state.name = mine.name
+        for v in vertices:
+            if v.digest == digest:
+                state.merge(v)
+        state.has_logs = state.has_logs or mine.has_logs
+        steps[digest] = state
+    _meter(session, project_id, build_id, [steps[d] for d in digests], savings)
 
 
 def _durations(session: Session, project_id: str, build_id: str, names: set[str]) -> dict[str, float]:
@@ -182,7 +278,7 @@ def _earlier_runs(
     session: Session,
     project_id: str,
     build_id: str,
-    steps: dict[str, Step],
+    steps: dict[str, _StepState],
     vertices: Sequence[VertexUpdate],
 ) -> dict[str, float]:
     """step name -> what its last real run in the project took, for each step these updates leave cached
@@ -206,12 +302,13 @@ def note_out_of_memory(build: Build, step_error: str) -> None:
 
 def _append_logs(
     session: Session,
-    steps: dict[str, Step],
     build_id: str,
     logs: Sequence[LogChunk],
     cap: int,
     volume: LogVolume | None,
-) -> None:
+) -> set[str]:
+    """Inserts the chunks' lines within the cap; answers the digests of the steps that now have logs."""
+    with_logs: set[str] = set()
     if volume is None:
         volume = queries.add_log_volume(session, build_id)
     rows: list[dict[str, object]] = []
@@ -247,8 +344,9 @@ def _append_logs(
         if volume.truncated:
             rows.append(_log_row(build_id, chunk, at, TRUNCATED.format(cap=cap)))
         if lines or volume.truncated:
-            _step(session, steps, build_id, chunk.digest).has_logs = True
+            with_logs.add(chunk.digest)
     queries.insert_log_lines(session, rows)
+    return with_logs
 
 
 def _log_row(build_id: str, chunk: LogChunk, at: datetime, text: str) -> dict[str, object]:

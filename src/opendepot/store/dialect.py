@@ -24,6 +24,24 @@ def insert_ignore_many(
     statement without values: it compiles once and is then found in the statement cache."""
     if not rows:
         return
+    session.connection().execute(_ignoring(session, model, conflict_on), [dict(row) for row in rows])
+
+
+def insert_ignore_many_returning(
+    session: Session,
+    model: type[Any],
+    rows: Sequence[Mapping[str, Any]],
+    conflict_on: Sequence[str],
+    returning: str,
+) -> list[Any]:
+    """insert_ignore_many, answering the `returning` column of each row it inserted (not of those another
+    transaction inserted first). SQLite >= 3.35 and PostgreSQL both return only the rows inserted."""
+    if not rows:
+        return []
+    statement = _ignoring(session, model, conflict_on).returning(model.__table__.c[returning])
+    return list(session.connection().execute(statement, [dict(row) for row in rows]).scalars())
+
+
+def _ignoring(session: Session, model: type[Any], conflict_on: Sequence[str]) -> Any:
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = insert(model.__table__).on_conflict_do_nothing(index_elements=list(conflict_on))
-    session.connection().execute(statement, [dict(row) for row in rows])
+    return insert(model.__table__).on_conflict_do_nothing(index_elements=list(conflict_on))
