@@ -310,18 +310,6 @@ MANY_DIGESTS = 1000
 # when the CLI sends FinishBuild, and that waits for the write. Through the ORM the same write took ~2 ms of
 # CPU for a dozen steps (the build's row with its options, identity map, unit of work, each step read back
 # after its INSERT and then UPDATEd).
-STEP_STATE = (
-    Step.id,
-    Step.digest,
-    Step.name,
-    Step.started_at,
-    Step.started_known,
-    Step.completed_at,
-    Step.cached,
-    Step.error,
-    Step.has_logs,
-    Step.saved_seconds,
-)
 _BUILD_PROJECT = select(Build.project_id).where(Build.id == bindparam("build_id"))
 _STEP_COUNT = select(func.count()).select_from(Step).where(Step.build_id == bindparam("build_id"))
 _STEPS = cast(Table, Step.__table__)
@@ -489,6 +477,8 @@ _STEP_COLUMNS = (
     Step.error,
     Step.has_logs,
 )
+# What steps.apply merges into: a step view's columns and what its cache hit saved.
+STEP_STATE = (*_STEP_COLUMNS, Step.saved_seconds)
 
 
 def step_records(session: Session, build_id: str, limit: int) -> list[tuple[Any, ...]]:
