@@ -254,7 +254,9 @@ def _merge_into_rows(
     merged in again (their logs too): updated at the end of apply like any step read at its start."""
     rows = queries.step_states(session, build_id, digests)
     for digest in digests:
-        mine, state = steps[digest], _StepState.of(rows[digest])
+        if (row := rows.get(digest)) is None:  # deleted since with its build: nothing to write
+            continue
+        mine, state = steps[digest], _StepState.of(row)
         if digest == STEPS_TRUNCATED_DIGEST:
             state.name = mine.name
         for v in vertices:
