@@ -359,7 +359,10 @@ def main() -> None:
                                 earlier = TimedCli(app.depot_build(before_project, small), before_env)
                                 earlier(0)
                                 sides.append(("@baseline", earlier))
-                            untapped = stack.enter_context(untapped_server(work))
+                            tap_off = ["--status-tap", "false"]
+                            untapped = stack.enter_context(
+                                Server(work / "untapped-data", None, extra_args=tap_off).running()
+                            )
                             untapped_env = app.depot_env(untapped.url, untapped.admin_token, docker_dir)
                             untapped_project = create_project(http, untapped, "bench")
                             untapped_cli = TimedCli(app.depot_build(untapped_project, small), untapped_env)
@@ -536,16 +539,6 @@ def rebuild_rows(label: str, times: dict[str, list[float]]) -> list[str]:
 # The rebuild's third side: the same depot CLI through a second server that runs without the status tap
 # (--status-tap false): what recording a build's steps costs it, apart from the rest of opendepot's path.
 UNTAPPED = "tap off"
-
-
-@contextmanager
-def untapped_server(work: Path) -> Iterator[Server]:
-    server = Server(data_dir=work / "untapped-data", database_url=None, extra_args=["--status-tap", "false"])
-    server.start(timeout=120)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @contextmanager

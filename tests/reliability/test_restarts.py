@@ -70,12 +70,9 @@ def alive_pids(lines: list[str]) -> list[str]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(data_dir=tmp_path / "data", database_url=None, extra_args=["--workers", "2"])
-    srv.start(timeout=120)
-    try:
+    two_workers = Server(data_dir=tmp_path / "data", database_url=None, extra_args=["--workers", "2"])
+    with two_workers.running() as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_a_worker_killed_by_a_signal_is_replaced_while_a_build_runs_through(

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,6 +131,15 @@ class Server:
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"opendepot serve did not become healthy:\n{self.log_path.read_text()}")
+
+    @contextmanager
+    def running(self, timeout: float = 120) -> Iterator[Server]:
+        """Started for the with block, stopped after it, whatever happens in it."""
+        self.start(timeout=timeout)
+        try:
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         if self.process:
