@@ -269,16 +269,42 @@ def insert_lease(session: Session, lease: Lease) -> None:
     session.connection().execute(_LEASES.insert(), values)
 
 
-def status_bytes_locked(session: Session, build_id: str) -> int:
-    """The build's running total of status bytes, its row locked until commit (PostgreSQL; on SQLite the
-    store's write lock already runs one writer at a time)."""
-    stmt = select(Build.status_bytes).where(Build.id == build_id).with_for_update()
-    return int(session.scalar(stmt) or 0)
+class StatusTarget(NamedTuple):
+    organization_id: str
+    project_id: str
+    status_bytes: int
 
 
-def add_status_bytes(session: Session, build_id: str, added: int) -> None:
-    stmt = update(Build).where(Build.id == build_id).values(status_bytes=Build.status_bytes + added)
-    session.execute(stmt.execution_options(synchronize_session=False))
+# The CLI's status stream writes once per message, and the CLI waits for the stream's answer before it
+# starts the solve: plain Core statements built once, the build's row (options and all) never loaded.
+_STATUS_TARGET = (
+    select(_BUILDS.c.organization_id, _BUILDS.c.project_id, _BUILDS.c.status_bytes)
+    .where(_BUILDS.c.id == bindparam("build_id"))
+    .with_for_update()
+)
+_ADD_STATUS_BYTES = (
+    update(_BUILDS)
+    .where(_BUILDS.c.id == bindparam("build_id"))
+    .values(status_bytes=_BUILDS.c.status_bytes + bindparam("added"))
+)
+_INSERT_STATUS_REPORT = insert(cast(Table, StatusReport.__table__))
+
+
+def status_target(session: Session, build_id: str) -> StatusTarget | None:
+    """Who reaches the build and its running total of status bytes, its row locked until commit
+    (PostgreSQL; on SQLite the store's write lock already runs one writer at a time)."""
+    row = session.connection().execute(_STATUS_TARGET, {"build_id": build_id}).first()
+    return None if row is None else StatusTarget(row[0], row[1], int(row[2] or 0))
+
+
+def add_status_reports(session: Session, build_id: str, received_at: datetime, payloads: list[bytes]) -> None:
+    """The payloads as received, in order, and the build's running total of status bytes."""
+    if not payloads:
+        return
+    connection = session.connection()
+    rows = [{"build_id": build_id, "received_at": received_at, "payload": p} for p in payloads]
+    connection.execute(_INSERT_STATUS_REPORT, rows)
+    connection.execute(_ADD_STATUS_BYTES, {"build_id": build_id, "added": sum(map(len, payloads))})
 
 
 def status_reports(session: Session, build_id: str) -> Sequence[StatusReport]:
@@ -343,10 +369,10 @@ def step_states(session: Session, build_id: str, digests: Sequence[str]) -> dict
     connection = session.connection()
     if len(digests) > MANY_DIGESTS:
         wanted = set(digests)
-        every = connection.execute(select(*STEP_STATE).where(Step.build_id == build_id))
+        every = connection.execute(_STEP_STATES, {"build_id": build_id})
         return {row.digest: row for row in every if row.digest in wanted}
-    stmt = select(*STEP_STATE).where(Step.build_id == build_id, Step.digest.in_(digests))
-    return {row.digest: row for row in connection.execute(stmt)}
+    named = connection.execute(_STEP_STATES_NAMED, {"build_id": build_id, "digests": list(digests)})
+    return {row.digest: row for row in named}
 
 
 def insert_steps(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
@@ -479,6 +505,8 @@ _STEP_COLUMNS = (
 )
 # What steps.apply merges into: a step view's columns and what its cache hit saved.
 STEP_STATE = (*_STEP_COLUMNS, Step.saved_seconds)
+_STEP_STATES = select(*STEP_STATE).where(Step.build_id == bindparam("build_id"))
+_STEP_STATES_NAMED = _STEP_STATES.where(Step.digest.in_(bindparam("digests", expanding=True)))
 
 
 def step_records(session: Session, build_id: str, limit: int) -> list[tuple[Any, ...]]:

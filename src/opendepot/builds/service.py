@@ -29,7 +29,7 @@ from opendepot.tokens.secrets import hash_secret
 from opendepot.validation import require_id
 
 from . import queries, steps
-from .models import Build, Lease, LogLine, StatusReport, Step
+from .models import Build, Lease, LogLine, Step
 from .platform import Platform
 from .status import CANCELED, ERROR, FAILED, FINISHED, RUNNING, SUCCESS
 
@@ -243,20 +243,20 @@ def record_status(
 ) -> bool:
     """Keeps what the client reported (bounded per build) and merges its vertices (`[depot] …`) into the
     build's steps. Returns False once the bound is reached."""
-    build = load_build(session, principal, build_id)
-    used = queries.status_bytes_locked(session, build.id)
-    steps.apply(session, build.id, vertices, logs, log_cap)
-    now = utcnow()
-    added, kept = 0, True
+    build = queries.status_target(session, require_id("build_id", build_id))
+    if build is None:
+        raise NotFound(f"build {build_id!r} not found")
+    principal.require_build_access(build.organization_id, build.project_id, build_id)
+    steps.apply(session, build_id, vertices, logs, log_cap, project_id=build.project_id)
+    kept: list[bytes] = []
+    room = MAX_STATUS_BYTES_PER_BUILD - build.status_bytes
     for payload in payloads:
-        if used + added + len(payload) > MAX_STATUS_BYTES_PER_BUILD:
-            kept = False
+        if len(payload) > room:
             break
-        session.add(StatusReport(build_id=build.id, received_at=now, payload=payload))
-        added += len(payload)
-    if added:
-        queries.add_status_bytes(session, build.id, added)
-    return kept
+        kept.append(payload)
+        room -= len(payload)
+    queries.add_status_reports(session, build_id, utcnow(), kept)
+    return len(kept) == len(payloads)
 
 
 STEPS_LIST, LOGS_LIST = "steps", "logs"

@@ -155,11 +155,15 @@ def apply(
     vertices: Sequence[VertexUpdate],
     logs: Sequence[LogChunk],
     cap: int = DEFAULT_LOG_CAP,
+    *,
+    project_id: str | None = None,
 ) -> None:
     """Reads everything first and writes last: on SQLite the first write takes the database's one write
     lock, which every other writer (a build's FinishBuild among them) then waits for until this commits.
-    Plain rows, no ORM objects: the recorder runs this when a build's solve ends, as the CLI finishes."""
-    project_id = queries.build_project_id(session, build_id)
+    Plain rows, no ORM objects: the recorder runs this when a build's solve ends, as the CLI finishes.
+    project_id: the build's, when the caller has read it in this transaction already."""
+    if project_id is None:
+        project_id = queries.build_project_id(session, build_id)
     if project_id is None:  # deleted meanwhile (its project, the retention, the history quota): none kept
         return
     vertices = [_storable_vertex(v) for v in vertices]

@@ -38,10 +38,25 @@ def insert_ignore_many_returning(
     transaction inserted first). SQLite >= 3.35 and PostgreSQL both return only the rows inserted."""
     if not rows:
         return []
-    statement = _ignoring(session, model, conflict_on).returning(model.__table__.c[returning])
+    statement = _ignoring(session, model, conflict_on, returning)
     return list(session.connection().execute(statement, [dict(row) for row in rows]).scalars())
 
 
-def _ignoring(session: Session, model: type[Any], conflict_on: Sequence[str]) -> Any:
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    return insert(model.__table__).on_conflict_do_nothing(index_elements=list(conflict_on))
+_IGNORING: dict[tuple[str, type[Any], tuple[str, ...], str | None], Any] = {}
+
+
+def _ignoring(
+    session: Session, model: type[Any], conflict_on: Sequence[str], returning: str | None = None
+) -> Any:
+    """The statement, built once per dialect, table, conflict target and returned column (callers pass
+    constants): building it costs more than running it on the step recorder's path."""
+    dialect = session.get_bind().dialect.name
+    key = (dialect, model, tuple(conflict_on), returning)
+    statement = _IGNORING.get(key)
+    if statement is None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert(model.__table__).on_conflict_do_nothing(index_elements=list(conflict_on))
+        if returning is not None:
+            statement = statement.returning(model.__table__.c[returning])
+        statement = _IGNORING[key] = statement
+    return statement

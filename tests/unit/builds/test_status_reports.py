@@ -22,6 +22,8 @@ def test_reports_are_kept_until_the_build_holds_its_bound(
     assert kept == [True, True, False]
     with store.transaction() as session:
         stored = queries.status_reports(session, build_id)
-        total = queries.status_bytes_locked(session, build_id)
+        target = queries.status_target(session, build_id)
+    assert target is not None
+    total = target.status_bytes
     assert sorted(r.payload[:1] for r in stored) == [b"a", b"b", b"c"]
     assert total == 95 == sum(len(r.payload) for r in stored)
