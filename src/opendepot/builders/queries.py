@@ -3,10 +3,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple, cast
 
-from sqlalchemy import Table, bindparam, delete, select
+from sqlalchemy import Connection, Table, bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from .models import Machine
+from .states import BuilderState
 
 _MACHINES = cast(Table, Machine.__table__)
 # Built once: every GetBuildKitConnection asks whether its builder runs.
@@ -32,6 +33,16 @@ def state(session: Session, project_id: str, platform: str) -> MachineState | No
 
 def all_machines(session: Session) -> Sequence[Machine]:
     return session.scalars(select(Machine)).all()
+
+
+_RESETTING = select(_MACHINES.c.project_id, _MACHINES.c.platform).where(
+    _MACHINES.c.state == BuilderState.RESETTING
+)
+
+
+def resetting(connection: Connection | Session) -> set[tuple[str, str]]:
+    """(project, platform) of every builder asked to reset: the reconciler reads it five times a second."""
+    return {(project, platform) for project, platform in connection.execute(_RESETTING)}
 
 
 def forget_project(session: Session, project_id: str) -> None:

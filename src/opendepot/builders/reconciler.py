@@ -125,12 +125,11 @@ class BuilderReconciler:
             )
             if expired or abandoned:
                 log.info("released %d stale lease(s), ended %d abandoned build(s)", expired, abandoned)
-        leases = await self.store.read(build_queries.active_leases)
-        machines = await self.store.read(queries.all_machines)
+        leases = await self.store.read_lookup(build_queries.active_leases)
+        resets = await self.store.read_lookup(queries.resetting)
         now = self.clock()
         needed = await self._admitted({(project, platform) for project, platform, _build in leases}, now)
         self.gateway.keep_only({(build, platform) for _project, platform, build in leases})
-        resets = {(m.project_id, m.platform) for m in machines if m.state == BuilderState.RESETTING}
         # Resets first (a reset builder is not started again in the same run), then the rest.
         for key in [*sorted(resets), *sorted((needed | set(self._builders)) - resets)]:
             await self._reconcile(key, key in needed, key in resets, now)

@@ -178,14 +178,17 @@ def reaping_due(
     return bool(connection.execute(_REAPING_DUE_WITH_TIMEOUT, params).scalar())
 
 
-def active_leases(session: Session) -> Sequence[Row[str, str, str]]:
+# The builder reconciler reads it five times a second: built once, run on a bare connection.
+_ACTIVE_LEASES = (
+    select(_LEASES.c.project_id, _LEASES.c.platform, _LEASES.c.build_id)
+    .join(_BUILDS, _BUILDS.c.id == _LEASES.c.build_id)
+    .where(_LEASES.c.released_at.is_(None), _BUILDS.c.status == BuildStatus.RUNNING)
+)
+
+
+def active_leases(connection: Connection | Session) -> Sequence[Row[str, str, str]]:
     """(project, platform, build) of every unreleased lease of a running build."""
-    stmt = (
-        select(Lease.project_id, Lease.platform, Lease.build_id)
-        .join(Build, Build.id == Lease.build_id)
-        .where(Lease.released_at.is_(None), Build.status == BuildStatus.RUNNING)
-    )
-    return session.execute(stmt).all()
+    return connection.execute(_ACTIVE_LEASES).all()
 
 
 def running_since_before(session: Session, before: datetime, limit: int) -> Sequence[Build]:
