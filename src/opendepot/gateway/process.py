@@ -277,12 +277,12 @@ class RelayProcess:
                 waiter.set_result(None)
         elif kind == "status":
             relay = self._relays.get(key)
-            if relay is not None and relay.on_status is not None:
-                relay.on_status(message[2])
-        elif kind == "status_end":
-            relay = self._relays.get(key)
-            if relay is not None and relay.on_status_end is not None:
-                relay.on_status_end()
+            if relay is not None and relay.on_status is not None and relay.on_status_end is not None:
+                for raw in message[2]:  # in the order seen; None where a Status stream ended
+                    if raw is None:
+                        relay.on_status_end()
+                    else:
+                        relay.on_status(raw)
         elif kind == "ended":
             self._ended(key)
 
@@ -506,17 +506,29 @@ class _Child:
         current_build.set(name.partition("/")[0])
         up: Observer = _ignore
         down: Observer = _ignore
+        after_pass: Callable[[], None] = _nothing
         if tapped:
             events = self.events
 
+            # What the tap saw in a pass goes to the supervisor in one message once the pass has sent its
+            # data on: one send (and one wake-up of the supervisor) a pass rather than a message, none before
+            # the client has its bytes.
+            seen: list[bytes | None] = []
+
             def status(raw: bytes) -> None:
-                events.send("status", key, raw)
+                seen.append(raw)
 
             def status_end() -> None:
-                events.send("status_end", key)
+                seen.append(None)
+
+            def report() -> None:
+                if seen:
+                    events.send("status", key, seen.copy())
+                    seen.clear()
 
             tap = StatusTap(status, status_end)
             up, down = tap.from_client, tap.from_server
+            after_pass = report
         measured = metrics()
         relay = Relay(
             name,
@@ -524,6 +536,7 @@ class _Child:
             builder,
             up=(up, measured.gateway_bytes.labels("to_builder")),
             down=(down, measured.gateway_bytes.labels("to_client")),
+            after_pass=after_pass,
         )
         self.relays[key] = relay
 
@@ -536,6 +549,10 @@ class _Child:
 
 
 def _ignore(_data: memoryview) -> None:
+    return None
+
+
+def _nothing() -> None:
     return None
 
 

@@ -146,8 +146,12 @@ class Relay:
         *,
         up: tuple[Observer, Any] = (_ignore, None),
         down: tuple[Observer, Any] = (_ignore, None),
+        after_pass: Callable[[], None] = lambda: None,
     ) -> None:
+        """after_pass runs in the hub after each pass over both directions, their data sent on (the last
+        pass included)."""
         self.name = name
+        self._after_pass = after_pass
         self.client, self.builder = client, builder
         self._up = _Flow(client, builder, *up)
         self._down = _Flow(builder, client, *down)
@@ -201,6 +205,12 @@ class Relay:
 
     def pump(self) -> dict[int, int] | None:
         """Moves what it can; returns the poll mask each of its (live) fds needs, or None once it is over."""
+        try:
+            return self._pump()
+        finally:
+            self._after_pass()
+
+    def _pump(self) -> dict[int, int] | None:
         wanted = dict.fromkeys(self.fds, 0)
         for i, flow in enumerate(self._flows):
             if not self.ready[i] and flow.wants is not None and flow.wants[0].fileno() in self.hung:

@@ -58,5 +58,5 @@ def _ignoring(
         statement = insert(model.__table__).on_conflict_do_nothing(index_elements=list(conflict_on))
         if returning is not None:
             statement = statement.returning(model.__table__.c[returning])
-        statement = _IGNORING[key] = statement
+        _IGNORING[key] = statement
     return statement

@@ -78,6 +78,44 @@ def test_bytes_pass_both_ways_unchanged_and_the_observers_see_them() -> None:
     asyncio.run(scenario())
 
 
+def test_the_pass_hook_runs_once_that_pass_has_sent_its_data_on() -> None:
+    """The process child reports what the tap saw in a pass from this hook: the client has its bytes before
+    the supervisor is told (and woken)."""
+
+    async def scenario() -> None:
+        client_near, client_far = pair()
+        builder_near, builder_far = pair()
+        client_far.setblocking(False)
+        events: list[tuple[str, bytes]] = []
+
+        def after_pass() -> None:
+            try:
+                events.append(("after", client_far.recv(100)))
+            except BlockingIOError:
+                events.append(("after", b""))
+
+        relay = Relay(
+            "b/amd64",
+            client_near,
+            builder_near,
+            down=(lambda data: events.append(("seen", bytes(data))), None),
+            after_pass=after_pass,
+        )
+        hub = started(relay)
+        builder_far.sendall(b"status")
+
+        def tapped() -> bool:
+            return ("seen", b"status") in events and events[-1][0] == "after"
+
+        await asyncio.to_thread(until, tapped)
+        seen = events.index(("seen", b"status"))
+        assert events[seen + 1] == ("after", b"status")  # the next hook call: the bytes were there
+        client_far.close()
+        await asyncio.to_thread(hub.stop)
+
+    asyncio.run(scenario())
+
+
 class CountingSocket(socket.socket):
     """A socket that counts its reads."""
 
