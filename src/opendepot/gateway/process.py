@@ -36,6 +36,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,13 +46,16 @@ from opendepot.metrics import metrics
 from opendepot.processes import RestartBackoff
 
 from .contexts import listener_context, project_context
-from .relay import Observer, Relay, RelayHub
+from .relay import Observer, PassHook, Relay, RelayHub
 from .tap import StatusTap
 
 log = logging.getLogger("opendepot.gateway")
 
 HANDSHAKE_TIMEOUT = 10.0
 PACKET = 64 << 10
+# The longest the tap's status messages wait in the child to go to the supervisor in one batch: the step
+# recorder writes every 0.2 s anyway, so the steps a running build shows are as fresh as before.
+STATUS_BATCH_SECONDS = 0.1
 
 
 def _frame(message: tuple[Any, ...]) -> bytes:
@@ -506,25 +510,35 @@ class _Child:
         current_build.set(name.partition("/")[0])
         up: Observer = _ignore
         down: Observer = _ignore
-        after_pass: Callable[[], None] = _nothing
+        after_pass: PassHook = _nothing
         if tapped:
             events = self.events
 
-            # What the tap saw in a pass goes to the supervisor in one message once the pass has sent its
-            # data on: one send (and one wake-up of the supervisor) a pass rather than a message, none before
-            # the client has its bytes.
+            # What the tap saw goes to the supervisor in batches, after the pass that saw it has sent its
+            # data on: at most STATUS_BATCH_SECONDS after the first status of the batch, at once when a
+            # Status stream ends (its steps are written then) or the connection closes. A build's ~20
+            # status messages cost one or two sends, and wake-ups of the supervisor, not one each.
             seen: list[bytes | None] = []
+            first_seen = 0.0
 
             def status(raw: bytes) -> None:
+                nonlocal first_seen
+                if not seen:
+                    first_seen = time.monotonic()
                 seen.append(raw)
 
             def status_end() -> None:
                 seen.append(None)
 
-            def report() -> None:
-                if seen:
+            def report(final: bool) -> float | None:
+                if not seen:
+                    return None
+                wait = first_seen + STATUS_BATCH_SECONDS - time.monotonic()
+                if final or wait <= 0 or None in seen:
                     events.send("status", key, seen.copy())
                     seen.clear()
+                    return None
+                return wait
 
             tap = StatusTap(status, status_end)
             up, down = tap.from_client, tap.from_server
@@ -552,7 +566,7 @@ def _ignore(_data: memoryview) -> None:
     return None
 
 
-def _nothing() -> None:
+def _nothing(_final: bool) -> None:
     return None
 
 

@@ -3,7 +3,7 @@
 Both ends of a connection are non-blocking sockets (the client's an `ssl.SSLSocket`, OpenSSL reading the
 kernel socket itself; the builder's a unix socket, or an `ssl.SSLSocket` to a pod), all polled by the hub's
 thread, so a TLS object is only ever used by that thread. Each direction reads what is ready into its own
-buffer (several TLS records at once), shows it to its observer (the status tap) and sends it on as one write;
+buffer (several TLS records at once), sends it on as one write and shows it to its observer (the status tap);
 it reads again only once that write is done, so a peer that stops reading stops the other end at one buffer's
 worth — the gateway never holds more. The GIL is released while OpenSSL decrypts and the kernel copies.
 
@@ -21,6 +21,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,9 @@ COUNT_EVERY = 4 << 20
 # TLS's largest record: a pass whose first read returns less read a small message (see _Flow._read).
 MAX_RECORD = 16 << 10
 Observer = Callable[[memoryview], None]
+# Called by the hub after each pass over a relay (final: the relay is closing). Answers in how many seconds it
+# wants to be called again even if no traffic comes, or None.
+PassHook = Callable[[bool], float | None]
 
 
 def _ignore(_data: memoryview) -> None:
@@ -68,15 +72,18 @@ class _Flow:
         filled = self._read()
         if filled:
             data = self.buffer[:filled]
-            # Seen before it is sent: the builder cannot answer a request the tap has not read yet.
+            self.pending = data
+            sent = self._send()
+            # Seen once it is on its way (the peer works while the tap reads) but in this same step: the hub
+            # runs one step at a time, so the builder's answer to a request is read only after the tap has
+            # seen that request, even if the rest of it goes in a later pass.
             self.observe(data)
             self.uncounted += filled
             self.total += filled
             self.passes += 1
             if self.uncounted >= COUNT_EVERY:
                 self.count()
-            self.pending = data
-            if not self._send():
+            if not sent:
                 return False
         if self.eof and self.pending is None:
             self.ended = True
@@ -146,12 +153,13 @@ class Relay:
         *,
         up: tuple[Observer, Any] = (_ignore, None),
         down: tuple[Observer, Any] = (_ignore, None),
-        after_pass: Callable[[], None] = lambda: None,
+        after_pass: PassHook = lambda _final: None,
     ) -> None:
-        """after_pass runs in the hub after each pass over both directions, their data sent on (the last
-        pass included)."""
+        """after_pass runs in the hub after each pass over both directions, their data sent on, when it asked
+        to be called again, and once more as the relay closes."""
         self.name = name
         self._after_pass = after_pass
+        self.due: float | None = None  # when after_pass wants to run again (monotonic), traffic or not
         self.client, self.builder = client, builder
         self._up = _Flow(client, builder, *up)
         self._down = _Flow(builder, client, *down)
@@ -208,7 +216,8 @@ class Relay:
         try:
             return self._pump()
         finally:
-            self._after_pass()
+            wait = self._after_pass(False)
+            self.due = None if wait is None else time.monotonic() + wait
 
     def _pump(self) -> dict[int, int] | None:
         wanted = dict.fromkeys(self.fds, 0)
@@ -237,6 +246,11 @@ class Relay:
         """In the hub, once over: counts, closes both ends, reports to the loop."""
         for flow in self._flows:
             flow.count()
+        try:
+            self._after_pass(True)
+        except Exception:
+            log.exception("gateway relay %s: its last pass hook failed", self.name)
+        self.due = None
         with self._lock:
             self._closed = True
             self.client.close()
@@ -267,6 +281,7 @@ class RelayHub:
         self._arriving: list[Relay] = []
         self._stopping = False
         self._relays: dict[int, Relay] = {}  # by each of its fds
+        self._due: dict[Relay, float] = {}  # relays whose pass hook asked to run again by then
         self._thread: threading.Thread | None = None
 
     def add(self, relay: Relay) -> None:
@@ -308,7 +323,9 @@ class RelayHub:
                     self._pump(relay)
                 # Only a pass, a wake-up or a new arrival makes a relay ready: no scan of every relay.
                 ready = {relay for relay in ready if relay.live and (relay.ready[0] or relay.ready[1])}
-                events = self._poller.poll(0 if ready else None)
+                events = self._poller.poll(0 if ready else self._until_due())
+                if self._due:
+                    ready.update(self._now_due())
                 for fd, event in events:
                     if fd == self._wake_read:
                         stopping, arrived = self._arrived()
@@ -346,12 +363,29 @@ class RelayHub:
                 self._poller.register(fd, 0)
         return stopping, arriving
 
+    def _until_due(self) -> float | None:
+        """Seconds until the earliest pass hook asked to run again (None: wait for traffic only)."""
+        if not self._due:
+            return None
+        return max(0.0, min(self._due.values()) - time.monotonic())
+
+    def _now_due(self) -> list[Relay]:
+        now = time.monotonic()
+        due = [relay for relay, at in self._due.items() if at <= now]
+        for relay in due:
+            del self._due[relay]
+        return due
+
     def _pump(self, relay: Relay) -> None:
         try:
             masks = relay.context.run(relay.pump)  # the tap's and the relay's log lines name the build
         except Exception:
             log.exception("gateway relay %s failed", relay.name)
             masks = None
+        if relay.due is None:
+            self._due.pop(relay, None)
+        else:
+            self._due[relay] = relay.due
         if masks is None:
             self._finish(relay)
             return
@@ -361,6 +395,7 @@ class RelayHub:
                 relay.masks[fd] = mask
 
     def _finish(self, relay: Relay) -> None:
+        self._due.pop(relay, None)
         for fd in relay.fds:
             if self._relays.pop(fd, None) is not None and fd not in relay.hung:
                 with contextlib.suppress(OSError, ValueError):

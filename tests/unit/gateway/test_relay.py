@@ -79,8 +79,8 @@ def test_bytes_pass_both_ways_unchanged_and_the_observers_see_them() -> None:
 
 
 def test_the_pass_hook_runs_once_that_pass_has_sent_its_data_on() -> None:
-    """The process child reports what the tap saw in a pass from this hook: the client has its bytes before
-    the supervisor is told (and woken)."""
+    """The process child reports what the tap saw from this hook: the client has its bytes before the
+    supervisor is told (and woken)."""
 
     async def scenario() -> None:
         client_near, client_far = pair()
@@ -88,7 +88,7 @@ def test_the_pass_hook_runs_once_that_pass_has_sent_its_data_on() -> None:
         client_far.setblocking(False)
         events: list[tuple[str, bytes]] = []
 
-        def after_pass() -> None:
+        def after_pass(_final: bool) -> None:
             try:
                 events.append(("after", client_far.recv(100)))
             except BlockingIOError:
@@ -112,6 +112,63 @@ def test_the_pass_hook_runs_once_that_pass_has_sent_its_data_on() -> None:
         assert events[seen + 1] == ("after", b"status")  # the next hook call: the bytes were there
         client_far.close()
         await asyncio.to_thread(hub.stop)
+
+    asyncio.run(scenario())
+
+
+def test_the_observer_sees_each_read_once_it_is_on_its_way_to_the_peer() -> None:
+    """The tap reads while the builder already works on the request (the tap's HPACK decoding of a request's
+    headers is off the round trip)."""
+
+    async def scenario() -> None:
+        client_near, client_far = pair()
+        builder_near, builder_far = pair()
+        builder_far.setblocking(False)
+        at_the_builder: list[bytes] = []
+
+        def observe(_data: memoryview) -> None:
+            try:
+                at_the_builder.append(builder_far.recv(100))
+            except BlockingIOError:
+                at_the_builder.append(b"")
+
+        relay = Relay("b/amd64", client_near, builder_near, up=(observe, None))
+        hub = started(relay)
+        client_far.sendall(b"request")
+        await asyncio.to_thread(until, lambda: bool(at_the_builder))
+        assert at_the_builder == [b"request"]
+        client_far.close()
+        await asyncio.to_thread(hub.stop)
+        builder_far.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_pass_hook_that_asks_to_run_again_is_called_without_traffic_and_once_at_the_close() -> None:
+    """The child holds the tap's status messages for a batch: the hub calls it back when it asked to, though
+    nothing more comes, and a last time when the relay closes."""
+
+    async def scenario() -> None:
+        client_near, client_far = pair()
+        builder_near, builder_far = pair()
+        calls: list[tuple[float, bool]] = []
+
+        def after_pass(final: bool) -> float | None:
+            calls.append((time.monotonic(), final))
+            return 0.2 if len(calls) == 1 else None  # the first pass asks to be called again in 0.2 s
+
+        relay = Relay("b/amd64", client_near, builder_near, after_pass=after_pass)
+        hub = started(relay)
+        await asyncio.to_thread(until, lambda: len(calls) >= 2)
+        await asyncio.sleep(0.3)
+        assert len(calls) == 2  # called back once, then nothing: it asked for nothing more
+        assert calls[1][0] - calls[0][0] >= 0.19 and not calls[1][1]
+        client_far.close()
+        assert relay.ended is not None
+        await asyncio.wait_for(relay.ended, 5)
+        assert calls[-1][1] and len(calls) >= 3  # the close's call says so
+        await asyncio.to_thread(hub.stop)
+        builder_far.close()
 
     asyncio.run(scenario())
 
