@@ -116,20 +116,56 @@ def lease(session: Session, build_id: str, platform: str) -> Lease | None:
 
 # Built once, like the other statements on a build's path: constructing one costs more than running it.
 
+# Core, on the session's connection: no caller holds Lease objects in the session it releases from.
 _RELEASE_LEASES = (
-    update(Lease)
-    .where(Lease.build_id == bindparam("lease_build"), Lease.released_at.is_(None))
+    update(_LEASES)
+    .where(_LEASES.c.build_id == bindparam("lease_build"), _LEASES.c.released_at.is_(None))
     .values(released_at=bindparam("released"))
-    # No caller holds Lease objects in the session it releases from: nothing to evaluate in memory.
-    .execution_options(synchronize_session=False)
 )
+_RELEASE_PLATFORM_LEASES = _RELEASE_LEASES.where(_LEASES.c.platform == bindparam("lease_platform"))
 
 
 def release_leases(session: Session, build_id: str, now: datetime, platform: str | None = None) -> None:
-    stmt = _RELEASE_LEASES
-    if platform is not None:
-        stmt = stmt.where(Lease.platform == platform)
-    session.execute(stmt, {"lease_build": build_id, "released": now})
+    # A caller's changed Build objects are written first, as an ORM execute would: rows are locked in the
+    # same order (build, then its leases) by every writer.
+    session.flush()
+    params: dict[str, object] = {"lease_build": build_id, "released": now}
+    if platform is None:
+        session.connection().execute(_RELEASE_LEASES, params)
+    else:
+        session.connection().execute(_RELEASE_PLATFORM_LEASES, {**params, "lease_platform": platform})
+
+
+class FinishTarget(NamedTuple):
+    organization_id: str
+    project_id: str
+    status: str
+    error: str | None
+
+
+# FinishBuild's statements: the CLI waits for its answer before it exits.
+_FINISH_TARGET = (
+    select(_BUILDS.c.organization_id, _BUILDS.c.project_id, _BUILDS.c.status, _BUILDS.c.error)
+    .where(_BUILDS.c.id == bindparam("build_id"))
+    .with_for_update()
+)
+_SET_FINISHED = (
+    update(_BUILDS)
+    .where(_BUILDS.c.id == bindparam("build_id"))
+    .values(status=bindparam("status"), error=bindparam("error"), finished_at=bindparam("finished_at"))
+)
+
+
+def finish_target(session: Session, build_id: str) -> FinishTarget | None:
+    """Who reaches the build, its status and error; its row locked until commit (PostgreSQL; SQLite's one
+    writer at a time)."""
+    row = session.connection().execute(_FINISH_TARGET, {"build_id": build_id}).first()
+    return None if row is None else FinishTarget(*row)
+
+
+def set_finished(session: Session, build_id: str, status: str, error: str | None, at: datetime) -> None:
+    params = {"build_id": build_id, "status": status, "error": error, "finished_at": at}
+    session.connection().execute(_SET_FINISHED, params)
 
 
 def expire_leases(session: Session, stale_before: datetime, now: datetime) -> int:

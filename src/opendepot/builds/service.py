@@ -125,25 +125,30 @@ def load_build(session: Session, principal: Principal, build_id: str) -> Build:
     return build
 
 
-def finish_build(session: Session, principal: Principal, build_id: str, outcome: Outcome | None) -> Build:
-    """Sets the final status once (later calls change nothing) and releases the build's machines.
-    A missing outcome is refused only after the caller is known to reach the build."""
-    build = load_build(session, principal, build_id)
+def finish_build(session: Session, principal: Principal, build_id: str, outcome: Outcome | None) -> Outcome:
+    """Sets the final status once (later calls change nothing) and releases the build's machines; answers
+    the build's final status and error. A missing outcome is refused only after the caller is known to reach
+    the build. Core statements, the build's row (options and all) never loaded: the CLI waits for this."""
+    build = queries.finish_target(session, require_id("build_id", build_id))  # its row locked until commit
+    if build is None:
+        raise NotFound(f"build {build_id!r} not found")
+    principal.require_build_access(build.organization_id, build.project_id, build_id)
     if outcome is None:
         raise InvalidArgument("result", "one of success, error or canceled is required")
     now = utcnow()
+    final = Outcome(build.status, build.error)
     if build.status not in FINISHED:
-        build.status, build.error, build.finished_at = outcome.status, outcome.error, now
-        # Autoflush writes the build (locks it) before this reads the steps: see steps.apply. A build that
-        # succeeded has no error to add the line to: the search over its steps is skipped (most builds).
-        if build.error is not None and (
-            oom := queries.step_error_containing(session, build.id, steps.OUT_OF_MEMORY)
+        final = outcome
+        # The row is locked before the steps are read: see steps.apply. A build that succeeded has no error
+        # to add the line to: the search over its steps is skipped (most builds).
+        if outcome.error is not None and (
+            oom := queries.step_error_containing(session, build_id, steps.OUT_OF_MEMORY)
         ):
-            steps.note_out_of_memory(build, oom)
-        tokens.expire_build_token(session, build.id, now)
-    queries.release_leases(session, build.id, now)
-    session.flush()
-    return build
+            final = Outcome(outcome.status, steps.with_out_of_memory_line(outcome.error, oom))
+        queries.set_finished(session, build_id, final.status, final.error, now)
+        tokens.expire_build_token(session, build_id, now)
+    queries.release_leases(session, build_id, now)
+    return final
 
 
 def check_platform(platform: str | None, supported: Sequence[str]) -> str:

@@ -301,9 +301,16 @@ def _earlier_runs(
 
 def note_out_of_memory(build: Build, step_error: str) -> None:
     """A finished build's error gets a step's out-of-memory line (finish_build does it if it comes later)."""
+    if build.error is not None:
+        build.error = with_out_of_memory_line(build.error, step_error)
+
+
+def with_out_of_memory_line(error: str, step_error: str) -> str:
+    """A build's error with the out-of-memory line of a step's error, once."""
+    if OUT_OF_MEMORY in error:
+        return error
     line = step_error[step_error.index(OUT_OF_MEMORY) :].splitlines()[0]
-    if build.error is not None and OUT_OF_MEMORY not in build.error:
-        build.error = f"{build.error}\n{line}"
+    return f"{error}\n{line}"
 
 
 def _append_logs(

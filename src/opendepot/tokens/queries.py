@@ -86,4 +86,5 @@ _EXPIRE_BUILD_TOKENS = (
 
 def expire_build_tokens(session: Session, build_id: str, at: datetime) -> None:
     """Sets the expiry of a build's tokens to at, unless they already expire sooner."""
-    session.execute(_EXPIRE_BUILD_TOKENS, {"token_build": build_id, "expiry": at})
+    session.flush()  # the caller's changed objects first, as an ORM execute would (the same lock order)
+    session.connection().execute(_EXPIRE_BUILD_TOKENS, {"token_build": build_id, "expiry": at})
