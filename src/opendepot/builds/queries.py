@@ -109,6 +109,50 @@ def renew_lease(session: Session, lease_id: str, now: datetime, served: bool = F
     session.connection().execute(statement, {"lease_id": lease_id, "now": now})
 
 
+class BuildLease(NamedTuple):
+    organization_id: str
+    project_id: str
+    status: str
+    lease_id: str | None  # None: the build holds no live lease (one row, the build's)
+    platform: str | None
+    heartbeat_at: datetime | None
+
+
+# The build and its live leases, for the CLI's heartbeats (one every few seconds per build).
+_BUILD_LIVE_LEASES = (
+    select(
+        _BUILDS.c.organization_id,
+        _BUILDS.c.project_id,
+        _BUILDS.c.status,
+        _LEASES.c.id,
+        _LEASES.c.platform,
+        _LEASES.c.heartbeat_at,
+    )
+    .select_from(
+        _BUILDS.outerjoin(
+            _LEASES, and_(_LEASES.c.build_id == _BUILDS.c.id, _LEASES.c.released_at.is_(None))
+        )
+    )
+    .where(_BUILDS.c.id == bindparam("build_id"))
+)
+_RENEW_HEARTBEATS = (
+    update(_LEASES)
+    .where(_LEASES.c.id.in_(bindparam("lease_ids", expanding=True)))
+    .values(heartbeat_at=bindparam("now"))
+)
+
+
+def build_live_leases(session: Session, build_id: str) -> list[BuildLease]:
+    """One row per live lease of the build (or one with no lease); none if there is no such build."""
+    rows = session.connection().execute(_BUILD_LIVE_LEASES, {"build_id": build_id})
+    return [BuildLease(*row) for row in rows]
+
+
+def renew_heartbeats(session: Session, lease_ids: Sequence[str], now: datetime) -> None:
+    if lease_ids:
+        session.connection().execute(_RENEW_HEARTBEATS, {"lease_ids": list(lease_ids), "now": now})
+
+
 def lease(session: Session, build_id: str, platform: str) -> Lease | None:
     stmt = select(Lease).where(Lease.build_id == build_id, Lease.platform == platform)
     return session.scalars(stmt).first()

@@ -201,8 +201,7 @@ def acquire(
 def heartbeat(session: Session, principal: Principal, build_id: str, platform: str | None) -> None:
     """Renews the lease. The CLI keeps heart-beating after FinishBuild: that is answered, and ignored."""
     now = utcnow()
-    for lease in _stale_leases(session, principal, build_id, platform, now):
-        lease.heartbeat_at = now
+    queries.renew_heartbeats(session, _stale_leases(session, principal, build_id, platform, now), now)
 
 
 def heartbeat_due(session: Session, principal: Principal, build_id: str, platform: str | None) -> bool:
@@ -214,22 +213,24 @@ def heartbeat_due(session: Session, principal: Principal, build_id: str, platfor
 
 def _stale_leases(
     session: Session, principal: Principal, build_id: str, platform: str | None, now: datetime
-) -> list[Lease]:
-    """The build's live leases on the platform (or all) last renewed over HEARTBEAT_GRANULARITY ago: a
-    renewal within it adds nothing and would only contend for the write lock."""
-    build = load_build(session, principal, build_id)
-    if build.status in FINISHED:
+) -> list[str]:
+    """The ids of the build's live leases on the platform (or all) last renewed over HEARTBEAT_GRANULARITY
+    ago: a renewal within it adds nothing and would only contend for the write lock. One Core query: the
+    CLI's first heartbeat comes beside its GetBuildKitConnection."""
+    rows = queries.build_live_leases(session, require_id("build_id", build_id))
+    if not rows:
+        raise NotFound(f"build {build_id!r} not found")
+    principal.require_build_access(rows[0].organization_id, rows[0].project_id, build_id)
+    if rows[0].status in FINISHED:
         return []
-    stale = []
-    for p in [platform] if platform else list(PLATFORMS):
-        lease = queries.lease(session, build.id, p)
-        if (
-            lease is not None
-            and lease.released_at is None
-            and now - lease.heartbeat_at > HEARTBEAT_GRANULARITY
-        ):
-            stale.append(lease)
-    return stale
+    return [
+        row.lease_id
+        for row in rows
+        if row.lease_id is not None
+        and (platform is None or row.platform == platform)
+        and row.heartbeat_at is not None
+        and now - row.heartbeat_at > HEARTBEAT_GRANULARITY
+    ]
 
 
 def release(session: Session, principal: Principal, build_id: str, platform: str) -> None:
