@@ -29,6 +29,8 @@ from opendepot.registry.operations import no_registry
 
 Ctx = RequestContext[Any, Any]
 DEFAULT_LIST = 50
+# A status message up to this size is recorded on the loop's thread (Store.run_short): a few rows' work.
+SMALL_STATUS_BYTES = 16 << 10
 STATUS: dict[str, pb.BuildStatus] = {
     RUNNING: pb.BuildStatus.RUNNING,
     SUCCESS: pb.BuildStatus.FINISHED,
@@ -211,7 +213,10 @@ class BuildService(build_connect.BuildService):
                     session, who, build_id, payloads, vertices, logs, self.d.build_log_limit_bytes
                 )
 
-            await self.d.store.run(record)
+            # The CLI's own messages are a handful of `[depot]` vertices, and it waits for the stream's answer
+            # before its solve: a small one is written on the loop's thread (no hop to a worker and back).
+            small = sum(map(len, payloads)) <= SMALL_STATUS_BYTES
+            await (self.d.store.run_short(record) if small else self.d.store.run(record))
         return pb.ReportStatusStreamResponse()
 
     async def list_builds(self, request: pb.ListBuildsRequest, ctx: Ctx) -> pb.ListBuildsResponse:
