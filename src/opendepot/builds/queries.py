@@ -129,9 +129,7 @@ _BUILD_LIVE_LEASES = (
         _LEASES.c.heartbeat_at,
     )
     .select_from(
-        _BUILDS.outerjoin(
-            _LEASES, and_(_LEASES.c.build_id == _BUILDS.c.id, _LEASES.c.released_at.is_(None))
-        )
+        _BUILDS.outerjoin(_LEASES, and_(_LEASES.c.build_id == _BUILDS.c.id, _LEASES.c.released_at.is_(None)))
     )
     .where(_BUILDS.c.id == bindparam("build_id"))
 )
@@ -358,8 +356,9 @@ class StatusTarget(NamedTuple):
     status_bytes: int
 
 
-# The CLI's status stream writes once per message, and the CLI waits for the stream's answer before it
-# starts the solve: plain Core statements built once, the build's row (options and all) never loaded.
+# The CLI's status stream writes once per message, and its stream ends just as the CLI's solve starts (on
+# its path, as far as the server's log shows): plain Core statements built once, the build's row (options and
+# all) never loaded.
 _STATUS_TARGET = (
     select(_BUILDS.c.organization_id, _BUILDS.c.project_id, _BUILDS.c.status_bytes)
     .where(_BUILDS.c.id == bindparam("build_id"))

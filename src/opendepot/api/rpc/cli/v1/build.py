@@ -213,8 +213,8 @@ class BuildService(build_connect.BuildService):
                     session, who, build_id, payloads, vertices, logs, self.d.build_log_limit_bytes
                 )
 
-            # The CLI's own messages are a handful of `[depot]` vertices, and it waits for the stream's answer
-            # before its solve: a small one is written on the loop's thread (no hop to a worker and back).
+            # The CLI's own messages are a handful of `[depot]` vertices, and its stream ends just as its
+            # solve starts: a small one is written on the loop's thread (no hop to a worker and back).
             small = sum(map(len, payloads)) <= SMALL_STATUS_BYTES
             await (self.d.store.run_short(record) if small else self.d.store.run(record))
         return pb.ReportStatusStreamResponse()
