@@ -56,6 +56,8 @@ PACKET = 64 << 10
 # The longest the tap's status messages wait in the child to go to the supervisor in one batch: the step
 # recorder writes every 0.2 s anyway, so the steps a running build shows are as fresh as before.
 STATUS_BATCH_SECONDS = 0.1
+# ... and the most it holds for one connection (a build printing logs fast): one relay buffer's worth.
+STATUS_BATCH_BYTES = 256 << 10
 
 
 def _frame(message: tuple[Any, ...]) -> bytes:
@@ -388,6 +390,46 @@ class RelayProcess:
 # ---- The child ------------------------------------------------------------------------------------------
 
 
+class StatusBatch:
+    """What the tap saw on one connection goes to the supervisor in batches, after the relay pass that saw it
+    has sent its data on: at most STATUS_BATCH_SECONDS after the batch's first status, at once when it holds
+    STATUS_BATCH_BYTES, when a Status stream ends (its steps are written then) or when the connection closes.
+    A build's ~20 status messages cost one or two sends, and wake-ups of the supervisor, not one each."""
+
+    def __init__(
+        self, send: Callable[[list[bytes | None]], None], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._send = send
+        self._clock = clock
+        self._items: list[bytes | None] = []  # in the order seen; None where a Status stream ended
+        self._first = 0.0
+        self._bytes = 0
+        self._ended = False  # a Status stream's end is in the batch
+
+    def status(self, raw: bytes) -> None:
+        if not self._items:
+            self._first = self._clock()
+        self._items.append(raw)
+        self._bytes += len(raw)
+
+    def end(self) -> None:
+        if not self._items:
+            self._first = self._clock()
+        self._items.append(None)
+        self._ended = True
+
+    def after_pass(self, final: bool) -> float | None:
+        """The relay's pass hook: sends the batch if it is due; else in how many seconds it will be."""
+        if not self._items:
+            return None
+        wait = self._first + STATUS_BATCH_SECONDS - self._clock()
+        if final or wait <= 0 or self._bytes >= STATUS_BATCH_BYTES or self._ended:
+            items, self._items, self._bytes, self._ended = self._items, [], 0, False
+            self._send(items)
+            return None
+        return wait
+
+
 class _Events:
     """The child's messages to the supervisor, from the loop and from the relay thread alike."""
 
@@ -514,35 +556,10 @@ class _Child:
         if tapped:
             events = self.events
 
-            # What the tap saw goes to the supervisor in batches, after the pass that saw it has sent its
-            # data on: at most STATUS_BATCH_SECONDS after the first status of the batch, at once when a
-            # Status stream ends (its steps are written then) or the connection closes. A build's ~20
-            # status messages cost one or two sends, and wake-ups of the supervisor, not one each.
-            seen: list[bytes | None] = []
-            first_seen = 0.0
-
-            def status(raw: bytes) -> None:
-                nonlocal first_seen
-                if not seen:
-                    first_seen = time.monotonic()
-                seen.append(raw)
-
-            def status_end() -> None:
-                seen.append(None)
-
-            def report(final: bool) -> float | None:
-                if not seen:
-                    return None
-                wait = first_seen + STATUS_BATCH_SECONDS - time.monotonic()
-                if final or wait <= 0 or None in seen:
-                    events.send("status", key, seen.copy())
-                    seen.clear()
-                    return None
-                return wait
-
-            tap = StatusTap(status, status_end)
+            batch = StatusBatch(lambda items: events.send("status", key, items))
+            tap = StatusTap(batch.status, batch.end)
             up, down = tap.from_client, tap.from_server
-            after_pass = report
+            after_pass = batch.after_pass
         measured = metrics()
         relay = Relay(
             name,

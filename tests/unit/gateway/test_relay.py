@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY
 
 from opendepot.gateway import listener
 from opendepot.gateway.listener import Gateway
+from opendepot.gateway.process import STATUS_BATCH_BYTES, STATUS_BATCH_SECONDS, StatusBatch
 from opendepot.gateway.relay import BUFFER, Relay, RelayHub
 from opendepot.pki.authority import Authority, ClientIdentity, server_name
 from opendepot.sealed.vault import Vault
@@ -767,3 +768,43 @@ def test_the_relay_process_taps_status_and_the_supervisor_records_it_once(
     run_with_gateway(harness, body)
     assert recorder.statuses == [("bcdfghjkl0", message) for message in (FIRST, SECOND, THIRD)]
     assert recorder.flushes == ["bcdfghjkl0"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_status_batch_is_held_a_moment_then_sent_in_the_order_seen() -> None:
+    sent: list[list[bytes | None]] = []
+    clock = Clock()
+    batch = StatusBatch(sent.append, clock)
+    assert batch.after_pass(False) is None  # nothing held: no call back wanted
+    batch.status(b"one")
+    clock.now += 0.03
+    batch.status(b"two")
+    assert batch.after_pass(False) == pytest.approx(STATUS_BATCH_SECONDS - 0.03)
+    assert sent == []
+    clock.now += STATUS_BATCH_SECONDS
+    assert batch.after_pass(False) is None
+    assert sent == [[b"one", b"two"]]
+
+
+def test_a_status_end_a_full_batch_or_the_close_sends_at_once() -> None:
+    sent: list[list[bytes | None]] = []
+    batch = StatusBatch(sent.append, Clock())
+    batch.status(b"last")
+    batch.end()  # the solve's steps are written as its Status stream ends
+    batch.status(b"next stream")
+    assert batch.after_pass(False) is None
+    assert sent == [[b"last", None, b"next stream"]]
+    big = bytes(STATUS_BATCH_BYTES // 2)
+    batch.status(big)
+    assert batch.after_pass(False) is not None
+    batch.status(big)  # a build printing fast: the batch holds at most STATUS_BATCH_BYTES
+    assert batch.after_pass(False) is None and sent[-1] == [big, big]
+    batch.status(b"tail")
+    assert batch.after_pass(True) is None and sent[-1] == [b"tail"]  # the connection closes
