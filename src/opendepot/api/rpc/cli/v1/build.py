@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -215,8 +216,13 @@ class BuildService(build_connect.BuildService):
 
             # The CLI's own messages are a handful of `[depot]` vertices, and its stream ends just as its
             # solve starts: a small one is written on the loop's thread (no hop to a worker and back).
-            small = sum(map(len, payloads)) <= SMALL_STATUS_BYTES
-            await (self.d.store.run_short(record) if small else self.d.store.run(record))
+            if sum(map(len, payloads)) <= SMALL_STATUS_BYTES:
+                await self.d.store.run_short(record)
+                # Written inline, it held the loop: a stream of many small messages (a hostile client's)
+                # lets the worker's other requests run between them.
+                await asyncio.sleep(0)
+            else:
+                await self.d.store.run(record)
         return pb.ReportStatusStreamResponse()
 
     async def list_builds(self, request: pb.ListBuildsRequest, ctx: Ctx) -> pb.ListBuildsResponse:
