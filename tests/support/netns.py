@@ -30,6 +30,8 @@ def _ip(*args: str, check: bool = True) -> str:
 class TestInternet:
     """A netns with an HTTP server on `address`:80 (and on the link-local stand-in) serving `root`."""
 
+    __test__ = False  # a fixture's helper, not a test class pytest should try to collect
+
     name: str
     host_veth: str
     address: str

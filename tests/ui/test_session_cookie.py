@@ -4,6 +4,7 @@ out ends the session on the server, not only in the browser."""
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def sign_in(client: httpx.Client, url: str, token: str) -> httpx.Response:
 
 def test_session_cookie_is_secure_under_tls_and_sign_out_ends_it(tls_server: tuple[Server, Path]) -> None:
     srv, ca = tls_server
-    with httpx.Client(verify=str(ca), timeout=30) as client:
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(ca)), timeout=30) as client:
         signed = sign_in(client, srv.url, srv.admin_token)
         assert signed.status_code == 303 and signed.headers["location"] == "/projects"
         cookie = next(v for k, v in signed.headers.multi_items() if k == "set-cookie" and "session=" in v)
@@ -48,7 +49,7 @@ def test_session_cookie_is_secure_under_tls_and_sign_out_ends_it(tls_server: tup
         assert client.post(f"{srv.url}/sign-out", data={}).status_code == 403
         assert client.post(f"{srv.url}/sign-out", data={"csrf": csrf[1]}).status_code == 303
     # The old cookie no longer opens anything: the session is gone from the store.
-    with httpx.Client(verify=str(ca), timeout=30) as other:
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(ca)), timeout=30) as other:
         again = other.get(f"{srv.url}/projects", headers={"cookie": stolen})
         assert again.status_code == 303 and again.headers["location"].startswith("/sign-in")
 
