@@ -69,6 +69,12 @@ def test_bytes_pass_both_ways_unchanged_and_the_observers_see_them() -> None:
             return bytes(received)
 
         assert await asyncio.to_thread(exchange) == payload
+
+        def all_seen() -> bool:
+            return sum(map(len, seen_up)) >= len(payload) and sum(map(len, seen_down)) >= len(b"answer")
+
+        # The observers see each read once it is on its way to the peer: the peer may have it a moment before.
+        await asyncio.to_thread(until, all_seen)
         assert b"".join(seen_up) == payload and b"".join(seen_down) == b"answer"
         client_far.close()  # the client goes: the builder's end is closed too
         assert await asyncio.to_thread(builder_far.recv, 10) == b""
