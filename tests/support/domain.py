@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal, TokenKind
 from opendepot.builds import service as builds
+from opendepot.builds.models import Lease
 from opendepot.organizations import service as organizations
 from opendepot.projects import service as projects
 from opendepot.projects.models import Project
@@ -39,3 +41,9 @@ def running_build(store: Store) -> tuple[Principal, str]:
         admin, project = organization_with_project(session)
         build, _secret = builds.create_build(session, admin, project.id, [])
         return admin, build.id
+
+
+def lease_of(session: Session, build_id: str, platform: str) -> Lease | None:
+    """The build's lease on platform, released or not, as an ORM object tests can read."""
+    stmt = select(Lease).where(Lease.build_id == build_id, Lease.platform == platform)
+    return session.scalars(stmt).first()

@@ -151,11 +151,6 @@ def renew_heartbeats(session: Session, lease_ids: Sequence[str], now: datetime) 
         session.connection().execute(_RENEW_HEARTBEATS, {"lease_ids": list(lease_ids), "now": now})
 
 
-def lease(session: Session, build_id: str, platform: str) -> Lease | None:
-    stmt = select(Lease).where(Lease.build_id == build_id, Lease.platform == platform)
-    return session.scalars(stmt).first()
-
-
 # Built once, like the other statements on a build's path: constructing one costs more than running it.
 
 # Core, on the session's connection: no caller holds Lease objects in the session it releases from.

@@ -9,7 +9,7 @@ from opendepot.builders import service as builder_service
 from opendepot.builders.states import BuilderState
 from opendepot.builds import queries
 from opendepot.store import Store
-from tests.support.domain import running_build
+from tests.support.domain import lease_of, running_build
 
 
 def test_a_lease_is_served_from_when_its_builder_runs(either_store: Store) -> None:
@@ -18,26 +18,26 @@ def test_a_lease_is_served_from_when_its_builder_runs(either_store: Store) -> No
     with store.transaction() as session:
         project_id, machine = builder_service.acquire(session, admin, build_id, "amd64")
         assert machine is None  # no builder yet: the build waits
-        lease = queries.lease(session, build_id, "amd64")
+        lease = lease_of(session, build_id, "amd64")
         assert lease is not None and lease.served_at is None
         builder_service.set_state(session, project_id, "amd64", BuilderState.STARTING, pid=99)
     with store.transaction() as session:
         _project, machine = builder_service.acquire(session, admin, build_id, "amd64")
         assert machine is not None and machine.state == BuilderState.STARTING
-        lease = queries.lease(session, build_id, "amd64")
+        lease = lease_of(session, build_id, "amd64")
         assert lease is not None and lease.served_at is None  # still starting: not served
         builder_service.set_state(session, project_id, "amd64", BuilderState.RUNNING)
     with store.transaction() as session:
         _project, machine = builder_service.acquire(session, admin, build_id, "amd64")
         assert machine is not None and machine.state == BuilderState.RUNNING
-        lease = queries.lease(session, build_id, "amd64")
+        lease = lease_of(session, build_id, "amd64")
         assert lease is not None and lease.served_at is not None
         served = lease.served_at
         assert served >= lease.acquired_at
         lease.served_at = served - timedelta(seconds=5)  # as if served a while ago
     with store.transaction() as session:
         builder_service.acquire(session, admin, build_id, "amd64")  # a later connection: unchanged
-        lease = queries.lease(session, build_id, "amd64")
+        lease = lease_of(session, build_id, "amd64")
         assert lease is not None and lease.served_at == served - timedelta(seconds=5)
 
 
@@ -50,5 +50,5 @@ def test_a_lease_taken_on_a_running_builder_is_served_at_once(either_store: Stor
         builder_service.set_state(session, build.project_id, "amd64", BuilderState.RUNNING, pid=99)
     with store.transaction() as session:
         builder_service.acquire(session, admin, build_id, "amd64")
-        lease = queries.lease(session, build_id, "amd64")
+        lease = lease_of(session, build_id, "amd64")
         assert lease is not None and lease.served_at == lease.acquired_at

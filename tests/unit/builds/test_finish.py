@@ -9,7 +9,7 @@ from opendepot.clock import as_utc, utcnow
 from opendepot.store import Store
 from opendepot.tokens import queries as token_queries
 from opendepot.tokens import service as tokens
-from tests.support.domain import organization_with_project
+from tests.support.domain import lease_of, organization_with_project
 
 
 def test_finishing_releases_the_lease_and_ends_the_token_after_the_grace(store: Store) -> None:
@@ -24,8 +24,8 @@ def test_finishing_releases_the_lease_and_ends_the_token_after_the_grace(store: 
         builds.finish_build(session, admin, build.id, Outcome.success())
     with store.transaction() as session:
         lease, untouched = (
-            queries.lease(session, build.id, "amd64"),
-            queries.lease(session, other.id, "amd64"),
+            lease_of(session, build.id, "amd64"),
+            lease_of(session, other.id, "amd64"),
         )
         assert lease is not None and lease.released_at is not None and lease.released_at >= before
         assert untouched is not None and untouched.released_at is None

@@ -10,16 +10,15 @@ import pytest
 from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal, TokenKind
-from opendepot.builds import queries
 from opendepot.builds import service as builds
 from opendepot.errors import NotFound, PermissionDenied
 from opendepot.store import Store
-from tests.support.domain import running_build
+from tests.support.domain import lease_of, running_build
 
 
 def age(session: Session, build_id: str) -> None:
     """The build's amd64 lease last renewed 2 s earlier than it was."""
-    lease = queries.lease(session, build_id, "amd64")
+    lease = lease_of(session, build_id, "amd64")
     assert lease is not None
     lease.heartbeat_at -= timedelta(seconds=2)
 
@@ -44,7 +43,7 @@ def test_a_heartbeat_is_due_only_for_a_live_lease_over_a_second_old(either_store
         builds.finish_build(session, admin, build_id, builds.Outcome.success())
     with store.transaction() as session:
         assert not builds.heartbeat_due(session, admin, build_id, "amd64")  # finished: released
-        lease = queries.lease(session, build_id, "amd64")
+        lease = lease_of(session, build_id, "amd64")
         assert lease is not None and lease.released_at is not None
 
 

@@ -7,7 +7,7 @@ from opendepot.builds import queries
 from opendepot.builds import service as builds
 from opendepot.builds.service import Outcome
 from opendepot.store import Store
-from tests.support.domain import organization_with_project, project_of
+from tests.support.domain import lease_of, organization_with_project, project_of
 
 
 def live(store: Store, project_id: str, build_id: str, platform: str = "amd64") -> str | None:
@@ -22,7 +22,7 @@ def test_only_a_running_build_with_an_unreleased_lease_in_its_project_is_live(ei
         build, _ = builds.create_build(session, admin, project.id, [])
         waiting, _ = builds.create_build(session, admin, project.id, [])
         builds.acquire(session, admin, build.id, "amd64")
-        hardware = queries.lease(session, build.id, "amd64")
+        hardware = lease_of(session, build.id, "amd64")
         assert hardware is not None
         expected = hardware.hardware
 
