@@ -7,6 +7,7 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import (
     Connection,
     Row,
+    Select,
     Table,
     and_,
     bindparam,
@@ -72,20 +73,23 @@ _PROJECTS = cast(Table, Project.__table__)
 _VOLUMES = cast(Table, LogVolume.__table__)
 # What a build keeps in bulk, deleted in slices before the build itself (the retention sweep).
 _KEPT_IN_BULK = tuple(cast(Table, model.__table__) for model in (LogLine, StatusReport, Step))
+
+
+def _reaching(*columns: Any) -> Select[Any]:
+    """The build's organization and project (who reaches it: `Principal.require_build_access`) and columns,
+    its id bound as build_id. The CLI's RPCs on a build read these, never the build's row with its options."""
+    return select(_BUILDS.c.organization_id, _BUILDS.c.project_id, *columns).where(
+        _BUILDS.c.id == bindparam("build_id")
+    )
+
+
 # Built once, on every connection's path, and Core: only the columns acquiring a lease needs, no ORM objects
 # (loading a whole Build and Lease was a third of GetBuildKitConnection's server time).
 _BUILD_WITH_LEASE = (
-    select(
-        _BUILDS.c.organization_id,
-        _BUILDS.c.project_id,
-        _BUILDS.c.status,
-        _LEASES.c.id,
-        _PROJECTS.c.hardware,
-    )
+    _reaching(_BUILDS.c.status, _LEASES.c.id, _PROJECTS.c.hardware)
     .select_from(_BUILDS)
     .outerjoin(_LEASES, and_(_LEASES.c.build_id == _BUILDS.c.id, _LEASES.c.platform == bindparam("platform")))
     .outerjoin(_PROJECTS, _PROJECTS.c.id == _BUILDS.c.project_id)
-    .where(_BUILDS.c.id == bindparam("build_id"))
 )
 _RENEW_LEASE = (
     update(_LEASES)
@@ -119,19 +123,10 @@ class BuildLease(NamedTuple):
 
 
 # The build and its live leases, for the CLI's heartbeats (one every few seconds per build).
-_BUILD_LIVE_LEASES = (
-    select(
-        _BUILDS.c.organization_id,
-        _BUILDS.c.project_id,
-        _BUILDS.c.status,
-        _LEASES.c.id,
-        _LEASES.c.platform,
-        _LEASES.c.heartbeat_at,
-    )
-    .select_from(
-        _BUILDS.outerjoin(_LEASES, and_(_LEASES.c.build_id == _BUILDS.c.id, _LEASES.c.released_at.is_(None)))
-    )
-    .where(_BUILDS.c.id == bindparam("build_id"))
+_BUILD_LIVE_LEASES = _reaching(
+    _BUILDS.c.status, _LEASES.c.id, _LEASES.c.platform, _LEASES.c.heartbeat_at
+).select_from(
+    _BUILDS.outerjoin(_LEASES, and_(_LEASES.c.build_id == _BUILDS.c.id, _LEASES.c.released_at.is_(None)))
 )
 _RENEW_HEARTBEATS = (
     update(_LEASES)
@@ -181,11 +176,7 @@ class FinishTarget(NamedTuple):
 
 
 # FinishBuild's statements: the CLI waits for its answer before it exits.
-_FINISH_TARGET = (
-    select(_BUILDS.c.organization_id, _BUILDS.c.project_id, _BUILDS.c.status, _BUILDS.c.error)
-    .where(_BUILDS.c.id == bindparam("build_id"))
-    .with_for_update()
-)
+_FINISH_TARGET = _reaching(_BUILDS.c.status, _BUILDS.c.error).with_for_update()
 _SET_FINISHED = (
     update(_BUILDS)
     .where(_BUILDS.c.id == bindparam("build_id"))
@@ -354,11 +345,7 @@ class StatusTarget(NamedTuple):
 # The CLI's status stream writes once per message, and its stream ends just as the CLI's solve starts (on
 # its path, as far as the server's log shows): plain Core statements built once, the build's row (options and
 # all) never loaded.
-_STATUS_TARGET = (
-    select(_BUILDS.c.organization_id, _BUILDS.c.project_id, _BUILDS.c.status_bytes)
-    .where(_BUILDS.c.id == bindparam("build_id"))
-    .with_for_update()
-)
+_STATUS_TARGET = _reaching(_BUILDS.c.status_bytes).with_for_update()
 _ADD_STATUS_BYTES = (
     update(_BUILDS)
     .where(_BUILDS.c.id == bindparam("build_id"))

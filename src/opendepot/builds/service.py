@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
@@ -117,22 +117,35 @@ def buildable_project(session: Session, principal: Principal, project_id: str | 
     return owner
 
 
-def load_build(session: Session, principal: Principal, build_id: str) -> Build:
-    build = queries.get(session, require_id("build_id", build_id))
-    if build is None:
+class _Owned(Protocol):
+    @property
+    def organization_id(self) -> str: ...
+    @property
+    def project_id(self) -> str: ...
+
+
+_Found = TypeVar("_Found", bound=_Owned)
+
+
+def _reached(principal: Principal, build_id: str, found: _Found | None) -> _Found:
+    """What was read of the build, once the principal is known to reach it: `not_found` when there is no
+    such build, `permission_denied` when the caller's token does not reach it."""
+    if found is None:
         raise NotFound(f"build {build_id!r} not found")
-    principal.require_build_access(build.organization_id, build.project_id, build.id)
-    return build
+    principal.require_build_access(found.organization_id, found.project_id, build_id)
+    return found
+
+
+def load_build(session: Session, principal: Principal, build_id: str) -> Build:
+    return _reached(principal, build_id, queries.get(session, require_id("build_id", build_id)))
 
 
 def finish_build(session: Session, principal: Principal, build_id: str, outcome: Outcome | None) -> Outcome:
     """Sets the final status once (later calls change nothing) and releases the build's machines; answers
     the build's final status and error. A missing outcome is refused only after the caller is known to reach
     the build. Core statements, the build's row (options and all) never loaded: the CLI waits for this."""
-    build = queries.finish_target(session, require_id("build_id", build_id))  # its row locked until commit
-    if build is None:
-        raise NotFound(f"build {build_id!r} not found")
-    principal.require_build_access(build.organization_id, build.project_id, build_id)
+    # Its row locked until commit.
+    build = _reached(principal, build_id, queries.finish_target(session, require_id("build_id", build_id)))
     if outcome is None:
         raise InvalidArgument("result", "one of success, error or canceled is required")
     now = utcnow()
@@ -172,10 +185,9 @@ def acquire(
     """Takes or renews the build's lease on its project's builder; returns the build's project. The build,
     its lease on this platform and its project's hardware come in one query: this is on every connection's
     path. builder_running(project): whether the builder is up, so the lease is served (billed) from now."""
-    found = queries.build_with_lease(session, require_id("build_id", build_id), platform)
-    if found is None:
-        raise NotFound(f"build {build_id!r} not found")
-    principal.require_build_access(found.organization_id, found.project_id, build_id)
+    found = _reached(
+        principal, build_id, queries.build_with_lease(session, require_id("build_id", build_id), platform)
+    )
     if found.status in FINISHED:
         raise FailedPrecondition(f"build {build_id} is {found.status}; start a new build")
     now = utcnow()
@@ -218,10 +230,7 @@ def _stale_leases(
     ago: a renewal within it adds nothing and would only contend for the write lock. One Core query: the
     CLI's first heartbeat comes beside its GetBuildKitConnection."""
     rows = queries.build_live_leases(session, require_id("build_id", build_id))
-    if not rows:
-        raise NotFound(f"build {build_id!r} not found")
-    principal.require_build_access(rows[0].organization_id, rows[0].project_id, build_id)
-    if rows[0].status in FINISHED:
+    if _reached(principal, build_id, rows[0] if rows else None).status in FINISHED:
         return []
     return [
         row.lease_id
@@ -249,10 +258,7 @@ def record_status(
 ) -> bool:
     """Keeps what the client reported (bounded per build) and merges its vertices (`[depot] …`) into the
     build's steps. Returns False once the bound is reached."""
-    build = queries.status_target(session, require_id("build_id", build_id))
-    if build is None:
-        raise NotFound(f"build {build_id!r} not found")
-    principal.require_build_access(build.organization_id, build.project_id, build_id)
+    build = _reached(principal, build_id, queries.status_target(session, require_id("build_id", build_id)))
     steps.apply(session, build_id, vertices, logs, log_cap, project_id=build.project_id)
     kept: list[bytes] = []
     room = MAX_STATUS_BYTES_PER_BUILD - build.status_bytes
