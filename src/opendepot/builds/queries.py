@@ -168,7 +168,7 @@ def release_leases(session: Session, build_id: str, now: datetime, platform: str
         session.connection().execute(_RELEASE_PLATFORM_LEASES, {**params, "lease_platform": platform})
 
 
-class FinishTarget(NamedTuple):
+class BuildResult(NamedTuple):
     organization_id: str
     project_id: str
     status: str
@@ -176,7 +176,7 @@ class FinishTarget(NamedTuple):
 
 
 # FinishBuild's statements: the CLI waits for its answer before it exits.
-_FINISH_TARGET = _reaching(_BUILDS.c.status, _BUILDS.c.error).with_for_update()
+_LOCKED_RESULT = _reaching(_BUILDS.c.status, _BUILDS.c.error).with_for_update()
 _SET_FINISHED = (
     update(_BUILDS)
     .where(_BUILDS.c.id == bindparam("build_id"))
@@ -184,16 +184,23 @@ _SET_FINISHED = (
 )
 
 
-def finish_target(session: Session, build_id: str) -> FinishTarget | None:
+_SET_ERROR = update(_BUILDS).where(_BUILDS.c.id == bindparam("build_id")).values(error=bindparam("error"))
+
+
+def locked_result(session: Session, build_id: str) -> BuildResult | None:
     """Who reaches the build, its status and error; its row locked until commit (PostgreSQL; SQLite's one
     writer at a time)."""
-    row = session.connection().execute(_FINISH_TARGET, {"build_id": build_id}).first()
-    return None if row is None else FinishTarget(*row)
+    row = session.connection().execute(_LOCKED_RESULT, {"build_id": build_id}).first()
+    return None if row is None else BuildResult(*row)
 
 
 def set_finished(session: Session, build_id: str, status: str, error: str | None, at: datetime) -> None:
     params = {"build_id": build_id, "status": status, "error": error, "finished_at": at}
     session.connection().execute(_SET_FINISHED, params)
+
+
+def set_error(session: Session, build_id: str, error: str) -> None:
+    session.connection().execute(_SET_ERROR, {"build_id": build_id, "error": error})
 
 
 def expire_leases(session: Session, stale_before: datetime, now: datetime) -> int:

@@ -145,7 +145,7 @@ def finish_build(session: Session, principal: Principal, build_id: str, outcome:
     the build's final status and error. A missing outcome is refused only after the caller is known to reach
     the build. Core statements, the build's row (options and all) never loaded: the CLI waits for this."""
     # Its row locked until commit.
-    build = _reached(principal, build_id, queries.finish_target(session, require_id("build_id", build_id)))
+    build = _reached(principal, build_id, queries.locked_result(session, require_id("build_id", build_id)))
     if outcome is None:
         raise InvalidArgument("result", "one of success, error or canceled is required")
     now = utcnow()

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from opendepot.clock import utcnow
 
 from . import queries
-from .models import Build, LogVolume
+from .models import LogVolume
 
 DEFAULT_LOG_CAP = 10 * 1024 * 1024
 TRUNCATED = "[opendepot] log truncated: this build printed more than {cap} bytes; the rest was not kept"
@@ -221,12 +221,14 @@ def apply(
         session, [s.update() for s in steps.values() if s.id is not None and s.values() != s.read]
     )
     if out_of_memory:
-        # Read again, locked, after this transaction's writes: finish_build may have set the error since, and
-        # one of the two must see the other's write (SQLite: the write lock is held by now).
-        session.flush()
-        build = session.get(Build, build_id, with_for_update=True, populate_existing=True)
-        if build is not None:
-            note_out_of_memory(build, out_of_memory)
+        # A finished build's error gets the step's out-of-memory line (finish_build adds it if it comes
+        # later). Read locked after this transaction's step writes: finish_build may have set the error
+        # since, and one of the two must see the other's write (SQLite: the write lock is held by now).
+        result = queries.locked_result(session, build_id)
+        if result is not None and result.error is not None:
+            error = with_out_of_memory_line(result.error, out_of_memory)
+            if error != result.error:
+                queries.set_error(session, build_id, error)
 
 
 def _meter(
@@ -297,12 +299,6 @@ def _earlier_runs(
         if v.cached and (v.digest not in steps or steps[v.digest].saved_seconds is None):
             cached.add(v.digest)
     return _durations(session, project_id, build_id, {names[d] for d in cached if names.get(d)})
-
-
-def note_out_of_memory(build: Build, step_error: str) -> None:
-    """A finished build's error gets a step's out-of-memory line (finish_build does it if it comes later)."""
-    if build.error is not None:
-        build.error = with_out_of_memory_line(build.error, step_error)
 
 
 def with_out_of_memory_line(error: str, step_error: str) -> str:

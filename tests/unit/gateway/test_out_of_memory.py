@@ -4,6 +4,7 @@ v2 memory.events) and limit, read by the step recorder when a step fails while a
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -164,3 +165,25 @@ def test_a_build_finished_before_its_step_is_recorded_gets_the_line_too(store: S
     with store.transaction() as session:
         build = queries.get(session, build_id)
         assert build is not None and build.error == f"exit code: 137\n{line}"
+
+
+def test_an_oom_step_recorded_while_the_build_finishes_still_adds_the_line(either_store: Store) -> None:
+    """The recorder's write waits for a FinishBuild in flight (the build's row lock on PostgreSQL, the write
+    lock on SQLite), then reads the error that FinishBuild set and adds the step's line to it."""
+    admin, build_id = running_build(either_store)
+    line = steps.out_of_memory_message(4 << 30, "2x4")
+    oom = steps.VertexUpdate("sha256:b", "RUN x", None, None, False, f"exit code: 137\n{line}")
+    recorder = threading.Thread(
+        target=either_store.call, args=(lambda session: steps.apply(session, build_id, [oom], []),)
+    )
+    with either_store.transaction() as session:
+        builds.finish_build(session, admin, build_id, builds.Outcome.failed("exit code: 137"))
+        recorder.start()
+        recorder.join(0.5)
+        assert recorder.is_alive(), "the recorder's write did not wait for the finish's transaction"
+    recorder.join(30)
+    assert not recorder.is_alive()
+    with either_store.transaction() as session:
+        build = queries.get(session, build_id)
+        assert build is not None and build.status == FAILED
+        assert build.error == f"exit code: 137\n{line}"
