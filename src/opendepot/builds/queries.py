@@ -148,24 +148,35 @@ def renew_heartbeats(session: Session, lease_ids: Sequence[str], now: datetime) 
 
 # Built once, like the other statements on a build's path: constructing one costs more than running it.
 
-# Core, on the session's connection: no caller holds Lease objects in the session it releases from.
+# Core, on the session's connection: no caller holds Lease objects in the session it releases from. Every
+# writer changes a build's row before its leases (PostgreSQL locks rows in the order they are written).
 _RELEASE_LEASES = (
     update(_LEASES)
     .where(_LEASES.c.build_id == bindparam("lease_build"), _LEASES.c.released_at.is_(None))
     .values(released_at=bindparam("released"))
 )
 _RELEASE_PLATFORM_LEASES = _RELEASE_LEASES.where(_LEASES.c.platform == bindparam("lease_platform"))
+_RELEASE_BUILDS_LEASES = (
+    update(_LEASES)
+    .where(_LEASES.c.build_id.in_(bindparam("lease_builds", expanding=True)), _LEASES.c.released_at.is_(None))
+    .values(released_at=bindparam("released"))
+)
 
 
 def release_leases(session: Session, build_id: str, now: datetime, platform: str | None = None) -> None:
-    # A caller's changed Build objects are written first, as an ORM execute would: rows are locked in the
-    # same order (build, then its leases) by every writer.
-    session.flush()
     params: dict[str, object] = {"lease_build": build_id, "released": now}
     if platform is None:
         session.connection().execute(_RELEASE_LEASES, params)
     else:
         session.connection().execute(_RELEASE_PLATFORM_LEASES, {**params, "lease_platform": platform})
+
+
+def release_leases_of(session: Session, build_ids: Sequence[str], now: datetime) -> int:
+    """Releases every live lease of these builds; returns how many."""
+    if not build_ids:
+        return 0
+    params = {"lease_builds": list(build_ids), "released": now}
+    return int(session.connection().execute(_RELEASE_BUILDS_LEASES, params).rowcount)
 
 
 class BuildResult(NamedTuple):
@@ -203,6 +214,26 @@ def set_error(session: Session, build_id: str, error: str) -> None:
     session.connection().execute(_SET_ERROR, {"build_id": build_id, "error": error})
 
 
+# The reaper's and the take-over's: builds it chose that are still running when it writes end.
+_END_RUNNING = (
+    update(_BUILDS)
+    .where(_BUILDS.c.id.in_(bindparam("build_ids", expanding=True)), _BUILDS.c.status == BuildStatus.RUNNING)
+    .values(status=bindparam("status"), error=bindparam("error"), finished_at=bindparam("finished_at"))
+    .returning(_BUILDS.c.id)
+)
+
+
+def end_running(
+    session: Session, build_ids: Sequence[str], status: str, error: str, at: datetime
+) -> list[str]:
+    """Ends those of the builds that still run (not finished by their CLI since they were chosen); returns
+    their ids."""
+    if not build_ids:
+        return []
+    params = {"build_ids": list(build_ids), "status": status, "error": error, "finished_at": at}
+    return [row[0] for row in session.connection().execute(_END_RUNNING, params)]
+
+
 def expire_leases(session: Session, stale_before: datetime, now: datetime) -> int:
     """Leases whose heartbeats stopped: released. Returns how many. Selects first: on SQLite even an UPDATE
     that matches nothing takes the write lock, and this runs several times a second."""
@@ -219,14 +250,13 @@ def expire_leases(session: Session, stale_before: datetime, now: datetime) -> in
 _STALE_LEASE = select(_LEASES.c.id).where(
     _LEASES.c.released_at.is_(None), _LEASES.c.heartbeat_at < bindparam("stale_before")
 )
+# A running build nobody holds: none of its leases, released or not, had a heartbeat since stale_before (its
+# unreleased ones are all stale, and `reap` releases them with it).
 _ABANDONED_BUILD = select(_BUILDS.c.id).where(
     _BUILDS.c.status == BuildStatus.RUNNING,
     _BUILDS.c.created_at < bindparam("stale_before"),
     ~select(_LEASES.c.id)
-    .where(
-        _LEASES.c.build_id == _BUILDS.c.id,
-        or_(_LEASES.c.released_at.is_(None), _LEASES.c.heartbeat_at >= bindparam("stale_before")),
-    )
+    .where(_LEASES.c.build_id == _BUILDS.c.id, _LEASES.c.heartbeat_at >= bindparam("stale_before"))
     .exists(),
 )
 _RAN_TOO_LONG = select(_BUILDS.c.id).where(
@@ -262,32 +292,41 @@ def active_leases(connection: Connection | Session) -> Sequence[Row[str, str, st
     return connection.execute(_ACTIVE_LEASES).all()
 
 
-def running_since_before(session: Session, before: datetime, limit: int) -> Sequence[Build]:
+_RUNNING_SINCE_BEFORE = (
+    select(_BUILDS.c.id)
+    .where(_BUILDS.c.status == BuildStatus.RUNNING, _BUILDS.c.created_at < bindparam("before"))
+    .order_by(_BUILDS.c.created_at)
+    .limit(bindparam("limit"))
+)
+_ABANDONED_OLDEST_FIRST = _ABANDONED_BUILD.order_by(_BUILDS.c.created_at).limit(bindparam("limit"))
+_RUNNING_WITH_LEASES = select(_BUILDS.c.id).where(
+    _BUILDS.c.status == BuildStatus.RUNNING,
+    select(_LEASES.c.id)
+    .where(
+        _LEASES.c.build_id == _BUILDS.c.id,
+        _LEASES.c.released_at.is_(None),
+        _LEASES.c.acquired_at < bindparam("acquired_before"),
+    )
+    .exists(),
+)
+
+
+def running_since_before(session: Session, before: datetime, limit: int) -> list[str]:
     """The oldest running builds created before `before`, at most limit of them."""
-    stmt = select(Build).where(Build.status == "running", Build.created_at < before).options(WITHOUT_OPTIONS)
-    return session.scalars(stmt.order_by(Build.created_at).limit(limit)).all()
+    params = {"before": before, "limit": limit}
+    return list(session.connection().scalars(_RUNNING_SINCE_BEFORE, params))
 
 
-def running_with_leases(session: Session, acquired_before: datetime) -> Sequence[Build]:
+def running_with_leases(session: Session, acquired_before: datetime) -> list[str]:
     """Running builds that hold an unreleased lease on a builder, taken before `acquired_before`."""
-    held = select(Lease.build_id).where(
-        Lease.build_id == Build.id, Lease.released_at.is_(None), Lease.acquired_at < acquired_before
-    )
-    stmt = select(Build).where(Build.status == "running", held.exists()).options(WITHOUT_OPTIONS)
-    return session.scalars(stmt).all()
+    return list(session.connection().scalars(_RUNNING_WITH_LEASES, {"acquired_before": acquired_before}))
 
 
-def abandoned_builds(session: Session, stale_before: datetime, limit: int) -> Sequence[Build]:
-    """Running builds with no live lease and no heartbeat since stale_before, the oldest first, at most limit
-    of them."""
-    live = select(Lease.build_id).where(
-        Lease.build_id == Build.id,
-        or_(Lease.released_at.is_(None), Lease.heartbeat_at >= stale_before),
-    )
-    stmt = select(Build).where(
-        and_(Build.status == BuildStatus.RUNNING, Build.created_at < stale_before, ~live.exists())
-    )
-    return session.scalars(stmt.options(WITHOUT_OPTIONS).order_by(Build.created_at).limit(limit)).all()
+def abandoned_builds(session: Session, stale_before: datetime, limit: int) -> list[str]:
+    """Running builds created before stale_before that nobody held since (see _ABANDONED_BUILD), the oldest
+    first, at most limit of them."""
+    params = {"stale_before": stale_before, "limit": limit}
+    return list(session.connection().scalars(_ABANDONED_OLDEST_FIRST, params))
 
 
 # The gateway's admission of every new connection: built once, Core, one row.

@@ -159,7 +159,7 @@ def finish_build(session: Session, principal: Principal, build_id: str, outcome:
         ):
             final = Outcome(outcome.status, steps.with_out_of_memory_line(outcome.error, oom))
         queries.set_finished(session, build_id, final.status, final.error, now)
-        tokens.expire_build_token(session, build_id, now)
+        tokens.expire_build_tokens(session, [build_id], now)
     queries.release_leases(session, build_id, now)
     return final
 
@@ -358,22 +358,29 @@ def reap(
     that ran too long: those end with a reason and give their builder up. Returns (leases, builds). At most
     REAP_BATCH builds of each kind per call, the oldest first: `reaping_due` stays true for the next tick."""
     now = now or utcnow()
+    timed_out: list[str] = []
     if build_timeout is not None:
-        for build in queries.running_since_before(session, now - build_timeout, REAP_BATCH):
-            build.status, build.finished_at = ERROR, now
-            build.error = (
-                f"timed out: ran longer than {int(build_timeout.total_seconds())} s (--build-timeout)"
-            )
-            queries.release_leases(session, build.id, now)
-            tokens.expire_build_token(session, build.id, now)
+        timed_out = queries.end_running(
+            session,
+            queries.running_since_before(session, now - build_timeout, REAP_BATCH),
+            ERROR,
+            f"timed out: ran longer than {int(build_timeout.total_seconds())} s (--build-timeout)",
+            now,
+        )
     stale_before = now - lease_timeout
-    expired = queries.expire_leases(session, stale_before, now)
-    abandoned = queries.abandoned_builds(session, stale_before, REAP_BATCH)
-    for build in abandoned:
-        build.status, build.finished_at = ERROR, now
-        build.error = f"abandoned: no heartbeat for {int(lease_timeout.total_seconds())} s"
-        tokens.expire_build_token(session, build.id, now)
-    return expired, len(abandoned)
+    abandoned = queries.end_running(
+        session,
+        queries.abandoned_builds(session, stale_before, REAP_BATCH),
+        ERROR,
+        f"abandoned: no heartbeat for {int(lease_timeout.total_seconds())} s",
+        now,
+    )
+    # The builds first, then leases: every writer locks rows in that order (PostgreSQL), so a FinishBuild
+    # that holds a build this ends, and waits for its leases, cannot wait for this as this waits for it.
+    queries.release_leases_of(session, timed_out, now)
+    expired = queries.release_leases_of(session, abandoned, now)  # all stale
+    tokens.expire_build_tokens(session, timed_out + abandoned, now)
+    return expired + queries.expire_leases(session, stale_before, now), len(abandoned)
 
 
 # The retention sweep works in slices, each one transaction holding the store's write lock: at most
@@ -434,11 +441,11 @@ def interrupt_building(session: Session, node_started: datetime, now: datetime |
     before this node started count: a build that arrived while this node waited for the duties (up to one
     singular-lease term after a restart) never had a builder of the previous holder and goes on."""
     now = now or utcnow()
-    interrupted = queries.running_with_leases(session, node_started)
-    for build in interrupted:
-        build.status, build.finished_at, build.error = ERROR, now, INTERRUPTED
-        queries.release_leases(session, build.id, now)
-        tokens.expire_build_token(session, build.id, now)
+    interrupted = queries.end_running(
+        session, queries.running_with_leases(session, node_started), ERROR, INTERRUPTED, now
+    )
+    queries.release_leases_of(session, interrupted, now)
+    tokens.expire_build_tokens(session, interrupted, now)
     return len(interrupted)
 
 

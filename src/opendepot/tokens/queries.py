@@ -74,7 +74,7 @@ def delete_expired(session: Session, now: datetime) -> None:
 _EXPIRE_BUILD_TOKENS = (
     update(Token)
     .where(
-        Token.build_id == bindparam("token_build"),
+        Token.build_id.in_(bindparam("token_builds", expanding=True)),
         Token.kind == "build",
         or_(Token.expires_at.is_(None), Token.expires_at > bindparam("expiry")),
     )
@@ -84,7 +84,8 @@ _EXPIRE_BUILD_TOKENS = (
 )
 
 
-def expire_build_tokens(session: Session, build_id: str, at: datetime) -> None:
-    """Sets the expiry of a build's tokens to at, unless they already expire sooner."""
-    session.flush()  # the caller's changed objects first, as an ORM execute would (the same lock order)
-    session.connection().execute(_EXPIRE_BUILD_TOKENS, {"token_build": build_id, "expiry": at})
+def expire_build_tokens(session: Session, build_ids: Sequence[str], at: datetime) -> None:
+    """Sets the expiry of the builds' tokens to at, unless they already expire sooner."""
+    if build_ids:
+        params = {"token_builds": list(build_ids), "expiry": at}
+        session.connection().execute(_EXPIRE_BUILD_TOKENS, params)

@@ -88,10 +88,10 @@ def create_build_token(session: Session, organization_id: str, project_id: str, 
     return secret
 
 
-def expire_build_token(session: Session, build_id: str, finished_at: datetime) -> None:
+def expire_build_tokens(session: Session, build_ids: Sequence[str], finished_at: datetime) -> None:
     """A build's token ends with the build, after a grace for the CLI's last calls (FinishBuild, GetPullInfo):
     a token that leaks from a CI log afterwards reaches nothing."""
-    queries.expire_build_tokens(session, build_id, finished_at + BUILD_TOKEN_GRACE)
+    queries.expire_build_tokens(session, build_ids, finished_at + BUILD_TOKEN_GRACE)
 
 
 def create_pull_token(

@@ -3,17 +3,20 @@ a lease whose heartbeats stopped, a running build nobody holds, a build past the
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from opendepot.auth import Principal
 from opendepot.builds import service as builds
 from opendepot.builds.models import Build, Lease
 from opendepot.clock import utcnow
 from opendepot.store import Store
-from tests.support.domain import organization_with_project
+from opendepot.tokens.models import Token
+from opendepot.tokens.service import BUILD_TOKEN_GRACE
+from tests.support.domain import lease_of, organization_with_project
 
 LEASE_TIMEOUT = timedelta(seconds=30)
 BUILD_TIMEOUT = timedelta(hours=1)
@@ -109,3 +112,50 @@ def test_many_abandoned_builds_are_ended_a_batch_per_reap_oldest_first(
     while due(store, later):
         counts.append(reap(store, later)[1])
     assert counts == [3, 1] and ended() == set(made)
+
+
+def test_a_build_its_cli_finishes_while_the_reaper_ends_it_keeps_its_outcome(either_store: Store) -> None:
+    """The reaper chooses its builds with a plain read, then ends them: one that its CLI finished meanwhile
+    (the reaper's write waits for FinishBuild's row lock on PostgreSQL) is not ended again."""
+    store = either_store
+    admin, build_id = new_build(store, acquired=True)
+    later = utcnow() + LEASE_TIMEOUT + timedelta(seconds=1)
+    results: list[tuple[int, int]] = []
+    reaper = threading.Thread(target=lambda: results.append(reap(store, later)))
+    with store.transaction() as session:
+        builds.finish_build(session, admin, build_id, builds.Outcome.success())
+        reaper.start()
+        reaper.join(0.5)
+        assert reaper.is_alive(), "the reaper did not wait for the finish's transaction"
+    reaper.join(30)
+    assert results == [(0, 0)]
+    with store.transaction() as session:
+        build = builds.load_build(session, admin, build_id)
+        assert (build.status, build.error) == ("success", None)
+
+
+def test_the_take_over_ends_the_builds_that_held_the_previous_nodes_builders(either_store: Store) -> None:
+    store = either_store
+    node_started = utcnow()
+    with store.transaction() as session:
+        admin, project = organization_with_project(session)
+        held, unconnected, arrived = (
+            builds.create_build(session, admin, project.id, [])[0].id for _ in "abc"
+        )
+        builds.acquire(session, admin, held, "amd64")
+        session.execute(update(Lease).values(acquired_at=T0))  # before this node started
+        builds.acquire(session, admin, arrived, "amd64")  # from this node: it goes on
+        session.execute(update(Lease).where(Lease.build_id == arrived).values(acquired_at=node_started))
+    with store.transaction() as session:
+        assert builds.interrupt_building(session, node_started, now=node_started) == 1
+    with store.transaction() as session:
+        assert session.get(Build, unconnected).status == "running"  # type: ignore[union-attr]
+        assert session.get(Build, arrived).status == "running"  # type: ignore[union-attr]
+        ended = builds.load_build(session, admin, held)
+        assert (ended.status, ended.error, ended.finished_at) == ("error", builds.INTERRUPTED, node_started)
+        assert lease_of(session, held, "amd64").released_at == node_started  # type: ignore[union-attr]
+        assert lease_of(session, arrived, "amd64").released_at is None  # type: ignore[union-attr]
+        token = session.scalars(select(Token).where(Token.build_id == held)).one()
+        assert token.expires_at == node_started + BUILD_TOKEN_GRACE
+    with store.transaction() as session:  # done once: nothing is left to end
+        assert builds.interrupt_building(session, node_started) == 0
