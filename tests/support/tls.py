@@ -7,27 +7,18 @@ import ipaddress
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+from opendepot.pki.authority import cert_pem, certificate_builder, common_name, key_pem
 
 
 def make_server_cert(directory: Path) -> tuple[Path, Path, Path]:
     """Returns (ca.pem, server.pem, server-key.pem)."""
-    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = common_name("opendepot test CA")
     ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("opendepot test CA"))
-        .issuer_name(_name("opendepot test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+        certificate_builder(ca_name, ca_name, ca_key, dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -47,13 +38,7 @@ def make_server_cert(directory: Path) -> tuple[Path, Path, Path]:
     )
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+        certificate_builder(common_name("localhost"), ca_name, key, dt.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
@@ -69,11 +54,7 @@ def make_server_cert(directory: Path) -> tuple[Path, Path, Path]:
         directory / "server.pem",
         directory / "server-key.pem",
     )
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    ca_path.write_text(cert_pem(ca))
+    cert_path.write_text(cert_pem(cert))
+    key_path.write_text(key_pem(key))
     return ca_path, cert_path, key_path

@@ -66,18 +66,18 @@ def project_of_server_name(name: str | None) -> str | None:
     return project_id if looks_like_id(project_id) else None
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+def key_pem(key: ec.EllipticCurvePrivateKey) -> str:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
 
 
-def _cert_pem(cert: x509.Certificate) -> str:
+def cert_pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def common_name(text: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
 
 
 def certificate_builder(
@@ -98,7 +98,7 @@ def certificate_builder(
 def new_project_ca(project_id: str) -> Secret:
     """A project's CA and the gateway's server certificate for the project's name, signed by it."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name(f"opendepot project {project_id} CA")
+    ca_name = common_name(f"opendepot project {project_id} CA")
     ca = (
         certificate_builder(ca_name, ca_name, ca_key, CA_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -121,14 +121,14 @@ def new_project_ca(project_id: str) -> Secret:
     key = ec.generate_private_key(ec.SECP256R1())
     name = server_name(project_id)
     server = (
-        certificate_builder(_name(name), ca_name, key, SERVER_LIFETIME)
+        certificate_builder(common_name(name), ca_name, key, SERVER_LIFETIME)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     return Secret(
-        public={"ca": _cert_pem(ca), "server": _cert_pem(server) + _cert_pem(ca)},
-        private={"ca_key": _key_pem(ca_key), "server_key": _key_pem(key)},
+        public={"ca": cert_pem(ca), "server": cert_pem(server) + cert_pem(ca)},
+        private={"ca_key": key_pem(ca_key), "server_key": key_pem(key)},
     )
 
 
@@ -277,7 +277,7 @@ class Authority:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
             certificate_builder(
-                _name(f"build {identity.build_id} {identity.platform}"), ca.subject, key, lifetime
+                common_name(f"build {identity.build_id} {identity.platform}"), ca.subject, key, lifetime
             )
             .add_extension(
                 x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=False
@@ -285,7 +285,7 @@ class Authority:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
-        return IssuedCertificate(cert_pem=_cert_pem(cert), key_pem=_key_pem(key), ca_pem=ca_pem)
+        return IssuedCertificate(cert_pem=cert_pem(cert), key_pem=key_pem(key), ca_pem=ca_pem)
 
     def forget(self, project_id: str) -> None:
         self._cas.pop(project_id, None)

@@ -21,10 +21,10 @@ from .authority import (
     SERVER_LIFETIME,
     Authority,
     IssuedCertificate,
-    _cert_pem,
-    _key_pem,
-    _name,
+    cert_pem,
     certificate_builder,
+    common_name,
+    key_pem,
     write_if_changed,
 )
 
@@ -80,17 +80,17 @@ class BuilderLinks:
         key = ec.generate_private_key(ec.SECP256R1())
         name = builder_server_name(project_id, platform)
         cert = (
-            certificate_builder(_name(name), ca.cert.subject, key, SERVER_LIFETIME)
+            certificate_builder(common_name(name), ca.cert.subject, key, SERVER_LIFETIME)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca.key, hashes.SHA256())
         )
-        return IssuedCertificate(cert_pem=_cert_pem(cert), key_pem=_key_pem(key), ca_pem=ca.pem)
+        return IssuedCertificate(cert_pem=cert_pem(cert), key_pem=key_pem(key), ca_pem=ca.pem)
 
 
 def _new_link() -> Secret:
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("opendepot builder link CA")
+    ca_name = common_name("opendepot builder link CA")
     ca = (
         certificate_builder(ca_name, ca_name, ca_key, CA_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -98,11 +98,11 @@ def _new_link() -> Secret:
     )
     key = ec.generate_private_key(ec.SECP256R1())
     client = (
-        certificate_builder(_name("opendepot gateway"), ca_name, key, CA_LIFETIME)
+        certificate_builder(common_name("opendepot gateway"), ca_name, key, CA_LIFETIME)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     # The CA key is not kept: nothing else is ever signed by it.
     return Secret(
-        public={"ca": _cert_pem(ca), "client": _cert_pem(client)}, private={"client_key": _key_pem(key)}
+        public={"ca": cert_pem(ca), "client": cert_pem(client)}, private={"client_key": key_pem(key)}
     )

@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from opendepot.pki.authority import certificate_builder, write_if_changed
+from opendepot.pki.authority import cert_pem, certificate_builder, common_name, key_pem, write_if_changed
 from opendepot.sealed.vault import Secret, Vault
 
 ISSUER = "opendepot"
@@ -55,22 +53,16 @@ def libtrust_key_id(public_key: ec.EllipticCurvePublicKey) -> str:
 
 def _new_signer() -> Secret:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "opendepot registry token signer")])
+    name = common_name("opendepot registry token signer")
     cert = certificate_builder(name, name, key, SIGNER_LIFETIME).sign(key, hashes.SHA256())
     return Secret(
-        public={"cert": cert.public_bytes(serialization.Encoding.PEM).decode()},
+        public={"cert": cert_pem(cert)},
         private={
-            "key": _key_pem(key),
+            "key": key_pem(key),
             "events_secret": secrets.token_urlsafe(32),
             "http_secret": secrets.token_urlsafe(32),
         },
     )
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
 
 
 def _legacy_files(directory: Path) -> Secret | None:
