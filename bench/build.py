@@ -546,19 +546,10 @@ def baseline(work: Path, src: Path) -> Iterator[Server]:
     """A second server running the code under src (before a change), beside this checkout's."""
     if not (src / "opendepot" / "__init__.py").exists():
         sys.exit(f"bench/build.py: --baseline-src {src} holds no opendepot package")
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(src.resolve())
-    try:
-        server = Server(data_dir=work / "baseline-data", database_url=None).start(timeout=120)
-    finally:
-        if before is None:
-            os.environ.pop("PYTHONPATH")
-        else:
-            os.environ["PYTHONPATH"] = before
-    try:
+    with Server(
+        data_dir=work / "baseline-data", database_url=None, python_path=src.resolve()
+    ).running() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def h2load_times(url: str, body: bytes, token: str, requests: int, work: Path) -> list[float]:

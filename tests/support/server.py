@@ -73,6 +73,8 @@ class Server:
     database_url: str | None
     tls: tuple[Path, Path] | None = None
     extra_args: list[str] = field(default_factory=list)
+    # Another tree's src to run (a benchmark's baseline): serve and its admin commands import opendepot there.
+    python_path: Path | None = None
     port: int = field(default_factory=free_port)
     buildkit_port: int = field(default_factory=free_port)
     registry_port: int = field(default_factory=free_port)
@@ -93,6 +95,9 @@ class Server:
     @property
     def admin_token(self) -> str:
         return (self.data_dir / "admin-token").read_text().strip()
+
+    def env(self) -> dict[str, str] | None:
+        return None if self.python_path is None else {**os.environ, "PYTHONPATH": str(self.python_path)}
 
     def store_args(self) -> list[str]:
         args = ["--data-dir", str(self.data_dir)]
@@ -117,7 +122,7 @@ class Server:
             args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         log = self.log_path.open("ab")
         STARTED_DATA_DIRS.add(self.data_dir)
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env())
         deadline = time.monotonic() + timeout
         with httpx.Client(verify=False) as client:
             while time.monotonic() < deadline:
@@ -148,7 +153,12 @@ class Server:
     def admin(self, *args: str) -> str:
         """Runs an `opendepot` admin command against this server's store."""
         result = subprocess.run(
-            [*OPENDEPOT, *args, *self.store_args()], capture_output=True, text=True, cwd=REPO, check=False
+            [*OPENDEPOT, *args, *self.store_args()],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=self.env(),
+            check=False,
         )
         if result.returncode != 0:
             raise RuntimeError(f"opendepot {' '.join(args)} failed: {result.stderr}")
