@@ -441,12 +441,15 @@ def interrupt_building(session: Session, node_started: datetime, now: datetime |
     before this node started count: a build that arrived while this node waited for the duties (up to one
     singular-lease term after a restart) never had a builder of the previous holder and goes on."""
     now = now or utcnow()
-    interrupted = queries.end_running(
-        session, queries.running_with_leases(session, node_started), ERROR, INTERRUPTED, now
-    )
-    queries.release_leases_of(session, interrupted, now)
-    tokens.expire_build_tokens(session, interrupted, now)
-    return len(interrupted)
+    running = queries.running_with_leases(session, node_started)
+    interrupted = 0
+    # In slices: a statement binds each id, and PostgreSQL takes at most 65,535 parameters.
+    for start in range(0, len(running), REAP_BATCH):
+        ended = queries.end_running(session, running[start : start + REAP_BATCH], ERROR, INTERRUPTED, now)
+        queries.release_leases_of(session, ended, now)
+        tokens.expire_build_tokens(session, ended, now)
+        interrupted += len(ended)
+    return interrupted
 
 
 __all__ = ["CANCELED", "ERROR", "FAILED", "Outcome"]

@@ -159,3 +159,24 @@ def test_the_take_over_ends_the_builds_that_held_the_previous_nodes_builders(eit
         assert token.expires_at == node_started + BUILD_TOKEN_GRACE
     with store.transaction() as session:  # done once: nothing is left to end
         assert builds.interrupt_building(session, node_started) == 0
+
+
+def test_the_take_over_ends_any_number_of_builds_in_slices(
+    either_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every build that held a builder ends at take-over, however many (each slice's statements bind its
+    ids, and PostgreSQL takes at most 65,535 parameters)."""
+    store = either_store
+    monkeypatch.setattr(builds, "REAP_BATCH", 2)
+    with store.transaction() as session:
+        admin, project = organization_with_project(session)
+        held = [builds.create_build(session, admin, project.id, [])[0].id for _ in range(5)]
+        for build_id in held:
+            builds.acquire(session, admin, build_id, "amd64")
+    node_started = utcnow() + timedelta(seconds=1)
+    with store.transaction() as session:
+        assert builds.interrupt_building(session, node_started) == 5
+    with store.transaction() as session:
+        ended = [builds.load_build(session, admin, build_id) for build_id in held]
+        assert {(build.status, build.error) for build in ended} == {("error", builds.INTERRUPTED)}
+        assert all(lease_of(session, b, "amd64").released_at is not None for b in held)  # type: ignore[union-attr]
