@@ -24,6 +24,7 @@ from opendepot.errors import (
 from opendepot.ids import new_id
 from opendepot.pagination import Cursor, PageRequest, next_token
 from opendepot.projects import queries as project_queries
+from opendepot.projects import service as projects
 from opendepot.tokens import service as tokens
 from opendepot.tokens.secrets import hash_secret
 from opendepot.validation import require_id
@@ -322,10 +323,7 @@ def summarize(session: Session, builds: Sequence[Build]) -> list[Summary]:
 def list_builds(
     session: Session, principal: Principal, project_id: str, page: PageRequest
 ) -> tuple[Sequence[Build], str | None]:
-    project = project_queries.get(session, require_id("project_id", project_id))
-    if project is None:
-        raise NotFound(f"project {project_id!r} not found")
-    principal.require_project_access(project.organization_id, project.id)
+    project = projects.load_project(session, principal, project_id)
     rows = queries.newest_first(session, project.id, limit=page.size + 1, after=page.after)
     token = next_token(BUILDS_LIST, [Cursor(b.created_at, b.id) for b in rows], page.size)
     return rows[: page.size], token
@@ -530,10 +528,7 @@ def step_records(session: Session, build: Build) -> list[StepRecord]:
 def list_builds_by_status(
     session: Session, principal: Principal, project_id: str, status: str | None, page: PageRequest
 ) -> tuple[list[Summary], str | None]:
-    project = project_queries.get(session, require_id("project_id", project_id))
-    if project is None:
-        raise NotFound(f"project {project_id!r} not found")
-    principal.require_project_access(project.organization_id, project.id)
+    project = projects.load_project(session, principal, project_id)
     rows = queries.newest_first(
         session, project.id, limit=page.size + 1, after=page.after, status=status, with_options=True
     )  # the dashboard shows each build's platforms
