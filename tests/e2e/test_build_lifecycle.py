@@ -14,6 +14,7 @@ import httpx
 import pytest
 from protobuf import Oneof
 
+from opendepot.builders import queries as machine_queries
 from opendepot.builds import queries as build_queries
 from opendepot.gen.depot.cli.v1 import build_pb as cli
 from opendepot.gen.moby.buildkit.v1 import control_pb
@@ -21,7 +22,7 @@ from opendepot.store import Store
 from opendepot.store.engine import sqlite_url
 from tests.e2e.test_builds import build, new_project, step_states
 from tests.support.builds import buildctl_via_gateway, builds_possible, busybox_context
-from tests.support.clients import sdk_node
+from tests.support.clients import depot, sdk_node
 from tests.support.rpc import call
 from tests.support.server import Server
 
@@ -200,6 +201,22 @@ def test_killed_builder_restarts_with_its_cache_and_reset_empties_it(
     code, output = build(lifecycle, token, project, context)
     assert code == 0, output
     assert set(step_states(output).values()) == {"DONE"}, step_states(output)
+
+    # Deleting the project stops its builder and forgets it (its row used to stay for good).
+    assert recorded_builders(lifecycle, project) == ["amd64"]
+    deleted = depot(lifecycle.url, token, "projects", "delete", "--project-id", project, "--yes")
+    assert deleted.returncode == 0, deleted.stderr
+    assert builder_pids(lifecycle, project) == []
+    assert recorded_builders(lifecycle, project) == []
+
+
+def recorded_builders(srv: Server, project: str) -> list[str]:
+    """The platforms the server records a builder of the project for (its machines table)."""
+    store = Store(sqlite_url(srv.data_dir))
+    try:
+        return sorted(m.platform for m in store.read_now(lambda s: machine_queries.of_project(s, project)))
+    finally:
+        store.dispose()
 
 
 def cgroup_file(pid: int, controller: str, name: str) -> Path:

@@ -35,6 +35,10 @@ def all_machines(session: Session) -> Sequence[Machine]:
     return session.scalars(select(Machine)).all()
 
 
+def of_project(session: Session, project_id: str) -> Sequence[Machine]:
+    return session.scalars(select(Machine).where(Machine.project_id == project_id)).all()
+
+
 _RESETTING = select(_MACHINES.c.project_id, _MACHINES.c.platform).where(
     _MACHINES.c.state == BuilderState.RESETTING
 )

@@ -33,3 +33,6 @@ class BuilderReset:
                 )
             await asyncio.sleep(0.1)
         await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
+
+    async def forget(self, project_id: str) -> None:
+        await self.store.run(lambda s: machines.forget_project(s, project_id))

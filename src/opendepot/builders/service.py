@@ -35,19 +35,19 @@ def set_state(
 def request_reset(session: Session, project_id: str) -> int:
     """Asks the manager to stop the project's builders and discard what the backend keeps of them (a
     stopped builder may still have a cache volume). Returns how many it must handle first."""
-    pending = 0
-    for machine in queries.all_machines(session):
-        if machine.project_id == project_id:
-            machine.state, machine.updated_at = BuilderState.RESETTING, utcnow()
-            pending += 1
-    return pending
+    machines = queries.of_project(session, project_id)
+    for machine in machines:
+        machine.state, machine.updated_at = BuilderState.RESETTING, utcnow()
+    return len(machines)
 
 
 def resetting(session: Session, project_id: str) -> bool:
-    return any(
-        m.project_id == project_id and m.state == BuilderState.RESETTING
-        for m in queries.all_machines(session)
-    )
+    return any(m.state == BuilderState.RESETTING for m in queries.of_project(session, project_id))
+
+
+def forget_project(session: Session, project_id: str) -> None:
+    """A deleted project's builders are stopped (see `request_reset`): their rows go with it."""
+    queries.forget_project(session, project_id)
 
 
 def acquire(

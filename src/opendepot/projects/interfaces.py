@@ -14,6 +14,10 @@ class BuilderReset(Protocol):
         build cache. Raises FailedPrecondition when they do not stop in time; nothing is deleted then."""
         ...
 
+    async def forget(self, project_id: str) -> None:
+        """Drops what is recorded of a deleted project's builders (stopped by `stop_and_wipe` first)."""
+        ...
+
 
 class CertificateAuthority(Protocol):
     """Implemented by `pki/authority.py`."""

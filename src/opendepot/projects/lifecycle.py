@@ -23,10 +23,12 @@ class ProjectLifecycle:
 
     async def delete(self, principal: Principal, project_id: str) -> Project:
         """Rights checked → builders stopped, cache wiped → row (and, by cascade, tokens, builds) deleted →
-        the project's CA forgotten."""
+        the builders' records and the project's CA forgotten."""
         project = await self.store.read(lambda s: service.check_delete_allowed(s, principal, project_id))
         await self.builders.stop_and_wipe(project.id)
         deleted = await self.store.run(lambda s: service.delete_project(s, principal, project.id))
+        # After the row: no build of the project is left to start its builders again.
+        await self.builders.forget(deleted.id)
         # A store write (the sealed CA) and a directory removal: off the event loop.
         await asyncio.to_thread(self.authority.forget, deleted.id)
         return deleted

@@ -20,6 +20,7 @@ class FakeBuilders:
         self.store = store
         self.fail = fail
         self.wiped: list[tuple[str, bool]] = []
+        self.forgotten: list[tuple[str, bool]] = []
 
     async def stop_and_wipe(self, project_id: str) -> None:
         if self.fail:
@@ -27,6 +28,11 @@ class FakeBuilders:
         with self.store.transaction() as session:
             row_still_there = queries.get(session, project_id) is not None
         self.wiped.append((project_id, row_still_there))
+
+    async def forget(self, project_id: str) -> None:
+        with self.store.transaction() as session:
+            row_still_there = queries.get(session, project_id) is not None
+        self.forgotten.append((project_id, row_still_there))
 
 
 class FakeAuthority:
@@ -53,6 +59,7 @@ def test_delete_stops_the_builders_before_the_row_goes_then_forgets_the_ca(store
     builders, authority = FakeBuilders(store), FakeAuthority()
     asyncio.run(ProjectLifecycle(store, builders, authority).delete(admin, project_id))
     assert builders.wiped == [(project_id, True)]
+    assert builders.forgotten == [(project_id, False)]  # the builders' records go after the project's row
     assert not exists(store, project_id)
     assert authority.forgotten == [project_id]
 
@@ -60,11 +67,12 @@ def test_delete_stops_the_builders_before_the_row_goes_then_forgets_the_ca(store
 def test_builders_that_do_not_stop_leave_the_project_whole(store: Store) -> None:
     admin, project_id = make_project(store)
     authority = FakeAuthority()
-    lifecycle = ProjectLifecycle(store, FakeBuilders(store, fail=True), authority)
+    builders = FakeBuilders(store, fail=True)
+    lifecycle = ProjectLifecycle(store, builders, authority)
     with pytest.raises(FailedPrecondition):
         asyncio.run(lifecycle.delete(admin, project_id))
     assert exists(store, project_id)
-    assert authority.forgotten == []
+    assert authority.forgotten == [] and builders.forgotten == []
 
 
 def test_a_project_token_may_reset_its_cache_but_not_delete_the_project(store: Store) -> None:
@@ -81,3 +89,4 @@ def test_a_project_token_may_reset_its_cache_but_not_delete_the_project(store: S
         asyncio.run(lifecycle.delete(own, project_id))
     assert exists(store, project_id)
     assert builders.wiped == [(project_id, True)]
+    assert builders.forgotten == []  # a cache reset keeps the builders' records
