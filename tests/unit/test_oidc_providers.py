@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from opendepot.oidc.providers import DEFAULT_ISSUERS, Identity, matches, provider_of
+from opendepot.oidc.service import use_key
 
 ORG = "0d2a4b0e-6a4c-4a7e-9d2b-1f0c8c6d9e11"
 PROJECT = "7e1f7f3c-3b8d-4a55-a0d6-5a1b8a7d2c44"
@@ -61,3 +65,20 @@ def test_circleci_gitlab_and_buildkite() -> None:
     )
     assert matches("buildkite", {"organization_slug": "acme", "pipeline_slug": "deploy"}, kite)
     assert not matches("buildkite", {"organization_slug": "acme", "pipeline_slug": "other"}, kite)
+
+
+def test_a_token_without_jti_is_one_use_however_its_signature_is_spelt() -> None:
+    """PyJWT accepts the signature segment with its base64 padding back; both spellings verify, so both
+    must be the same use of the token (else a leaked token has a second replay window)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    claims = {"iss": f"https://oidc.circleci.com/org/{ORG}", "aud": "aud", "exp": 2**31}
+    token = jwt.encode(claims, key, algorithm="ES256")
+    signed, _, signature = token.rpartition(".")
+    padded = f"{signed}.{signature}{'=' * (-len(signature) % 4)}"
+    assert padded != token
+    assert jwt.decode(padded, key.public_key(), algorithms=["ES256"], audience="aud") == claims
+    identity = Identity("circleci", claims["iss"], claims)
+    assert use_key(identity, padded) == use_key(identity, token)
+    # Another token (other claims) is another use.
+    other = jwt.encode({**claims, "exp": 2**31 - 1}, key, algorithm="ES256")
+    assert use_key(identity, other) != use_key(identity, token)

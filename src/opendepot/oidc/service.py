@@ -21,9 +21,11 @@ def trusted_projects(session: Session, identity: Identity) -> frozenset[str]:
 
 
 def use_key(identity: Identity, token: str) -> str:
-    """The issuer and jti; a token without a jti is known by its own digest."""
+    """The issuer and jti; a token without a jti is known by what its signature covers (header and
+    claims). Not by the whole token: its signature has other spellings that verify too (base64 padding, an
+    ECDSA signature's other s), each of which would be a replay of its own."""
     jti = identity.claim("jti")
-    basis = f"{identity.issuer}\n{jti}" if jti else token
+    basis = f"{identity.issuer}\n{jti}" if jti else token.rpartition(".")[0]
     return hashlib.sha256(basis.encode()).hexdigest()
 
 
