@@ -79,7 +79,7 @@ class PullInfo:
 def pull_info(session: Session, principal: Principal, build_id: str, host: str) -> PullInfo:
     build = builds.load_build(session, principal, build_id)
     secret, _expires = tokens.create_pull_token(
-        session, build.organization_id, build.project_id, PULL_TOKEN_LIFETIME
+        session, principal, build.organization_id, build.project_id, PULL_TOKEN_LIFETIME
     )
     return PullInfo(build, f"{host}/{build.project_id}:{build.id}", PULL_USER, secret)
 
@@ -97,7 +97,7 @@ def pull_token(
             raise InvalidArgument("project_id", "give a project_id or a build_id")
         found = load_project(session, principal, project_id)
         organization_id, project = found.organization_id, found.id
-    return tokens.create_pull_token(session, organization_id, project, PULL_TOKEN_LIFETIME)
+    return tokens.create_pull_token(session, principal, organization_id, project, PULL_TOKEN_LIFETIME)
 
 
 def _reaches(principal: Principal, organization_id: str, project_id: str) -> bool:

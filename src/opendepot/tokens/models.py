@@ -21,7 +21,7 @@ class Token(Base):
     project_id: Mapped[str | None] = mapped_column(
         ForeignKey("projects.id", ondelete="CASCADE"), index=True, nullable=True
     )
-    # Set for build tokens: the one build they reach.
+    # Set for build tokens (the one build they reach) and the pull tokens they ask for (they expire with it).
     build_id: Mapped[str | None] = mapped_column(
         ForeignKey("builds.id", ondelete="CASCADE"), index=True, nullable=True
     )

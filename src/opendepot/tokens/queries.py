@@ -75,7 +75,7 @@ _EXPIRE_BUILD_TOKENS = (
     update(Token)
     .where(
         Token.build_id.in_(bindparam("token_builds", expanding=True)),
-        Token.kind == "build",
+        Token.kind.in_(("build", "pull")),  # a build token's pull tokens carry its build
         or_(Token.expires_at.is_(None), Token.expires_at > bindparam("expiry")),
     )
     .values(expires_at=bindparam("expiry"))
@@ -85,7 +85,8 @@ _EXPIRE_BUILD_TOKENS = (
 
 
 def expire_build_tokens(session: Session, build_ids: Sequence[str], at: datetime) -> None:
-    """Sets the expiry of the builds' tokens to at, unless they already expire sooner."""
+    """Sets the expiry of the builds' tokens (and of the pull tokens they asked for) to at, unless they
+    already expire sooner."""
     if build_ids:
         params = {"token_builds": list(build_ids), "expiry": at}
         session.connection().execute(_EXPIRE_BUILD_TOKENS, params)

@@ -90,19 +90,35 @@ def create_build_token(session: Session, organization_id: str, project_id: str, 
 
 def expire_build_tokens(session: Session, build_ids: Sequence[str], finished_at: datetime) -> None:
     """A build's token ends with the build, after a grace for the CLI's last calls (FinishBuild, GetPullInfo):
-    a token that leaks from a CI log afterwards reaches nothing."""
+    a token that leaks from a CI log afterwards reaches nothing. So do the pull tokens it asked for."""
     queries.expire_build_tokens(session, build_ids, finished_at + BUILD_TOKEN_GRACE)
 
 
 def create_pull_token(
-    session: Session, organization_id: str, project_id: str, lifetime: timedelta
+    session: Session, caller: Principal, organization_id: str, project_id: str, lifetime: timedelta
 ) -> tuple[str, datetime]:
-    """Pull-only and short-lived (GetPullToken, GetPullInfo). Expired ones are swept as new ones are made."""
+    """Pull-only and short-lived (GetPullToken, GetPullInfo). Expired ones are swept as new ones are made.
+
+    One a build token asks for belongs to that build: it expires with the build token (FinishBuild and the
+    reaper expire both), and one made after the build ended lives no longer than the build token. Else a
+    build token leaked from a CI log could be turned into an hour of pulls from the project's registry."""
     now = utcnow()
     queries.delete_expired(session, now)
     expires_at = now + lifetime
+    build_id = None
+    if caller.kind is TokenKind.BUILD:
+        build_id = caller.build_id
+        build_token = queries.get(session, caller.token_id)
+        if build_token is not None and build_token.expires_at is not None:
+            expires_at = min(expires_at, build_token.expires_at)
     _token, secret = _issue(
-        session, TokenKind.PULL, organization_id, project_id, "registry pull", expires_at=expires_at
+        session,
+        TokenKind.PULL,
+        organization_id,
+        project_id,
+        "registry pull",
+        build_id=build_id,
+        expires_at=expires_at,
     )
     return secret, expires_at
 
