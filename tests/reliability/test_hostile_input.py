@@ -29,6 +29,8 @@ from tests.support.server import Server
 from .processes import alive, api_workers, rss_bytes
 
 DEEP = b'{"projectId":' + b"[" * 14000 + b"]" * 14000 + b"}"
+# An empty gzip member, then the deep document: the guard once expanded only the first member.
+DEEP_BEHIND = gzip.compress(b"") + gzip.compress(DEEP)
 RSS_GROWTH_LIMIT = 64 * 1024 * 1024
 HOSTILE_REQUESTS = int(os.environ.get("OPENDEPOT_HOSTILE_REQUESTS", "10000"))
 PATHS = sorted(method_paths())
@@ -78,6 +80,19 @@ def test_deeply_nested_json_is_refused_and_no_worker_dies(server: Server) -> Non
         ("/depot.cli.v1beta1.LoginService/FinishLogin", "application/connect+json", envelope(DEEP), None),
         ("/depot.cli.v1.BuildService/ReportStatusStream", "application/connect+json", envelope(DEEP), token),
         ("/depot.core.v1.ProjectService/GetProject", "application/connect+json", envelope(DEEP), token),
+        ("/depot.core.v1.ProjectService/GetProject", "application/json", DEEP_BEHIND, token),
+        (
+            "/depot.cli.v1beta1.LoginService/FinishLogin",
+            "application/connect+json",
+            envelope(DEEP_BEHIND, 1),
+            None,
+        ),
+        (
+            "/depot.cli.v1.BuildService/ReportStatusStream",
+            "application/connect+json",
+            envelope(DEEP_BEHIND, 1),
+            token,
+        ),
     ]
     with httpx.Client(timeout=30) as client:
         for _round in range(3):
@@ -87,6 +102,8 @@ def test_deeply_nested_json_is_refused_and_no_worker_dies(server: Server) -> Non
                     headers["authorization"] = f"Bearer {bearer}"
                 if body[:2] == b"\x1f\x8b":
                     headers["content-encoding"] = "gzip"
+                if body[:1] == b"\x01":  # a compressed stream message
+                    headers["connect-content-encoding"] = "gzip"
                 r = client.post(server.url + path, content=body, headers=headers)
                 assert r.status_code < 500, (path, r.status_code, r.content[:200])
                 if r.status_code == 415:  # a unary method spoken to as a stream: refused by type
@@ -131,6 +148,17 @@ def test_gzip_bombs_do_not_grow_the_workers(server: Server) -> None:
                     "/depot.cli.v1beta1.LoginService/FinishLogin",
                     "application/connect+proto",
                     envelope(bomb, 1),
+                ),
+                # Behind an empty first member (the guard once expanded only that one).
+                (
+                    "/depot.cli.v1beta1.LoginService/StartLogin",
+                    "application/proto",
+                    gzip.compress(b"") + bomb,
+                ),
+                (
+                    "/depot.cli.v1beta1.LoginService/FinishLogin",
+                    "application/connect+proto",
+                    envelope(gzip.compress(b"") + small_bomb, 1),
                 ),
             ):
                 headers = {"content-type": content_type}

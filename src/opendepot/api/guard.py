@@ -141,16 +141,29 @@ def json_depth_exceeds(document: bytes, limit: int) -> bool:
 
 
 def gunzip_bounded(data: bytes, limit: int) -> bytes:
-    decompressor = zlib.decompressobj(wbits=31)
-    try:
-        out = decompressor.decompress(data, limit + 1)
-    except zlib.error as exc:
-        raise Refused("invalid_argument", "request body: not valid gzip") from exc
-    if len(out) > limit:
-        raise Refused("resource_exhausted", f"request body: larger than {limit} bytes once decompressed")
-    if not decompressor.eof:
-        raise Refused("invalid_argument", "request body: truncated gzip")
-    return out
+    """Every gzip member of data (as the codec would read them), at most limit bytes in all. The codec is
+    only ever given what this returns: a check of the first member alone would let a second one through
+    unseen (the JSON nesting that crashes the decoder, or a bomb past the bound)."""
+    if not data:  # the codec reads an empty compressed message as an empty message
+        return b""
+    parts: list[bytes] = []
+    total = 0
+    rest = data
+    while True:
+        decompressor = zlib.decompressobj(wbits=31)
+        try:
+            out = decompressor.decompress(rest, limit + 1 - total)
+        except zlib.error as exc:
+            raise Refused("invalid_argument", "request body: not valid gzip") from exc
+        total += len(out)
+        if total > limit:
+            raise Refused("resource_exhausted", f"request body: larger than {limit} bytes once decompressed")
+        if not decompressor.eof:
+            raise Refused("invalid_argument", "request body: truncated gzip")
+        parts.append(out)
+        rest = decompressor.unused_data
+        if not rest:
+            return b"".join(parts)
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -250,8 +263,10 @@ async def read_bounded(receive: Receive, limit: int, seconds: float) -> bytes:
 
 
 class StreamChecker:
-    """Follows the envelopes of a request stream as they pass to the codec: sizes, flags, and the nesting
-    of JSON messages (decompressed up to the message bound)."""
+    """Follows the envelopes of a request stream on their way to the codec: sizes, flags, and the nesting
+    of JSON messages. A compressed message is held until it is whole, expanded here (up to the message
+    bound) and passed on expanded, its flag cleared: the codec decodes exactly what was checked and never
+    decompresses anything itself."""
 
     def __init__(self, message_limit: int, total_limit: int, json_depth: int | None, gzip: bool) -> None:
         self._message_limit = message_limit
@@ -264,10 +279,12 @@ class StreamChecker:
         self._compressed = False
         self._message = bytearray()
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes) -> bytes:
+        """What of the stream so far goes on to the codec."""
         self._total += len(chunk)
         if self._total > self._total_limit:
             raise Refused("resource_exhausted", f"request stream: larger than {self._total_limit} bytes")
+        out = bytearray()
         view = memoryview(chunk)
         while view:
             if self._remaining == 0 and len(self._header) < 5:
@@ -275,17 +292,22 @@ class StreamChecker:
                 self._header += view[:take]
                 view = view[take:]
                 if len(self._header) == 5:
-                    self._start_message()
+                    out += self._start_message()
                 continue
             take = min(self._remaining, len(view))
             if self._json_depth is not None or self._compressed:
                 self._message += view[:take]
+            if not self._compressed:
+                out += view[:take]
             view = view[take:]
             self._remaining -= take
             if self._remaining == 0:
-                self._end_message()
+                out += self._end_message()
+        return bytes(out)
 
-    def _start_message(self) -> None:
+    def _start_message(self) -> bytes:
+        """The header to pass on now: an uncompressed message's own (a compressed one's comes once it is
+        expanded)."""
         flags = self._header[0]
         length = int.from_bytes(self._header[1:5], "big")
         if flags & ~0x01:
@@ -301,13 +323,16 @@ class StreamChecker:
                 "resource_exhausted", f"request stream: a message larger than {self._message_limit}"
             )
         self._remaining = length
+        header = b"" if self._compressed else bytes(self._header)
         if length == 0:
-            self._end_message()
+            return header + self._end_message()
+        return header
 
-    def _end_message(self) -> None:
+    def _end_message(self) -> bytes:
+        """What to pass on at a message's end: a compressed message, expanded, with its new header."""
         self._header.clear()
         if self._json_depth is None and not self._compressed:
-            return
+            return b""
         message = bytes(self._message)
         self._message.clear()
         if self._compressed:
@@ -315,6 +340,10 @@ class StreamChecker:
             message = gunzip_bounded(message, self._message_limit)
         if self._json_depth is not None and json_depth_exceeds(message, self._json_depth):
             raise Refused("invalid_argument", f"request message: JSON nested deeper than {self._json_depth}")
+        if not self._compressed:
+            return b""
+        self._compressed = False
+        return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
 Authenticate = Callable[[str | None], Awaitable[Principal]]
@@ -411,13 +440,14 @@ class Guard:
             message = await receive()
             if message["type"] == "http.request":
                 try:
-                    checker.feed(message.get("body", b""))
+                    body = checker.feed(message.get("body", b""))
                 except Refused as refusal:
                     _log(path, refusal)
                     if message.get("more_body"):
                         tracked = _TrackedReceive(receive)
                         await self._drain(scope, tracked)
                     raise _connect_error(refusal) from None
+                message = {**message, "body": body}
             return message
 
         return checked
