@@ -22,6 +22,14 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 ACCEPT = ", ".join((*INDEX_TYPES, *MANIFEST_TYPES))
+# What an image's size is read from, bounded (the manifests are the pusher's). Real indexes name a few
+# platforms; real images have at most a few hundred layers (overlayfs stacks 128).
+MAX_INDEX_CHILDREN = 256
+MAX_IMAGE_BLOBS = 10_000
+MAX_BLOB_SIZE = 1 << 40  # 1 TiB
+# An image counts at most this (16 TiB): the sums over a project's or an organization's images stay far
+# below a 64-bit integer (SQLite's SUM raises on overflow).
+MAX_IMAGE_SIZE = 1 << 44
 SELF = "opendepot"
 
 
@@ -78,24 +86,32 @@ class RegistryClient:
         return response.headers.get("docker-content-digest") if response.status_code == 200 else None
 
     async def image_size(self, repository: str, digest: str) -> tuple[str, int]:
-        """(media type, bytes of config plus layers); for an index, over its manifests, each blob once."""
+        """(media type, bytes of config plus layers); for an index, over its manifests, each blob once.
+
+        The manifests are the pusher's: an index names each child once here however often it lists it, at
+        most MAX_INDEX_CHILDREN of them, each read and let go in turn (an index naming one 4 MiB manifest
+        600 times held 2.5 GiB); a blob size that is not a whole number in 0..MAX_BLOB_SIZE counts as 0
+        (a negative one made ListImages and GetUsage fail)."""
         top = await self.manifest(repository, digest)
         if top is None:
             raise RegistryError(f"manifest {repository}@{digest} is gone")
         blobs: dict[str, int] = {}
-        manifests = [top]
-        if top.media_type in INDEX_TYPES or "manifests" in top.document:
-            manifests = []
-            for child in top.document.get("manifests", []):
-                found = await self.manifest(repository, str(child["digest"]))
+        document = top.document
+        if top.media_type in INDEX_TYPES or "manifests" in document:
+            children = dict.fromkeys(_digests(document.get("manifests")))
+            if len(children) > MAX_INDEX_CHILDREN:
+                raise RegistryError(f"index {repository}@{digest} names over {MAX_INDEX_CHILDREN} manifests")
+            for child in children:
+                found = await self.manifest(repository, child)
                 if found is not None:
-                    manifests.append(found)
-        for manifest in manifests:
-            document = manifest.document
-            for blob in [document.get("config") or {}, *(document.get("layers") or [])]:
-                if "digest" in blob:
-                    blobs[str(blob["digest"])] = int(blob.get("size", 0))
-        return top.media_type, sum(blobs.values())
+                    _add_blobs(blobs, found.document)
+                if len(blobs) > MAX_IMAGE_BLOBS:
+                    break
+        else:
+            _add_blobs(blobs, document)
+        if len(blobs) > MAX_IMAGE_BLOBS:
+            raise RegistryError(f"image {repository}@{digest} names over {MAX_IMAGE_BLOBS} blobs")
+        return top.media_type, min(sum(blobs.values()), MAX_IMAGE_SIZE)
 
     async def delete(self, repository: str, digest: str) -> None:
         headers = self._auth(repository, "pull", "push", "delete")
@@ -118,3 +134,19 @@ class RegistryClient:
         except httpx.TransportError:
             return False
         return response.status_code in (200, 401)
+
+
+def _digests(entries: Any) -> list[str]:
+    """The digests an index's `manifests` names, skipping what is not an entry with one."""
+    if not isinstance(entries, list):
+        return []
+    return [str(e["digest"]) for e in entries if isinstance(e, dict) and isinstance(e.get("digest"), str)]
+
+
+def _add_blobs(blobs: dict[str, int], document: dict[str, Any]) -> None:
+    config, layers = document.get("config"), document.get("layers")
+    for blob in [config, *(layers if isinstance(layers, list) else [])]:
+        if isinstance(blob, dict) and isinstance(blob.get("digest"), str):
+            size = blob.get("size")
+            fits = isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_BLOB_SIZE
+            blobs[blob["digest"]] = size if fits and isinstance(size, int) else 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ SIZE_ATTEMPTS = 6
 # Scopes in one token request. A push asks for one repository, plus a few to mount blobs from; without a bound
 # one 1 MiB request named 20,000 and held an API worker's loop for half a second for a 4 MB token.
 MAX_SCOPES = 64
+# distribution's repository names: lower-case path components joined by separators, 255 characters at most.
+MAX_REPOSITORY_NAME = 255
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+REPOSITORY_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 # DeleteImage reads the project's other indexes to know which per-platform manifests are still in use; past
 # this many it deletes none of them (each read is a registry round trip).
 MAX_SCANNED_INDEXES = 1000
@@ -55,7 +60,10 @@ class RegistrySettings:
 
 
 def parse_scopes(values: Sequence[str]) -> list[Access]:
-    """`repository:<name>:pull,push`, several per value separated by spaces; malformed ones are skipped."""
+    """`repository:<name>:pull,push`, several per value separated by spaces; malformed ones are skipped, and
+    so are names that are no repository's (distribution's grammar, 255 characters at most). Each action
+    counts once: a granted scope is copied into the token, so a 1 MiB name or 100,000 repeated actions made
+    a 2.7 MiB token."""
     scopes: list[Access] = []
     items = [item for value in values for item in value.split()]
     if len(items) > MAX_SCOPES:
@@ -63,8 +71,8 @@ def parse_scopes(values: Sequence[str]) -> list[Access]:
     for item in items:
         kind, _, rest = item.partition(":")
         name, _, actions = rest.rpartition(":")
-        if kind and name and actions:
-            scopes.append(Access(kind, name, tuple(a for a in actions.split(",") if a)))
+        if kind and len(name) <= MAX_REPOSITORY_NAME and REPOSITORY_NAME.fullmatch(name) and actions:
+            scopes.append(Access(kind, name, tuple(dict.fromkeys(a for a in actions.split(",") if a))))
     return scopes
 
 
