@@ -55,7 +55,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import h2.connection
@@ -203,8 +203,12 @@ def diy_certificates(directory: Path) -> dict[str, Path]:
 
 
 @contextmanager
-def diy_buildkitd(work: Path, registry: str) -> Iterator[tuple[str, dict[str, Path]]]:
-    """The user's own buildkitd on TCP with mTLS, configured as opendepot configures its builders."""
+def diy_buildkitd(
+    work: Path, registry: str, unix_socket: Path | None = None
+) -> Iterator[tuple[str, dict[str, Path]]]:
+    """The user's own buildkitd on TCP with mTLS, configured as opendepot configures its builders; with
+    unix_socket it listens there too (without TLS: buildkitd's TLS is for TCP listeners)."""
+    work.mkdir(parents=True, exist_ok=True)
     certs = diy_certificates(work / "diy-certs")
     address = f"tcp://127.0.0.1:{free_port()}"
     config = work / "diy-buildkitd.toml"
@@ -219,6 +223,7 @@ def diy_buildkitd(work: Path, registry: str) -> Iterator[tuple[str, dict[str, Pa
             str(work / "diy-state"),
             "--addr",
             address,
+            *(["--addr", f"unix://{unix_socket}"] if unix_socket else []),
             "--tlscert",
             str(certs["server"]),
             "--tlskey",
@@ -975,21 +980,46 @@ def context_rows(
         commands["@baseline"] = via_gateway(before, before_project, one, work / "certs-baseline")
         meters["@baseline"] = CpuMeter(before, [before_project])
 
-    def meter(side: str) -> CpuMeter:
-        return meters["@baseline"] if side == "@baseline" else meters[""]
+    def measured(side: str) -> AbstractContextManager[None]:
+        if side.startswith("diy"):  # not opendepot's processes: no CPU split
+            return nullcontext()
+        return (meters["@baseline"] if side == "@baseline" else meters[""]).measure(side)
 
     def fresh(name: str, command: list[str], directory: Path) -> Callable[[int], float]:
         def run(_i: int) -> float:
             (directory / "payload").write_bytes(os.urandom(mb << 20))
             renew()
-            with meter(name).measure(name):
+            with measured(name):
                 return app.timed(command)
 
         return run
 
-    sides = [(name, fresh(name, command, one)) for name, command in commands.items()]
-    warm_up(sides, *meters.values())
-    times = measure(f"{mb} MB context", args.runs, sides)
+    # The reference: what Go's own mTLS costs against the unix socket, at the user's own buildkitd (root,
+    # not sandboxed), alternating with the sides above.
+    diy_socket = work / "context-diy" / "buildkitd.sock"
+    with diy_buildkitd(work / "context-diy", srv.registry_host, diy_socket) as (address, certs):
+        diy_dial(address, certs)  # waits for its TCP listener; the socket comes up with it
+        deadline = time.monotonic() + 10
+        while not diy_socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        commands["diy-tls"] = [
+            buildctl,
+            "--addr",
+            address,
+            "--tlscacert",
+            str(certs["ca"]),
+            "--tlscert",
+            str(certs["client"]),
+            "--tlskey",
+            str(certs["client-key"]),
+            "--tlsservername",
+            "127.0.0.1",
+            *solve(one),
+        ]
+        commands["diy-socket"] = [buildctl, "--addr", f"unix://{diy_socket}", *solve(one)]
+        sides = [(name, fresh(name, command, one)) for name, command in commands.items()]
+        warm_up(sides, *meters.values())
+        times = measure(f"{mb} MB context", args.runs, sides)
     rows = [f"(c) {mb} MB context, one build, min / median / max:"]
     rows += throughput_rows(times, mb, 1, meters, before is not None)
 
@@ -1016,7 +1046,7 @@ def context_rows(
             for directory in dirs:
                 (directory / "payload").write_bytes(os.urandom(mb << 20))
             renew()
-            with meter(name).measure(name):
+            with measured(name):
                 start = time.perf_counter()
                 with ThreadPoolExecutor(n) as pool:
                     list(pool.map(app.timed, commands))
@@ -1024,7 +1054,7 @@ def context_rows(
 
         return run
 
-    sides = [(name, together(name, together_commands[name])) for name in commands]
+    sides = [(name, together(name, together_commands[name])) for name in together_commands]
     warm_up(sides, *meters.values())
     times = measure(f"{n} x {mb} MB concurrent", args.runs, sides)
     rows.append(f"(c) {n} concurrent builds in {n} projects, {mb} MB each, min / median / max (all done):")
@@ -1048,6 +1078,15 @@ def throughput_rows(
         f"    {label} throughput: {app.ratio_spread(times['socket'], times['gateway'])}"
         f"  [target >= 0.9: {verdict(ratio >= 0.9)}]"
     )
+    if "diy-tls" in times:
+        rows.append(
+            "    the DIY buildkitd's own mTLS / its socket (Go's TLS, no relay):"
+            f" {app.ratio_spread(times['diy-socket'], times['diy-tls'])}"
+        )
+        rows.append(
+            "    gateway / the DIY buildkitd's mTLS (the user's other choice):"
+            f" {app.ratio_spread(times['diy-tls'], times['gateway'])}"
+        )
     if baseline:
         rows.append(
             f"    @baseline's gateway / socket: {app.ratio_spread(times['socket'], times['@baseline'])};"
