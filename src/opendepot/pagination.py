@@ -18,12 +18,20 @@ from opendepot.validation import MAX_ID_LENGTH
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_TOKEN_LENGTH = 512
+NOT_ISSUED = "is not a page token this list issued"
 
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
     created_at: datetime
     id: str
+
+    def numeric_id(self) -> int:
+        """The id, in a list whose ids are row numbers: anything but a number that fits a 64-bit column
+        was not issued here (int() of it raised, or the database refused it: a 500)."""
+        if not (self.id.isascii() and self.id.isdigit() and len(self.id) <= 18):
+            raise InvalidArgument("page_token", NOT_ISSUED)
+        return int(self.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +64,7 @@ def encode_token(list_name: str, cursor: Cursor) -> str:
 
 
 def decode_token(list_name: str, token: str) -> Cursor:
-    problem = "is not a page token this list issued"
+    problem = NOT_ISSUED
     if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidArgument("page_token", problem)
     try:

@@ -422,10 +422,12 @@ def status_reports(session: Session, build_id: str) -> Sequence[StatusReport]:
     return session.scalars(stmt).all()
 
 
-def steps_page(session: Session, build_id: str, *, limit: int, after: Cursor | None) -> Sequence[Step]:
+def steps_page(
+    session: Session, build_id: str, *, limit: int, after: tuple[datetime, int] | None
+) -> Sequence[Step]:
     stmt = select(Step).where(Step.build_id == build_id)
     if after is not None:
-        stmt = stmt.where(tuple_(Step.started_at, Step.id) > tuple_(after.created_at, int(after.id)))
+        stmt = stmt.where(tuple_(Step.started_at, Step.id) > tuple_(*after))
     return session.scalars(stmt.order_by(Step.started_at, Step.id).limit(limit)).all()
 
 

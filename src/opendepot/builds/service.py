@@ -294,7 +294,8 @@ def list_steps(
     session: Session, principal: Principal, project_id: str, build_id: str, page: PageRequest
 ) -> tuple[Sequence[Step], str | None]:
     build = _build_in_project(session, principal, project_id, build_id)
-    rows = queries.steps_page(session, build.id, limit=page.size + 1, after=page.after)
+    after = (page.after.created_at, page.after.numeric_id()) if page.after is not None else None
+    rows = queries.steps_page(session, build.id, limit=page.size + 1, after=after)
     cursors = [Cursor(r.started_at or build.created_at, str(r.id)) for r in rows]
     return rows[: page.size], next_token(STEPS_LIST, cursors, page.size)
 
@@ -307,7 +308,7 @@ def step_logs(
         raise InvalidArgument("build_step_digest", "is required (a vertex digest from GetBuildSteps)")
     if queries.step(session, build.id, digest) is None:
         raise NotFound(f"build {build.id} has no step {digest!r}")
-    after = int(page.after.id) if page.after is not None else 0
+    after = page.after.numeric_id() if page.after is not None else 0
     rows = queries.log_page(session, build.id, digest, limit=page.size + 1, after_id=after)
     cursors = [Cursor(r.logged_at, str(r.id)) for r in rows]
     return rows[: page.size], next_token(LOGS_LIST, cursors, page.size)

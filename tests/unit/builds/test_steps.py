@@ -13,6 +13,8 @@ from opendepot.builds import queries, steps
 from opendepot.builds import service as builds
 from opendepot.builds.models import Build
 from opendepot.builds.steps import LogChunk, VertexUpdate
+from opendepot.errors import InvalidArgument
+from opendepot.pagination import Cursor, PageRequest
 from opendepot.store import Store
 from tests.support.domain import organization_with_project, running_build
 
@@ -283,3 +285,31 @@ def test_the_last_real_run_is_an_index_seek_past_the_cached_runs(store: Store) -
         plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params).fetchall()
     [(*_ids, detail)] = plan
     assert "USING INDEX ix_build_steps_real_runs (project_id=? AND name=? AND cached=?)" in detail, plan
+
+
+@pytest.mark.parametrize("forged_id", ["abc", "²", "9999999999999999999", "-1", "1e3", ""])
+def test_a_steps_or_logs_token_whose_id_is_no_row_number_is_invalid_argument(
+    either_store: Store, forged_id: str
+) -> None:
+    """Both lists key on integer row ids: a forged token's id went to int() (ValueError) or to the database
+    (SQLite's integer overflow), an `internal` error for anyone holding the build's token."""
+    store = either_store
+    admin, build_id = running_build(store)
+    with store.transaction() as session:
+        steps.apply(session, build_id, [vertex(name="RUN make", started=T0)], [])
+        chunk = LogChunk(digest="sha256:x", stream=1, at=T0, data=b"line\n")
+        steps.apply(session, build_id, [], [chunk])
+    page = PageRequest(size=10, after=Cursor(T0, forged_id))
+    with store.transaction() as session:
+        with pytest.raises(InvalidArgument) as steps_error:
+            builds.list_steps(session, admin, "", build_id, page)
+        with pytest.raises(InvalidArgument) as logs_error:
+            builds.step_logs(session, admin, "", build_id, "sha256:x", page)
+    assert steps_error.value.field == logs_error.value.field == "page_token"
+    # A real row number still pages.
+    with store.transaction() as session:
+        listed, _next = builds.list_steps(session, admin, "", build_id, PageRequest(10, Cursor(T0, "0")))
+        lines, _next = builds.step_logs(
+            session, admin, "", build_id, "sha256:x", PageRequest(10, Cursor(T0, "0"))
+        )
+    assert [s.name for s in listed] == ["RUN make"] and [line.text for line in lines] == ["line"]
