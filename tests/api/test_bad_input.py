@@ -12,15 +12,18 @@ from typing import Any, Literal
 import httpx
 import pytest
 from protobuf import DescFieldValueList, DescFieldValueScalar, DescMethod, Message, Oneof, ScalarType
+from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 from opendepot.api.rpc.services import SERVICES
 from opendepot.gen.depot.cli.v1beta1 import projects_pb as beta
 from opendepot.gen.depot.core.v1 import organization_pb as orgpb
 from opendepot.gen.depot.core.v1 import project_pb as pb
+from opendepot.gen.depot.core.v1 import usage_pb as upb
 from tests.support.rpc import call
 from tests.support.server import Server
 
 PS = "depot.core.v1.ProjectService"
+US = "depot.core.v1.UsageService"
 
 
 def github(owner: str, repository: str = "") -> Oneof[Literal["github"], pb.TrustPolicy.GitHub]:
@@ -325,6 +328,25 @@ FIELD_CASES: list[tuple[str, Callable[[World], Message[Any]], str, str]] = [
         lambda w: beta.ResetProjectCacheRequest(),
         "invalid_argument",
         "project_id",
+    ),
+    # Times past datetime's range (protobuf's to_datetime raised OverflowError: an internal error).
+    (
+        f"{US}/GetUsage",
+        lambda w: upb.GetUsageRequest(end_at=Timestamp(seconds=253402300799, nanos=999999999)),
+        "invalid_argument",
+        "end_at",
+    ),
+    (
+        f"{US}/GetProjectUsage",
+        lambda w: upb.GetProjectUsageRequest(project_id=w.project, start_at=Timestamp(seconds=-(10**12))),
+        "invalid_argument",
+        "start_at",
+    ),
+    (
+        f"{US}/ListProjectUsage",
+        lambda w: upb.ListProjectUsageRequest(end_at=Timestamp(seconds=10**12)),
+        "invalid_argument",
+        "end_at",
     ),
 ]
 

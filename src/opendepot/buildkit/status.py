@@ -9,7 +9,14 @@ from opendepot.gen.moby.buildkit.v1 import control_pb
 
 
 def _when(ts: object) -> datetime | None:
-    return None if ts is None else ts.to_datetime()  # type: ignore[attr-defined]
+    """None for no time, and for one past datetime's range (the CLI relays what the build's status says: a
+    time there ended the whole status stream with an internal error)."""
+    if ts is None:
+        return None
+    try:
+        return ts.to_datetime()  # type: ignore[attr-defined,no-any-return]
+    except (OverflowError, ValueError):
+        return None
 
 
 def events(message: control_pb.StatusResponse) -> tuple[list[VertexUpdate], list[LogChunk]]:

@@ -10,6 +10,7 @@ from connectrpc.request import RequestContext
 from opendepot.api.calls import caller
 from opendepot.api.deps import Deps
 from opendepot.api.rpc import convert
+from opendepot.errors import InvalidArgument
 from opendepot.gen.depot.core.v1 import usage_connect
 from opendepot.gen.depot.core.v1 import usage_pb as pb
 from opendepot.pagination import page_request
@@ -18,8 +19,17 @@ from opendepot.usage import service as usage
 Ctx = RequestContext[Any, Any]
 
 
-def _when(ts: Any) -> datetime | None:
-    return None if ts is None else ts.to_datetime()
+def _period(request: Any) -> usage.Period:
+    return usage.period(_when(request.start_at, "start_at"), _when(request.end_at, "end_at"))
+
+
+def _when(ts: Any, field: str) -> datetime | None:
+    if ts is None:
+        return None
+    try:
+        return ts.to_datetime()  # type: ignore[no-any-return]
+    except (OverflowError, ValueError):  # past datetime's range (year 9999's last half-microsecond on)
+        raise InvalidArgument(field, "is out of range") from None
 
 
 def project_usage_out(f: usage.ProjectFigures) -> pb.ProjectUsage:
@@ -39,7 +49,7 @@ class UsageService(usage_connect.UsageService):
         self, request: pb.GetProjectUsageRequest, ctx: Ctx
     ) -> pb.GetProjectUsageResponse:
         who = caller()
-        period = usage.period(_when(request.start_at), _when(request.end_at))
+        period = _period(request)
         figures = await self.d.store.read(lambda s: usage.project_usage(s, who, request.project_id, period))
         return pb.GetProjectUsageResponse(usage=project_usage_out(figures))
 
@@ -47,7 +57,7 @@ class UsageService(usage_connect.UsageService):
         self, request: pb.ListProjectUsageRequest, ctx: Ctx
     ) -> pb.ListProjectUsageResponse:
         who = caller()
-        period = usage.period(_when(request.start_at), _when(request.end_at))
+        period = _period(request)
         page = page_request(
             usage.PROJECT_USAGE_LIST,
             request.page_size if request.has_field("page_size") else None,
@@ -60,7 +70,7 @@ class UsageService(usage_connect.UsageService):
 
     async def get_usage(self, request: pb.GetUsageRequest, ctx: Ctx) -> pb.GetUsageResponse:
         who = caller()
-        period = usage.period(_when(request.start_at), _when(request.end_at))
+        period = _period(request)
         result = await self.d.store.read(lambda s: usage.organization_usage(s, who, period))
         return pb.GetUsageResponse(
             period_start=convert.timestamp(period.start),
