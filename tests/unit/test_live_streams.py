@@ -1,8 +1,10 @@
-"""A build page's live stream (SSE) is bounded per worker: past the bound it is refused, not followed."""
+"""A build page's live stream (SSE) is bounded per worker: past the bound it is refused, not followed; and
+an event's data, whatever line breaks it holds, reaches the browser as that one event."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -52,3 +54,30 @@ def test_past_the_bound_a_stream_is_refused_with_retry_after(
         assert live.streams_following() == 0
 
     asyncio.run(main())
+
+
+def parse_event_stream(raw: bytes) -> list[tuple[str, str]]:
+    """(event, data) pairs as the WHATWG event-stream parser dispatches them: a line ends at CR, LF or
+    CRLF, and a blank line dispatches."""
+    events: list[tuple[str, str]] = []
+    kind, data = "message", []
+    for line in re.split(r"\r\n|\r|\n", raw.decode()):
+        if line == "":
+            if data:
+                events.append((kind, "\n".join(data)))
+            kind, data = "message", []
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            kind = value
+        elif field == "data":
+            data.append(value)
+    return events
+
+
+def test_carriage_returns_in_data_cannot_start_new_events() -> None:
+    # A step name is the build token's to choose (only NUL is stripped); this one forges an `end`.
+    fragment = "<li>[1/1] RUN echo hi\r\revent:end\rdata:x\r\r</li>\r\n<li>next</li>\n"
+    events = parse_event_stream(live._event("steps", fragment))
+    assert events == [("steps", fragment.replace("\r\n", "\n").replace("\r", "\n"))]

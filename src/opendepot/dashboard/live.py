@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import Callable
 from functools import partial
 
@@ -39,9 +40,14 @@ def streams_following() -> int:
     return _Streams.following
 
 
+# The event-stream format ends a line at CR, LF or CRLF: splitting on LF alone let a CR in a step name
+# (build-token controlled) end a data line early and start fields of the attacker's choosing.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
 def _event(kind: str, data: str, event_id: int | None = None) -> bytes:
     head = f"id: {event_id}\n" if event_id is not None else ""
-    body = "".join(f"data: {line}\n" for line in data.split("\n"))
+    body = "".join(f"data: {line}\n" for line in _LINE_BREAK.split(data))
     return f"{head}event: {kind}\n{body}\n".encode()
 
 
