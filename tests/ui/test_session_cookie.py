@@ -7,6 +7,7 @@ import re
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -69,6 +70,48 @@ def test_bad_input_is_answered_not_crashed(ui_server: Server) -> None:
         ):
             assert client.get(f"{srv.url}{path}").status_code == status, path
         assert client.post(f"{srv.url}/projects", content=b"x" * (128 * 1024)).status_code == 413
+
+
+def test_whole_numbers_are_ascii_digits_signed_in_or_shared(ui_server: Server) -> None:
+    """A superscript "²" passes str.isdigit() and int() refuses it: each of these was a 500 and a traceback,
+    on a shared link to anyone who has it."""
+    srv = ui_server
+    _org, token = srv.new_organization()
+
+    def rpc(path: str, body: dict[str, str]) -> dict[str, Any]:
+        answer = httpx.post(
+            f"{srv.url}/{path}", json=body, headers={"authorization": f"Bearer {token}"}, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    project = rpc("depot.core.v1.ProjectService/CreateProject", {"name": "digits"})["project"]["projectId"]
+    build_id = rpc("depot.build.v1.BuildService/CreateBuild", {"projectId": project})["buildId"]
+    build_url = f"{srv.url}/projects/{project}/builds/{build_id}"
+    tracebacks = srv.log_text().count("Traceback")
+
+    def refused_everywhere(client: httpx.Client, url: str) -> None:
+        for query in ("log?step=%C2%B2", "log?step=1&after=%C2%B9", "log?step=1&limit=%E2%91%A0"):
+            assert client.get(f"{url}/{query}").status_code == 400, (url, query)
+        assert client.get(f"{url}/events?after=%C2%B2").status_code == 400, url
+        # A header is latin-1 on the wire: 0xB2 is "²".
+        assert client.get(f"{url}/events", headers={"last-event-id": b"\xb2"}).status_code == 400, url
+
+    with httpx.Client(timeout=30) as client:
+        sign_in(client, srv.url, token)
+        csrf = re.search(r'name="csrf" value="([^"]+)"', client.get(f"{srv.url}/projects").text)
+        assert csrf
+        for field in ("cache_gb", "cache_days"):
+            settings = {"csrf": csrf[1], "cache_gb": "1", "cache_days": "1", field: "\u00b2"}
+            answer = client.post(f"{srv.url}/projects/{project}/settings", data=settings)
+            assert (answer.status_code, field in answer.text) == (400, True), field
+        refused_everywhere(client, build_url)
+        shared = client.post(f"{build_url}/share", data={"csrf": csrf[1]})
+        link = re.search(r'id="share-link"[^>]*value="([^"]+)"', shared.text)
+        assert link, shared.text
+    with httpx.Client(timeout=30) as anonymous:
+        refused_everywhere(anonymous, link[1])
+    assert srv.log_text().count("Traceback") == tracebacks
 
 
 def test_a_nul_in_a_path_query_or_form_is_invalid_input_on_either_store(server: Server) -> None:

@@ -1,6 +1,6 @@
 """The dashboard's rules that need no browser: who may open a session, and what a step row shows (its
 platform and Dockerfile instruction parsed from BuildKit's vertex name, its state, its place in the
-waterfall)."""
+waterfall), and what a whole number in a query or form may be."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from opendepot.auth import Principal, TokenKind
 from opendepot.builds.models import Build
 from opendepot.builds.service import StepRecord
-from opendepot.dashboard import presentation, sessions
-from opendepot.errors import PermissionDenied
+from opendepot.dashboard import app, presentation, sessions
+from opendepot.errors import InvalidArgument, PermissionDenied
 from opendepot.migrations.schema import metadata
 from opendepot.organizations.models import Organization
 from opendepot.store import Store
@@ -108,3 +108,12 @@ def test_started_by_names_the_token_kind_or_the_ci_identity() -> None:
     assert presentation.started_by("organization:abc1234567") == "organization token abc1234567"
     assert presentation.started_by("oidc:github:repo:acme/web") == "CI github:repo:acme/web"
     assert presentation.started_by(None) == "-"
+
+
+def test_whole_numbers_in_queries_and_forms_are_ascii_digits() -> None:
+    assert app._int("0", "after") == 0 and app._int("9" * 18, "after") == 10**18 - 1
+    # str.isdigit() takes the superscript, the circled one and the Arabic-Indic three: each was a 500 or
+    # an unexpected value, not a refusal naming the field.
+    for bad in ("", "-1", "+1", " 1", "1\n", "1.0", "\u00b2", "\u2460", "\u0663", "9" * 19):
+        with pytest.raises(InvalidArgument, match="after"):
+            app._int(bad, "after")

@@ -721,8 +721,13 @@ def _safe_next(value: str) -> str:
     return ""
 
 
+# ASCII digits only: str.isdigit() also takes "²" or "①", which int() refuses (a 500, even to share-link
+# visitors). Eighteen digits keep the value inside a signed 64-bit column.
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")
+
+
 def _int(value: str, field: str) -> int:
-    if not value.isdigit() or len(value) > 18:
+    if not _WHOLE_NUMBER.fullmatch(value):
         raise InvalidArgument(field, "must be a whole number")
     return int(value)
 
