@@ -1,6 +1,6 @@
 """The dashboard's rules that need no browser: who may open a session, and what a step row shows (its
 platform and Dockerfile instruction parsed from BuildKit's vertex name, its state, its place in the
-waterfall), and what a whole number in a query or form may be."""
+waterfall), how long a session lasts, and what a whole number in a query or form may be."""
 
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select, update
 
 from opendepot.auth import Principal, TokenKind
 from opendepot.builds.models import Build
 from opendepot.builds.service import StepRecord
+from opendepot.clock import as_utc, utcnow
 from opendepot.dashboard import app, presentation, sessions
+from opendepot.dashboard.models import DashboardSession
 from opendepot.errors import InvalidArgument, PermissionDenied
 from opendepot.migrations.schema import metadata
 from opendepot.organizations.models import Organization
 from opendepot.store import Store
 from opendepot.tokens import service as tokens
+from opendepot.tokens.secrets import hash_secret
 
 START = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 
@@ -102,6 +106,36 @@ def test_only_organization_and_user_tokens_open_sessions(store: Store) -> None:
     with store.transaction() as s:
         assert sessions.signed_in(s, opened.cookie_secret) is None
         sessions.close_session(s, opened.cookie_secret)
+
+
+def test_a_session_ends_when_its_token_expires(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    token_expires_at = utcnow() + timedelta(hours=1)  # well inside the 12 h session lifetime
+    with store.transaction() as s:
+        token, _secret = tokens.create_organization_token(s, "o000000001", "ci", token_expires_at)
+        principal = Principal(kind=TokenKind.ORGANIZATION, token_id=token.id, organization_id="o000000001")
+        capped = sessions.open_session(s, principal)
+        # One opened before sign-in capped a session at its token's expiry: its own row says 12 h.
+        uncapped = sessions.open_session(s, principal)
+        s.execute(
+            update(DashboardSession)
+            .where(DashboardSession.secret_hash == hash_secret(uncapped.cookie_secret))
+            .values(expires_at=utcnow() + sessions.SESSION_LIFETIME)
+        )
+    with store.transaction() as s:
+        stored = s.scalar(
+            select(DashboardSession.expires_at).where(
+                DashboardSession.secret_hash == hash_secret(capped.cookie_secret)
+            )
+        )
+        assert stored is not None and as_utc(stored) == token_expires_at
+        assert sessions.signed_in(s, capped.cookie_secret) is not None
+        assert sessions.signed_in(s, uncapped.cookie_secret) is not None
+    # A minute after the token expired, neither session acts with it (it kept full write access).
+    later = token_expires_at + timedelta(minutes=1)
+    monkeypatch.setattr(sessions, "utcnow", lambda: later)
+    with store.transaction() as s:
+        assert sessions.signed_in(s, capped.cookie_secret) is None
+        assert sessions.signed_in(s, uncapped.cookie_secret) is None
 
 
 def test_started_by_names_the_token_kind_or_the_ci_identity() -> None:

@@ -14,6 +14,11 @@ def add(session: Session, row: DashboardSession) -> None:
     session.add(row)
 
 
+def token_expiry(session: Session, token_id: str) -> datetime | None:
+    """When the token stops authenticating; None when it lasts until deleted (or is gone)."""
+    return session.scalar(select(Token.expires_at).where(Token.id == token_id))
+
+
 def with_token(session: Session, secret_hash: str) -> Row[DashboardSession, Token] | None:
     """The session and the token it acts with (absent when either is gone)."""
     stmt = (

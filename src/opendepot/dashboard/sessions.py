@@ -43,6 +43,11 @@ def open_session(session: Session, principal: Principal) -> Opened:
         )
     now = utcnow()
     queries.remove_expired(session, now)
+    expires_at = now + SESSION_LIFETIME
+    # A session acts with its token, so it ends no later than the token does.
+    token_expires_at = queries.token_expiry(session, principal.token_id)
+    if token_expires_at is not None:
+        expires_at = min(expires_at, as_utc(token_expires_at))
     secret, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     queries.add(
         session,
@@ -51,21 +56,26 @@ def open_session(session: Session, principal: Principal) -> Opened:
             token_id=principal.token_id,
             csrf_token=csrf,
             created_at=now,
-            expires_at=now + SESSION_LIFETIME,
+            expires_at=expires_at,
         ),
     )
     return Opened(secret, csrf)
 
 
 def signed_in(session: Session, cookie_secret: str) -> SignedIn | None:
-    """Who the cookie belongs to; None for an unknown, expired or signed-out session, or a deleted token."""
+    """Who the cookie belongs to; None for an unknown, expired or signed-out session, or a deleted or
+    expired token."""
     if not cookie_secret or len(cookie_secret) > 100:
         return None
     row = queries.with_token(session, hash_secret(cookie_secret))
     if row is None:
         return None
     found, token = row
-    if as_utc(found.expires_at) <= utcnow() or TokenKind(token.kind) not in SIGN_IN_KINDS:
+    now = utcnow()
+    if as_utc(found.expires_at) <= now or TokenKind(token.kind) not in SIGN_IN_KINDS:
+        return None
+    # The token's own expiry too: a session opened before sign-in capped its lifetime can outlive it.
+    if token.expires_at is not None and as_utc(token.expires_at) <= now:
         return None
     principal = Principal(
         kind=TokenKind(token.kind), token_id=token.id, organization_id=token.organization_id
