@@ -95,7 +95,7 @@ def test_whole_numbers_are_ascii_digits_signed_in_or_shared(ui_server: Server) -
             assert client.get(f"{url}/{query}").status_code == 400, (url, query)
         assert client.get(f"{url}/events?after=%C2%B2").status_code == 400, url
         # A header is latin-1 on the wire: 0xB2 is "²".
-        assert client.get(f"{url}/events", headers={"last-event-id": b"\xb2"}).status_code == 400, url
+        assert client.get(f"{url}/events", headers={b"last-event-id": b"\xb2"}).status_code == 400, url
 
     with httpx.Client(timeout=30) as client:
         sign_in(client, srv.url, token)

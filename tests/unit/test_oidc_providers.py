@@ -71,13 +71,14 @@ def test_a_token_without_jti_is_one_use_however_its_signature_is_spelt() -> None
     """PyJWT accepts the signature segment with its base64 padding back; both spellings verify, so both
     must be the same use of the token (else a leaked token has a second replay window)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    claims = {"iss": f"https://oidc.circleci.com/org/{ORG}", "aud": "aud", "exp": 2**31}
+    issuer = f"https://oidc.circleci.com/org/{ORG}"
+    claims: dict[str, object] = {"iss": issuer, "aud": "aud", "exp": 2**31}
     token = jwt.encode(claims, key, algorithm="ES256")
     signed, _, signature = token.rpartition(".")
     padded = f"{signed}.{signature}{'=' * (-len(signature) % 4)}"
     assert padded != token
     assert jwt.decode(padded, key.public_key(), algorithms=["ES256"], audience="aud") == claims
-    identity = Identity("circleci", claims["iss"], claims)
+    identity = Identity("circleci", issuer, claims)
     assert use_key(identity, padded) == use_key(identity, token)
     # Another token (other claims) is another use.
     other = jwt.encode({**claims, "exp": 2**31 - 1}, key, algorithm="ES256")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal
 from opendepot.builds import service as builds
@@ -33,7 +34,7 @@ def test_a_build_tokens_pull_tokens_end_with_it(either_store: Store) -> None:
         build, build_secret = builds.create_build(session, admin, project.id, [])
         build_id, project_id = build.id, project.id
 
-    def as_build(session):  # type: ignore[no-untyped-def]
+    def as_build(session: Session) -> Principal:
         principal = tokens.authenticate(session, build_secret)
         assert isinstance(principal, Principal)
         return principal
