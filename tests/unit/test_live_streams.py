@@ -60,7 +60,7 @@ def parse_event_stream(raw: bytes) -> list[tuple[str, str]]:
     """(event, data) pairs as the WHATWG event-stream parser dispatches them: a line ends at CR, LF or
     CRLF, and a blank line dispatches."""
     events: list[tuple[str, str]] = []
-    kind, data = "message", []
+    kind, data = "message", list[str]()
     for line in re.split(r"\r\n|\r|\n", raw.decode()):
         if line == "":
             if data:
@@ -81,3 +81,66 @@ def test_carriage_returns_in_data_cannot_start_new_events() -> None:
     fragment = "<li>[1/1] RUN echo hi\r\revent:end\rdata:x\r\r</li>\r\n<li>next</li>\n"
     events = parse_event_stream(live._event("steps", fragment))
     assert events == [("steps", fragment.replace("\r\n", "\n").replace("\r", "\n"))]
+
+
+def follow_for(
+    store: Store, build_id: str, steps_html: Any, viewers: int, seconds: float
+) -> list[list[bytes]]:
+    """Each viewer's SSE bodies after following the build for `seconds`."""
+
+    async def main() -> list[list[bytes]]:
+        leave = asyncio.Event()
+        bodies: list[list[bytes]] = [[] for _ in range(viewers)]
+
+        async def receive() -> dict[str, Any]:
+            await leave.wait()
+            return {"type": "http.disconnect"}
+
+        def sender(n: int) -> Any:
+            async def send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.body":
+                    bodies[n].append(message["body"])
+
+            return send
+
+        tasks = [
+            asyncio.create_task(live.stream_build(store, build_id, 0, steps_html, receive, sender(n), "/p"))
+            for n in range(viewers)
+        ]
+        await asyncio.sleep(seconds)
+        leave.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        return bodies
+
+    return asyncio.run(main())
+
+
+def test_viewers_of_one_build_share_its_reads_and_renders(store: Store) -> None:
+    """Twenty pages on one build (a shared link needs no sign-in) cost one render per poll, not twenty."""
+    _admin, build_id = running_build(store)
+    renders: list[float] = []
+
+    def steps_html(build: Any, records: Any) -> str:
+        renders.append(0)
+        return f"<li>{len(renders)}</li>"  # changes on every poll, as running steps' bars do
+
+    bodies = follow_for(store, build_id, steps_html, viewers=20, seconds=1.3)
+    polls = 1.3 / live.POLL_SECONDS
+    assert 1 <= len(renders) <= polls + 2, len(renders)
+    # Each viewer still got the step list as it changed, one event per poll (a small list is not paced).
+    for events in bodies:
+        assert 2 <= sum(b.startswith(b"event: steps") for b in events) <= polls + 2
+
+
+def test_a_large_step_list_goes_to_a_viewer_at_a_bounded_rate(store: Store) -> None:
+    _admin, build_id = running_build(store)
+    renders: list[int] = []
+
+    def steps_html(build: Any, records: Any) -> str:
+        renders.append(0)
+        return f"<li>{len(renders)}</li>" + "x" * (1 << 20)  # 1 MiB, changed on every poll
+
+    [events] = follow_for(store, build_id, steps_html, viewers=1, seconds=1.6)
+    sent = [b for b in events if b.startswith(b"event: steps")]
+    assert len(renders) >= 3  # it polled and rendered on
+    assert len(sent) == 1  # but the next 1 MiB may go only 4 s after the first (256 KiB/s)

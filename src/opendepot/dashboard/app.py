@@ -523,7 +523,7 @@ class Dashboard:
             rows = present.step_rows(build, records, platforms[0] if len(platforms) == 1 else "")
             return self.templates.get_template("_steps.html").render(steps=rows, base=base)
 
-        await stream_build(self.d.store, build.id, after, steps_html, request.receive, page.send)
+        await stream_build(self.d.store, build.id, after, steps_html, request.receive, page.send, base)
 
     async def share_build(self, page: Page) -> Response:
         who, params = self._who(page), page.request.params

@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 
 from opendepot.api.http.asgi import Receive, Send
@@ -30,10 +32,67 @@ LINES_PER_EVENT = 2000
 # again later (build.js).
 MAX_LIVE_STREAMS = 200
 RETRY_AFTER_SECONDS = 5
+# A changed step list goes to a stream at most at this many bytes a second: a build of 2,000 long-named
+# steps renders to ~1 MiB, and its running steps' bars change on every poll (a few KiB for a usual build:
+# every poll still).
+STEPS_BYTES_PER_SECOND = 256 * 1024
+
+StepsHtml = Callable[[Build, list[builds.StepRecord]], str]
 
 
 class _Streams:
     following = 0
+
+
+@dataclass(frozen=True)
+class _View:
+    at: float
+    build: Build | None
+    records: list[builds.StepRecord]
+    fragment: str
+
+
+class _SharedViews:
+    """One read and one render of a build's steps per poll, however many pages follow it (a shared link's
+    streams need no sign-in: 60 of them on one build re-read and re-rendered 2,000 steps each, twice a
+    second, on the worker's loop). Keyed by build and page (a shared page's links differ from a signed-in
+    one's); rendered in a thread."""
+
+    def __init__(self) -> None:
+        self._views: dict[tuple[str, str], _View] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._watching: Counter[tuple[str, str]] = Counter()
+
+    @contextlib.contextmanager
+    def watching(self, key: tuple[str, str]) -> Iterator[None]:
+        self._watching[key] += 1
+        try:
+            yield
+        finally:
+            self._watching[key] -= 1
+            if not self._watching[key]:
+                del self._watching[key]
+                self._views.pop(key, None)
+                self._locks.pop(key, None)
+
+    async def view(self, store: Store, key: tuple[str, str], steps_html: StepsHtml) -> _View:
+        loop = asyncio.get_running_loop()
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            cached = self._views.get(key)
+            if cached is not None and loop.time() - cached.at < POLL_SECONDS * 0.9:
+                return cached
+            build_id = key[0]
+            build = await store.read(lambda s: build_queries.get(s, build_id))
+            records: list[builds.StepRecord] = []
+            fragment = ""
+            if build is not None:
+                records = await store.read(partial(builds.step_records, build=build))
+                fragment = await asyncio.to_thread(steps_html, build, records)
+            view = self._views[key] = _View(loop.time(), build, records, fragment)
+            return view
+
+
+_shared = _SharedViews()
 
 
 def streams_following() -> int:
@@ -55,10 +114,12 @@ async def stream_build(
     store: Store,
     build_id: str,
     after: int,
-    steps_html: Callable[[Build, list[builds.StepRecord]], str],
+    steps_html: StepsHtml,
     receive: Receive,
     send: Send,
+    page: str = "",
 ) -> None:
+    """page: what the rendered steps depend on besides the build (its links' base)."""
     if _Streams.following >= MAX_LIVE_STREAMS:
         busy = [
             (b"content-type", b"text/plain; charset=utf-8"),
@@ -86,8 +147,10 @@ async def stream_build(
             gone.set()
 
         watcher = asyncio.create_task(watch_disconnect())
+        key = (build_id, page)
         try:
-            await _follow(store, build_id, after, steps_html, send, gone)
+            with _shared.watching(key):
+                await _follow(store, key, after, steps_html, send, gone)
         finally:
             watcher.cancel()
         if not gone.is_set():
@@ -98,26 +161,28 @@ async def stream_build(
 
 async def _follow(
     store: Store,
-    build_id: str,
+    key: tuple[str, str],
     after: int,
-    steps_html: Callable[[Build, list[builds.StepRecord]], str],
+    steps_html: StepsHtml,
     send: Send,
     gone: asyncio.Event,
 ) -> None:
     loop = asyncio.get_running_loop()
     started = last_sent = loop.time()
     shown_steps = ""
+    steps_due = started  # when this stream may get a changed step list again
     while not gone.is_set() and loop.time() - started < MAX_STREAM_SECONDS:
-        build = await store.read(lambda s: build_queries.get(s, build_id))
+        view = await _shared.view(store, key, steps_html)
+        build, records, fragment = view.build, view.records, view.fragment
         if build is None:
             return
         finished = build.finished_at is not None
-        records = await store.read(partial(builds.step_records, build=build))
-        fragment = steps_html(build, records)
-        if fragment != shown_steps:
+        if fragment != shown_steps and (finished or loop.time() >= steps_due):
             shown_steps = fragment
-            await send({"type": "http.response.body", "body": _event("steps", fragment), "more_body": True})
+            event = _event("steps", fragment)
+            await send({"type": "http.response.body", "body": event, "more_body": True})
             last_sent = loop.time()
+            steps_due = last_sent + len(event) / STEPS_BYTES_PER_SECOND
         step_ids = {s.digest: s.id for s in records}
         while True:
             lines = await store.read(
