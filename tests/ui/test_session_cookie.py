@@ -142,3 +142,34 @@ def test_a_nul_in_a_path_query_or_form_is_invalid_input_on_either_store(server: 
             assert (answer.status_code, "Invalid input" in answer.text) == (400, True), path
         # The pages still answer.
         assert client.get(f"{server.url}/projects").status_code == 200
+
+
+def test_behind_a_proxy_that_ends_tls_the_public_origin_signs_in(tmp_path: Path) -> None:
+    """The browser's Origin is the proxy's https:// one while this server sees plain HTTP: with the public
+    URL set to it, sign-in works and the cookies are Secure; any other origin is still refused."""
+    srv = Server(data_dir=tmp_path / "data", database_url=None)
+    public = f"https://127.0.0.1:{srv.port}"  # as a TLS proxy on this address would pass the Host through
+    srv.extra_args = ["--public-url", public]
+    srv.start()
+    try:
+        with httpx.Client(timeout=30) as client:
+            form = client.get(f"{srv.url}/sign-in")
+            pre = next(v for k, v in form.headers.multi_items() if k == "set-cookie")
+            assert "Secure" in {part.strip() for part in pre.split(";")}
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert csrf
+            data = {"csrf": csrf[1], "token": srv.admin_token, "next": "/projects"}
+            # httpx sends no Secure cookie over plain HTTP; the browser, on the proxy's HTTPS, does.
+            cookie = {"cookie": pre.split(";", 1)[0]}
+            refused = client.post(
+                f"{srv.url}/sign-in", data=data, headers={**cookie, "origin": "https://elsewhere.example"}
+            )
+            assert refused.status_code == 403
+            signed = client.post(f"{srv.url}/sign-in", data=data, headers={**cookie, "origin": public})
+            assert signed.status_code == 303 and signed.headers["location"] == "/projects"
+            session = next(
+                v for k, v in signed.headers.multi_items() if k == "set-cookie" and "session=" in v
+            )
+            assert "Secure" in {part.strip() for part in session.split(";")}
+    finally:
+        srv.stop()

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
@@ -82,6 +82,8 @@ class Dashboard:
     def __init__(self, deps: Deps, api: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         self.d = deps
         self.api = api
+        public = urlsplit(deps.public_url)
+        self._public_origin = f"{public.scheme}://{public.netloc}" if public.scheme and public.netloc else ""
         self.templates = Environment(
             loader=PackageLoader("opendepot.dashboard", "templates"),
             autoescape=select_autoescape(default=True),
@@ -146,7 +148,7 @@ class Dashboard:
         if scope["type"] != "http":
             await self.api(scope, receive, send)
             return
-        request = Request(scope, receive)
+        request = Request(scope, receive, public_origin=self._public_origin)
         # `depot login` approval: in the dashboard for a signed-in browser, else the API's token form.
         signed_in_login = scope["path"].startswith("/login/") and bool(request.cookie(SESSION_COOKIE))
         if not (_OWNED.match(scope["path"]) or signed_in_login):

@@ -31,6 +31,9 @@ class Request:
     scope: Scope
     receive: Receive
     params: dict[str, str] = field(default_factory=dict)
+    # The configured public URL's origin (scheme://host[:port]): behind a proxy that ends TLS, the browser's
+    # origin is that, while this server sees plain HTTP.
+    public_origin: str = ""
 
     @property
     def method(self) -> str:
@@ -42,7 +45,8 @@ class Request:
 
     @property
     def secure(self) -> bool:
-        return self.scope.get("scheme") == "https"
+        """Cookies get the Secure flag: the request came over TLS, or the server's public URL is HTTPS."""
+        return self.scope.get("scheme") == "https" or self.public_origin.startswith("https://")
 
     def header(self, name: str) -> str:
         key = name.lower().encode()
@@ -84,8 +88,8 @@ class Request:
         if not origin:
             return True
         host = self.header("host") or self.header(":authority")
-        scheme = "https" if self.secure else "http"
-        return origin == f"{scheme}://{host}"
+        scheme = "https" if self.scope.get("scheme") == "https" else "http"
+        return origin == f"{scheme}://{host}" or (bool(self.public_origin) and origin == self.public_origin)
 
 
 @dataclass
