@@ -279,7 +279,7 @@ def _subid_owners(path: Path) -> dict[str, tuple[int, int]]:
     with contextlib.suppress(OSError):
         for line in path.read_text().splitlines():
             parts = line.split(":")
-            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            if len(parts) == 3 and all(p.isascii() and p.isdigit() for p in parts[1:]):
                 owners[parts[0]] = (int(parts[1]), int(parts[2]))
     return owners
 

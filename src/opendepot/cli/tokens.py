@@ -128,7 +128,10 @@ DURATION_UNITS = {"m": 60, "h": 3600, "d": 86400}
 def parse_duration(text: str) -> timedelta:
     """`90d`, `12h`, `30m`: how long a token lasts."""
     number, unit = text[:-1], text[-1:]
-    if unit not in DURATION_UNITS or not number.isdigit() or int(number) <= 0:
+    # ASCII digits (isdigit() alone takes "²", which int() refuses), and few enough for a timedelta.
+    if unit not in DURATION_UNITS or not (number.isascii() and number.isdigit() and len(number) <= 6):
+        raise InvalidArgument("--expires-in", "a positive number of minutes, hours or days: 30m, 12h, 90d")
+    if int(number) <= 0:
         raise InvalidArgument("--expires-in", "a positive number of minutes, hours or days: 30m, 12h, 90d")
     return timedelta(seconds=int(number) * DURATION_UNITS[unit])
 

@@ -73,7 +73,7 @@ def kubernetes_backend(config: Config, authority: Authority) -> KubernetesBuildk
             storage_class=settings.storage_class,
             gateway_cidrs=settings.gateway_cidrs,
             registry_cidrs=settings.registry_cidrs,
-            registry_port=int(port) if colon and port.isdigit() else None,
+            registry_port=int(port) if colon and port.isascii() and port.isdigit() else None,
             insecure_registries=insecure_registries(config),
         ),
         authority,
