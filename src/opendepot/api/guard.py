@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -53,8 +53,13 @@ DRAIN_LIMIT = 1024 * 1024
 DRAIN_SECONDS = 1.0
 DRAIN_SECONDS_H2 = 5.0
 H2_DRAIN_LIMIT = 1024 * 1024 * 1024
-# An incomplete request body (a client that stops sending) is dropped after this long.
+# An incomplete request body (a client that stops sending) is dropped after this long. It holds for every
+# request that is one message: unary ones and those of server-streaming RPCs (FinishLogin, GetEndpoint).
 BODY_READ_TIMEOUT_SECONDS = 30.0
+# A request stream (client streaming: ReportStatusStream, open for a whole build) has no overall deadline,
+# but may go this long without sending. The depot CLI sends statuses only when it has some (a quiet build
+# step sends nothing), and on a failed send it opens a new stream and sends the batch again.
+STREAM_IDLE_TIMEOUT_SECONDS = 10 * 60.0
 
 PUBLIC_METHODS = frozenset(
     {"/depot.cli.v1beta1.LoginService/StartLogin", "/depot.cli.v1beta1.LoginService/FinishLogin"}
@@ -109,6 +114,7 @@ class Limits:
     )
     json_depth: int = MAX_JSON_DEPTH
     body_timeout: float = BODY_READ_TIMEOUT_SECONDS
+    stream_idle_timeout: float = STREAM_IDLE_TIMEOUT_SECONDS
 
     def stream(self, path: str) -> tuple[int, int]:
         return self.per_method_stream.get(path, (self.stream_message, self.stream_total))
@@ -351,9 +357,17 @@ Inner = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class Guard:
-    def __init__(self, authenticate: Authenticate, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        authenticate: Authenticate,
+        limits: Limits | None = None,
+        request_streams: Collection[str] = frozenset(),
+    ) -> None:
+        """request_streams: the paths of methods whose request is a stream of messages (client or bidi
+        streaming); any other request is one message, to arrive whole within limits.body_timeout."""
         self._authenticate = authenticate
         self.limits = limits or Limits()
+        self._request_streams = frozenset(request_streams)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, inner: Inner) -> None:
         path: str = scope["path"]
@@ -435,9 +449,33 @@ class Guard:
         checker = StreamChecker(
             message_limit, total_limit, self.limits.json_depth if wire.json else None, encoding == "gzip"
         )
+        # The request body's time limit (Hypercorn has none): one message must arrive whole by a deadline,
+        # a stream of them may only pause so long. Once the body is complete, receive() only waits for a
+        # disconnect, for as long as the response takes.
+        streamed = path in self._request_streams
+        idle = self.limits.stream_idle_timeout
+        deadline = asyncio.get_running_loop().time() + self.limits.body_timeout
+        complete = False
 
         async def checked() -> dict[str, Any]:
-            message = await receive()
+            nonlocal complete
+            if complete:
+                return await receive()
+            try:
+                async with asyncio.timeout(idle) if streamed else asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                limit = (
+                    f"nothing sent for {idle:g}s"
+                    if streamed
+                    else f"not complete within {self.limits.body_timeout:g}s"
+                )
+                refusal = Refused("deadline_exceeded", f"request body: {limit}")
+                _log(path, refusal)
+                # Raised inside the codec's read: it answers with this error, and the unread body closes
+                # an HTTP/1.1 connection (HTTP/2: the stream).
+                raise _connect_error(refusal) from None
+            complete = message["type"] != "http.request" or not message.get("more_body")
             if message["type"] == "http.request":
                 try:
                     body = checker.feed(message.get("body", b""))

@@ -20,7 +20,7 @@ from opendepot.api.http.registry import RegistryEndpoints
 from opendepot.api.http.router import HttpHandler, Router
 from opendepot.api.http.shared_page import shared_build_page
 from opendepot.api.rpc.cli.v1beta1.login import LoginService
-from opendepot.api.rpc.services import connect_apps, method_paths
+from opendepot.api.rpc.services import connect_apps, method_paths, request_stream_paths
 from opendepot.builders.access import BuilderAccess
 from opendepot.builders.reset import BuilderReset
 from opendepot.builds import service as builds
@@ -92,7 +92,7 @@ def build_app(config: Config, store: Store) -> HttpHandler:
         endpoints = RegistryEndpoints(deps.authn, registry)
         routes.update({"/registry/token": endpoints.token, "/registry/events": endpoints.events})
     login = LoginService(deps, timedelta(seconds=config.login.timeout_seconds))
-    guard = Guard(deps.authn.from_header)
+    guard = Guard(deps.authn.from_header, request_streams=request_stream_paths())
     api = Router(connect_apps(deps, machines, login), method_paths(), healthy, shared_page, routes, guard)
     return DrainBeforeAnswering(Dashboard(deps, api))
 

@@ -59,6 +59,17 @@ def method_paths() -> set[str]:
     return {f"/{svc.desc().type_name}/{m.name}" for svc in SERVICES for m in svc.desc().methods}
 
 
+def request_stream_paths() -> set[str]:
+    """The paths of methods whose request is a stream of messages (client or bidi streaming): the guard
+    gives them an idle timeout where every other request must arrive whole within the body timeout."""
+    return {
+        f"/{svc.desc().type_name}/{m.name}"
+        for svc in SERVICES
+        for m in svc.desc().methods
+        if m.method_kind in ("client_streaming", "bidi_streaming")
+    }
+
+
 def connect_apps(
     deps: Deps, machines: BuilderAccess, login: login_v1beta1.LoginService
 ) -> list[ConnectASGIApplication[Any]]:
