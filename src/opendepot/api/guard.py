@@ -31,7 +31,7 @@ from opendepot.errors import DomainError
 from opendepot.metrics import metrics
 
 from .errors import CODES
-from .http.asgi import Receive, Scope, Send
+from .http.asgi import BODY_READ_TIMEOUT_SECONDS, Receive, Scope, Send
 
 log = logging.getLogger("opendepot.rpc")
 
@@ -53,9 +53,9 @@ DRAIN_LIMIT = 1024 * 1024
 DRAIN_SECONDS = 1.0
 DRAIN_SECONDS_H2 = 5.0
 H2_DRAIN_LIMIT = 1024 * 1024 * 1024
-# An incomplete request body (a client that stops sending) is dropped after this long. It holds for every
-# request that is one message: unary ones and those of server-streaming RPCs (FinishLogin, GetEndpoint).
-BODY_READ_TIMEOUT_SECONDS = 30.0
+# An incomplete request body (a client that stops sending) is dropped after BODY_READ_TIMEOUT_SECONDS (the
+# plain HTTP endpoints' too). It holds for every request that is one message: unary ones and those of
+# server-streaming RPCs (FinishLogin, GetEndpoint).
 # A request stream (client streaming: ReportStatusStream, open for a whole build) has no overall deadline,
 # but may go this long without sending. The depot CLI sends statuses only when it has some (a quiet build
 # step sends nothing), and on a failed send it opens a new stream and sends the batch again.

@@ -16,11 +16,35 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from opendepot.api.auth import Authenticator
-from opendepot.api.http.asgi import MAX_BODY, Receive, Scope, Send, header, read_body, respond_json
+from opendepot.api.http.asgi import (
+    BODY_READ_TIMEOUT_SECONDS,
+    MAX_BODY,
+    BodyTimedOut,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    respond_json,
+)
 from opendepot.auth import Principal
 from opendepot.errors import InvalidArgument, ResourceExhausted, Unauthenticated
 from opendepot.metrics import metrics
 from opendepot.registry.operations import Registry
+
+# A token request's form: grant_type, service, client_id, username, the password (an opendepot token) or a
+# refresh token, and at most 64 scopes (registry.operations.MAX_SCOPES) of ~290 characters at their longest
+# (`repository:` + a 255-character name + `:pull,push,delete`), ~40 KiB once percent-encoded. Anonymous
+# callers send it, and it is only authenticated once read.
+TOKEN_FORM_LIMIT = 64 * 1024
+NOTIFICATION_LIMIT = 16 * MAX_BODY
+
+
+async def _slow_body(send: Send, error: BodyTimedOut) -> None:
+    """408 for a body not sent in time; the connection is not reused (its body was left unread)."""
+    await respond_json(
+        send, 408, {"errors": [{"code": "TIMEOUT", "message": error.message}]}, [(b"connection", b"close")]
+    )
 
 
 def basic_password(authorization: str) -> str | None:
@@ -37,9 +61,12 @@ def basic_password(authorization: str) -> str | None:
 
 
 class RegistryEndpoints:
-    def __init__(self, authn: Authenticator, registry: Registry) -> None:
+    def __init__(
+        self, authn: Authenticator, registry: Registry, body_timeout: float = BODY_READ_TIMEOUT_SECONDS
+    ) -> None:
         self.authn = authn
         self.registry = registry
+        self.body_timeout = body_timeout
 
     async def _principal(self, secret: str | None) -> Principal | None:
         if not secret:
@@ -52,8 +79,16 @@ class RegistryEndpoints:
     async def token(self, scope: Scope, receive: Receive, send: Send) -> None:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if scope["method"] == "POST":
-            body = await read_body(receive)
-            form = parse_qs((body or b"").decode("utf-8", "replace"))
+            try:
+                body = await read_body(receive, TOKEN_FORM_LIMIT, self.body_timeout)
+            except BodyTimedOut as exc:
+                await _slow_body(send, exc)
+                return
+            if body is None:
+                message = f"a token request is at most {TOKEN_FORM_LIMIT} bytes"
+                await respond_json(send, 413, {"errors": [{"code": "TOOLARGE", "message": message}]})
+                return
+            form = parse_qs(body.decode("utf-8", "replace"))
             passwords = form.get("password") if form.get("grant_type") == ["password"] else None
             secret = passwords[0] if passwords else None
             scopes = [s for value in form.get("scope", []) for s in value.split(" ")]
@@ -99,7 +134,11 @@ class RegistryEndpoints:
         ):
             await respond_json(send, 401, {"error": "not the registry"})
             return
-        body = await read_body(receive, 16 * MAX_BODY)
+        try:
+            body = await read_body(receive, NOTIFICATION_LIMIT, self.body_timeout)
+        except BodyTimedOut as exc:
+            await _slow_body(send, exc)
+            return
         try:
             envelope = json.loads(body or b"")
         except ValueError:
