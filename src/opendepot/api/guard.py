@@ -57,9 +57,9 @@ H2_DRAIN_LIMIT = 1024 * 1024 * 1024
 # plain HTTP endpoints' too). It holds for every request that is one message: unary ones and those of
 # server-streaming RPCs (FinishLogin, GetEndpoint).
 # A request stream (client streaming: ReportStatusStream, open for a whole build) has no overall deadline,
-# but may go this long without sending. The depot CLI sends statuses only when it has some (a quiet build
-# step sends nothing), and on a failed send it opens a new stream and sends the batch again.
-STREAM_IDLE_TIMEOUT_SECONDS = 10 * 60.0
+# and may pause as long as a build may run (--build-timeout; none by default): the depot CLI sends statuses
+# only when it has some, so a quiet RUN step sends nothing for as long as it runs. Only an authenticated
+# caller opens one, each bounded in bytes.
 
 PUBLIC_METHODS = frozenset(
     {"/depot.cli.v1beta1.LoginService/StartLogin", "/depot.cli.v1beta1.LoginService/FinishLogin"}
@@ -114,7 +114,7 @@ class Limits:
     )
     json_depth: int = MAX_JSON_DEPTH
     body_timeout: float = BODY_READ_TIMEOUT_SECONDS
-    stream_idle_timeout: float = STREAM_IDLE_TIMEOUT_SECONDS
+    stream_idle_timeout: float | None = None
 
     def stream(self, path: str) -> tuple[int, int]:
         return self.per_method_stream.get(path, (self.stream_message, self.stream_total))

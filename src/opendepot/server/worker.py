@@ -13,7 +13,7 @@ from typing import Any
 
 from opendepot.api.auth import Authenticator
 from opendepot.api.deps import Deps
-from opendepot.api.guard import DrainBeforeAnswering, Guard
+from opendepot.api.guard import DrainBeforeAnswering, Guard, Limits
 from opendepot.api.http.asgi import Receive, Scope, Send
 from opendepot.api.http.login_page import LoginPage
 from opendepot.api.http.registry import RegistryEndpoints
@@ -92,7 +92,9 @@ def build_app(config: Config, store: Store) -> HttpHandler:
         endpoints = RegistryEndpoints(deps.authn, registry)
         routes.update({"/registry/token": endpoints.token, "/registry/events": endpoints.events})
     login = LoginService(deps, timedelta(seconds=config.login.timeout_seconds))
-    guard = Guard(deps.authn.from_header, request_streams=request_stream_paths())
+    # A build's status stream may stay quiet as long as the build may run.
+    idle = config.builders.build_timeout or None
+    guard = Guard(deps.authn.from_header, Limits(stream_idle_timeout=idle), request_stream_paths())
     api = Router(connect_apps(deps, machines, login), method_paths(), healthy, shared_page, routes, guard)
     return DrainBeforeAnswering(Dashboard(deps, api))
 
