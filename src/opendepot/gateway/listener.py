@@ -27,7 +27,7 @@ from opendepot.pki.authority import Authority, ClientIdentity, identity_of
 from .contexts import listener_context, project_context
 from .process import Handshaken, RelayProcess, RemoteRelay
 from .recorder import MemoryWatch, StepRecorder
-from .relay import Observer, Relay, RelayHub
+from .relay import Observer, PassHook, Relay, RelayHub
 from .tap import StatusTap
 
 log = logging.getLogger("opendepot.gateway")
@@ -363,6 +363,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         up: Observer = _ignore
         down: Observer = _ignore
+        after_pass: PassHook = _no_pass_hook
         if on_status is not None and on_status_end is not None:
             status_seen, status_ended = on_status, on_status_end
 
@@ -374,12 +375,19 @@ class Gateway:
 
             tap = StatusTap(status, status_end)
             up, down = tap.from_client, tap.from_server
+
+            def after_pass(final: bool) -> float | None:
+                if final:  # in the hub, as the relay closes: the tap's held bytes go back
+                    tap.close()
+                return None
+
         return Relay(
             name,
             client,
             builder,
             up=(up, measured.gateway_bytes.labels("to_builder")),
             down=(down, measured.gateway_bytes.labels("to_client")),
+            after_pass=after_pass,
         )
 
 
@@ -395,6 +403,10 @@ def _refused(level: int, identity: ClientIdentity, why: str) -> None:
 
 
 def _ignore(_data: memoryview) -> None:
+    return None
+
+
+def _no_pass_hook(_final: bool) -> float | None:
     return None
 
 

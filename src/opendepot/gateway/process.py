@@ -285,10 +285,13 @@ class RelayProcess:
             relay = self._relays.get(key)
             if relay is not None and relay.on_status is not None and relay.on_status_end is not None:
                 for raw in message[2]:  # in the order seen; None where a Status stream ended
-                    if raw is None:
-                        relay.on_status_end()
-                    else:
-                        relay.on_status(raw)
+                    try:
+                        if raw is None:
+                            relay.on_status_end()
+                        else:
+                            relay.on_status(raw)
+                    except Exception:  # one bad message (undecodable): not the rest of this read's events
+                        log.warning("gateway: a status message not recorded", exc_info=True)
         elif kind == "ended":
             self._ended(key)
 
@@ -559,7 +562,13 @@ class _Child:
             batch = StatusBatch(lambda items: events.send("status", key, items))
             tap = StatusTap(batch.status, batch.end)
             up, down = tap.from_client, tap.from_server
-            after_pass = batch.after_pass
+
+            def after_pass(final: bool) -> float | None:
+                wait = batch.after_pass(final)
+                if final:  # in the hub, as the relay closes: the tap's held bytes go back
+                    tap.close()
+                return wait
+
         measured = metrics()
         relay = Relay(
             name,

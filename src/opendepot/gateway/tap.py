@@ -7,8 +7,8 @@ being copied. Any surprise turns the tap off for that connection and leaves the 
 
 from __future__ import annotations
 
-import gzip
 import logging
+import zlib
 from collections.abc import Callable
 
 import hpack
@@ -16,17 +16,37 @@ import hpack
 log = logging.getLogger("opendepot.gateway")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, CONTINUATION = 0x0, 0x1, 0x9
+DATA, HEADERS, RST_STREAM, CONTINUATION = 0x0, 0x1, 0x3, 0x9
 END_STREAM, END_HEADERS, PADDED, PRIORITY = 0x1, 0x4, 0x8, 0x20
 STATUS_PATH = b"/moby.buildkit.v1.Control/Status"
-# The most of one header block (HEADERS and its CONTINUATIONs) the tap holds: hpack refuses a decoded list
-# over 64 KiB anyway, and a block never decodes smaller than it is. Without it a client sending CONTINUATION
-# frames that never end the block made the tap hold all of them (buildkitd's gRPC server reads up to 16 MiB of
-# headers before it closes the connection).
-MAX_HEADER_BLOCK = 64 << 10
+# What the tap spends on one connection, whose client is a tenant's: past any of these it turns off for that
+# connection (the traffic goes on, its statuses are not recorded). A BuildKit client's requests decode to a
+# few KiB of headers each (a session's list of methods is the largest) and it opens a Status stream per
+# solve. Without them, one tenant's header blocks of 1,000 one-byte HPACK references held the relay thread
+# of every tenant for 0.5 s a pass, and 800 Status streams each held just short of a 1 MiB message: 900 MiB.
+# The most of one header block (HEADERS and its CONTINUATIONs) the tap holds, and the most it decodes to.
+MAX_HEADER_BLOCK = 16 << 10
+# Decoded header lists of one connection in all.
+MAX_HEADERS_DECODED = 1 << 20
+MAX_STATUS_STREAMS = 16
+# Partial status messages one connection's tap holds, and all taps of this process together.
+MAX_HELD = 16 << 20
+MAX_HELD_ALL = 256 << 20
+# One status message, decompressed (the API's own bound on a status message).
+MAX_STATUS_MESSAGE = 16 << 20
+
+
+class _Held:
+    """Bytes held by every tap of this process (they run on the one relay thread)."""
+
+    total = 0
 
 
 class HeaderBlockTooLarge(ValueError):
+    pass
+
+
+class OverBudget(ValueError):
     pass
 
 
@@ -109,17 +129,21 @@ class StatusTap:
         self.on_status = on_status
         self.on_status_end = on_status_end
         self.enabled = True
-        self._decoder = hpack.Decoder()
+        self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_BLOCK)
+        self._decoded = 0
         self._status_streams: set[int] = set()
         self._block = bytearray()
         self._block_stream = 0
         self._grpc: dict[int, bytearray] = {}
+        self._held = 0
         self._client = _Frames(
-            len(PREFACE), lambda kind, _stream: kind in (HEADERS, CONTINUATION), MAX_HEADER_BLOCK
+            len(PREFACE),
+            lambda kind, _stream: kind in (HEADERS, CONTINUATION, RST_STREAM),
+            MAX_HEADER_BLOCK,
         )
-        # DATA carries the status messages; HEADERS (trailers) may be what ends the stream.
+        # DATA carries the status messages; HEADERS (trailers) or a reset may be what ends the stream.
         self._server = _Frames(
-            0, lambda kind, stream: kind in (DATA, HEADERS) and stream in self._status_streams
+            0, lambda kind, stream: kind in (DATA, HEADERS, RST_STREAM) and stream in self._status_streams
         )
 
     def from_client(self, data: bytes | memoryview) -> None:
@@ -140,6 +164,9 @@ class StatusTap:
                 MAX_HEADER_BLOCK,
                 str(e),  # not the exception: a kept record would keep its frames' buffers
             )
+        except OverBudget as e:
+            self._off()
+            log.warning("status tap turned off for a connection: %s", str(e))
         except Exception:
             self._off()
             log.warning("status tap turned off for a connection after an unexpected frame", exc_info=True)
@@ -149,10 +176,24 @@ class StatusTap:
         self.enabled = False
         self._block = bytearray()
         self._grpc.clear()
+        self._hold(0)
+        self._status_streams.clear()
         self._client = self._server = _Frames(0, lambda _kind, _stream: False)
+
+    def close(self) -> None:
+        """The connection is over: what it held is given back to the process's budget."""
+        self._off()
+
+    def _hold(self, held: int) -> None:
+        _Held.total += held - self._held
+        self._held = held
 
     def _client_frames(self, data: bytes | memoryview) -> None:
         for kind, flags, stream, payload in self._client.feed(data):
+            if kind == RST_STREAM:
+                if stream in self._status_streams:
+                    self._status_ended(stream)
+                continue
             if kind == HEADERS:
                 fragment = _unpad(flags, payload)
                 if flags & PRIORITY:
@@ -164,30 +205,57 @@ class StatusTap:
                 raise HeaderBlockTooLarge(f"{len(self._block)} bytes so far on stream {self._block_stream}")
             if flags & END_HEADERS:
                 headers = self._decoder.decode(bytes(self._block), raw=True)
+                self._decoded += sum(len(name) + len(value) + 32 for name, value in headers)  # RFC 7541 4.1
+                if self._decoded > MAX_HEADERS_DECODED:
+                    raise OverBudget(f"its requests' headers passed {MAX_HEADERS_DECODED} bytes")
                 if any(name == b":path" and value == STATUS_PATH for name, value in headers):
+                    if len(self._status_streams) >= MAX_STATUS_STREAMS:
+                        raise OverBudget(f"over {MAX_STATUS_STREAMS} Status streams at once")
                     self._status_streams.add(self._block_stream)
                 self._block = bytearray()
 
     def _server_frames(self, data: bytes | memoryview) -> None:
         for kind, flags, stream, payload in self._server.feed(data):
+            if kind == RST_STREAM or (kind == HEADERS and flags & END_STREAM):
+                self._status_ended(stream)
+                continue
             if kind == HEADERS:
-                if flags & END_STREAM:
-                    self._status_ended(stream)
                 continue
             buffer = self._grpc.setdefault(stream, bytearray())
             buffer += _unpad(flags, payload)
             while len(buffer) >= 5:
                 length = int.from_bytes(buffer[1:5], "big")
+                if length > MAX_STATUS_MESSAGE:
+                    raise OverBudget(f"a {length}-byte status message")
                 if len(buffer) < 5 + length:
                     break
                 compressed, message = buffer[0], bytes(buffer[5 : 5 + length])
                 del buffer[: 5 + length]
-                self.on_status(gzip.decompress(message) if compressed else message)
+                self.on_status(_gunzip(message) if compressed else message)
             if flags & END_STREAM:
                 self._status_ended(stream)
+            else:
+                self._account()
+
+    def _account(self) -> None:
+        held = sum(len(buffer) for buffer in self._grpc.values())
+        if held > MAX_HELD:
+            raise OverBudget(f"{held} bytes of partial status messages")
+        if _Held.total + held - self._held > MAX_HELD_ALL:
+            raise OverBudget(f"the gateway's taps hold {MAX_HELD_ALL} bytes of partial status messages")
+        self._hold(held)
 
     def _status_ended(self, stream: int) -> None:
         """The solve is over: what it reported should be readable before the client finishes the build."""
         self._status_streams.discard(stream)
         self._grpc.pop(stream, None)
+        self._hold(sum(len(buffer) for buffer in self._grpc.values()))
         self.on_status_end()
+
+
+def _gunzip(message: bytes) -> bytes:
+    expander = zlib.decompressobj(wbits=31)
+    out = expander.decompress(message, MAX_STATUS_MESSAGE + 1)
+    if len(out) > MAX_STATUS_MESSAGE or not expander.eof:
+        raise OverBudget(f"a status message over {MAX_STATUS_MESSAGE} bytes once decompressed, or cut")
+    return out

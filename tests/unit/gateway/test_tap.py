@@ -182,17 +182,95 @@ def test_one_frame_longer_than_a_header_block_turns_the_tap_off() -> None:
 
 
 def test_a_large_but_bounded_header_block_is_still_read() -> None:
-    """A 40 KiB header (HPACK literal) over HEADERS + CONTINUATIONs: under the bound, the stream is found."""
+    """A 12 KiB header (HPACK literal) over HEADERS + CONTINUATIONs: under the bound, the stream is found."""
     seen: list[bytes] = []
     tap = StatusTap(seen.append)
     block = hpack.Encoder().encode(
-        [(":method", "POST"), (":path", "/moby.buildkit.v1.Control/Status"), ("x-big", "v" * (40 << 10))],
+        [(":method", "POST"), (":path", "/moby.buildkit.v1.Control/Status"), ("x-big", "v" * (12 << 10))],
         huffman=False,
     )
-    pieces = [block[i : i + (16 << 10)] for i in range(0, len(block), 16 << 10)]
+    pieces = [block[i : i + (4 << 10)] for i in range(0, len(block), 4 << 10)]
     frames = [frame(HEADERS, 0, STATUS, pieces[0])]
     frames += [frame(CONTINUATION, 0, STATUS, p) for p in pieces[1:-1]]
     frames.append(frame(CONTINUATION, END_HEADERS, STATUS, pieces[-1]))
     tap.from_client(PREFACE + b"".join(frames))
     tap.from_server(frame(DATA, 0, STATUS, grpc(FIRST)))
     assert tap.enabled and seen == [FIRST]
+
+
+def status_request(encoder: hpack.Encoder, stream: int) -> bytes:
+    block = encoder.encode([(":method", "POST"), (":path", "/moby.buildkit.v1.Control/Status")])
+    return frame(HEADERS, END_HEADERS, stream, block)
+
+
+def test_cheap_hpack_references_cost_a_connection_its_tap_not_the_relay() -> None:
+    """Header blocks of one-byte references to one indexed entry: each byte decodes to a whole header (about
+    1.5 us of the relay thread, which every tenant's connections share). Past its budget of decoded headers
+    the connection's tap turns off; a block decoding past MAX_HEADER_BLOCK does at once."""
+    encoder = hpack.Encoder()
+    first = encoder.encode([("accept-encoding", "gzip, deflate")])  # into the dynamic table: index 62
+    cheap = bytes([0x80 | 62]) * 200  # 200 bytes, 200 headers of 47 decoded bytes each
+    tap = StatusTap(lambda _raw: None)
+    tap.from_client(PREFACE + frame(HEADERS, END_HEADERS, 1, first))
+    stream = 3
+    while tap.enabled and stream < 2 * tap_module.MAX_HEADERS_DECODED // len(cheap):
+        tap.from_client(frame(HEADERS, END_HEADERS, stream, cheap))
+        stream += 2
+    assert not tap.enabled
+    decoded_per_block = 200 * (len("accept-encoding") + len("gzip, deflate") + 32)
+    assert stream // 2 <= tap_module.MAX_HEADERS_DECODED // decoded_per_block + 2
+    one_big = StatusTap(lambda _raw: None)
+    one_big.from_client(PREFACE + frame(HEADERS, END_HEADERS, 1, first))
+    one_big.from_client(frame(HEADERS, END_HEADERS, 3, bytes([0x80 | 62]) * 1000))  # 60 KiB decoded
+    assert not one_big.enabled
+
+
+def test_status_streams_and_what_they_hold_are_bounded() -> None:
+    """Status streams each stopped just short of a message's end held it: 800 of them, 900 MiB in the
+    gateway process that relays every tenant. A connection may have MAX_STATUS_STREAMS of them and hold
+    MAX_HELD bytes of partial messages; past either its tap turns off and gives back what it held."""
+    encoder = hpack.Encoder()
+    many = StatusTap(lambda _raw: None)
+    many.from_client(PREFACE)
+    for n in range(tap_module.MAX_STATUS_STREAMS):
+        many.from_client(status_request(encoder, 1 + 2 * n))
+    assert many.enabled
+    many.from_client(status_request(encoder, 999))
+    assert not many.enabled
+
+    before = tap_module._Held.total
+    holding = StatusTap(lambda _raw: None)
+    encoder = hpack.Encoder()
+    holding.from_client(PREFACE + status_request(encoder, 1) + status_request(encoder, 3))
+    almost = (1 << 20).to_bytes(4, "big")  # a 1 MiB message, never finished
+    holding.from_server(frame(DATA, 0, 1, bytes([0]) + almost + bytes(16000)))
+    assert holding.enabled and tap_module._Held.total == before + 16005
+    # The client resets the stream: what it held goes.
+    holding.from_client(frame(0x3, 0, 1, (8).to_bytes(4, "big")))
+    assert holding.enabled and tap_module._Held.total == before
+    # Two streams each holding most of an allowed 16 MiB message, never finished.
+    holding.from_client(status_request(encoder, 5))
+    longest = tap_module.MAX_STATUS_MESSAGE.to_bytes(4, "big")
+    for stream in (3, 5):
+        holding.from_server(frame(DATA, 0, stream, bytes([0]) + longest))
+        for _ in range(tap_module.MAX_HELD // 2 // 16000 + 1):
+            holding.from_server(frame(DATA, 0, stream, bytes(16000)))
+    assert not holding.enabled and tap_module._Held.total == before
+    closed = StatusTap(lambda _raw: None)
+    closed.from_client(PREFACE + status_request(hpack.Encoder(), 1))
+    closed.from_server(frame(DATA, 0, 1, bytes([0]) + almost + bytes(100)))
+    assert tap_module._Held.total == before + 105
+    closed.close()  # the relay ended
+    assert tap_module._Held.total == before
+
+
+def test_a_status_message_past_the_bound_turns_the_tap_off() -> None:
+    for body in (
+        bytes([0]) + (tap_module.MAX_STATUS_MESSAGE + 1).to_bytes(4, "big"),  # declared too long
+        grpc(bytes(tap_module.MAX_STATUS_MESSAGE + 1), compressed=True),  # a gzip bomb (16 KiB on the wire)
+    ):
+        seen: list[bytes] = []
+        tap = StatusTap(seen.append)
+        tap.from_client(PREFACE + status_request(hpack.Encoder(), 1))
+        tap.from_server(frame(DATA, 0, 1, body))
+        assert not tap.enabled and seen == []
