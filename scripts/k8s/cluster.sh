@@ -20,7 +20,7 @@ STATE=${OPENDEPOT_K8S_DIR:-$ROOT/.k8s}
 CACHE=${OPENDEPOT_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/opendepot/k8s}
 K8S_BIN=$CACHE/kubernetes-$K8S_VERSION
 # Bump IMAGES_REVISION when image-roots.sh changes what goes into the images.
-IMAGES_REVISION=2
+IMAGES_REVISION=3
 IMAGES=$CACHE/images-$BUILDKIT_VERSION-r$IMAGES_REVISION
 BUILDKIT_BIN=${BUILDKIT_BIN:-$ROOT/.venv/bin}
 # Our own names, ports and addresses, so that nothing collides with other servers on the machine.

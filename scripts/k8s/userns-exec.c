@@ -1,7 +1,9 @@
 /* userns-exec UID_BASE COUNT DIR... -- PROG ARGS: runs PROG as root of a new user namespace whose ids
  * 0..COUNT-1 are host ids UID_BASE.. (unprivileged on the host), so that a builder needs no privileged pod.
  * The DIRs are handed to that root first (chown). Needs CAP_SETUID, CAP_SETGID and CAP_CHOWN, nothing else.
- * Stays as the parent, forwarding SIGTERM/SIGINT, and exits with the child's status. */
+ * Stays as the parent, forwarding SIGTERM/SIGINT, and exits with the child's status. With USERNS_NPROC=N
+ * in the environment, PROG and everything it starts may have at most N processes and threads: the host ids
+ * are the builder's own, and root of the new namespace lacks the host's CAP_SYS_RESOURCE to raise it. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <grp.h>
@@ -10,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -38,6 +41,11 @@ int main(int argc, char **argv) {
   if (child < 0) return 1;
   if (child == 0) {
     char c;
+    const char *nproc = getenv("USERNS_NPROC");
+    if (nproc && *nproc) {
+      struct rlimit limit = {(rlim_t)strtoul(nproc, 0, 10), (rlim_t)strtoul(nproc, 0, 10)};
+      if (limit.rlim_cur == 0 || setrlimit(RLIMIT_NPROC, &limit) != 0) { perror("RLIMIT_NPROC"); _exit(1); }
+    }
     if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0) { perror("unshare"); _exit(1); }
     if (write(ready[1], "r", 1) != 1 || read(mapped[0], &c, 1) != 1) _exit(1);
     if (setgroups(0, 0) || setresgid(0, 0, 0) || setresuid(0, 0, 0)) { perror("become root"); _exit(1); }

@@ -6,6 +6,7 @@ it, and without OPENDEPOT_TEST_KUBECONFIG nobody started one."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -217,7 +218,8 @@ def test_a_run_step_in_a_pod_reaches_nothing_of_the_host_nor_another_project_s_p
         ]
         # Without a PID namespace in the pod (--oci-worker-no-process-sandbox), a step ends only when every
         # process it started has: the listeners are killed at the end.
-        script = "nc -ll -p 7000 -e echo SELF </dev/null >/dev/null 2>&1 &\nown=$!\nsleep 1\n"
+        script = "grep 'Max processes' /proc/self/limits\n"  # userns-exec's RLIMIT_NPROC (--builder-pids-max)
+        script += "nc -ll -p 7000 -e echo SELF </dev/null >/dev/null 2>&1 &\nown=$!\nsleep 1\n"
         script += "probe 127.0.0.1 7000 own-listener\n"
         script += "\n".join(f"probe {address} {port} {label}" for address, port, label in targets)
         script += "\nkill $own\n"
@@ -225,6 +227,8 @@ def test_a_run_step_in_a_pod_reaches_nothing_of_the_host_nor_another_project_s_p
             k8s_server, token, prober, probe_context(tmp_path / "probe", script), "--no-cache"
         )
         assert code == 0, output
+        # A fork bomb in a step is held to the builder's own process budget, not the node's.
+        assert re.search(r"Max processes\s+1024\s+1024", output), output
         seen = probes(output)
         for key, value in sorted(seen.items()):
             print(f"[pod] PROBE {key} {value}")

@@ -58,6 +58,11 @@ def test_pod_limits_come_from_the_hardware_and_requests_from_the_share(tmp_path:
     }
     base = userns_base(s.project_id, "amd64")
     assert container["command"][:3] == ["/usr/bin/userns-exec", str(base), "65536"]
+    # A pod has no pids limit of its own: userns-exec sets RLIMIT_NPROC from this.
+    assert {"name": "USERNS_NPROC", "value": "1024"} in container["env"]
+    assert {"name": "USERNS_NPROC", "value": "300"} in backend(tmp_path, pids_max=300)._pod(s, {})["spec"][
+        "containers"
+    ][0]["env"]
     assert base >= 1 << 20 and base + 65536 <= 1 << 32
     assert userns_base(new_id(), "amd64") != base or userns_base(new_id(), "amd64") != base
     assert pod["spec"]["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
@@ -144,3 +149,27 @@ def test_grafana_dashboard_plots_only_metrics_the_server_exports() -> None:
     for name in used:
         base = re.sub(r"_(total|bucket|count|sum)$", "", name)
         assert base in names or name in names, f"{name} is not exported"
+
+
+def test_the_builders_egress_always_names_the_registry_port(tmp_path: Path) -> None:
+    """A registry host without a port is dialed on 443 (80 for a plain-HTTP one): the egress rule names that
+    port, where it opened every port of the registry's addresses (the API, the gateway, PostgreSQL beside)."""
+    import argparse
+
+    from opendepot.server.background import kubernetes_backend
+    from opendepot.server.config import add_arguments, resolve
+
+    def port_of(*argv: str) -> int | None:
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        config = resolve(parser.parse_args(["--data-dir", str(tmp_path), *argv]), {})
+        vault = Vault(Store("sqlite://"), SecretKey(new_key_text()))
+        return kubernetes_backend(config, Authority(tmp_path / "pki", vault)).settings.registry_port
+
+    assert port_of("--registry-host", "registry.example.com") == 443
+    assert port_of("--registry-host", "registry.example.com:5000") == 5000
+    s = spec()
+    rules = backend(tmp_path, registry_cidrs=("10.0.0.5/32",), registry_port=443)._network_policy(s, {})
+    assert rules["spec"]["egress"] == [
+        {"to": [{"ipBlock": {"cidr": "10.0.0.5/32"}}], "ports": [{"protocol": "TCP", "port": 443}]}
+    ]

@@ -67,6 +67,9 @@ class KubernetesSettings:
     registry_cidrs: tuple[str, ...] = ()  # NetworkPolicy egress
     registry_port: int | None = None
     insecure_registries: tuple[str, ...] = ()
+    # Processes and threads of one builder (buildkitd and its RUN steps), as --builder-pids-max for local
+    # builders: a pod has no pids limit of its own unless the kubelet sets podPidsLimit.
+    pids_max: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +95,10 @@ def _key_of(labels: dict[str, str] | None) -> tuple[str, str] | None:
 
 
 def userns_base(project_id: str, platform: str) -> int:
-    """The first host id of the builder's user namespace: its own 65536 ids, picked from 30000 slots above
-    the ids hosts give people and services, so builders of different projects run as different host ids."""
+    """The first host id of the builder's user namespace: 65536 ids picked by hash from 30000 slots above
+    the ids hosts give people and services. Not unique: two builders share a slot with a chance of ~15 % among
+    100 builders (~50 % among 200). They still share nothing else (each pod has its own mount, process and
+    network namespaces), but a shared slot also shares RLIMIT_NPROC's count (USERNS_NPROC)."""
     slot = zlib.crc32(f"{project_id}/{platform}".encode()) % USERNS_SLOTS
     return USERNS_FIRST + slot * USERNS_SIZE
 
@@ -214,11 +219,7 @@ class KubernetesBuildkitd:
         labels = self._labels(spec.project_id, spec.platform)
         _create_if_absent(lambda: core.create_namespaced_persistent_volume_claim(ns, self._pvc(spec, labels)))
         self._apply_secret(spec, labels)
-        _create_if_absent(
-            lambda: self._networking().create_namespaced_network_policy(
-                ns, self._network_policy(spec, labels)
-            )
-        )
+        self._apply_network_policy(spec, labels)
         core.create_namespaced_pod(ns, self._pod(spec, labels))
         log.info("builder %s/%s: created pod %s in %s", spec.project_id, spec.platform, name, ns)
 
@@ -426,6 +427,22 @@ class KubernetesBuildkitd:
                 raise
             core.replace_namespaced_secret(body["metadata"]["name"], self.settings.namespace, body)
 
+    def _apply_network_policy(self, spec: BuilderSpec, labels: dict[str, str]) -> None:
+        """Rewritten on each start, as the secret is: an operator who narrows the registry's addresses or
+        port narrows every project's builder at its next start, not only new projects'."""
+        from kubernetes.client.exceptions import ApiException
+
+        body = self._network_policy(spec, labels)
+        networking = self._networking()
+        try:
+            networking.create_namespaced_network_policy(self.settings.namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            networking.replace_namespaced_network_policy(
+                body["metadata"]["name"], self.settings.namespace, body
+            )
+
     def _resources(self, hardware: str) -> dict[str, dict[str, str]]:
         cpus, memory_gb = hardware_size(hardware)
         share = self.settings.request_share
@@ -475,7 +492,13 @@ class KubernetesBuildkitd:
                             "--config",
                             "/etc/buildkit/buildkitd.toml",
                         ],
-                        "env": [{"name": "XDG_RUNTIME_DIR", "value": "/run"}],
+                        "env": [
+                            {"name": "XDG_RUNTIME_DIR", "value": "/run"},
+                            # userns-exec sets RLIMIT_NPROC: the builder's host ids are its own, and root of
+                            # its user namespace cannot raise the limit (a fork bomb in a RUN step otherwise
+                            # took every process of the node).
+                            {"name": "USERNS_NPROC", "value": str(self.settings.pids_max)},
+                        ],
                         "ports": [{"name": "buildkit", "containerPort": BUILDKIT_PORT}],
                         "securityContext": {
                             "allowPrivilegeEscalation": False,

@@ -65,6 +65,10 @@ def insecure_registries(config: Config) -> tuple[str, ...]:
 def kubernetes_backend(config: Config, authority: Authority) -> KubernetesBuildkitd:
     settings = config.kubernetes
     _host, colon, port = config.registry.host.rpartition(":")
+    insecure = insecure_registries(config)
+    # The port a builder dials; a host without one is 443 (80 for a plain-HTTP registry). Always named:
+    # without it the builders' egress rule opened every port of the registry's addresses.
+    registry_port = int(port) if colon and port.isascii() and port.isdigit() else (80 if insecure else 443)
     return KubernetesBuildkitd(
         PodSettings(
             kubeconfig=settings.kubeconfig,
@@ -73,8 +77,9 @@ def kubernetes_backend(config: Config, authority: Authority) -> KubernetesBuildk
             storage_class=settings.storage_class,
             gateway_cidrs=settings.gateway_cidrs,
             registry_cidrs=settings.registry_cidrs,
-            registry_port=int(port) if colon and port.isascii() and port.isdigit() else None,
-            insecure_registries=insecure_registries(config),
+            registry_port=registry_port,
+            insecure_registries=insecure,
+            pids_max=config.builders.pids_max,
         ),
         authority,
     )
