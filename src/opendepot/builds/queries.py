@@ -85,11 +85,15 @@ def _reaching(*columns: Any) -> Select[Any]:
 
 # Built once, on every connection's path, and Core: only the columns acquiring a lease needs, no ORM objects
 # (loading a whole Build and Lease was a third of GetBuildKitConnection's server time).
+# The build's row is share-locked (PostgreSQL): a FinishBuild or reaper that ends the build waits for this
+# transaction (and so releases the lease it takes), or ended it first and this read sees it ended. Before,
+# a lease taken just as the build ended stayed live on a finished build until the lease timeout.
 _BUILD_WITH_LEASE = (
     _reaching(_BUILDS.c.status, _LEASES.c.id, _PROJECTS.c.hardware)
     .select_from(_BUILDS)
     .outerjoin(_LEASES, and_(_LEASES.c.build_id == _BUILDS.c.id, _LEASES.c.platform == bindparam("platform")))
     .outerjoin(_PROJECTS, _PROJECTS.c.id == _BUILDS.c.project_id)
+    .with_for_update(read=True, of=_BUILDS)
 )
 _RENEW_LEASE = (
     update(_LEASES)
@@ -376,22 +380,25 @@ def insert_build(session: Session, build: Build) -> None:
     session.connection().execute(_BUILDS.insert(), values)
 
 
-def insert_lease(session: Session, lease: Lease) -> None:
-    """A new lease, written at once with a Core INSERT (GetBuildKitConnection's path, like insert_build)."""
+def insert_lease(session: Session, lease: Lease) -> bool:
+    """A new lease, written at once with a Core INSERT (GetBuildKitConnection's path, like insert_build).
+    False if another connection of the build inserted its lease on that platform first (the CLI connects
+    several at once): then that one is renewed instead, where a unique violation was an internal error."""
     values = {column.key: getattr(lease, column.key) for column in _LEASES.columns}
-    session.connection().execute(_LEASES.insert(), values)
+    return bool(insert_ignore_many_returning(session, Lease, [values], ("build_id", "platform"), "id"))
 
 
 class StatusTarget(NamedTuple):
     organization_id: str
     project_id: str
     status_bytes: int
+    finished_at: datetime | None
 
 
 # The CLI's status stream writes once per message, and its stream ends just as the CLI's solve starts (on
 # its path, as far as the server's log shows): plain Core statements built once, the build's row (options and
 # all) never loaded.
-_STATUS_TARGET = _reaching(_BUILDS.c.status_bytes).with_for_update()
+_STATUS_TARGET = _reaching(_BUILDS.c.status_bytes, _BUILDS.c.finished_at).with_for_update()
 _ADD_STATUS_BYTES = (
     update(_BUILDS)
     .where(_BUILDS.c.id == bindparam("build_id"))
@@ -404,7 +411,7 @@ def status_target(session: Session, build_id: str) -> StatusTarget | None:
     """Who reaches the build and its running total of status bytes, its row locked until commit
     (PostgreSQL; on SQLite the store's write lock already runs one writer at a time)."""
     row = session.connection().execute(_STATUS_TARGET, {"build_id": build_id}).first()
-    return None if row is None else StatusTarget(row[0], row[1], int(row[2] or 0))
+    return None if row is None else StatusTarget(row[0], row[1], int(row[2] or 0), row[3])
 
 
 def add_status_reports(session: Session, build_id: str, received_at: datetime, payloads: list[bytes]) -> None:
@@ -448,7 +455,10 @@ MANY_DIGESTS = 1000
 # when the CLI sends FinishBuild, and that waits for the write. Through the ORM the same write took ~2 ms of
 # CPU for a dozen steps (the build's row with its options, identity map, unit of work, each step read back
 # after its INSERT and then UPDATEd).
-_BUILD_PROJECT = select(Build.project_id).where(Build.id == bindparam("build_id"))
+# Locked (PostgreSQL) as every writer of a build's steps and logs locks it first: the recorder's read of the
+# log volume and the step count, then its write, raced a status stream's and lost its bytes (the log cap and
+# the history quota then counted less than was kept).
+_BUILD_PROJECT = select(Build.project_id).where(Build.id == bindparam("build_id")).with_for_update()
 _STEP_COUNT = select(func.count()).select_from(Step).where(Step.build_id == bindparam("build_id"))
 _STEPS = cast(Table, Step.__table__)
 # What merging status updates into a step may change (steps.apply).

@@ -13,7 +13,7 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal, TokenKind
-from opendepot.clock import utcnow
+from opendepot.clock import as_utc, utcnow
 from opendepot.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -193,7 +193,8 @@ def acquire(
         raise FailedPrecondition(f"build {build_id} is {found.status}; start a new build")
     now = utcnow()
     served = builder_running(found.project_id)
-    if found.lease_id is None:
+    lease_id = found.lease_id
+    if lease_id is None:
         lease = Lease(
             id=new_id(),
             build_id=build_id,
@@ -205,9 +206,14 @@ def acquire(
             released_at=None,
             served_at=now if served else None,
         )
-        queries.insert_lease(session, lease)
-    else:
-        queries.renew_lease(session, found.lease_id, now, served)
+        if queries.insert_lease(session, lease):
+            return found.project_id
+        # Another connection's insert won: read again (a new statement sees it) and renew that one.
+        again = queries.build_with_lease(session, build_id, platform)
+        lease_id = again.lease_id if again is not None else None
+        if lease_id is None:
+            raise FailedPrecondition(f"build {build_id} could not take its lease; try again")
+    queries.renew_lease(session, lease_id, now, served)
     return found.project_id
 
 
@@ -260,6 +266,8 @@ def record_status(
     """Keeps what the client reported (bounded per build) and merges its vertices (`[depot] …`) into the
     build's steps. Returns False once the bound is reached."""
     build = _reached(principal, build_id, queries.status_target(session, require_id("build_id", build_id)))
+    if build.finished_at is not None and utcnow() - as_utc(build.finished_at) > STATUS_AFTER_FINISH:
+        return True  # its record is final: a late stream changes nothing (it renamed and re-cached steps)
     steps.apply(session, build_id, vertices, logs, log_cap, project_id=build.project_id)
     kept: list[bytes] = []
     room = MAX_STATUS_BYTES_PER_BUILD - build.status_bytes
@@ -273,6 +281,8 @@ def record_status(
 
 
 STEPS_LIST, LOGS_LIST = "steps", "logs"
+# What a build's status stream may still report once the build finished (the stream and FinishBuild race).
+STATUS_AFTER_FINISH = timedelta(seconds=60)
 
 
 @dataclass(frozen=True, slots=True)

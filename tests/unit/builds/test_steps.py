@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from opendepot.builds import queries, steps
 from opendepot.builds import service as builds
-from opendepot.builds.models import Build
+from opendepot.builds.models import Build, LogVolume
 from opendepot.builds.steps import LogChunk, VertexUpdate
 from opendepot.errors import InvalidArgument
 from opendepot.pagination import Cursor, PageRequest
@@ -170,23 +170,23 @@ def test_two_writers_adding_the_same_step_at_once_both_succeed(
     either_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The gateway's recorder and the CLI's status stream report the same vertex (`[depot] launching`) at
-    the same moment: both transactions see no step yet, both add it. The second waits for the first, then
-    merges into its row instead of failing on the unique constraint (build_id, digest). On SQLite the
-    store's write lock runs one transaction after the other, so the second finds the first's step."""
+    the same moment. The second waits for the first and then finds its step and its log volume: every
+    writer of a build's steps locks the build's row first (PostgreSQL; on SQLite the store's write lock runs
+    one transaction after the other). Before, both read the step count and the log volume, then wrote: the
+    volume lost one writer's bytes (the log cap and the history quota counted less than was kept)."""
     store = either_store
     build_id = running_build(store)[1]
-    serialised = store.write_lock is not None
-    both_looked = threading.Barrier(2, timeout=20)
-    count = queries.step_count
+    with store.transaction() as session:  # the build's log volume row exists: both will read it
+        steps.apply(session, build_id, [], [LogChunk(digest="sha256:early", stream=1, at=T0, data=b"x\n")])
+    read_volume = queries.log_volume
 
-    def step_count_then_wait(session: Session, build: str) -> int:
-        # Both transactions have read the build's steps (none yet) before either adds one.
-        counted = count(session, build)
-        if not serialised:
-            both_looked.wait()
-        return counted
+    def log_volume_then_wait(session: Session, build: str) -> LogVolume | None:
+        # A slow read: without the lock the other transaction reads the same (stale) volume meanwhile.
+        volume = read_volume(session, build)
+        time.sleep(0.3)
+        return volume
 
-    monkeypatch.setattr(queries, "step_count", step_count_then_wait)
+    monkeypatch.setattr(queries, "log_volume", log_volume_then_wait)
     reports = [
         (
             [vertex(digest="sha256:launch", name="[depot] launching", started=T0)],
@@ -207,7 +207,11 @@ def test_two_writers_adding_the_same_step_at_once_both_succeed(
             done.result()  # neither raised
 
     with store.transaction() as session:
-        [step] = queries.steps_page(session, build_id, limit=10, after=None)
+        [step] = [
+            s
+            for s in queries.steps_page(session, build_id, limit=10, after=None)
+            if s.digest == "sha256:launch"
+        ]
         lines = queries.log_page(session, build_id, "sha256:launch", limit=10, after_id=0)
         volume = queries.log_volume(session, build_id)
         assert volume is not None
@@ -217,7 +221,7 @@ def test_two_writers_adding_the_same_step_at_once_both_succeed(
         assert step.completed_at == T0 + timedelta(seconds=2)
         assert step.cached and step.has_logs
         assert sorted(line.text for line in lines) == ["from the CLI", "from the gateway"]
-        assert volume.bytes == 2 * steps.MIN_LINE_COST  # two lines, each shorter than a line's least cost
+        assert volume.bytes == 3 * steps.MIN_LINE_COST  # three lines, each shorter than a line's least cost
 
 
 def test_a_cached_step_is_metered_with_its_latest_real_run_in_the_project(store: Store) -> None:
