@@ -48,6 +48,8 @@ class Build(Base):
     share_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
     # What its status reports (the CLI's status stream) hold, in bytes: the per-build bound's running total.
     status_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The size of its options as sent (JSON, up to 256 KiB): the history quota counts it.
+    options_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Lease(Base):

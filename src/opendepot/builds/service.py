@@ -75,7 +75,8 @@ def create_build(
     the last minute gets `resource_exhausted` (--max-builds-per-minute)."""
     if len(options) > MAX_OPTIONS:
         raise InvalidArgument("options", f"at most {MAX_OPTIONS} targets per build")
-    if len(json.dumps(options, separators=(",", ":"))) > MAX_OPTIONS_BYTES:
+    options_bytes = len(json.dumps(options, separators=(",", ":")))
+    if options_bytes > MAX_OPTIONS_BYTES:
         raise ResourceExhausted(f"options: at most {MAX_OPTIONS_BYTES} bytes of build options per build")
     project_id, organization_id = buildable_project(session, principal, project_id)
     now = utcnow()
@@ -95,6 +96,7 @@ def create_build(
         started_by=f"{principal.kind}:{principal.token_id}"[:200],
         share_hash=None,
         status_bytes=0,
+        options_bytes=options_bytes,
     )
     queries.insert_build(session, build)  # before the token, which refers to it
     secret = tokens.create_build_token(session, organization_id, project_id, build.id)

@@ -40,6 +40,7 @@ def kept_build(
     if finished:
         build.status, build.finished_at = "success", build.created_at + timedelta(minutes=1)
     build.status_bytes = MIB // 2
+    build.options_bytes = 0  # "[]" counts 2 bytes: left out to keep the sums round
     queries.add_log_volume(session, build.id).bytes = log_bytes
     session.add(Step(build_id=build.id, project_id=project_id, digest="sha256:0", name="", started_at=NOW))
     queries.insert_log_lines(
@@ -105,3 +106,28 @@ def test_the_loop_brings_every_organization_under_its_quota(store: Store) -> Non
     assert remaining(store) == {*kept[4:], *their_builds}
     asyncio.run(loop.run_once())
     assert remaining(store) == {*kept[4:], *their_builds}  # nothing more to do
+
+
+def test_build_options_count_against_the_quota(either_store: Store) -> None:
+    """Builds with no logs but 250 KiB of options each: the quota used to see nothing of them."""
+    store = either_store
+    options = [{"tags": ["x" * (250 << 10)]}]
+    with store.transaction() as session:
+        admin, project = organization_with_project(session)
+        made = []
+        for age in (30, 20, 10):
+            created, _secret = builds.create_build(session, admin, project.id, options)
+            build = session.get(Build, created.id)
+            assert build is not None
+            build.created_at = NOW - timedelta(minutes=age)
+            build.status, build.finished_at = "success", build.created_at + timedelta(minutes=1)
+            made.append(build.id)
+        session.flush()
+    each = len('[{"tags":["' + "x" * (250 << 10) + '"]}]')
+    with store.transaction() as session:
+        assert dict(builds.over_history_quota(session, MIB // 2)) == {
+            admin.organization_id: 3 * each - MIB // 2
+        }
+        # The oldest goes first; the newest finished build always stays.
+        assert builds.prune_history_slice(session, admin.organization_id, 3 * each - MIB // 2) == (1, 0, each)
+    assert remaining(store) == set(made[1:])
