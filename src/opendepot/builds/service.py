@@ -22,6 +22,7 @@ from opendepot.errors import (
     ResourceExhausted,
 )
 from opendepot.ids import new_id
+from opendepot.organizations import queries as org_queries
 from opendepot.pagination import Cursor, PageRequest, next_token
 from opendepot.projects import queries as project_queries
 from opendepot.projects import service as projects
@@ -79,6 +80,11 @@ def create_build(
     if options_bytes > MAX_OPTIONS_BYTES:
         raise ResourceExhausted(f"options: at most {MAX_OPTIONS_BYTES} bytes of build options per build")
     project_id, organization_id = buildable_project(session, principal, project_id)
+    # The organization, then the project (the order an organization's deletion locks them in).
+    if per_minute:
+        org_queries.hold_for_build_count(session, organization_id)
+    if not project_queries.hold_for_build(session, project_id):
+        raise NotFound(f"project {project_id!r} not found")
     now = utcnow()
     if per_minute and queries.created_since(session, organization_id, now - MINUTE, per_minute) >= per_minute:
         raise ResourceExhausted(

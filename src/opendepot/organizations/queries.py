@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from .models import Organization
@@ -10,6 +10,21 @@ from .models import Organization
 
 def get(session: Session, organization_id: str) -> Organization | None:
     return session.get(Organization, organization_id)
+
+
+# NO KEY UPDATE: it orders the organization's CreateBuilds (their per-minute count, then their insert) without
+# blocking the inserts that only reference the organization.
+_COUNTING_BUILDS = (
+    select(Organization.id)
+    .where(Organization.id == bindparam("organization_id"))
+    .with_for_update(key_share=True)
+)
+
+
+def hold_for_build_count(session: Session, organization_id: str) -> None:
+    """Locks the organization's row until commit (PostgreSQL; SQLite runs one writer at a time): concurrent
+    CreateBuilds counted the same builds and together passed --max-builds-per-minute."""
+    session.connection().execute(_COUNTING_BUILDS, {"organization_id": organization_id})
 
 
 def get_by_name(session: Session, name: str) -> Organization | None:

@@ -23,6 +23,17 @@ _PROJECT_BY_ID = select(_p).where(_p.c.id == bindparam("project_id"))
 _OWNER = select(_p.c.id, _p.c.organization_id).where(_p.c.id == bindparam("project_id"))
 
 
+# A new build's project, share-locked (PostgreSQL) until the build is written: a DeleteProject then waits
+# for it (and its cascade takes the new build too), or deleted it first and the build is `not_found`. The
+# build's insert failed on its foreign key before: an internal error.
+_HELD_FOR_BUILD = select(_p.c.id).where(_p.c.id == bindparam("project_id")).with_for_update(read=True)
+
+
+def hold_for_build(session: Session, project_id: str) -> bool:
+    """Whether the project still exists, its row share-locked until commit (PostgreSQL)."""
+    return session.connection().execute(_HELD_FOR_BUILD, {"project_id": project_id}).first() is not None
+
+
 def owner(connection: Connection | Session, project_id: str) -> tuple[str, str] | None:
     """(project id, organization id): all CreateBuild needs of the project. A Core read of two columns costs
     ~40 µs where loading the Project through the session costs ~165."""
