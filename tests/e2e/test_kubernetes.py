@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from opendepot.builders.kubernetes import userns_base
+from opendepot.builders.kubernetes import preferred_slot, userns_base
 from tests.e2e.test_builds import build, builds_of, new_project, step_states
 from tests.e2e.test_sandbox import HostListener, connect_banner, probe_context, probes
 from tests.support.builds import builds_possible, busybox_context
@@ -96,6 +96,11 @@ def claims_of(core: Any, namespace: str, project: str) -> list[Any]:
     return list(core.list_namespaced_persistent_volume_claim(namespace, label_selector=selector).items)
 
 
+def slot_claims_of(core: Any, namespace: str, project: str) -> list[Any]:
+    selector = f"opendepot.dev/project={project},opendepot.dev/userns-slot"
+    return list(core.list_namespaced_config_map(namespace, label_selector=selector).items)
+
+
 def wait_for(what: str, check: Any, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -117,12 +122,12 @@ def test_build_in_a_pod_and_its_cache_survives_scale_to_zero(
     assert set(step_states(first).values()) == {"DONE"}, step_states(first)
     pod_name = f"buildkitd-{project}-amd64"
     assert (tmp_path / "o1" / "where").read_text() == "built-by-run\n"
-    # The step ran as root of the builder's own user namespace: unprivileged ids on the host.
-    assert (tmp_path / "o1" / "uid_map").read_text().split() == [
-        "0",
-        str(userns_base(project, "amd64")),
-        "65536",
-    ]
+    # The step ran as root of the builder's own user namespace: unprivileged ids on the host, of the slot
+    # its volume records and its claim holds.
+    [claim] = claims_of(core, namespace, project)
+    slot = int(claim.metadata.annotations["opendepot.dev/userns-slot"])
+    assert (tmp_path / "o1" / "uid_map").read_text().split() == ["0", str(userns_base(slot)), "65536"]
+    assert [c.metadata.name for c in slot_claims_of(core, namespace, project)] == [f"userns-slot-{slot}"]
     [pod] = pods_of(core, namespace, project)
     assert pod.metadata.name == pod_name
     assert pod.metadata.labels["app.kubernetes.io/managed-by"] == "opendepot"
@@ -130,7 +135,6 @@ def test_build_in_a_pod_and_its_cache_survives_scale_to_zero(
     assert not pod.spec.containers[0].security_context.privileged
     limits = pod.spec.containers[0].resources.limits
     assert limits == {"cpu": "16", "memory": "32Gi"} or limits == {"cpu": "16000m", "memory": "32768Mi"}
-    [claim] = claims_of(core, namespace, project)
     assert claim.status.phase == "Bound"
     assert claim.spec.storage_class_name == "opendepot-hostpath"
     # The build ran in the pod's buildkitd: its state is on the pod's volume (a hostPath PV on this node).
@@ -176,6 +180,44 @@ def test_two_projects_get_two_pods_and_two_volumes_and_share_no_cache(
         assert len(claims_of(core, namespace, project)) == 1
     volumes = {claims_of(core, namespace, p)[0].spec.volume_name for p in (first, second)}
     assert len(volumes) == 2
+
+
+def test_a_builder_whose_preferred_slot_is_held_gets_ids_of_its_own(
+    k8s_server: Server, token: str, core: Any, namespace: str, tmp_path: Path
+) -> None:
+    """Builders' user namespaces are unique in the namespace: another builder (a stand-in claim, as another
+    opendepot server would make) holds this project's preferred slot, so its RUN steps run on other host ids
+    (sharing them would share RLIMIT_NPROC's count: one tenant's fork bomb would stop the other's steps)."""
+    project = new_project(k8s_server, token, "slots")
+    held = preferred_slot(project, "amd64")
+    core.create_namespaced_config_map(
+        namespace,
+        {
+            "metadata": {
+                "name": f"userns-slot-{held}",
+                "labels": {
+                    "app.kubernetes.io/managed-by": "opendepot",
+                    "opendepot.dev/project": "stand-in",
+                    "opendepot.dev/platform": "amd64",
+                    "opendepot.dev/userns-slot": str(held),
+                },
+            }
+        },
+    )
+    try:
+        context = busybox_context(tmp_path / "ctx", "cat /proc/self/uid_map > /uid_map")
+        code, output = build(
+            k8s_server, token, project, context, "--output", f"type=local,dest={tmp_path / 'o'}"
+        )
+        assert code == 0, output
+        [claim] = slot_claims_of(core, namespace, project)
+        slot = int(claim.metadata.labels["opendepot.dev/userns-slot"])
+        assert slot != held
+        uid_map = (tmp_path / "o" / "uid_map").read_text().split()
+        assert uid_map == ["0", str(userns_base(slot)), "65536"]
+        assert int(uid_map[1]) >= userns_base(held) + 65536 or int(uid_map[1]) + 65536 <= userns_base(held)
+    finally:
+        core.delete_namespaced_config_map(f"userns-slot-{held}", namespace)
 
 
 def test_a_run_step_in_a_pod_reaches_nothing_of_the_host_nor_another_project_s_pod(
@@ -313,4 +355,5 @@ def test_deleted_project_leaves_nothing_in_the_namespace(
     assert deleted.returncode == 0, deleted.stderr + deleted.stdout
     selector = f"opendepot.dev/project={project}"
     assert claims_of(core, namespace, project) == []
+    assert slot_claims_of(core, namespace, project) == []
     assert core.list_namespaced_secret(namespace, label_selector=selector).items == []

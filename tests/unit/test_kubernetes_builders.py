@@ -6,15 +6,20 @@ from __future__ import annotations
 import ssl
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from cryptography import x509
+from kubernetes.client.exceptions import ApiException
 
 from opendepot.builders.backend import BuilderSpec
 from opendepot.builders.kubernetes import (
+    USERNS_SLOTS,
     KubernetesBuildkitd,
     KubernetesSettings,
     buildkitd_config,
     cache_volume_size,
+    preferred_slot,
     userns_base,
 )
 from opendepot.ids import new_id
@@ -40,7 +45,7 @@ def spec(hardware: str = "4x8", keep_gb: int = 40) -> BuilderSpec:
 
 def test_pod_limits_come_from_the_hardware_and_requests_from_the_share(tmp_path: Path) -> None:
     s = spec("4x8")
-    pod = backend(tmp_path, request_share=0.25)._pod(s, {})
+    pod = backend(tmp_path, request_share=0.25)._pod(s, {}, 7)
     resources = pod["spec"]["containers"][0]["resources"]
     assert resources == {
         "requests": {"cpu": "1000m", "memory": "2048Mi"},
@@ -56,15 +61,15 @@ def test_pod_limits_come_from_the_hardware_and_requests_from_the_share(tmp_path:
         "drop": ["ALL"],
         "add": ["CHOWN", "SETUID", "SETGID"],
     }
-    base = userns_base(s.project_id, "amd64")
+    base = userns_base(7)
     assert container["command"][:3] == ["/usr/bin/userns-exec", str(base), "65536"]
+    assert pod["metadata"]["annotations"]["opendepot.dev/userns-slot"] == "7"
     # A pod has no pids limit of its own: userns-exec sets RLIMIT_NPROC from this.
     assert {"name": "USERNS_NPROC", "value": "1024"} in container["env"]
-    assert {"name": "USERNS_NPROC", "value": "300"} in backend(tmp_path, pids_max=300)._pod(s, {})["spec"][
+    assert {"name": "USERNS_NPROC", "value": "300"} in backend(tmp_path, pids_max=300)._pod(s, {}, 7)["spec"][
         "containers"
     ][0]["env"]
-    assert base >= 1 << 20 and base + 65536 <= 1 << 32
-    assert userns_base(new_id(), "amd64") != base or userns_base(new_id(), "amd64") != base
+    assert userns_base(0) == 1 << 20 and userns_base(USERNS_SLOTS - 1) + 65536 <= 1 << 32
     assert pod["spec"]["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
 
 
@@ -72,11 +77,13 @@ def test_volume_is_sized_from_the_cache_policy_with_the_storage_class(tmp_path: 
     assert cache_volume_size(40 * GIB) == "50Gi"
     assert cache_volume_size(1) == "1Gi"
     s = spec(keep_gb=8)
-    claim = backend(tmp_path, storage_class="fast")._pvc(s, {"k": "v"})
+    claim = backend(tmp_path, storage_class="fast")._pvc(s, {"k": "v"}, 3)
     assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
     assert claim["spec"]["storageClassName"] == "fast"
     assert claim["metadata"]["annotations"]["opendepot.dev/cache-keep-bytes"] == str(8 * GIB)
-    assert "storageClassName" not in backend(tmp_path)._pvc(s, {})["spec"]
+    # Its files belong to the slot's ids: the volume says which, for the builder's next start.
+    assert claim["metadata"]["annotations"]["opendepot.dev/userns-slot"] == "3"
+    assert "storageClassName" not in backend(tmp_path)._pvc(s, {}, 3)["spec"]
 
 
 def test_network_policy_admits_only_the_gateway_and_the_registry(tmp_path: Path) -> None:
@@ -173,3 +180,113 @@ def test_the_builders_egress_always_names_the_registry_port(tmp_path: Path) -> N
     assert rules["spec"]["egress"] == [
         {"to": [{"ipBlock": {"cidr": "10.0.0.5/32"}}], "ports": [{"protocol": "TCP", "port": 443}]}
     ]
+
+
+class SlotsApi:
+    """The part of CoreV1Api that slot claims use: config maps and volumes, kept in dicts. Creating a config
+    map that exists is a 409, as on the API server; `raced` names slots another server claims between the
+    list and the create."""
+
+    def __init__(self) -> None:
+        self.config_maps: dict[str, dict[str, Any]] = {}
+        self.volumes: dict[str, dict[str, Any]] = {}
+        self.raced: set[str] = set()
+
+    @staticmethod
+    def _object(body: dict[str, Any]) -> Any:
+        meta = body["metadata"]
+        return SimpleNamespace(
+            metadata=SimpleNamespace(
+                name=meta["name"], labels=meta.get("labels"), annotations=meta.get("annotations")
+            )
+        )
+
+    def list_namespaced_config_map(self, namespace: str, label_selector: str) -> Any:
+        assert label_selector == "app.kubernetes.io/managed-by=opendepot,opendepot.dev/userns-slot"
+        return SimpleNamespace(items=[self._object(body) for body in self.config_maps.values()])
+
+    def create_namespaced_config_map(self, namespace: str, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        if name in self.raced:
+            self.raced.discard(name)
+            self.config_maps[name] = {"metadata": {"name": name, "labels": {}}}
+        if name in self.config_maps:
+            raise ApiException(status=409)
+        self.config_maps[name] = body
+
+    def read_namespaced_persistent_volume_claim(self, name: str, namespace: str) -> Any:
+        if name not in self.volumes:
+            raise ApiException(status=404)
+        return self._object(self.volumes[name])
+
+    def delete_namespaced_persistent_volume_claim(self, name: str, namespace: str) -> None:
+        if self.volumes.pop(name, None) is None:
+            raise ApiException(status=404)
+
+
+def slots_backend(tmp_path: Path) -> tuple[KubernetesBuildkitd, SlotsApi]:
+    api = SlotsApi()
+    k8s = backend(tmp_path)
+    k8s._core = lambda: api  # type: ignore[method-assign]
+    return k8s, api
+
+
+def colliding_projects() -> tuple[str, str]:
+    """Two project ids whose builders would start their search for a slot at the same one."""
+    first: dict[int, str] = {}
+    while True:
+        project = new_id()
+        slot = preferred_slot(project, "amd64")
+        if slot in first:
+            return first[slot], project
+        first[slot] = project
+
+
+def labels_of(project: str) -> dict[str, str]:
+    return {"opendepot.dev/project": project, "opendepot.dev/platform": "amd64"}
+
+
+def test_two_builders_whose_preferred_slots_collide_get_their_own(tmp_path: Path) -> None:
+    k8s, api = slots_backend(tmp_path)
+    one, two = colliding_projects()
+    preferred = preferred_slot(one, "amd64")
+    first = k8s._userns_slot(BuilderSpec(one, "amd64", CacheSetting(GIB, 7), "2x4"), labels_of(one))
+    second = k8s._userns_slot(BuilderSpec(two, "amd64", CacheSetting(GIB, 7), "2x4"), labels_of(two))
+    assert first == preferred and second == (preferred + 1) % USERNS_SLOTS
+    assert userns_base(first) + 65536 <= userns_base(second)
+    # Each builder's claim names its slot and its builder; a second start finds its own claim.
+    assert api.config_maps[f"userns-slot-{second}"]["metadata"]["labels"] == {
+        **labels_of(two),
+        "opendepot.dev/userns-slot": str(second),
+    }
+    assert k8s._userns_slot(BuilderSpec(two, "amd64", CacheSetting(GIB, 7), "2x4"), labels_of(two)) == second
+    assert len(api.config_maps) == 2
+
+
+def test_a_slot_claimed_by_another_server_since_the_list_is_skipped(tmp_path: Path) -> None:
+    k8s, api = slots_backend(tmp_path)
+    project = new_id()
+    preferred = preferred_slot(project, "amd64")
+    api.raced.add(f"userns-slot-{preferred}")
+    slot = k8s._userns_slot(BuilderSpec(project, "amd64", CacheSetting(GIB, 7), "2x4"), labels_of(project))
+    assert slot == (preferred + 1) % USERNS_SLOTS
+
+
+def test_a_volume_keeps_its_slot_and_loses_its_files_only_when_another_builder_holds_it(
+    tmp_path: Path,
+) -> None:
+    k8s, api = slots_backend(tmp_path)
+    one, two = colliding_projects()
+    preferred = preferred_slot(one, "amd64")
+    spec_two = BuilderSpec(two, "amd64", CacheSetting(GIB, 7), "2x4")
+    volume = f"buildkitd-{two}-amd64-cache"
+    # A volume made before slot claims (no annotation) used the preferred slot: free, it is claimed and kept.
+    api.volumes[volume] = {"metadata": {"name": volume, "annotations": {}}}
+    assert k8s._userns_slot(spec_two, labels_of(two)) == preferred
+    assert volume in api.volumes
+    # A volume recorded in a slot that another builder now holds: its files are owned by that builder's
+    # ids, so the volume goes and the builder starts empty in a free slot.
+    api.config_maps.clear()
+    k8s._userns_slot(BuilderSpec(one, "amd64", CacheSetting(GIB, 7), "2x4"), labels_of(one))
+    slot = k8s._userns_slot(spec_two, labels_of(two))
+    assert slot != preferred and volume not in api.volumes

@@ -8,10 +8,13 @@ Per (project, platform), in the namespace opendepot manages:
 - a Pod `<name>` running stock buildkitd from an image opendepot builds (scripts/k8s/image-roots.sh), with
   CPU/memory limits from the project's hardware; its only door is buildkitd's mTLS listener on BUILDKIT_PORT,
   which the gateway dials over the cluster network (no Service, no NodePort);
-- a NetworkPolicy `<name>`: ingress only from the gateway's addresses, egress only to the registry's.
+- a NetworkPolicy `<name>`: ingress only from the gateway's addresses, egress only to the registry's;
+- a ConfigMap `userns-slot-<n>`: its claim on a user-namespace slot (_userns_slot), which lives as long as
+  the volume, whose files belong to that slot's host ids.
 
 Every object carries `app.kubernetes.io/managed-by=opendepot` and `opendepot.dev/project|platform` labels, so
-`kubectl get all,pvc,secret,networkpolicy -l opendepot.dev/project=<id>` shows what belongs to a project.
+`kubectl get all,pvc,secret,networkpolicy,configmap -l opendepot.dev/project=<id>` shows what belongs to a
+project.
 
 The Kubernetes client is blocking: every call runs in a thread. A watch thread keeps the pods' phase and IP
 for `alive()` (called every manager tick) and `open()`."""
@@ -50,6 +53,9 @@ CREATE_GRACE_SECONDS = 15.0
 USERNS_FIRST = 1 << 20
 USERNS_SIZE = 65536
 USERNS_SLOTS = 30000
+SLOT_LABEL = "opendepot.dev/userns-slot"
+SLOT_ANNOTATION = SLOT_LABEL
+SLOT_SELECTOR = f"{MANAGED_BY}=opendepot,{SLOT_LABEL}"
 DELETE_WAIT_SECONDS = 60.0
 
 
@@ -94,13 +100,18 @@ def _key_of(labels: dict[str, str] | None) -> tuple[str, str] | None:
     return labels[PROJECT_LABEL], labels[PLATFORM_LABEL]
 
 
-def userns_base(project_id: str, platform: str) -> int:
-    """The first host id of the builder's user namespace: 65536 ids picked by hash from 30000 slots above
-    the ids hosts give people and services. Not unique: two builders share a slot with a chance of ~15 % among
-    100 builders (~50 % among 200). They still share nothing else (each pod has its own mount, process and
-    network namespaces), but a shared slot also shares RLIMIT_NPROC's count (USERNS_NPROC)."""
-    slot = zlib.crc32(f"{project_id}/{platform}".encode()) % USERNS_SLOTS
+def preferred_slot(project_id: str, platform: str) -> int:
+    """Where the search for a builder's free slot starts (and the slot of volumes made before claims)."""
+    return zlib.crc32(f"{project_id}/{platform}".encode()) % USERNS_SLOTS
+
+
+def userns_base(slot: int) -> int:
+    """The first host id of a slot: 65536 ids above the ids hosts give people and services."""
     return USERNS_FIRST + slot * USERNS_SIZE
+
+
+def claim_name(slot: int) -> str:
+    return f"userns-slot-{slot}"
 
 
 def _key_labels(project_id: str, platform: str) -> dict[str, str]:
@@ -217,11 +228,87 @@ class KubernetesBuildkitd:
             # A pod that failed (or was killed) is replaced on the same volume.
             self._delete_pod_and_wait(name)
         labels = self._labels(spec.project_id, spec.platform)
-        _create_if_absent(lambda: core.create_namespaced_persistent_volume_claim(ns, self._pvc(spec, labels)))
+        slot = self._userns_slot(spec, labels)
+        _create_if_absent(
+            lambda: core.create_namespaced_persistent_volume_claim(ns, self._pvc(spec, labels, slot))
+        )
         self._apply_secret(spec, labels)
         self._apply_network_policy(spec, labels)
-        core.create_namespaced_pod(ns, self._pod(spec, labels))
+        core.create_namespaced_pod(ns, self._pod(spec, labels, slot))
         log.info("builder %s/%s: created pod %s in %s", spec.project_id, spec.platform, name, ns)
+
+    def _userns_slot(self, spec: BuilderSpec, labels: dict[str, str]) -> int:
+        """The builder's own user-namespace slot: 65536 host ids no other builder in the namespace has (two
+        builders on one slot run as the same host ids: a RUN step out of its mount namespace would own the
+        other's files and processes). A slot is claimed by creating the ConfigMap named after it, which the
+        API server lets only one caller do, so two servers never take one slot. The volume records its slot:
+        its files belong to those ids, so a builder keeps its slot while its volume lives."""
+        from kubernetes.client.exceptions import ApiException
+
+        core, ns = self._core(), self.settings.namespace
+        volume_slot: int | None = None
+        try:
+            volume = core.read_namespaced_persistent_volume_claim(
+                object_name(spec.project_id, spec.platform) + "-cache", ns
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        else:
+            # Volumes made before claims carry no slot: theirs was the preferred one.
+            recorded = (volume.metadata.annotations or {}).get(SLOT_ANNOTATION)
+            volume_slot = int(recorded) if recorded else preferred_slot(spec.project_id, spec.platform)
+        claims = core.list_namespaced_config_map(ns, label_selector=SLOT_SELECTOR).items
+        taken = {int(claim.metadata.labels[SLOT_LABEL]) for claim in claims}
+        mine = {
+            int(claim.metadata.labels[SLOT_LABEL])
+            for claim in claims
+            if _key_of(claim.metadata.labels) == (spec.project_id, spec.platform)
+        }
+        if volume_slot is not None and (
+            volume_slot in mine or (volume_slot not in taken and self._claim(volume_slot, labels))
+        ):
+            return volume_slot
+        if mine:
+            slot = min(mine)
+        else:
+            slot = self._claim_free_slot(preferred_slot(spec.project_id, spec.platform), taken, labels)
+        if volume_slot is not None:
+            # The volume's ids are another builder's now: its files would not be this builder's own.
+            log.warning(
+                "builder %s/%s: its volume's user-namespace slot %d is another builder's; starting on an "
+                "empty volume in slot %d",
+                spec.project_id,
+                spec.platform,
+                volume_slot,
+                slot,
+            )
+            self._delete_volume_and_wait(object_name(spec.project_id, spec.platform) + "-cache")
+        return slot
+
+    def _claim_free_slot(self, start: int, taken: set[int], labels: dict[str, str]) -> int:
+        for step in range(USERNS_SLOTS):
+            slot = (start + step) % USERNS_SLOTS
+            if slot not in taken and self._claim(slot, labels):
+                return slot
+        raise RuntimeError(f"all {USERNS_SLOTS} user-namespace slots are claimed")
+
+    def _claim(self, slot: int, labels: dict[str, str]) -> bool:
+        """False when another builder holds the slot (claimed since the list, by this or another server)."""
+        from kubernetes.client.exceptions import ApiException
+
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": claim_name(slot), "labels": {**labels, SLOT_LABEL: str(slot)}},
+        }
+        try:
+            self._core().create_namespaced_config_map(self.settings.namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            return False
+        return True
 
     async def ready(self, project_id: str, platform: str) -> bool:
         state = self._pods.get((project_id, platform))
@@ -256,12 +343,12 @@ class KubernetesBuildkitd:
     async def prune(self, keep_projects: Callable[[], Awaitable[set[str]]]) -> int:
         """Deletes the objects of projects that no longer exist. The store is read after the cluster, so a
         project created in between is never mistaken for a deleted one."""
-        claims = await self._call(
-            self._core().list_namespaced_persistent_volume_claim,
-            self.settings.namespace,
-            label_selector=SELECTOR,
-        )
-        seen = {(claim.metadata.labels or {}).get(PROJECT_LABEL) for claim in claims.items} - {None}
+        core, ns = self._core(), self.settings.namespace
+        volumes = await self._call(core.list_namespaced_persistent_volume_claim, ns, label_selector=SELECTOR)
+        slots = await self._call(core.list_namespaced_config_map, ns, label_selector=SLOT_SELECTOR)
+        seen = {
+            (item.metadata.labels or {}).get(PROJECT_LABEL) for item in [*volumes.items, *slots.items]
+        } - {None}
         gone = seen - await keep_projects()
         for project_id in gone:
             await asyncio.to_thread(self._delete_all, f"{PROJECT_LABEL}={project_id}")
@@ -387,11 +474,13 @@ class KubernetesBuildkitd:
             },
         }
 
-    def _pvc(self, spec: BuilderSpec, labels: dict[str, str]) -> dict[str, Any]:
+    def _pvc(self, spec: BuilderSpec, labels: dict[str, str], slot: int) -> dict[str, Any]:
+        metadata = self._metadata(object_name(spec.project_id, spec.platform) + "-cache", labels, spec)
+        metadata["annotations"][SLOT_ANNOTATION] = str(slot)
         body: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
-            "metadata": self._metadata(object_name(spec.project_id, spec.platform) + "-cache", labels, spec),
+            "metadata": metadata,
             "spec": {
                 "accessModes": ["ReadWriteOnce"],
                 "resources": {"requests": {"storage": cache_volume_size(spec.cache.keep_bytes)}},
@@ -451,13 +540,15 @@ class KubernetesBuildkitd:
             "limits": {"cpu": _cpu(cpus), "memory": _memory(memory_gb)},
         }
 
-    def _pod(self, spec: BuilderSpec, labels: dict[str, str]) -> dict[str, Any]:
+    def _pod(self, spec: BuilderSpec, labels: dict[str, str], slot: int) -> dict[str, Any]:
         name = object_name(spec.project_id, spec.platform)
-        base = userns_base(spec.project_id, spec.platform)
+        base = userns_base(slot)
+        metadata = self._metadata(name, labels, spec)
+        metadata["annotations"][SLOT_ANNOTATION] = str(slot)
         return {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": self._metadata(name, labels, spec),
+            "metadata": metadata,
             "spec": {
                 "automountServiceAccountToken": False,
                 "enableServiceLinks": False,
@@ -578,9 +669,26 @@ class KubernetesBuildkitd:
             time.sleep(0.2)
         raise TimeoutError(f"pod {name} was not gone after {DELETE_WAIT_SECONDS:.0f} s")
 
+    def _delete_volume_and_wait(self, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        core, ns = self._core(), self.settings.namespace
+        deadline = time.monotonic() + DELETE_WAIT_SECONDS
+        try:
+            core.delete_namespaced_persistent_volume_claim(name, ns)
+            while time.monotonic() < deadline:
+                core.read_namespaced_persistent_volume_claim(name, ns)
+                time.sleep(0.2)
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        raise TimeoutError(f"volume {name} was not gone after {DELETE_WAIT_SECONDS:.0f} s")
+
     def _delete_all(self, selector: str) -> None:
-        """Pods, secrets, network policies and volumes matching selector; waits until the volumes are gone
-        so that a new builder never binds a claim that is being deleted."""
+        """Pods, secrets, network policies, volumes and slot claims matching selector; waits until the volumes
+        are gone so that a new builder never binds a volume that is being deleted, and frees the slots only
+        then, so that no builder is given ids that own files still on a volume."""
         core, networking, ns = self._core(), self._networking(), self.settings.namespace
         selector = f"{SELECTOR},{selector}"
         for pod in core.list_namespaced_pod(ns, label_selector=selector).items:
@@ -593,6 +701,7 @@ class KubernetesBuildkitd:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"volumes {selector} were not gone after {DELETE_WAIT_SECONDS:.0f} s")
             time.sleep(0.2)
+        core.delete_collection_namespaced_config_map(ns, label_selector=f"{selector},{SLOT_LABEL}")
 
     # --- mTLS to the pod ---
 
