@@ -290,3 +290,16 @@ def test_a_volume_keeps_its_slot_and_loses_its_files_only_when_another_builder_h
     k8s._userns_slot(BuilderSpec(one, "amd64", CacheSetting(GIB, 7), "2x4"), labels_of(one))
     slot = k8s._userns_slot(spec_two, labels_of(two))
     assert slot != preferred and volume not in api.volumes
+
+
+def test_an_operator_caps_the_cache_volume_and_buildkit_keeps_less_than_it(tmp_path: Path) -> None:
+    """--builder-disk-max-mib caps the volume a project's policy asks for; BuildKit's GC then aims at four
+    fifths of it (aiming above the volume, GC would never run before the volume filled)."""
+    s = spec(keep_gb=400)
+    claim = backend(tmp_path, disk_max_bytes=64 * GIB)._pvc(s, {}, 1)
+    assert claim["spec"]["resources"]["requests"]["storage"] == "64Gi"
+    config = tomllib.loads(buildkitd_config(s, [], 64 * GIB))
+    assert config["worker"]["oci"]["gckeepstorage"] == 64 * GIB * 4 // 5
+    assert cache_volume_size(GIB, 300 << 20) == "300Mi"
+    # Under the cap nothing changes: the policy plus a quarter, and the policy for the GC.
+    assert tomllib.loads(buildkitd_config(spec(keep_gb=8), []))["worker"]["oci"]["gckeepstorage"] == 8 * GIB

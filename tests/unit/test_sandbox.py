@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
+from opendepot.builders.backend import cache_volume_bytes, gc_keep_bytes
 from opendepot.builders.sandbox import BuilderUser, Sandbox, instance_id
+from opendepot.projects.policy import GIB
 from opendepot.server.config import ConfigError, add_arguments, resolve
 
 
@@ -85,3 +89,53 @@ def test_builder_memory_limit_is_off_by_default_and_checked(tmp_path: Path) -> N
     assert capped.builders.memory_limit_mib == 256
     with pytest.raises(ConfigError, match="builder-memory-limit-mib"):
         resolve(parser.parse_args([*base, "--builder-memory-limit-mib", "10"]), {})
+
+
+def test_builder_disk_max_is_64_gib_by_default_and_checked(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--data-dir", str(tmp_path)]
+    assert resolve(parser.parse_args(base), {}).builders.disk_max_mib == 65536
+    assert (
+        resolve(parser.parse_args([*base, "--builder-disk-max-mib", "512"]), {}).builders.disk_max_mib == 512
+    )
+    with pytest.raises(ConfigError, match="builder-disk-max-mib"):
+        resolve(parser.parse_args([*base, "--builder-disk-max-mib", "100"]), {})
+
+
+def test_a_volume_is_the_policy_plus_a_quarter_at_most_the_cap_and_gc_aims_below_it() -> None:
+    assert cache_volume_bytes(50 * GIB, 64 * GIB) == 63 * GIB  # 62.5 rounded up to whole GiB
+    assert cache_volume_bytes(1, 64 * GIB) == GIB
+    assert cache_volume_bytes(1 << 50, 64 * GIB) == 64 * GIB  # a policy of 1 PiB: the operator's cap
+    assert cache_volume_bytes(50 * GIB, 512 << 20) == 512 << 20
+    assert gc_keep_bytes(50 * GIB, 64 * GIB) == 50 * GIB
+    assert gc_keep_bytes(50 * GIB, 512 << 20) == (512 << 20) * 4 // 5
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mkfs.ext4") is None, reason="mkfs.ext4 as root")
+def test_a_cache_dir_becomes_a_sparse_volume_image_that_grows_with_its_policy(tmp_path: Path) -> None:
+    sandbox = Sandbox(tmp_path / "data", "buildkitd")
+    cache = tmp_path / "projects" / "p" / "amd64"
+    # A cache from before volumes (or of unsafe builders): reset once.
+    (cache / "runc-overlayfs").mkdir(parents=True)
+    (cache / "cache.db").write_bytes(b"x")
+    image = sandbox._volume_image(cache, 2 * GIB)
+    assert [p.name for p in cache.iterdir()] == ["volume.ext4"]
+    assert image.stat().st_size == 2 * GIB and image.stat().st_blocks * 512 < 64 << 20  # sparse
+    assert (image.stat().st_mode & 0o777, os.stat(cache).st_mode & 0o777) == (0o600, 0o700)
+    assert _is_ext4(image)
+    # The same size again: the same file system; a larger policy: the image grows (the file system follows
+    # when mounted); a smaller one waits for a cache reset.
+    inode = image.stat().st_ino
+    assert sandbox._volume_image(cache, 2 * GIB).stat().st_ino == inode
+    assert sandbox._volume_image(cache, 3 * GIB).stat().st_size == 3 * GIB
+    assert sandbox._volume_image(cache, GIB).stat().st_size == 3 * GIB
+    assert image.stat().st_ino == inode
+
+
+def _is_ext4(image: Path) -> bool:
+    """The superblock's magic (0xEF53 at byte 1080) and the extents feature ext4 sets."""
+    with image.open("rb") as file:
+        file.seek(1024)
+        block = file.read(1024)
+    return block[56:58] == b"\x53\xef" and bool(int.from_bytes(block[96:100], "little") & 0x40)

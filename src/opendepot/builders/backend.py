@@ -9,7 +9,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from opendepot.projects.policy import CacheSetting
+from opendepot.projects.policy import GIB, CacheSetting
+
+DEFAULT_DISK_MAX_BYTES = 64 * GIB  # the default cache policy's 50 GiB and its quarter of room
+
+
+def cache_volume_bytes(keep_bytes: int, max_bytes: int) -> int:
+    """The size of a builder's own cache volume: room for the cache policy plus a quarter (BuildKit's GC
+    brings the cache back under keepBytes after a build, so a build may overshoot it for a while), in whole
+    GiB, at least 1; never more than the operator's max_bytes (--builder-disk-max-mib)."""
+    whole_gib = -(-keep_bytes * 5 // (4 * GIB))  # ceil(keep_bytes * 1.25 / GIB)
+    return min(max(1, whole_gib) * GIB, max_bytes)
+
+
+def gc_keep_bytes(keep_bytes: int, max_bytes: int) -> int:
+    """What BuildKit's GC keeps: the cache policy's size, or four fifths of a volume the operator capped
+    below it. A GC that aimed above its volume would never run before the volume filled, and a failed step's
+    layer would stay there: every later build of the project failed with ENOSPC."""
+    return min(keep_bytes, cache_volume_bytes(keep_bytes, max_bytes) * 4 // 5)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from opendepot.builders.backend import BuilderSpec, RecordedBuilder
+from opendepot.builders.backend import (
+    DEFAULT_DISK_MAX_BYTES,
+    BuilderSpec,
+    RecordedBuilder,
+    cache_volume_bytes,
+    gc_keep_bytes,
+)
 from opendepot.builders.cgroups import hardware_size
 from opendepot.pki.authority import Authority
 from opendepot.pki.links import BuilderLinks, builder_server_name
@@ -76,6 +82,8 @@ class KubernetesSettings:
     # Processes and threads of one builder (buildkitd and its RUN steps), as --builder-pids-max for local
     # builders: a pod has no pids limit of its own unless the kubelet sets podPidsLimit.
     pids_max: int = 1024
+    # A builder's cache volume: sized from its project's cache policy, at most this (--builder-disk-max-mib).
+    disk_max_bytes: int = DEFAULT_DISK_MAX_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +134,16 @@ def _memory(gib: float) -> str:
     return f"{max(64, math.ceil(gib * 1024))}Mi"
 
 
-def cache_volume_size(keep_bytes: int) -> str:
-    """Room for the cache policy plus a quarter: BuildKit's GC brings the cache back under keepBytes after
-    a build, so a build may overshoot it for a while."""
-    return f"{max(1, math.ceil(keep_bytes * 1.25 / GIB))}Gi"
+def cache_volume_size(keep_bytes: int, max_bytes: int = DEFAULT_DISK_MAX_BYTES) -> str:
+    """cache_volume_bytes as a quantity: a policy's size, at most the operator's --builder-disk-max-mib."""
+    size = cache_volume_bytes(keep_bytes, max_bytes)
+    return f"{size // GIB}Gi" if size % GIB == 0 else f"{-(-size // (1 << 20))}Mi"
 
 
-def buildkitd_config(spec: BuilderSpec, insecure_registries: Sequence[str]) -> str:
+def buildkitd_config(
+    spec: BuilderSpec, insecure_registries: Sequence[str], disk_max_bytes: int = DEFAULT_DISK_MAX_BYTES
+) -> str:
+    keep_bytes = gc_keep_bytes(spec.cache.keep_bytes, disk_max_bytes)
     lines = [
         'root = "/var/lib/buildkit"',
         "[grpc]",
@@ -145,9 +156,9 @@ def buildkitd_config(spec: BuilderSpec, insecure_registries: Sequence[str]) -> s
         "[worker.oci]",
         "  enabled = true",
         "  gc = true",
-        f"  gckeepstorage = {spec.cache.keep_bytes}",
+        f"  gckeepstorage = {keep_bytes}",
         "  [[worker.oci.gcpolicy]]",
-        f"    keepBytes = {spec.cache.keep_bytes}",
+        f"    keepBytes = {keep_bytes}",
     ]
     if spec.cache.keep_days:
         lines.append(f'    keepDuration = "{spec.cache.keep_days * 24}h"')
@@ -483,7 +494,11 @@ class KubernetesBuildkitd:
             "metadata": metadata,
             "spec": {
                 "accessModes": ["ReadWriteOnce"],
-                "resources": {"requests": {"storage": cache_volume_size(spec.cache.keep_bytes)}},
+                "resources": {
+                    "requests": {
+                        "storage": cache_volume_size(spec.cache.keep_bytes, self.settings.disk_max_bytes)
+                    }
+                },
             },
         }
         if self.settings.storage_class:
@@ -502,7 +517,9 @@ class KubernetesBuildkitd:
             "metadata": self._metadata(object_name(spec.project_id, spec.platform) + "-tls", labels, spec),
             "type": "Opaque",
             "stringData": {
-                "buildkitd.toml": buildkitd_config(spec, self.settings.insecure_registries),
+                "buildkitd.toml": buildkitd_config(
+                    spec, self.settings.insecure_registries, self.settings.disk_max_bytes
+                ),
                 "server.pem": server.cert_pem,
                 "server-key.pem": server.key_pem,
                 "link-ca.pem": self.links.link_ca_pem(),

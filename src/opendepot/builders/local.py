@@ -18,7 +18,7 @@ from opendepot.buildkit.du import total_size
 from opendepot.datadir import DataDir
 from opendepot.processes import terminate
 
-from .backend import BuilderSpec, RecordedBuilder
+from .backend import BuilderSpec, RecordedBuilder, gc_keep_bytes
 from .cgroups import CgroupLimits, hardware_size
 from .sandbox import CNI_PLUGINS, Sandbox
 
@@ -83,7 +83,7 @@ class LocalBuildkitd:
             return buildkitd_toml(
                 state_dir=self.sandbox.buildkit_root(spec.project_id, spec.platform),
                 socket=self.socket_path(spec.project_id, spec.platform),
-                keep_bytes=spec.cache.keep_bytes,
+                keep_bytes=gc_keep_bytes(spec.cache.keep_bytes, self.sandbox.disk_max_bytes),
                 keep_days=spec.cache.keep_days,
                 # Rootless runc on cgroup v1 makes no per-step cgroups: the builder's own (joined before
                 # exec) cover the steps.
@@ -157,6 +157,7 @@ class LocalBuildkitd:
             cpus,
             memory_bytes,
             spec.entitlements,
+            spec.cache.keep_bytes,
         )
         log = self.paths.builder_log(*key).open("ab")
         process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the child runs on its own

@@ -40,6 +40,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from opendepot.builders.backend import DEFAULT_DISK_MAX_BYTES, cache_volume_bytes
+from opendepot.projects.policy import DEFAULT_CACHE
+
 log = logging.getLogger("opendepot.builders.sandbox")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -51,6 +54,7 @@ SUBID_LOCK = Path("/run/lock/opendepot-builder-users.lock")
 # Builders' sockets and runtime state: unix socket paths must stay under 108 bytes, which a data dir cannot
 # promise. One directory per server instance, removed when it stops.
 RUNTIME_ROOT = Path("/run/opendepot")
+VOLUME_IMAGE = "volume.ext4"  # a builder's cache volume, in its cache dir (_volume_image)
 PERIOD_US = 100_000
 USER_PREFIX = "odb-"
 
@@ -298,6 +302,19 @@ def _run(*command: str) -> None:
         raise SandboxUnavailable(f"{' '.join(command)} failed: {result.stderr.strip() or result.returncode}")
 
 
+def _make_volume(image: Path, size: int) -> None:
+    """An empty ext4 file system of `size` bytes at image (replacing what is there), only root's to open.
+    No reserved blocks (the builder is its only user); inode tables and journal are zeroed lazily, so a new
+    volume costs milliseconds and a few MB of the host's disk, however large."""
+    made = image.with_name(image.name + ".new")
+    made.unlink(missing_ok=True)
+    with made.open("wb") as file:
+        file.truncate(size)
+    os.chmod(made, 0o600)
+    _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", str(made))
+    made.rename(image)
+
+
 class Sandbox:
     """Everything host-global that sandboxed builders of one server instance need, and its removal."""
 
@@ -308,6 +325,7 @@ class Sandbox:
         registry_endpoints: Sequence[tuple[str, int]] = (),
         pids_max: int = 1024,
         rootlesskit: str | None = None,
+        disk_max_bytes: int = DEFAULT_DISK_MAX_BYTES,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.instance = instance_id(self.data_dir)
@@ -316,6 +334,7 @@ class Sandbox:
         self.rootlesskit = rootlesskit or _which("rootlesskit", beside) or "rootlesskit"
         self.registry_endpoints = tuple(registry_endpoints)
         self.pids_max = pids_max
+        self.disk_max_bytes = disk_max_bytes
         self.table = f"odb_{self.instance}"
         self.cgroups = BuilderCgroups(self.instance)
         self.runtime_root = RUNTIME_ROOT / self.instance
@@ -350,6 +369,9 @@ class Sandbox:
             ("setpriv", "util-linux"),
             ("runc", "runc"),
             ("useradd", "passwd"),
+            ("mkfs.ext4", "e2fsprogs"),
+            ("resize2fs", "e2fsprogs"),
+            ("losetup", "mount"),
         ):
             if _which(binary, beside) is None:
                 found.append(f"{binary} is missing (Debian package {package})")
@@ -359,6 +381,8 @@ class Sandbox:
             found.append(f"the CNI bridge plugin is missing in {CNI_PLUGINS} (containernetworking-plugins)")
         if not self.cgroups.available():
             found.append("no pids cgroup controller to cap a builder's processes")
+        if not Path("/dev/loop-control").exists():
+            found.append("no loop devices (/dev/loop-control) for the builders' own cache volumes")
         return found
 
     def check(self) -> None:
@@ -550,12 +574,13 @@ class Sandbox:
         cpus: int,
         memory_bytes: int,
         entitlements: Sequence[str] = (),
+        keep_bytes: int = DEFAULT_CACHE.keep_bytes,
     ) -> tuple[list[str], Callable[[], None]]:
-        """Everything before the launch: user, cache ownership, runtime dir, config, nft set, cgroups.
+        """Everything before the launch: user, cache volume, runtime dir, config, nft set, cgroups.
         Returns the command line and the preexec_fn that joins the cgroups."""
         user = self.ensure_user(project_id, platform)
         key = self.key(project_id, platform)
-        self._own_cache(cache_dir, user)
+        image = self._volume_image(cache_dir, cache_volume_bytes(keep_bytes, self.disk_max_bytes))
         runtime = self.runtime_dir(project_id, platform)
         # rootlesskit's state dir must not be left over from an earlier run
         self._remove_runtime(runtime)
@@ -564,7 +589,7 @@ class Sandbox:
             os.chown(directory, user.uid, user.gid)
         # The cache, wherever the data dir is (its ancestors may well be closed to others, and something
         # like pytest may close them again at any time), appears at a path of our own that the user reaches.
-        _run("mount", "--bind", str(cache_dir), str(runtime / "root"))
+        self._mount_volume(image, runtime / "root", user)
         config_path = self.config_path(project_id, platform)
         config_path.write_text(config)
         os.chown(config_path, user.uid, user.gid)
@@ -589,19 +614,48 @@ class Sandbox:
                     check=False,
                 )
 
-    def _own_cache(self, cache_dir: Path, user: BuilderUser) -> None:
-        """A cache made by root (unsafe builders, or before the sandbox) or by an earlier user of another
-        uid is unusable rootless: it is reset once, and the new one belongs to the builder user."""
-        if cache_dir.exists() and cache_dir.stat().st_uid != user.uid and any(cache_dir.iterdir()):
-            log.warning(
-                "builder cache %s was made by uid %d; reset once for the sandboxed builder",
-                cache_dir,
-                cache_dir.stat().st_uid,
-            )
+    def _volume_image(self, cache_dir: Path, size: int) -> Path:
+        """The builder's cache is a file system of its own: an ext4 image of `size` bytes (sparse: the host
+        disk holds what is written) in cache_dir, loop-mounted for the builder. A RUN step that writes without
+        end fills its own volume and fails with ENOSPC, not the disk the database, the registry and every
+        other tenant share. A cache dir holding anything else (a cache from before volumes, or of unsafe
+        builders) is reset once. A policy grown since gets a grown volume; a smaller one takes effect at the
+        next cache reset (shrinking would move the cache's blocks)."""
+        image = cache_dir / VOLUME_IMAGE
+        if cache_dir.exists() and any(entry.name != VOLUME_IMAGE for entry in cache_dir.iterdir()):
+            log.warning("builder cache %s is not a volume; reset once for the sandboxed builder", cache_dir)
             shutil.rmtree(cache_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        os.chown(cache_dir, user.uid, user.gid)
+        os.chown(cache_dir, 0, 0)
         os.chmod(cache_dir, 0o700)
+        if not image.exists():
+            _make_volume(image, size)
+        elif image.stat().st_size < size:
+            with image.open("r+b") as file:
+                file.truncate(size)  # the file system grows into it once mounted (_mount_volume)
+        return image
+
+    @staticmethod
+    def _mount_volume(image: Path, mount_point: Path, user: BuilderUser) -> None:
+        """Mounts the volume (discard: what BuildKit's GC deletes leaves the host's disk too) and hands its
+        root to the builder user. A volume whose root belongs to another uid (an earlier user of the
+        project) is unusable rootless: it is made anew."""
+        _run("mount", "-o", "loop,discard,nosuid,nodev", str(image), str(mount_point))
+        device = subprocess.run(
+            ["findmnt", "-n", "-o", "SOURCE", "--mountpoint", str(mount_point)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        _run("resize2fs", device)  # grows to the image's size if the policy grew; nothing otherwise
+        owner = mount_point.stat().st_uid
+        if owner not in (0, user.uid):
+            log.warning("builder volume %s was made by uid %d; made anew for the builder", image, owner)
+            _run("umount", str(mount_point))
+            _make_volume(image, image.stat().st_size)
+            _run("mount", "-o", "loop,discard,nosuid,nodev", str(image), str(mount_point))
+        os.chown(mount_point, user.uid, user.gid)
+        os.chmod(mount_point, 0o700)
 
     def command(
         self, user: BuilderUser, runtime: Path, config_path: Path, entitlements: Sequence[str] = ()

@@ -80,6 +80,7 @@ def kubernetes_backend(config: Config, authority: Authority) -> KubernetesBuildk
             registry_port=registry_port,
             insecure_registries=insecure,
             pids_max=config.builders.pids_max,
+            disk_max_bytes=config.builders.disk_max_mib << 20,
         ),
         authority,
     )
@@ -133,6 +134,7 @@ def open_sandbox(config: Config) -> Sandbox | None:
         registry_endpoints=[_split_endpoint(host) for host in registries],
         pids_max=config.builders.pids_max,
         rootlesskit=config.builders.rootlesskit,
+        disk_max_bytes=config.builders.disk_max_mib << 20,
     )
     if problems := sandbox.problems():
         raise SystemExit(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from opendepot.builders.backend import DEFAULT_DISK_MAX_BYTES
 from opendepot.datadir import DataDir
 from opendepot.oidc.providers import DEFAULT_ISSUERS
 from opendepot.registry.mirror import check_upstream
@@ -264,6 +265,14 @@ class BuilderSettings:
         parse=int,
         metavar="MIB",
         name="builder_memory_limit_mib",
+    )
+    disk_max_mib: int = setting(
+        "the largest cache volume a builder gets (its project's cache policy plus a quarter, at most this): "
+        "what one project's builds may write on the server's disk (or a Kubernetes volume)",
+        lambda: DEFAULT_DISK_MAX_BYTES >> 20,
+        parse=int,
+        metavar="MIB",
+        name="builder_disk_max_mib",
     )
 
 
@@ -661,6 +670,8 @@ def _check(config: Config) -> None:
         raise ConfigError("--builder-pids-max must be at least 64 (buildkitd's own threads count)")
     if not (config.builders.memory_limit_mib == 0 or config.builders.memory_limit_mib >= 64):
         raise ConfigError("--builder-memory-limit-mib must be 0 (no cap) or at least 64 (buildkitd's own)")
+    if config.builders.disk_max_mib < 256:
+        raise ConfigError("--builder-disk-max-mib must be at least 256 (buildkitd's state and one step)")
     if not 1 <= config.server.workers <= 64:
         raise ConfigError("--workers must be between 1 and 64")
     try:
