@@ -7,7 +7,10 @@ same run, builds alternating between them; min / median / max of each and the ra
     benchmark creates, HTTP on a 198.18.x address routed through the host).     target ratio <= 1.25
 (d) Cold builder start: GetBuildKitConnection on a new project until `active`.  target <= 2 s
 
-    .venv/bin/python bench/sandbox.py [--runs N]        (root; ./dev setup first)
+With --baseline-src DIR, a third server runs the code under DIR sandboxed (`@baseline`) in (a), (b) and (d),
+and each of those prints sandboxed / @baseline: what a change to the sandbox costs, measured in one run.
+
+    .venv/bin/python bench/sandbox.py [--runs N] [--baseline-src DIR]   (root; ./dev setup first)
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -37,6 +40,7 @@ from tests.support.netns import TestInternet  # noqa: E402
 from tests.support.server import Server  # noqa: E402
 
 MODES = ("sandboxed", "unsafe")
+BASELINE = "@baseline"
 
 
 def context(directory: Path, dockerfile: str) -> Path:
@@ -64,21 +68,24 @@ def build(server: Server, token: str, project: str, ctx: Path) -> float:
 def summary(name: str, times: dict[str, list[float]], target: float) -> None:
     med = {mode: statistics.median(values) for mode, values in times.items()}
     ratio = med["sandboxed"] / med["unsafe"]
-    for mode in MODES:
-        values = times[mode]
+    for mode, values in times.items():
         print(
             f"  {name:<22} {mode:<10} min {min(values):7.2f}  median {med[mode]:7.2f}"
             f"  max {max(values):7.2f} s"
         )
     verdict = "ok" if ratio <= target else "OVER TARGET"
     print(f"  {name:<22} ratio sandboxed/unsafe (medians) {ratio:.3f}  (target <= {target}) {verdict}")
+    if BASELINE in med:
+        print(f"  {name:<22} ratio sandboxed/{BASELINE} (medians) {med['sandboxed'] / med[BASELINE]:.3f}")
 
 
-def alternate(runs: int, measure: Callable[[str, int], float]) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+def alternate(
+    runs: int, measure: Callable[[str, int], float], modes: Sequence[str] = MODES
+) -> dict[str, list[float]]:
+    """Each run measures every mode once, the order rotated by one each run."""
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
     for i in range(runs):
-        order = MODES if i % 2 == 0 else MODES[::-1]
-        for mode in order:
+        for mode in [*modes[i % len(modes) :], *modes[: i % len(modes)]]:
             times[mode].append(measure(mode, i))
     return times
 
@@ -88,6 +95,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--baseline-src", type=Path, help="a src dir to run sandboxed as a third side")
     args = parser.parse_args()
     if reason := builds_possible():
         raise SystemExit(f"cannot benchmark: {reason}")
@@ -104,7 +112,17 @@ def main() -> None:
             servers[mode] = Server(data_dir=work / mode / "data", database_url=None, extra_args=extra).start(
                 timeout=180
             )
-        tokens = {mode: servers[mode].new_organization()[1] for mode in MODES}
+        compared: tuple[str, ...] = MODES
+        if args.baseline_src:
+            if not (args.baseline_src / "opendepot" / "__init__.py").exists():
+                raise SystemExit(f"bench/sandbox.py: --baseline-src {args.baseline_src} holds no opendepot")
+            servers[BASELINE] = Server(
+                data_dir=work / "baseline" / "data",
+                database_url=None,
+                python_path=args.baseline_src.resolve(),
+            ).start(timeout=180)
+            compared = (*MODES, BASELINE)
+        tokens = {mode: servers[mode].new_organization()[1] for mode in servers}
 
         def project(mode: str, token: str | None = None) -> str:
             created = depot(
@@ -112,7 +130,7 @@ def main() -> None:
             )
             return str(json.loads(created.stdout)["project_id"])
 
-        projects = {mode: project(mode) for mode in MODES}
+        projects = {mode: project(mode) for mode in servers}
         print(f"bench/sandbox.py: {args.runs} runs each; {machine_note()}")
 
         run_heavy = context(
@@ -122,12 +140,14 @@ def main() -> None:
                 for n in range(20)
             ),
         )
-        for mode in MODES:  # warm-up: the builders are up, busybox layers are in the cache
+        for mode in compared:  # warm-up: the builders are up, busybox layers are in the cache
             build(servers[mode], tokens[mode], projects[mode], run_heavy)
         summary(
             "RUN-heavy (20x50 MB)",
             alternate(
-                args.runs, lambda mode, _i: build(servers[mode], tokens[mode], projects[mode], run_heavy)
+                args.runs,
+                lambda mode, _i: build(servers[mode], tokens[mode], projects[mode], run_heavy),
+                compared,
             ),
             1.10,
         )
@@ -141,7 +161,7 @@ def main() -> None:
                 f.write(os.urandom(4096))  # a changed file: all of it crosses again
             return build(servers[mode], tokens[mode], projects[mode], big)
 
-        summary("200 MB context", alternate(args.runs, context_build), 1.10)
+        summary("200 MB context", alternate(args.runs, context_build, compared), 1.10)
 
         download = context(
             work / "download",
@@ -163,9 +183,8 @@ def main() -> None:
                 until_active(http, server, build_id, build_token)
                 return time.perf_counter() - start
 
-        cold = alternate(args.runs, cold_start)
-        for mode in MODES:
-            values = cold[mode]
+        cold = alternate(args.runs, cold_start, compared)
+        for mode, values in cold.items():
             print(
                 f"  {'cold builder start':<22} {mode:<10} min {min(values):7.2f}  "
                 f"median {statistics.median(values):7.2f}  max {max(values):7.2f} s  (target <= 2 s)"
@@ -173,7 +192,7 @@ def main() -> None:
     finally:
         for mode, server in servers.items():
             server.stop()
-            if mode == "sandboxed":
+            if mode != "unsafe":
                 sandbox = Sandbox(server.data_dir, "buildkitd")
                 for name in sandbox.users():
                     sandbox.remove_user(name)
