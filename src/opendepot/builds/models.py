@@ -50,6 +50,8 @@ class Build(Base):
     status_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # The size of its options as sent (JSON, up to 256 KiB): the history quota counts it.
     options_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # What its step rows hold (steps.stored_bytes), as they were written: the history quota counts it.
+    steps_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Lease(Base):

@@ -405,6 +405,11 @@ _ADD_STATUS_BYTES = (
     .values(status_bytes=_BUILDS.c.status_bytes + bindparam("added"))
 )
 _INSERT_STATUS_REPORT = insert(cast(Table, StatusReport.__table__))
+_ADD_STEPS_BYTES = (
+    update(_BUILDS)
+    .where(_BUILDS.c.id == bindparam("build_id"))
+    .values(steps_bytes=_BUILDS.c.steps_bytes + bindparam("added"))
+)
 
 
 def status_target(session: Session, build_id: str) -> StatusTarget | None:
@@ -500,6 +505,12 @@ def step_states(session: Session, build_id: str, digests: Sequence[str]) -> dict
 def insert_steps(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
     """Inserts the steps (whole rows) unless another transaction inserted one first: the digests inserted."""
     return set(insert_ignore_many_returning(session, Step, rows, ("build_id", "digest"), "digest"))
+
+
+def add_steps_bytes(session: Session, build_id: str, added: int) -> None:
+    """The build's running total of what its step rows hold (the history quota counts it)."""
+    if added:
+        session.connection().execute(_ADD_STEPS_BYTES, {"build_id": build_id, "added": added})
 
 
 def update_steps(session: Session, rows: Sequence[dict[str, Any]]) -> None:
@@ -743,10 +754,15 @@ def delete_builds(session: Session, build_ids: Sequence[str]) -> int:
 
 
 def _kept_bytes() -> Any:
-    """What one build keeps, by its own counts: log lines (as its log limit counts them), status reports and
-    options. (Options were left out: 60 builds a minute of 255 KiB options each grew the store without the
-    quota seeing any of it.)"""
-    return func.coalesce(_VOLUMES.c.bytes, 0) + _BUILDS.c.status_bytes + _BUILDS.c.options_bytes
+    """What one build keeps, by its own counts: log lines (as its log limit counts them), status reports,
+    options and steps. (Options and steps were left out: 60 builds a minute of 255 KiB options each, or of
+    2,000 steps with long names, grew the store without the quota seeing any of it.)"""
+    return (
+        func.coalesce(_VOLUMES.c.bytes, 0)
+        + _BUILDS.c.status_bytes
+        + _BUILDS.c.options_bytes
+        + _BUILDS.c.steps_bytes
+    )
 
 
 def organizations_keeping_over(session: Session, quota_bytes: int) -> list[tuple[str, int]]:

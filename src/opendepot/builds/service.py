@@ -103,6 +103,7 @@ def create_build(
         share_hash=None,
         status_bytes=0,
         options_bytes=options_bytes,
+        steps_bytes=0,
     )
     queries.insert_build(session, build)  # before the token, which refers to it
     secret = tokens.create_build_token(session, organization_id, project_id, build.id)

@@ -46,6 +46,8 @@ MAX_STEPS = 2000
 MAX_STEP_NAME = 1024
 MAX_STEP_ERROR = 4096
 MAX_DIGEST = 200
+# What a step row holds beside its text (ids, times, flags, its index entries), for the history quota.
+STEP_ROW_BYTES = 96
 STEPS_TRUNCATED_DIGEST = "opendepot:steps-truncated"
 STEPS_TRUNCATED = "[opendepot] this build reported more than {cap} steps; the rest were not recorded"
 
@@ -95,6 +97,12 @@ class _StepState:
     saved_seconds: float | None
     id: int | None = None
     read: tuple[object, ...] = ()  # the row's values as read: it is written back only if they changed
+    read_bytes: int = 0  # stored_bytes as read: the total counts only what a write adds
+
+    def stored_bytes(self) -> int:
+        """What the row holds, as the history quota counts it: its text in UTF-8 and STEP_ROW_BYTES."""
+        text = len(self.digest) + len(self.name.encode()) + len((self.error or "").encode())
+        return STEP_ROW_BYTES + text
 
     @classmethod
     def of(cls, row: Any) -> _StepState:
@@ -111,6 +119,7 @@ class _StepState:
             row.id,
         )
         state.read = state.values()
+        state.read_bytes = state.stored_bytes()
         return state
 
     @classmethod
@@ -217,9 +226,12 @@ def apply(
         # transaction read: merge into its rows. Only on PostgreSQL; SQLite's write lock runs one after the
         # other.
         _merge_into_rows(session, build_id, project_id, steps, raced, vertices, savings)
-    queries.update_steps(
-        session, [s.update() for s in steps.values() if s.id is not None and s.values() != s.read]
-    )
+    changed = [s for s in steps.values() if s.id is not None and s.values() != s.read]
+    queries.update_steps(session, [s.update() for s in changed])
+    # The build's row is locked (build_project_id or the caller's status_target), so the sum does not race.
+    added = sum(steps[d].stored_bytes() for d in inserted)
+    added += sum(max(0, s.stored_bytes() - s.read_bytes) for s in changed)
+    queries.add_steps_bytes(session, build_id, added)
     if out_of_memory:
         # A finished build's error gets the step's out-of-memory line (finish_build adds it if it comes
         # later). Read locked after this transaction's step writes: finish_build may have set the error

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from opendepot.auth import Principal, TokenKind
-from opendepot.builds import queries
+from opendepot.builds import queries, steps
 from opendepot.builds import service as builds
 from opendepot.builds.models import Build, LogLine, Step
 from opendepot.organizations import service as organizations
@@ -131,3 +131,34 @@ def test_build_options_count_against_the_quota(either_store: Store) -> None:
         # The oldest goes first; the newest finished build always stays.
         assert builds.prune_history_slice(session, admin.organization_id, 3 * each - MIB // 2) == (1, 0, each)
     assert remaining(store) == set(made[1:])
+
+
+def test_step_rows_count_against_the_quota(either_store: Store) -> None:
+    """A build's status reports may make 2,000 steps of 1 KiB names and 4 KiB errors (~10 MiB of rows): the
+    quota used to see none of it. Each row counts its text in UTF-8 and STEP_ROW_BYTES, once; a later write
+    that grows a row counts only what it adds, one that changes nothing counts nothing."""
+    store = either_store
+    name, error = "n" * steps.MAX_STEP_NAME, "é" * (steps.MAX_STEP_ERROR // 2)  # 2 bytes a character
+    vertices = [
+        steps.VertexUpdate(f"sha256:{i:064x}", name, NOW, NOW, False, error) for i in range(steps.MAX_STEPS)
+    ]
+    row = steps.STEP_ROW_BYTES + len(vertices[0].digest) + len(name) + steps.MAX_STEP_ERROR
+    with store.transaction() as session:
+        admin, project = organization_with_project(session)
+        created, _secret = builds.create_build(session, admin, project.id, [])
+        build_id = created.id
+        options = session.get(Build, build_id).options_bytes  # type: ignore[union-attr]
+    with store.transaction() as session:
+        steps.apply(session, build_id, vertices, [])
+    kept = options + steps.MAX_STEPS * row
+    assert kept > 10 * MIB
+    with store.transaction() as session:
+        assert dict(builds.over_history_quota(session, MIB)) == {admin.organization_id: kept - MIB}
+    # The same reports again (the CLI and the gateway's tap both report): nothing more is kept.
+    with store.transaction() as session:
+        steps.apply(session, build_id, vertices, [])
+    # One step renamed longer by 3 bytes, and over the cap: its name is cut at MAX_STEP_NAME characters.
+    longer = steps.VertexUpdate(vertices[0].digest, "€" + name, None, None, False, "")
+    with store.transaction() as session:
+        steps.apply(session, build_id, [longer], [])
+        assert dict(builds.over_history_quota(session, MIB)) == {admin.organization_id: kept - MIB + 2}
