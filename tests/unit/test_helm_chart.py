@@ -54,6 +54,7 @@ def test_defaults_render_one_sqlite_replica_with_rbac_only_in_the_builder_namesp
         "pods",
         "persistentvolumeclaims",
         "secrets",
+        "configmaps",  # the builders' user-namespace slot claims
         "networkpolicies",
     }
     [binding] = by_kind(documents, "RoleBinding")
