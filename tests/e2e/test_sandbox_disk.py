@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.test_builds import build, builds_of, new_project
 from tests.support.builds import builds_possible, busybox_context
-from tests.support.server import Server, remove_builder_users
+from tests.support.server import Server, with_builder_users_removed
 
 pytestmark = pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible()))
 
@@ -26,14 +26,9 @@ FILL = "dd if=/dev/zero of=/fill bs=1048576 count=768; echo DD-EXIT $?; ls -l /f
 @pytest.fixture(scope="module")
 def disk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data_dir = tmp_path_factory.mktemp("disk") / "data"
-    server = Server(
-        data_dir=data_dir, database_url=None, extra_args=["--builder-disk-max-mib", str(MAX_MIB)]
-    ).start(timeout=180)
-    try:
+    args = ["--builder-disk-max-mib", str(MAX_MIB)]
+    with with_builder_users_removed(Server(data_dir=data_dir, database_url=None, extra_args=args)) as server:
         yield server
-    finally:
-        server.stop()
-        remove_builder_users(data_dir)
 
 
 def volume_free_bytes(image: Path) -> int:

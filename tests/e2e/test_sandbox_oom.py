@@ -14,7 +14,7 @@ import pytest
 from tests.e2e.test_builds import build, builds_of, new_project
 from tests.e2e.test_steps import logs_of, run_steps, steps_of
 from tests.support.builds import builds_possible, busybox_context
-from tests.support.server import Server, remove_builder_users
+from tests.support.server import Server, with_builder_users_removed
 
 pytestmark = pytest.mark.skipif(builds_possible() is not None, reason=str(builds_possible()))
 
@@ -27,14 +27,9 @@ MESSAGE = f"out of memory: the builder's memory limit ({CAP_MIB} MiB, capped by 
 @pytest.fixture(scope="module")
 def capped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data_dir = tmp_path_factory.mktemp("oom") / "data"
-    server = Server(
-        data_dir=data_dir, database_url=None, extra_args=["--builder-memory-limit-mib", str(CAP_MIB)]
-    ).start(timeout=180)
-    try:
+    args = ["--builder-memory-limit-mib", str(CAP_MIB)]
+    with with_builder_users_removed(Server(data_dir=data_dir, database_url=None, extra_args=args)) as server:
         yield server
-    finally:
-        server.stop()
-        remove_builder_users(data_dir)
 
 
 def test_an_out_of_memory_step_fails_the_build_and_says_so(capped_server: Server, tmp_path: Path) -> None:

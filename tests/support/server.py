@@ -36,6 +36,16 @@ def remove_builder_users(data_dir: Path) -> None:
         sandbox.remove_user(name)
 
 
+@contextmanager
+def with_builder_users_removed(server: Server, timeout: float = 180) -> Iterator[Server]:
+    """The server started for the with block; then stopped, and its builders' host users removed."""
+    try:
+        with server.running(timeout=timeout):
+            yield server
+    finally:
+        remove_builder_users(server.data_dir)
+
+
 def _ephemeral_ports() -> tuple[int, int]:
     try:
         low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
