@@ -116,6 +116,7 @@ def main() -> None:
         if args.baseline_src:
             if not (args.baseline_src / "opendepot" / "__init__.py").exists():
                 raise SystemExit(f"bench/sandbox.py: --baseline-src {args.baseline_src} holds no opendepot")
+            (work / "baseline").mkdir()
             servers[BASELINE] = Server(
                 data_dir=work / "baseline" / "data",
                 database_url=None,

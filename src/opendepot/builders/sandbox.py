@@ -648,6 +648,9 @@ class Sandbox:
             check=True,
         ).stdout.strip()
         _run("resize2fs", device)  # grows to the image's size if the policy grew; nothing otherwise
+        # The loop device reads and writes the image directly: its blocks are cached once (by the volume's
+        # file system), not twice. Refused where the data dir's file system has no direct I/O: then cached.
+        subprocess.run(["losetup", "--direct-io=on", device], capture_output=True, check=False)
         owner = mount_point.stat().st_uid
         if owner not in (0, user.uid):
             log.warning("builder volume %s was made by uid %d; made anew for the builder", image, owner)
