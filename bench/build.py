@@ -290,7 +290,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--calls", type=int, default=200, help="calls for the round-trip figures")
     parser.add_argument("--context-mb", type=int, default=200)
-    parser.add_argument("--concurrent", type=int, default=4)
+    parser.add_argument("--concurrent", type=int, default=4, help="builds at once in (c); 0: none")
     parser.add_argument("--modules", type=int, default=300, help="C modules of the realistic app")
     parser.add_argument(
         "--only", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}"
@@ -1025,6 +1025,8 @@ def context_rows(
 
     # N projects, each with its own warm builder, N builds at once: aggregate throughput.
     n = args.concurrent
+    if n < 1:
+        return rows  # --concurrent 0: the one-build row only
     dirs = [big_context(work / f"big-{k}") for k in range(n)]
     projects = [create_project(http, srv, f"concurrent-{k}") for k in range(n)]
     pairs = list(zip(projects, dirs, strict=True))
