@@ -21,6 +21,9 @@ pytestmark = pytest.mark.skipif(builds_possible() is not None, reason=str(builds
 MAX_MIB = 512
 # Writes up to 768 MiB in 1 MiB blocks (bounded: should the volume not hold, it still ends).
 FILL = "dd if=/dev/zero of=/fill bs=1048576 count=768; echo DD-EXIT $?; ls -l /fill; exit 1"
+# Seconds from the failed build's end until its volume has room again: the server's prune after the build
+# (BuildKit's own GC, throttled to once a minute, took ~60 s). Generous for a loaded CI machine.
+RELIEVED_WITHIN = 30
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +67,14 @@ def test_a_step_that_fills_its_volume_fails_and_the_host_disk_keeps_the_rest(
     assert (stat.st_mode & 0o777, stat.st_uid) == (0o600, 0)  # root's: the builder user sees its mount only
     assert os.stat(image.parent).st_mode & 0o777 == 0o700
 
-    # BuildKit's own GC (throttled to once a minute) removes the failed step's layer: the volume is usable
-    # again, and the same builder builds and keeps its cache across builds.
+    # Once the build is over the server prunes the nearly full volume to BuildKit's GC target (BuildKit's
+    # own GC runs at most once a minute): the failed step's layer goes, the volume is usable again at once,
+    # and the same builder builds and keeps its cache across builds.
     started = time.monotonic()
     while (free := volume_free_bytes(image)) < MAX_MIB << 19:
-        assert time.monotonic() - started < 120, f"the volume stayed full: {free} bytes free"
-        time.sleep(1)
-    print(f"volume usable again after {time.monotonic() - started:.0f} s: {free >> 20} MiB free")
+        assert time.monotonic() - started < RELIEVED_WITHIN, f"the volume stayed full: {free} bytes free"
+        time.sleep(0.5)
+    print(f"volume usable again after {time.monotonic() - started:.1f} s: {free >> 20} MiB free")
     # Mounted with discard: what BuildKit deleted leaves the host's disk too.
     while (held := image.stat().st_blocks * 512) > MAX_MIB << 18:
         assert time.monotonic() - started < 180, f"the host still holds {held} bytes of the volume"

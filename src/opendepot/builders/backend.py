@@ -49,6 +49,18 @@ class RecordedBuilder:
 
 
 @runtime_checkable
+class CacheRelief(Protocol):
+    """A backend whose builders' caches live in volumes of a fixed size: after a build it can bring a volume
+    fuller than BuildKit's GC target back under it at once, where BuildKit's own GC runs at most once a
+    minute (a build that filled the volume left the next one without room until then)."""
+
+    async def relieve(self, project_id: str, platform: str) -> int | None:
+        """Prunes the builder's cache to its GC target if its volume is over it: the bytes it freed, or None
+        when nothing was over or it could not tell."""
+        ...
+
+
+@runtime_checkable
 class WorkerProbe(Protocol):
     """A backend that can tell a wedged builder (socket accepting, BuildKit not answering) from a live one;
     the reconciler restarts wedged builders of such backends."""

@@ -26,6 +26,27 @@ logger = logging.getLogger("opendepot.machines")
 
 
 LEFTOVER_GRACE_SECONDS = 5.0
+# The longest a prune after a build may take (a wedged BuildKit does not hold the task forever).
+RELIEF_TIMEOUT_SECONDS = 300.0
+
+
+def _used_bytes(mount_point: Path) -> int | None:
+    """What the file system at mount_point holds, or None if it is not there."""
+    try:
+        stats = os.statvfs(mount_point)
+    except OSError:
+        return None
+    return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
+
+
+def _nearly_full(mount_point: Path) -> bool:
+    """Under a tenth of the file system at mount_point free. A cache BuildKit keeps at its GC target (four
+    fifths of the volume, plus the file system's overhead) stays clear of it: no prune after each build."""
+    try:
+        stats = os.statvfs(mount_point)
+    except OSError:
+        return False
+    return stats.f_bavail < stats.f_blocks // 10
 
 
 class LocalBuildkitd:
@@ -52,6 +73,8 @@ class LocalBuildkitd:
         self.sandbox = sandbox
         # An operator's cap on every builder's memory, below what the hardware size gives.
         self.memory_cap_bytes = memory_cap_bytes
+        # Sandboxed builders: what BuildKit's GC keeps of each one's volume (relieve prunes down to it).
+        self._gc_targets: dict[tuple[str, str], int] = {}
 
     def socket_path(self, project_id: str, platform: str) -> Path:
         if self.sandbox is not None:
@@ -149,6 +172,7 @@ class LocalBuildkitd:
                 link.unlink()
             link.symlink_to(target)
         cpus, memory_bytes = self._limits(spec)
+        self._gc_targets[key] = gc_keep_bytes(spec.cache.keep_bytes, sandbox.disk_max_bytes)
         command, join_cgroups = await asyncio.to_thread(
             sandbox.prepare,
             *key,
@@ -190,6 +214,7 @@ class LocalBuildkitd:
 
     async def stop(self, project_id: str, platform: str) -> None:
         process = self._processes.pop((project_id, platform), None)
+        self._gc_targets.pop((project_id, platform), None)
         if process is not None:
             if process.poll() is not None:
                 # Exited on its own (killed, crashed): what it started in its process group (RUN steps)
@@ -232,6 +257,41 @@ class LocalBuildkitd:
         if process.returncode != 0:
             return None
         return total_size(out)
+
+    async def relieve(self, project_id: str, platform: str) -> int | None:
+        """A sandboxed builder's volume nearly full after a build (a RUN step that wrote until ENOSPC leaves
+        its layer behind) is pruned down to BuildKit's GC target now (`buildctl prune --keep-storage`): the
+        next build has room at once, not after BuildKit's own GC, which runs at most once a minute."""
+        target = self._gc_targets.get((project_id, platform))
+        if self.sandbox is None or target is None:
+            return None
+        root = self.sandbox.buildkit_root(project_id, platform)
+        used = await asyncio.to_thread(_used_bytes, root)
+        if used is None or not await asyncio.to_thread(_nearly_full, root):
+            return None
+        buildctl = Path(self.buildkitd).with_name("buildctl")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                str(buildctl) if buildctl.exists() else "buildctl",
+                "--addr",
+                f"unix://{self.socket_path(project_id, platform)}",
+                "prune",
+                "--keep-storage",
+                str(target / 1e6),  # buildctl's MB are 10^6 bytes
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        except OSError:
+            return None
+        try:
+            await asyncio.wait_for(process.wait(), timeout=RELIEF_TIMEOUT_SECONDS)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            return None
+        after = await asyncio.to_thread(_used_bytes, root)
+        return None if after is None else max(0, used - after)
 
     async def responsive(self, project_id: str, platform: str, answer_within: float) -> bool:
         """Whether BuildKit answers ListWorkers (`buildctl debug workers`) within answer_within seconds: a

@@ -28,7 +28,7 @@ from opendepot.store import Store
 from opendepot.usage import queries as usage_queries
 
 from . import queries, service
-from .backend import Backend, BuilderSpec, RecordedBuilder, WorkerProbe
+from .backend import Backend, BuilderSpec, CacheRelief, RecordedBuilder, WorkerProbe
 from .states import ACTIVE, Action, BuilderState, Observation, retry_delay, transition
 
 log = logging.getLogger("opendepot.machines")
@@ -76,6 +76,9 @@ class Builder:
     probe: asyncio.Task[bool] | None = None
     probed_at: float = 0.0
     unanswered: int = 0
+    # A build held it since its cache was last relieved, and the relief (a prune) in flight.
+    built: bool = False
+    relief: asyncio.Task[int | None] | None = None
 
     def retry_in(self, now: float) -> float:
         if self.state != BuilderState.FAILED:
@@ -211,6 +214,7 @@ class BuilderReconciler:
             and now - builder.sampled_at >= self.settings.sample_seconds
         ):
             await self._sample(key, builder)
+        self._relieve(key, builder, needed, alive)
         step = transition(builder.state, seen)
         if step.action == Action.START:
             await self._start(key, builder)
@@ -228,6 +232,28 @@ class BuilderReconciler:
                 builder.failures = 0
                 builder.probed_at = now
             await self._enter(key, builder, step.state)
+
+    def _relieve(self, key: tuple[str, str], builder: Builder, needed: bool, alive: bool) -> None:
+        """Once its builds are over, a builder's cache is brought back under its volume's GC target if a build
+        overfilled it (CacheRelief backends), beside the reconciler: a prune may take seconds."""
+        relief = builder.relief
+        if relief is not None and relief.done():
+            builder.relief = None
+            if not relief.cancelled() and relief.exception() is None and (freed := relief.result()):
+                log.info("builder %s/%s: pruned %d MiB of its cache after a build", *key, freed >> 20)
+            elif not relief.cancelled() and relief.exception() is not None:
+                log.warning("builder %s/%s: pruning its cache failed: %s", *key, relief.exception())
+        if needed:
+            builder.built = True
+        elif (
+            builder.built
+            and builder.relief is None
+            and builder.state == BuilderState.RUNNING
+            and alive
+            and isinstance(self.backend, CacheRelief)
+        ):
+            builder.built = False
+            builder.relief = asyncio.create_task(self.backend.relieve(*key))
 
     def _wedged(self, key: tuple[str, str], builder: Builder, now: float) -> bool:
         """Collects the last ListWorkers probe and starts the next when due; True once BuildKit left
@@ -315,6 +341,9 @@ class BuilderReconciler:
         if builder.probe is not None:
             builder.probe.cancel()
             builder.probe = None
+        if builder.relief is not None:
+            builder.relief.cancel()
+            builder.relief = None
         wedged = builder.unanswered >= WEDGED_AFTER_UNANSWERED
         if builder.state == BuilderState.RUNNING and not wedged and self.backend.alive(*key):
             await self._sample(key, builder)

@@ -42,6 +42,7 @@ class FakeBackend:
         self.silent: set[tuple[str, str]] = set()  # wedged: never answer ListWorkers
         self.probes = 0
         self.sampled = 0
+        self.relieved: list[tuple[str, str]] = []
 
     async def reap_leftovers(self, recorded: Sequence[RecordedBuilder]) -> None:
         self.reaped = list(recorded)
@@ -60,6 +61,10 @@ class FakeBackend:
     async def responsive(self, project_id: str, platform: str, answer_within: float) -> bool:
         self.probes += 1
         return (project_id, platform) not in self.silent
+
+    async def relieve(self, project_id: str, platform: str) -> int | None:
+        self.relieved.append((project_id, platform))
+        return 5 << 20
 
     async def stop(self, project_id: str, platform: str) -> None:
         self.stopped.append((project_id, platform))
@@ -345,6 +350,31 @@ def test_a_wedged_builder_is_restarted_and_a_slow_answer_once_is_not_enough(worl
     assert world.gateway.cut == [world.key]
     assert len(world.backend.started) == 2
     assert world.row()[0] in ("starting", "running")
+
+
+def test_a_builders_cache_is_relieved_once_after_its_builds_and_never_during_one(tmp_path: Path) -> None:
+    store = Store.open(sqlite_url(tmp_path), tmp_path)
+    settings = ReconcilerSettings(
+        lease_timeout=timedelta(minutes=5), idle_timeout=timedelta(hours=1), sample_seconds=3600
+    )
+    try:
+        world = World(store, settings)
+        world.backend.answering.add(world.key)
+        first = world.lease()
+        world.run_in_one_loop(4, lambda: None)
+        assert world.row()[0] == "running"
+        assert world.backend.relieved == []  # a build holds it: BuildKit may be writing
+        world.release(first)
+        world.run_in_one_loop(4, lambda: None)
+        assert world.backend.relieved == [world.key]  # once, however many passes follow
+        assert world.backend.stopped == []
+        second = world.lease()
+        world.run_in_one_loop(2, lambda: None)
+        world.release(second)
+        world.run_in_one_loop(3, lambda: None)
+        assert world.backend.relieved == [world.key, world.key]
+    finally:
+        store.dispose()
 
 
 class FakeConnectedBuilds:
