@@ -27,7 +27,7 @@ logger = logging.getLogger("opendepot.machines")
 
 LEFTOVER_GRACE_SECONDS = 5.0
 # The longest a prune after a build may take (a wedged BuildKit does not hold the task forever).
-RELIEF_TIMEOUT_SECONDS = 300.0
+RELIEF_SECONDS = 300.0
 
 
 def _used_bytes(mount_point: Path) -> int | None:
@@ -238,57 +238,55 @@ class LocalBuildkitd:
 
     async def disk_usage(self, project_id: str, platform: str) -> int | None:
         """The cache size as BuildKit itself reports it (`buildctl du`), or None if it cannot say."""
-        buildctl = Path(self.buildkitd).with_name("buildctl")
-        command = str(buildctl) if buildctl.exists() else "buildctl"
         try:
-            process = await asyncio.create_subprocess_exec(
-                command,
-                "--addr",
-                f"unix://{self.socket_path(project_id, platform)}",
-                "du",
-                "--format",
-                "{{json .}}",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            out, _ = await asyncio.wait_for(process.communicate(), timeout=30)
-        except (OSError, TimeoutError):
+            ran = await self._buildctl(project_id, platform, "du", "--format", "{{json .}}", within=30)
+        except OSError:
             return None
-        if process.returncode != 0:
+        if ran is None or ran[0] != 0:
             return None
-        return total_size(out)
+        return total_size(ran[1])
+
+    async def _buildctl(
+        self, project_id: str, platform: str, *args: str, within: float
+    ) -> tuple[int, bytes] | None:
+        """`buildctl <args>` at the builder's socket: its exit status and output, or None if it took longer
+        than `within` seconds (then it is killed: a wedged BuildKit never answers). OSError: it cannot run."""
+        buildctl = Path(self.buildkitd).with_name("buildctl")
+        process = await asyncio.create_subprocess_exec(
+            str(buildctl) if buildctl.exists() else "buildctl",
+            "--addr",
+            f"unix://{self.socket_path(project_id, platform)}",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            out, _ = await asyncio.wait_for(process.communicate(), timeout=within)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            return None
+        assert process.returncode is not None
+        return process.returncode, out
 
     async def relieve(self, project_id: str, platform: str) -> int | None:
         """A sandboxed builder's volume nearly full after a build (a RUN step that wrote until ENOSPC leaves
         its layer behind) is pruned down to BuildKit's GC target now (`buildctl prune --keep-storage`): the
         next build has room at once, not after BuildKit's own GC, which runs at most once a minute."""
-        target = self._gc_targets.get((project_id, platform))
+        key = (project_id, platform)
+        target = self._gc_targets.get(key)
         if self.sandbox is None or target is None:
             return None
-        root = self.sandbox.buildkit_root(project_id, platform)
+        root = self.sandbox.buildkit_root(*key)
         used = await asyncio.to_thread(_used_bytes, root)
         if used is None or not await asyncio.to_thread(_nearly_full, root):
             return None
-        buildctl = Path(self.buildkitd).with_name("buildctl")
+        keep_mb = str(target / 1e6)  # buildctl's MB are 10^6 bytes
         try:
-            process = await asyncio.create_subprocess_exec(
-                str(buildctl) if buildctl.exists() else "buildctl",
-                "--addr",
-                f"unix://{self.socket_path(project_id, platform)}",
-                "prune",
-                "--keep-storage",
-                str(target / 1e6),  # buildctl's MB are 10^6 bytes
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
+            if await self._buildctl(*key, "prune", "--keep-storage", keep_mb, within=RELIEF_SECONDS) is None:
+                return None
         except OSError:
-            return None
-        try:
-            await asyncio.wait_for(process.wait(), timeout=RELIEF_TIMEOUT_SECONDS)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
             return None
         after = await asyncio.to_thread(_used_bytes, root)
         return None if after is None else max(0, used - after)
@@ -296,27 +294,11 @@ class LocalBuildkitd:
     async def responsive(self, project_id: str, platform: str, answer_within: float) -> bool:
         """Whether BuildKit answers ListWorkers (`buildctl debug workers`) within answer_within seconds: a
         socket that accepts is not enough, a wedged buildkitd accepts and never answers."""
-        buildctl = Path(self.buildkitd).with_name("buildctl")
         try:
-            process = await asyncio.create_subprocess_exec(
-                str(buildctl) if buildctl.exists() else "buildctl",
-                "--addr",
-                f"unix://{self.socket_path(project_id, platform)}",
-                "debug",
-                "workers",
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
+            ran = await self._buildctl(project_id, platform, "debug", "workers", within=answer_within)
         except OSError:
             return True  # no buildctl: it cannot tell, and a restart on a guess would cut builds
-        try:
-            await asyncio.wait_for(process.wait(), timeout=answer_within)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-            return False
-        return process.returncode == 0
+        return ran is not None and ran[0] == 0
 
     async def reap_leftovers(self, recorded: Sequence[RecordedBuilder]) -> None:
         await asyncio.to_thread(self._kill_leftovers, recorded)
