@@ -3,7 +3,8 @@
 # and pushes them into that server's registry (README: Kubernetes, "The opendepot image"):
 #   opendepot  <registry>/<project>/opendepot:<version>   deploy/image/Dockerfile FROM the project's Debian
 #              base (`opendepot images seed`, made from Debian's packages, seeded first if missing), Debian's
-#              python3 and docker-registry, opendepot from a wheel of this tree, its dependencies from PyPI
+#              python3 and docker-registry, opendepot from a wheel of this tree, its dependencies from PyPI,
+#              buildctl of this host
 #   buildkitd  <registry>/<project>/buildkitd:<buildkit>  stock buildkitd for the builder pods
 #              (scripts/k8s/image-roots.sh: FROM scratch, binaries of this host)
 #
@@ -80,6 +81,7 @@ if [ "$which" = opendepot ] || [ "$which" = all ]; then
   say "building the opendepot $version wheel"
   "$VENV_BIN/python" -m pip wheel -q --no-deps --disable-pip-version-check -w "$work/context" "$ROOT" >&2
   cp "$ROOT/deploy/image/Dockerfile" "$work/context/Dockerfile"
+  cp "$VENV_BIN/buildctl" "$work/context/buildctl"  # static (CGO_ENABLED=0), built by ./dev setup
   # The CA bundle this host's pip trusts (a TLS-inspecting proxy's), for pip inside the build: a secret.
   local_ca=${PIP_CERT:-$("$VENV_BIN/python" -m pip config get global.cert 2>/dev/null || true)}
   secret=()

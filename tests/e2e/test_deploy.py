@@ -201,6 +201,12 @@ def test_the_chart_installs_the_self_built_image_and_builds_through_it(
         "--", "cat", "/var/lib/opendepot/admin-token",
     ).stdout.strip()  # fmt: skip
     assert token.startswith("odo_")
+    # The supervisor asks builder pods through BuildKit's own client: the image carries one that runs.
+    buildctl = kubectl(
+        "exec", "-n", release["namespace"], pod["metadata"]["name"], "-c", "opendepot",
+        "--", "buildctl", "--version",
+    )  # fmt: skip
+    assert buildctl.returncode == 0 and "buildkit" in buildctl.stdout, buildctl.stdout + buildctl.stderr
 
     # The API Service's pod, straight over the bridge (the host routes there; no NodePort).
     api = f"http://{pod['status']['podIP']}:8080"

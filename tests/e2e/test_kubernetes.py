@@ -6,6 +6,8 @@ it, and without OPENDEPOT_TEST_KUBECONFIG nobody started one."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import threading
 import time
@@ -18,6 +20,7 @@ import pytest
 
 from opendepot.builders.kubernetes import preferred_slot, userns_base
 from tests.e2e.test_builds import build, builds_of, new_project, step_states
+from tests.e2e.test_opendepot_cli import opendepot
 from tests.e2e.test_sandbox import HostListener, connect_banner, probe_context, probes
 from tests.support.builds import builds_possible, busybox_context
 from tests.support.clients import depot
@@ -25,6 +28,7 @@ from tests.support.cluster import HOST_ON_POD_BRIDGE, KUBECONFIG, needs_cluster
 from tests.support.server import Server
 
 IDLE_SECONDS = 3
+OVER_TARGET_MIB = 1300  # written by a step of a project whose cache policy is 1 GB
 GATEWAY_CIDR = f"{HOST_ON_POD_BRIDGE}/32"  # the gateway runs on the host
 
 pytestmark = [
@@ -322,6 +326,40 @@ def test_a_build_whose_pod_is_killed_fails_and_the_next_build_works(
     assert "after-the-kill" in output
     statuses = sorted(b["status"] for b in builds_of(k8s_server, token, project))
     assert statuses == ["failed", "finished"]
+
+
+def held_bytes(directory: Path) -> int:
+    """What the files under directory take on the host's disk (a hostPath volume)."""
+    return sum(
+        (Path(root) / name).lstat().st_blocks * 512
+        for root, _dirs, files in os.walk(directory)
+        for name in files
+    )
+
+
+def test_a_build_that_takes_its_cache_over_the_gc_target_is_pruned_back_at_once(
+    k8s_server: Server, token: str, core: Any, namespace: str, tmp_path: Path
+) -> None:
+    # A 1 GB cache policy: BuildKit's GC target is 1 GiB, in a 2 GiB volume.
+    created = opendepot(k8s_server, token, "projects", "create", "over-target", "--cache-gb", "1", "--json")
+    assert created.returncode == 0, created.stderr
+    project = json.loads(created.stdout)["projectId"]
+    write = f"dd if=/dev/zero of=/big bs=1048576 count={OVER_TARGET_MIB} && echo WROTE"
+    code, output = build(k8s_server, token, project, busybox_context(tmp_path / "big", write))
+    assert code == 0 and "WROTE" in output, output
+    # Once its builds are over, the server has the pod's BuildKit prune to the target (BuildKit's own GC runs
+    # at most once a minute): the layer of 1300 MiB goes from the volume now.
+    pruned = re.compile(rf"builder {project}/amd64: pruned (\d+) MiB of its cache after a build")
+    wait_for(
+        "the prune after the build", lambda: pruned.search(k8s_server.log_text()) is not None, timeout=30
+    )
+    match = pruned.search(k8s_server.log_text())
+    assert match is not None and int(match.group(1)) >= OVER_TARGET_MIB - 1024, match
+    [claim] = claims_of(core, namespace, project)
+    volume = Path(core.read_persistent_volume(claim.spec.volume_name).spec.host_path.path)
+    held = held_bytes(volume)
+    print(f"pruned {match.group(1)} MiB; the volume holds {held >> 20} MiB on the host")
+    assert held < 1 << 30
 
 
 def test_reset_project_deletes_the_volume_and_empties_the_cache(

@@ -22,7 +22,6 @@ for `alive()` (called every manager tick) and `open()`."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import socket
@@ -41,6 +40,7 @@ from opendepot.builders.backend import (
     cache_volume_bytes,
     gc_keep_bytes,
 )
+from opendepot.builders.buildctl import answers, cache_bytes, prune_to
 from opendepot.builders.cgroups import hardware_size
 from opendepot.pki.authority import Authority
 from opendepot.pki.links import BuilderLinks, builder_server_name
@@ -50,6 +50,8 @@ log = logging.getLogger("opendepot.builders.kubernetes")
 
 BUILDKIT_PORT = 1234
 POD_CONNECT_TIMEOUT = 10.0  # seconds for the TCP connect and the TLS handshake to a builder pod
+# The longest a prune after a build may take (a wedged BuildKit does not hold the task forever).
+RELIEF_SECONDS = 300.0
 MANAGED_BY = "app.kubernetes.io/managed-by"
 PROJECT_LABEL = "opendepot.dev/project"
 PLATFORM_LABEL = "opendepot.dev/platform"
@@ -84,6 +86,8 @@ class KubernetesSettings:
     pids_max: int = 1024
     # A builder's cache volume: sized from its project's cache policy, at most this (--builder-disk-max-mib).
     disk_max_bytes: int = DEFAULT_DISK_MAX_BYTES
+    # The supervisor's questions to a pod's BuildKit (cache size, ListWorkers, a prune) go through buildctl.
+    buildctl: str = "buildctl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +181,7 @@ class KubernetesBuildkitd:
         self._api_client = api
         self._pods: dict[tuple[str, str], PodState] = {}
         self._created: dict[tuple[str, str], float] = {}
+        self._gc_targets: dict[tuple[str, str], int] = {}  # BuildKit's GC target per builder it started
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._closing = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -217,6 +222,7 @@ class KubernetesBuildkitd:
         self._ensure_watch()
         await asyncio.to_thread(self._start, spec)
         self._created[key] = time.monotonic()
+        self._gc_targets[key] = gc_keep_bytes(spec.cache.keep_bytes, self.settings.disk_max_bytes)
         return 0  # no local process: the pod is the builder
 
     def _start(self, spec: BuilderSpec) -> None:
@@ -344,6 +350,7 @@ class KubernetesBuildkitd:
     async def stop(self, project_id: str, platform: str) -> None:
         """Zero pods; the volume (the cache) stays."""
         self._created.pop((project_id, platform), None)
+        self._gc_targets.pop((project_id, platform), None)
         await asyncio.to_thread(self._delete_pod_and_wait, object_name(project_id, platform))
 
     async def discard(self, project_id: str, platform: str) -> None:
@@ -410,39 +417,55 @@ class KubernetesBuildkitd:
 
     async def disk_usage(self, project_id: str, platform: str) -> int | None:
         """The cache size as the pod's buildkitd reports it (`buildctl du` over the same mTLS link)."""
+        address = await self._buildctl_address(project_id, platform)
+        return None if address is None else await cache_bytes(self.settings.buildctl, address)
+
+    async def _buildctl_address(self, project_id: str, platform: str) -> list[str] | None:
+        """buildctl's flags to reach the builder's pod over the project's mTLS link; None without a pod."""
         state = self._pods.get((project_id, platform))
         if state is None or not state.ip:
             return None
-        links = self.links.ensure()
-        project_ca = self.authority.ensure_project(project_id) / "ca.pem"
-        try:
-            process = await asyncio.create_subprocess_exec(
-                "buildctl",
-                "--addr",
-                f"tcp://{state.ip}:{BUILDKIT_PORT}",
-                "--tlsservername",
-                builder_server_name(project_id, platform),
-                "--tlscacert",
-                str(project_ca),
-                "--tlscert",
-                str(links / "client.pem"),
-                "--tlskey",
-                str(links / "client-key.pem"),
-                "du",
-                "--format",
-                "{{json .}}",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            out, _ = await asyncio.wait_for(process.communicate(), timeout=30)
-        except (OSError, TimeoutError):
+        links = await asyncio.to_thread(self.links.ensure)
+        project_ca = await asyncio.to_thread(self.authority.ensure_project, project_id)
+        return [
+            "--addr",
+            f"tcp://{state.ip}:{BUILDKIT_PORT}",
+            "--tlsservername",
+            builder_server_name(project_id, platform),
+            "--tlscacert",
+            str(project_ca / "ca.pem"),
+            "--tlscert",
+            str(links / "client.pem"),
+            "--tlskey",
+            str(links / "client-key.pem"),
+        ]
+
+    async def relieve(self, project_id: str, platform: str) -> int | None:
+        """After its builds, a cache BuildKit reports over its GC target is pruned down to it now (`buildctl
+        prune --keep-storage`), where BuildKit's own GC runs at most once a minute: a build that brought the
+        volume near full leaves the next one room at once. The volume's fill is not visible from here (it is
+        the pod's), so BuildKit's own count decides: one `buildctl du` after the builds, a prune only when
+        over."""
+        key = (project_id, platform)
+        target = self._gc_targets.get(key)
+        address = await self._buildctl_address(*key)
+        if target is None or address is None:
             return None
-        if process.returncode != 0:
+        used = await cache_bytes(self.settings.buildctl, address)
+        if used is None or used <= target:
             return None
-        try:
-            return sum(int(record.get("size", 0)) for record in json.loads(out or b"[]") or [])
-        except (ValueError, TypeError, AttributeError):
+        if not await prune_to(self.settings.buildctl, address, target, within=RELIEF_SECONDS):
             return None
+        after = await cache_bytes(self.settings.buildctl, address)
+        return None if after is None else max(0, used - after)
+
+    async def responsive(self, project_id: str, platform: str, answer_within: float) -> bool:
+        """Whether the pod's BuildKit answers ListWorkers within answer_within seconds (the pod's readiness
+        probe only sees a TCP accept, which a wedged buildkitd still does)."""
+        address = await self._buildctl_address(project_id, platform)
+        if address is None:
+            return True  # no pod to ask: the pod watch, not this probe, says whether it lives
+        return await answers(self.settings.buildctl, address, within=answer_within)
 
     async def reap_leftovers(self, recorded: Sequence[RecordedBuilder]) -> None:
         """At start: every builder pod in the namespace goes, also those no row records (volumes stay)."""

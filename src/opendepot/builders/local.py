@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from opendepot.buildkit.config import buildkitd_toml
-from opendepot.buildkit.du import total_size
 from opendepot.datadir import DataDir
 from opendepot.processes import terminate
 
 from .backend import BuilderSpec, RecordedBuilder, gc_keep_bytes
+from .buildctl import answers, buildctl_beside, cache_bytes, prune_to
 from .cgroups import CgroupLimits, hardware_size
 from .sandbox import CNI_PLUGINS, Sandbox
 
@@ -30,23 +30,15 @@ LEFTOVER_GRACE_SECONDS = 5.0
 RELIEF_SECONDS = 300.0
 
 
-def _used_bytes(mount_point: Path) -> int | None:
-    """What the file system at mount_point holds, or None if it is not there."""
+def _volume_fill(mount_point: Path) -> tuple[int, bool] | None:
+    """What the file system at mount_point holds, and whether it is nearly full (under a tenth free), or None
+    if it is not there. A cache BuildKit keeps at its GC target (four fifths of the volume, plus the file
+    system's overhead) stays clear of nearly full: no prune after each build."""
     try:
         stats = os.statvfs(mount_point)
     except OSError:
         return None
-    return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
-
-
-def _nearly_full(mount_point: Path) -> bool:
-    """Under a tenth of the file system at mount_point free. A cache BuildKit keeps at its GC target (four
-    fifths of the volume, plus the file system's overhead) stays clear of it: no prune after each build."""
-    try:
-        stats = os.statvfs(mount_point)
-    except OSError:
-        return False
-    return stats.f_bavail < stats.f_blocks // 10
+    return (stats.f_blocks - stats.f_bfree) * stats.f_frsize, stats.f_bavail < stats.f_blocks // 10
 
 
 class LocalBuildkitd:
@@ -238,37 +230,11 @@ class LocalBuildkitd:
 
     async def disk_usage(self, project_id: str, platform: str) -> int | None:
         """The cache size as BuildKit itself reports it (`buildctl du`), or None if it cannot say."""
-        try:
-            ran = await self._buildctl(project_id, platform, "du", "--format", "{{json .}}", within=30)
-        except OSError:
-            return None
-        if ran is None or ran[0] != 0:
-            return None
-        return total_size(ran[1])
+        return await cache_bytes(*self._buildctl(project_id, platform))
 
-    async def _buildctl(
-        self, project_id: str, platform: str, *args: str, within: float
-    ) -> tuple[int, bytes] | None:
-        """`buildctl <args>` at the builder's socket: its exit status and output, or None if it took longer
-        than `within` seconds (then it is killed: a wedged BuildKit never answers). OSError: it cannot run."""
-        buildctl = Path(self.buildkitd).with_name("buildctl")
-        process = await asyncio.create_subprocess_exec(
-            str(buildctl) if buildctl.exists() else "buildctl",
-            "--addr",
-            f"unix://{self.socket_path(project_id, platform)}",
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        try:
-            out, _ = await asyncio.wait_for(process.communicate(), timeout=within)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-            return None
-        assert process.returncode is not None
-        return process.returncode, out
+    def _buildctl(self, project_id: str, platform: str) -> tuple[str, list[str]]:
+        """buildctl (beside buildkitd, else on PATH) and the builder's address for it."""
+        return buildctl_beside(self.buildkitd), ["--addr", f"unix://{self.socket_path(project_id, platform)}"]
 
     async def relieve(self, project_id: str, platform: str) -> int | None:
         """A sandboxed builder's volume nearly full after a build (a RUN step that wrote until ENOSPC leaves
@@ -279,26 +245,17 @@ class LocalBuildkitd:
         if self.sandbox is None or target is None:
             return None
         root = self.sandbox.buildkit_root(*key)
-        used = await asyncio.to_thread(_used_bytes, root)
-        if used is None or not await asyncio.to_thread(_nearly_full, root):
+        before = await asyncio.to_thread(_volume_fill, root)
+        if before is None or not before[1]:
             return None
-        keep_mb = str(target / 1e6)  # buildctl's MB are 10^6 bytes
-        try:
-            if await self._buildctl(*key, "prune", "--keep-storage", keep_mb, within=RELIEF_SECONDS) is None:
-                return None
-        except OSError:
+        if not await prune_to(*self._buildctl(*key), target, within=RELIEF_SECONDS):
             return None
-        after = await asyncio.to_thread(_used_bytes, root)
-        return None if after is None else max(0, used - after)
+        after = await asyncio.to_thread(_volume_fill, root)
+        return None if after is None else max(0, before[0] - after[0])
 
     async def responsive(self, project_id: str, platform: str, answer_within: float) -> bool:
-        """Whether BuildKit answers ListWorkers (`buildctl debug workers`) within answer_within seconds: a
-        socket that accepts is not enough, a wedged buildkitd accepts and never answers."""
-        try:
-            ran = await self._buildctl(project_id, platform, "debug", "workers", within=answer_within)
-        except OSError:
-            return True  # no buildctl: it cannot tell, and a restart on a guess would cut builds
-        return ran is not None and ran[0] == 0
+        """Whether BuildKit answers ListWorkers within answer_within seconds."""
+        return await answers(*self._buildctl(project_id, platform), within=answer_within)
 
     async def reap_leftovers(self, recorded: Sequence[RecordedBuilder]) -> None:
         await asyncio.to_thread(self._kill_leftovers, recorded)

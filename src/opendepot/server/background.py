@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Protocol
 
 from opendepot.builders.backend import Backend
+from opendepot.builders.buildctl import buildctl_beside
 from opendepot.builders.kubernetes import KubernetesBuildkitd, PruneDeletedProjects
 from opendepot.builders.kubernetes import KubernetesSettings as PodSettings
 from opendepot.builders.local import LocalBuildkitd
@@ -81,6 +82,7 @@ def kubernetes_backend(config: Config, authority: Authority) -> KubernetesBuildk
             insecure_registries=insecure,
             pids_max=config.builders.pids_max,
             disk_max_bytes=config.builders.disk_max_mib << 20,
+            buildctl=buildctl_beside(config.builders.buildkitd),
         ),
         authority,
     )
