@@ -6,9 +6,11 @@ it, and without OPENDEPOT_TEST_KUBECONFIG nobody started one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import threading
 import time
 import uuid
@@ -54,10 +56,8 @@ def namespace(core: Any) -> Iterator[str]:
         core.delete_namespace(name)
 
 
-@pytest.fixture(scope="module")
-def k8s_server(tmp_path_factory: pytest.TempPathFactory, namespace: str) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp("server-k8s") / "data"
-    server = Server(
+def kubernetes_server(data_dir: Path, namespace: str, idle_seconds: float) -> Server:
+    return Server(
         data_dir=data_dir,
         database_url=None,
         extra_args=[
@@ -72,9 +72,14 @@ def k8s_server(tmp_path_factory: pytest.TempPathFactory, namespace: str) -> Iter
             "--gateway-cidrs",
             GATEWAY_CIDR,
             "--builder-idle-timeout",
-            str(IDLE_SECONDS),
+            str(idle_seconds),
         ],
     ).start(timeout=120)  # the first Kubernetes client import and calls are slow on a busy machine
+
+
+@pytest.fixture(scope="module")
+def k8s_server(tmp_path_factory: pytest.TempPathFactory, namespace: str) -> Iterator[Server]:
+    server = kubernetes_server(tmp_path_factory.mktemp("server-k8s") / "data", namespace, IDLE_SECONDS)
     try:
         yield server
     finally:
@@ -360,6 +365,58 @@ def test_a_build_that_takes_its_cache_over_the_gc_target_is_pruned_back_at_once(
     held = held_bytes(volume)
     print(f"pruned {match.group(1)} MiB; the volume holds {held >> 20} MiB on the host")
     assert held < 1 << 30
+
+
+def host_pids_of_pod(pod_uid: str, command: str) -> list[int]:
+    """Host pids of the pod's processes named command (the pod's containers run on this node)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != command:
+                continue
+            cgroups = (entry / "cgroup").read_text()
+        except OSError:
+            continue
+        if pod_uid in cgroups or pod_uid.replace("-", "_") in cgroups:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_wedged_buildkitd_in_a_pod_is_stopped_and_the_next_build_works(core: Any, tmp_path: Path) -> None:
+    # A server of its own, whose builders stay up for as long as the test (only the wedge may stop one), in
+    # a namespace of its own (a server at start removes builder pods in its namespace that it does not know).
+    namespace = f"opendepot-test-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": namespace}})
+    server = kubernetes_server(tmp_path / "data", namespace, idle_seconds=600)
+    try:
+        token = server.new_organization()[1]
+        project = new_project(server, token, "wedged")
+        code, output = build(server, token, project, busybox_context(tmp_path / "first", "echo one"))
+        assert code == 0, output
+        [pod] = pods_of(core, namespace, project)
+        [buildkitd] = host_pids_of_pod(pod.metadata.uid, "buildkitd")
+        # Stopped, buildkitd still accepts on its port (the kernel does): the pod's TCP readiness check
+        # passes, and only ListWorkers, unanswered twice in a row, tells.
+        os.kill(buildkitd, signal.SIGSTOP)
+        try:
+            wedged = f"builder {project}/amd64 wedged: BuildKit does not answer"
+            wait_for("the wedge to be seen", lambda: wedged in server.log_text(), timeout=90)
+            wait_for("the wedged pod to go", lambda: not host_pids_of_pod(pod.metadata.uid, "buildkitd"), 60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(buildkitd, signal.SIGCONT)
+        print("\n" + next(line for line in server.log_text().splitlines() if wedged in line))
+        code, output = build(
+            server, token, project, busybox_context(tmp_path / "again", "echo two > /f", "cat /f")
+        )
+        assert code == 0 and "two" in output, output
+        [again] = pods_of(core, namespace, project)
+        assert again.metadata.uid != pod.metadata.uid
+    finally:
+        server.stop()
+        core.delete_namespace(namespace)
 
 
 def test_reset_project_deletes_the_volume_and_empties_the_cache(

@@ -41,6 +41,10 @@ async def run_buildctl(
             process.kill()
         await process.wait()
         return None
+    except asyncio.CancelledError:  # its caller gave up first (a bounded sample, a stop): not left behind
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        raise
     assert process.returncode is not None
     return process.returncode, out
 

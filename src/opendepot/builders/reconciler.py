@@ -9,6 +9,7 @@ finished, released or expired builds are cut."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -53,6 +54,8 @@ class ReconcilerSettings:
 
 
 WEDGED_AFTER_UNANSWERED = 2
+# The longest a stop waits for the cache size of the builder it stops.
+STOP_SAMPLE_SECONDS = 10.0
 
 
 class Connections(Protocol):
@@ -79,6 +82,9 @@ class Builder:
     # A build held it since its cache was last relieved, and the relief (a prune) in flight.
     built: bool = False
     relief: asyncio.Task[int | None] | None = None
+    # The cache-size sample in flight (`buildctl du`, beside the reconciler: a wedged BuildKit never answers
+    # it, and awaited in the reconciler's run it held every builder's lifecycle for up to 30 s).
+    sample: asyncio.Task[None] | None = None
 
     def retry_in(self, now: float) -> float:
         if self.state != BuilderState.FAILED:
@@ -208,12 +214,7 @@ class BuilderReconciler:
             retry_in=builder.retry_in(now),
             wedged=builder.state == BuilderState.RUNNING and alive and self._wedged(key, builder, now),
         )
-        if (
-            builder.state == BuilderState.RUNNING
-            and alive
-            and now - builder.sampled_at >= self.settings.sample_seconds
-        ):
-            await self._sample(key, builder)
+        self._sample_when_due(key, builder, alive, now)
         self._relieve(key, builder, needed, alive)
         step = transition(builder.state, seen)
         if step.action == Action.START:
@@ -322,9 +323,24 @@ class BuilderReconciler:
         await self._enter(key, builder, BuilderState.STARTING, pid=pid)
         log.info("starting builder %s/%s (pid %d)", key[0], key[1], pid)
 
-    async def _sample(self, key: tuple[str, str], builder: Builder) -> None:
+    def _sample_when_due(self, key: tuple[str, str], builder: Builder, alive: bool, now: float) -> None:
+        """Collects the last cache-size sample and starts the next when due, beside the reconciler."""
+        sample = builder.sample
+        if sample is not None and sample.done():
+            builder.sample = None
+            if not sample.cancelled() and sample.exception() is not None:
+                log.warning("builder %s/%s: sampling its cache failed: %s", *key, sample.exception())
+        if (
+            builder.sample is None
+            and builder.state == BuilderState.RUNNING
+            and alive
+            and now - builder.sampled_at >= self.settings.sample_seconds
+        ):
+            builder.sampled_at = now
+            builder.sample = asyncio.create_task(self._sample(key))
+
+    async def _sample(self, key: tuple[str, str]) -> None:
         """Records the builder's cache size for usage figures."""
-        builder.sampled_at = self.clock()
         size = await self.backend.disk_usage(*key)
         if size is not None:
             await self.store.run(lambda s: usage_queries.add_sample(s, key[0], key[1], utcnow(), size))
@@ -341,12 +357,15 @@ class BuilderReconciler:
         if builder.probe is not None:
             builder.probe.cancel()
             builder.probe = None
-        if builder.relief is not None:
-            builder.relief.cancel()
-            builder.relief = None
+        for task in (builder.relief, builder.sample):
+            if task is not None:
+                task.cancel()
+        builder.relief = builder.sample = None
         wedged = builder.unanswered >= WEDGED_AFTER_UNANSWERED
         if builder.state == BuilderState.RUNNING and not wedged and self.backend.alive(*key):
-            await self._sample(key, builder)
+            # Its size on the way out, bounded: a builder wedged since its last probe would not answer.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sample(key), STOP_SAMPLE_SECONDS)
         self.gateway.cut_project(key[0], key[1])
         await self.backend.stop(*key)
         if discard:

@@ -42,6 +42,7 @@ class FakeBackend:
         self.silent: set[tuple[str, str]] = set()  # wedged: never answer ListWorkers
         self.probes = 0
         self.sampled = 0
+        self.samples_cut = 0
         self.relieved: list[tuple[str, str]] = []
 
     async def reap_leftovers(self, recorded: Sequence[RecordedBuilder]) -> None:
@@ -79,6 +80,12 @@ class FakeBackend:
 
     async def disk_usage(self, project_id: str, platform: str) -> int | None:
         self.sampled += 1
+        if (project_id, platform) in self.silent:  # `buildctl du` at a wedged BuildKit: no answer
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                self.samples_cut += 1
+                raise
         return 1234
 
     async def connect(
@@ -350,6 +357,42 @@ def test_a_wedged_builder_is_restarted_and_a_slow_answer_once_is_not_enough(worl
     assert world.gateway.cut == [world.key]
     assert len(world.backend.started) == 2
     assert world.row()[0] in ("starting", "running")
+
+
+def test_a_cache_sample_that_never_answers_holds_up_no_run_and_goes_with_its_builder(tmp_path: Path) -> None:
+    store = Store.open(sqlite_url(tmp_path), tmp_path)
+    settings = ReconcilerSettings(
+        lease_timeout=timedelta(minutes=5), idle_timeout=timedelta(hours=1), sample_seconds=10
+    )
+    try:
+        world = World(store, settings)
+        now = [1000.0]
+        world.reconciler.clock = lambda: now[0]
+        world.lease()
+        world.backend.answering.add(world.key)
+        world.run()
+        world.run()
+        assert world.row()[0] == "running"
+        world.backend.silent.add(world.key)  # wedged: ListWorkers and du never answer
+
+        def tick() -> None:
+            now[0] += 16  # past probe_seconds and sample_seconds: every run probes and wants a sample
+
+        async def runs() -> float:
+            started = asyncio.get_running_loop().time()
+            for _ in range(4):
+                await world.reconciler.run_once()
+                await asyncio.sleep(0)
+                tick()
+            return asyncio.get_running_loop().time() - started
+
+        took = asyncio.run(runs())
+        assert took < 5, f"the reconciler waited {took:.1f} s on a sample"
+        # Seen wedged and stopped, though its sample never came back; the sample went with it.
+        assert world.backend.stopped == [world.key]
+        assert world.backend.sampled >= 1 and world.backend.samples_cut == world.backend.sampled
+    finally:
+        store.dispose()
 
 
 def test_a_builders_cache_is_relieved_once_after_its_builds_and_never_during_one(tmp_path: Path) -> None:
