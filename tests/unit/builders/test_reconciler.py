@@ -4,6 +4,7 @@ leases in, builder processes and builder rows out."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -148,6 +149,18 @@ class World:
     def run(self) -> None:
         asyncio.run(self.reconciler.run_once())
 
+    def running_on_a_clock(self) -> list[float]:
+        """A lease, and runs until its builder runs; the reconciler's clock is then the returned cell's
+        value, which the test moves."""
+        now = [1000.0]
+        self.reconciler.clock = lambda: now[0]
+        self.lease()
+        self.backend.answering.add(self.key)
+        self.run()
+        self.run()
+        assert self.row()[0] == "running"
+        return now
+
     def run_in_one_loop(self, times: int, advance: Callable[[], None]) -> None:
         """Runs the reconciler `times` times in one event loop (its ListWorkers probes run beside it),
         calling advance between runs."""
@@ -161,13 +174,26 @@ class World:
         asyncio.run(runs())
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+@contextlib.contextmanager
+def world_of(tmp_path: Path, settings: ReconcilerSettings | None = None) -> Iterator[World]:
     store = Store.open(sqlite_url(tmp_path), tmp_path)
     try:
-        yield World(store)
+        yield World(store, settings)
     finally:
         store.dispose()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with world_of(tmp_path) as world:
+        yield world
+
+
+def kept_up(sample_seconds: float) -> ReconcilerSettings:
+    """Builders kept up for an hour (only what the test does may stop one), sampled this often."""
+    return ReconcilerSettings(
+        lease_timeout=timedelta(minutes=5), idle_timeout=timedelta(hours=1), sample_seconds=sample_seconds
+    )
 
 
 def test_a_lease_starts_the_builder_and_it_runs_once_it_answers(world: World) -> None:
@@ -324,13 +350,7 @@ def test_leftovers_of_an_earlier_supervisor_are_reaped_and_marked_stopped(world:
 
 
 def test_a_wedged_builder_is_restarted_and_a_slow_answer_once_is_not_enough(world: World) -> None:
-    now = [1000.0]
-    world.reconciler.clock = lambda: now[0]
-    world.lease()
-    world.backend.answering.add(world.key)
-    world.run()
-    world.run()
-    assert world.row()[0] == "running"
+    now = world.running_on_a_clock()
 
     def tick() -> None:
         now[0] += 16  # past probe_seconds: every run probes
@@ -360,19 +380,8 @@ def test_a_wedged_builder_is_restarted_and_a_slow_answer_once_is_not_enough(worl
 
 
 def test_a_cache_sample_that_never_answers_holds_up_no_run_and_goes_with_its_builder(tmp_path: Path) -> None:
-    store = Store.open(sqlite_url(tmp_path), tmp_path)
-    settings = ReconcilerSettings(
-        lease_timeout=timedelta(minutes=5), idle_timeout=timedelta(hours=1), sample_seconds=10
-    )
-    try:
-        world = World(store, settings)
-        now = [1000.0]
-        world.reconciler.clock = lambda: now[0]
-        world.lease()
-        world.backend.answering.add(world.key)
-        world.run()
-        world.run()
-        assert world.row()[0] == "running"
+    with world_of(tmp_path, kept_up(sample_seconds=10)) as world:
+        now = world.running_on_a_clock()
         world.backend.silent.add(world.key)  # wedged: ListWorkers and du never answer
 
         def tick() -> None:
@@ -391,17 +400,10 @@ def test_a_cache_sample_that_never_answers_holds_up_no_run_and_goes_with_its_bui
         # Seen wedged and stopped, though its sample never came back; the sample went with it.
         assert world.backend.stopped == [world.key]
         assert world.backend.sampled >= 1 and world.backend.samples_cut == world.backend.sampled
-    finally:
-        store.dispose()
 
 
 def test_a_builders_cache_is_relieved_once_after_its_builds_and_never_during_one(tmp_path: Path) -> None:
-    store = Store.open(sqlite_url(tmp_path), tmp_path)
-    settings = ReconcilerSettings(
-        lease_timeout=timedelta(minutes=5), idle_timeout=timedelta(hours=1), sample_seconds=3600
-    )
-    try:
-        world = World(store, settings)
+    with world_of(tmp_path, kept_up(sample_seconds=3600)) as world:
         world.backend.answering.add(world.key)
         first = world.lease()
         world.run_in_one_loop(4, lambda: None)
@@ -416,8 +418,6 @@ def test_a_builders_cache_is_relieved_once_after_its_builds_and_never_during_one
         world.release(second)
         world.run_in_one_loop(3, lambda: None)
         assert world.backend.relieved == [world.key, world.key]
-    finally:
-        store.dispose()
 
 
 class FakeConnectedBuilds:
