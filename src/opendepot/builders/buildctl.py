@@ -12,6 +12,11 @@ from pathlib import Path
 
 from opendepot.buildkit.du import total_size
 
+# The most a buildctl may write: `du` of a cache of ~50,000 records.
+MAX_OUTPUT = 16 << 20
+# The longest a prune may take (a wedged BuildKit does not hold the task forever).
+PRUNE_SECONDS = 300.0
+
 
 def buildctl_beside(buildkitd: str) -> str:
     """The buildctl next to the buildkitd in use (both built from one BuildKit), else the one on PATH."""
@@ -25,8 +30,10 @@ async def run_buildctl(
     buildctl: str, address: Sequence[str], *args: str, within: float
 ) -> tuple[int, bytes] | None:
     """`buildctl <address> <args>`: its exit status and output, or None if it took longer than `within`
-    seconds (then it is killed: a wedged BuildKit never answers, and a buildctl left waiting would pile up
-    with every probe). OSError: buildctl cannot run."""
+    seconds or wrote more than MAX_OUTPUT (then it is killed: a wedged BuildKit never answers, a buildctl
+    left waiting would pile up with every probe, and what answers at a pod's port is the tenant's if a RUN
+    step took its buildkitd over, so its output must not grow the supervisor without end).
+    OSError: buildctl cannot run."""
     process = await asyncio.create_subprocess_exec(
         buildctl,
         *address,
@@ -34,19 +41,31 @@ async def run_buildctl(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
+    assert process.stdout is not None
+    stdout = process.stdout
+
+    async def finished() -> tuple[int, bytes] | None:
+        chunks, size = [], 0
+        while chunk := await stdout.read(64 << 10):
+            size += len(chunk)
+            if size > MAX_OUTPUT:
+                return None
+            chunks.append(chunk)
+        return await process.wait(), b"".join(chunks)
+
     try:
-        out, _ = await asyncio.wait_for(process.communicate(), timeout=within)
+        ran = await asyncio.wait_for(finished(), timeout=within)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
-        return None
+        ran = None
     except asyncio.CancelledError:  # its caller gave up first (a bounded sample, a stop): not left behind
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         raise
-    assert process.returncode is not None
-    return process.returncode, out
+    if ran is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+    return ran
 
 
 async def cache_bytes(buildctl: str, address: Sequence[str], within: float = 30.0) -> int | None:
@@ -71,7 +90,9 @@ async def answers(buildctl: str, address: Sequence[str], within: float) -> bool:
     return ran is not None and ran[0] == 0
 
 
-async def prune_to(buildctl: str, address: Sequence[str], keep_bytes: int, within: float) -> bool:
+async def prune_to(
+    buildctl: str, address: Sequence[str], keep_bytes: int, within: float = PRUNE_SECONDS
+) -> bool:
     """Prunes the cache down to keep_bytes (`buildctl prune --keep-storage`, least recently used first);
     False if it failed or did not end in time."""
     keep_mb = str(keep_bytes / 1e6)  # buildctl's MB are 10^6 bytes

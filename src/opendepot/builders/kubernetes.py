@@ -50,8 +50,6 @@ log = logging.getLogger("opendepot.builders.kubernetes")
 
 BUILDKIT_PORT = 1234
 POD_CONNECT_TIMEOUT = 10.0  # seconds for the TCP connect and the TLS handshake to a builder pod
-# The longest a prune after a build may take (a wedged BuildKit does not hold the task forever).
-RELIEF_SECONDS = 300.0
 MANAGED_BY = "app.kubernetes.io/managed-by"
 PROJECT_LABEL = "opendepot.dev/project"
 PLATFORM_LABEL = "opendepot.dev/platform"
@@ -454,7 +452,7 @@ class KubernetesBuildkitd:
         used = await cache_bytes(self.settings.buildctl, address)
         if used is None or used <= target:
             return None
-        if not await prune_to(self.settings.buildctl, address, target, within=RELIEF_SECONDS):
+        if not await prune_to(self.settings.buildctl, address, target):
             return None
         after = await cache_bytes(self.settings.buildctl, address)
         return None if after is None else max(0, used - after)

@@ -26,8 +26,6 @@ logger = logging.getLogger("opendepot.machines")
 
 
 LEFTOVER_GRACE_SECONDS = 5.0
-# The longest a prune after a build may take (a wedged BuildKit does not hold the task forever).
-RELIEF_SECONDS = 300.0
 
 
 def _volume_fill(mount_point: Path) -> tuple[int, bool] | None:
@@ -55,6 +53,7 @@ class LocalBuildkitd:
         memory_cap_bytes: int | None = None,
     ) -> None:
         self.buildkitd = buildkitd
+        self.buildctl = buildctl_beside(buildkitd)
         self.insecure_registries = tuple(insecure_registries)
         # upstream registry host -> its pull-through cache (host:port, plain HTTP)
         self.mirrors = dict(mirrors or {})
@@ -233,8 +232,8 @@ class LocalBuildkitd:
         return await cache_bytes(*self._buildctl(project_id, platform))
 
     def _buildctl(self, project_id: str, platform: str) -> tuple[str, list[str]]:
-        """buildctl (beside buildkitd, else on PATH) and the builder's address for it."""
-        return buildctl_beside(self.buildkitd), ["--addr", f"unix://{self.socket_path(project_id, platform)}"]
+        """buildctl and the builder's address for it."""
+        return self.buildctl, ["--addr", f"unix://{self.socket_path(project_id, platform)}"]
 
     async def relieve(self, project_id: str, platform: str) -> int | None:
         """A sandboxed builder's volume nearly full after a build (a RUN step that wrote until ENOSPC leaves
@@ -248,7 +247,7 @@ class LocalBuildkitd:
         before = await asyncio.to_thread(_volume_fill, root)
         if before is None or not before[1]:
             return None
-        if not await prune_to(*self._buildctl(*key), target, within=RELIEF_SECONDS):
+        if not await prune_to(*self._buildctl(*key), target):
             return None
         after = await asyncio.to_thread(_volume_fill, root)
         return None if after is None else max(0, before[0] - after[0])

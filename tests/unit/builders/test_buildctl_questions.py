@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,17 @@ def test_a_buildctl_that_hangs_is_killed_and_counts_as_no_answer(tmp_path: Path)
     pid = int((tmp_path / "pid").read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_a_buildctl_that_writes_without_end_is_killed_and_cannot_say(tmp_path: Path) -> None:
+    # What answers at a pod's port is the tenant's if a RUN step took its buildkitd over: the answer it
+    # relays through buildctl is read up to a bound, never into the supervisor's memory without end.
+    local = backend(tmp_path, f"echo $$ > {tmp_path}/pid\nexec yes '{{\"size\": 1}},'\n")
+    started = time.monotonic()
+    assert asyncio.run(local.disk_usage(PROJECT, "amd64")) is None
+    assert time.monotonic() - started < 20  # the output bound ended it, not the 30 s time bound
+    with pytest.raises(ProcessLookupError):
+        os.kill(int((tmp_path / "pid").read_text()), 0)
 
 
 # --- Kubernetes: the same questions to a pod, over mTLS ---
