@@ -64,8 +64,17 @@ async def run_buildctl(
     if ran is None:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
-        await process.wait()
+        # What it wrote before the kill is read away: a pipe left full is never closed, and the wait for
+        # the process waits for its pipes too. Bounded: a child that inherited the pipe may keep it open.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_drain(stdout), timeout=5)
+            await asyncio.wait_for(process.wait(), timeout=5)
     return ran
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.read(64 << 10):
+        pass
 
 
 async def cache_bytes(buildctl: str, address: Sequence[str], within: float = 30.0) -> int | None:
